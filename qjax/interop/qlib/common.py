@@ -1,0 +1,65 @@
+"""Helpers shared by the per-family Qlib weight converters."""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+
+
+def take(sd: Mapping[str, np.ndarray], key: str) -> np.ndarray:
+    """The float32 array at ``key``, or a clear error listing what the state dict has."""
+    if key not in sd:
+        raise KeyError(
+            f"state_dict has no {key!r}; is this the right model or are the kwargs wrong? "
+            f"keys present: {sorted(sd)[:12]}{' ...' if len(sd) > 12 else ''}"
+        )
+    return np.asarray(sd[key], dtype=np.float32)
+
+
+def linear(sd: Mapping[str, np.ndarray], prefix: str, bias: bool = True) -> dict:
+    """torch Linear ``{prefix}.weight`` [out, in] -> qjax ``Linear`` params (kernel [in, out])."""
+    params = {"kernel": take(sd, f"{prefix}.weight").T.copy()}
+    if bias:
+        params["bias"] = take(sd, f"{prefix}.bias")
+    return params
+
+
+def rnn(sd: Mapping[str, np.ndarray], prefix: str, num_layers: int) -> dict:
+    """torch nn.GRU/nn.LSTM weights under ``prefix`` -> qjax ``layers.RNN`` params."""
+    params = {}
+    for layer in range(num_layers):
+        params[f"kernel_ih_l{layer}"] = take(sd, f"{prefix}.weight_ih_l{layer}").T.copy()
+        params[f"kernel_hh_l{layer}"] = take(sd, f"{prefix}.weight_hh_l{layer}").T.copy()
+        params[f"bias_ih_l{layer}"] = take(sd, f"{prefix}.bias_ih_l{layer}")
+        params[f"bias_hh_l{layer}"] = take(sd, f"{prefix}.bias_hh_l{layer}")
+    return params
+
+
+def check_shapes(module, variables: dict, *example_args, **example_kwargs) -> None:
+    """Raise if ``variables`` do not have the shapes ``module.init`` would create."""
+    import jax
+
+    expected = jax.eval_shape(
+        lambda: module.init(jax.random.PRNGKey(0), *example_args, **example_kwargs)
+    )
+    exp_flat = dict(_flatten(jax.tree_util.tree_map(lambda s: tuple(s.shape), expected)))
+    got_flat = dict(_flatten(jax.tree_util.tree_map(lambda a: tuple(np.shape(a)), variables)))
+    if exp_flat.keys() != got_flat.keys():
+        missing = sorted(set(exp_flat) - set(got_flat))
+        extra = sorted(set(got_flat) - set(exp_flat))
+        raise ValueError(f"converted variables do not match the module: missing {missing}, extra {extra}")
+    bad = {k: (got_flat[k], exp_flat[k]) for k in exp_flat if exp_flat[k] != got_flat[k]}
+    if bad:
+        raise ValueError(
+            "state_dict shapes do not fit the module built from these kwargs "
+            f"(got, expected): {bad}; pass the kwargs the torch module was built with"
+        )
+
+
+def _flatten(tree, prefix=()):
+    if isinstance(tree, Mapping):
+        for k, v in tree.items():
+            yield from _flatten(v, prefix + (k,))
+    else:
+        yield "/".join(map(str, prefix)), tree

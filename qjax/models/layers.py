@@ -1,0 +1,133 @@
+"""Building blocks with PyTorch's parameterisation and initialisation.
+
+Shared by every model family so that Qlib weights map one-to-one onto qjax parameters:
+kernels are stored [in, out] (the transpose of torch's [out, in]) and both RNN biases are
+kept, so parameter counts equal torch's.
+"""
+
+from __future__ import annotations
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+
+def uniform_init(bound: float):
+    """U(-bound, bound), torch's default for Linear/Conv/RNN parameters."""
+
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
+class Linear(nn.Module):
+    """``torch.nn.Linear``: y = x @ kernel + bias, weight and bias ~ U(±1/sqrt(fan_in))."""
+
+    features: int
+    use_bias: bool = True
+    kernel_init: nn.initializers.Initializer | None = None
+
+    @nn.compact
+    def __call__(self, x):
+        fan_in = x.shape[-1]
+        bound = 1.0 / math.sqrt(fan_in)
+        kernel_init = self.kernel_init or uniform_init(bound)
+        kernel = self.param("kernel", kernel_init, (fan_in, self.features))
+        y = jnp.dot(x, kernel)
+        if self.use_bias:
+            y = y + self.param("bias", uniform_init(bound), (self.features,))
+        return y
+
+
+def as_sequence(x: jax.Array, d_feat: int) -> jax.Array:
+    """Bring model input to [N, T, F].
+
+    A 2-D input is Qlib's flat feature-major vector (Alpha360: CLOSE59..CLOSE0, OPEN59.., ...),
+    reshaped to [N, F, T] and transposed; a 3-D input is already a [N, T, F] window.
+    """
+    if x.ndim == 2:
+        if x.shape[1] % d_feat:
+            raise ValueError(
+                f"flat input has {x.shape[1]} columns, not a multiple of d_feat={d_feat}; "
+                "set d_feat to the number of features per time step (6 for Alpha360)"
+            )
+        return jnp.swapaxes(x.reshape(x.shape[0], d_feat, -1), 1, 2)
+    if x.ndim == 3:
+        if x.shape[2] != d_feat:
+            raise ValueError(
+                f"window input has {x.shape[2]} features per step but d_feat={d_feat}; "
+                "set d_feat to the dataset's feature count"
+            )
+        return x
+    raise ValueError(f"expected input [N, d_feat*T] or [N, T, d_feat], got shape {x.shape}")
+
+
+class RNN(nn.Module):
+    """Multi-layer batch-first GRU or LSTM equal to ``torch.nn.GRU``/``nn.LSTM``.
+
+    Input [N, T, F] -> top layer's output sequence [N, T, H]. Per layer l the parameters are
+    ``kernel_ih_l{l}`` [in, G*H], ``kernel_hh_l{l}`` [H, G*H], ``bias_ih_l{l}``, ``bias_hh_l{l}``
+    with torch's gate blocks (GRU: r, z, n; LSTM: i, f, g, o). The input projection of all time
+    steps is one matmul outside the recurrent scan; only h @ kernel_hh runs per step.
+    """
+
+    hidden_size: int
+    num_layers: int = 1
+    dropout: float = 0.0
+    cell: str = "gru"
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        cell = self.cell.lower()
+        if cell not in ("gru", "lstm"):
+            raise ValueError(f"unknown RNN cell {self.cell!r}; use 'gru' or 'lstm'")
+        n_gates = 3 if cell == "gru" else 4
+        hidden = self.hidden_size
+        init = uniform_init(1.0 / math.sqrt(hidden))
+        seq = x
+        for layer in range(self.num_layers):
+            in_dim = seq.shape[-1]
+            k_ih = self.param(f"kernel_ih_l{layer}", init, (in_dim, n_gates * hidden))
+            k_hh = self.param(f"kernel_hh_l{layer}", init, (hidden, n_gates * hidden))
+            b_ih = self.param(f"bias_ih_l{layer}", init, (n_gates * hidden,))
+            b_hh = self.param(f"bias_hh_l{layer}", init, (n_gates * hidden,))
+            projected = jnp.swapaxes(jnp.dot(seq, k_ih) + b_ih, 0, 1)  # [T, N, G*H]
+            seq = jnp.swapaxes(_scan_cell(cell, projected, k_hh, b_hh, hidden), 0, 1)
+            if train and self.dropout > 0 and layer < self.num_layers - 1:
+                seq = nn.Dropout(self.dropout, deterministic=False)(seq)
+        return seq
+
+
+def _scan_cell(cell: str, projected, k_hh, b_hh, hidden: int):
+    """Run one recurrent layer over time-major pre-projected inputs [T, N, G*H]."""
+    batch = projected.shape[1]
+    h0 = jnp.zeros((batch, hidden), projected.dtype)
+
+    if cell == "gru":
+
+        def step(h, xp):
+            hp = jnp.dot(h, k_hh) + b_hh
+            x_r, x_z, x_n = jnp.split(xp, 3, axis=-1)
+            h_r, h_z, h_n = jnp.split(hp, 3, axis=-1)
+            r = jax.nn.sigmoid(x_r + h_r)
+            z = jax.nn.sigmoid(x_z + h_z)
+            n = jnp.tanh(x_n + r * h_n)
+            h = (1.0 - z) * n + z * h
+            return h, h
+
+        _, hs = jax.lax.scan(step, h0, projected)
+        return hs
+
+    def lstm_step(carry, xp):
+        h, c = carry
+        gates = xp + jnp.dot(h, k_hh) + b_hh
+        i, f, g, o = jnp.split(gates, 4, axis=-1)
+        c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
+        h = jax.nn.sigmoid(o) * jnp.tanh(c)
+        return (h, c), h
+
+    _, hs = jax.lax.scan(lstm_step, (h0, h0), projected)
+    return hs
