@@ -1,0 +1,190 @@
+"""Datasets: named date segments over a data handler (Qlib's ``DatasetH`` and ``TSDatasetH``).
+
+``Dataset.prepare`` returns the handler's DataFrames for named segments (inclusive dates);
+``TSDataset.prepare`` returns :class:`~qjax.data.windows.WindowSampler` s whose windows reach
+``step_len`` trading days before the segment start, as Qlib does. ``samples`` turns a segment
+into device-resident :class:`~qjax.data.samples.Samples` for the training engine.
+
+The handler is anything with Qlib's ``DataHandlerLP.fetch`` interface (``qjax.data.handler``):
+``fetch(selector, level="datetime", col_set="__all"|"feature"|"label"|[...],
+data_key="raw"|"infer"|"learn")``.
+"""
+
+from __future__ import annotations
+
+import bisect
+from functools import cached_property
+from typing import Any, Mapping, Protocol, Sequence
+
+import numpy as np
+import pandas as pd
+
+from qjax.data.samples import Samples, tabular_samples
+from qjax.data.windows import WindowSampler, check_fillna_type, check_step_len
+
+Segment = tuple[pd.Timestamp, pd.Timestamp]
+
+# Segments with different roles must not share dates (that would leak test data into training
+# or model selection). TabNet's pretraining segments duplicate train/valid, so they share roles.
+SEGMENT_ROLES: dict[str, str] = {
+    "train": "train",
+    "pretrain": "train",
+    "valid": "valid",
+    "pretrain_validation": "valid",
+    "test": "test",
+}
+
+
+class Handler(Protocol):
+    def fetch(self, selector=slice(None, None), level: str = "datetime", col_set: Any = "__all",
+              data_key: str = "infer") -> pd.DataFrame: ...
+
+
+def _as_date(value: Any, name: str, which: str) -> pd.Timestamp:
+    try:
+        date = pd.Timestamp(value)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"segment {name!r}: {which} date {value!r} is not a date ({err})") from err
+    if date is pd.NaT:
+        raise ValueError(f"segment {name!r}: {which} date {value!r} is not a date")
+    return date
+
+
+def validate_segments(segments: Mapping[str, Sequence[Any]]) -> dict[str, Segment]:
+    """Parse ``{name: (start, end)}`` into Timestamps and check it (see :data:`SEGMENT_ROLES`)."""
+    if not isinstance(segments, Mapping) or not segments:
+        raise ValueError("segments must be a non-empty {name: (start, end)} dict")
+    parsed: dict[str, Segment] = {}
+    for name, seg in segments.items():
+        if isinstance(seg, (str, bytes)) or not isinstance(seg, Sequence) or len(seg) != 2:
+            raise ValueError(f"segment {name!r} must be a (start, end) pair of dates, got {seg!r}")
+        start, end = _as_date(seg[0], name, "start"), _as_date(seg[1], name, "end")
+        if start > end:
+            raise ValueError(
+                f"segment {name!r} starts after it ends ({start.date()} > {end.date()}); "
+                "swap the dates"
+            )
+        parsed[name] = (start, end)
+    named = [n for n in parsed if n in SEGMENT_ROLES]
+    for k, a in enumerate(named):
+        for b in named[k + 1:]:
+            if SEGMENT_ROLES[a] == SEGMENT_ROLES[b]:
+                continue
+            (a0, a1), (b0, b1) = parsed[a], parsed[b]
+            if a0 <= b1 and b0 <= a1:
+                raise ValueError(
+                    f"segments {a!r} ({a0.date()}..{a1.date()}) and {b!r} ({b0.date()}..{b1.date()}) "
+                    "overlap; make them disjoint"
+                )
+    return parsed
+
+
+def _date_range(df: pd.DataFrame) -> str:
+    dates = df.index.get_level_values("datetime")
+    return "no rows" if len(dates) == 0 else f"{dates.min().date()}..{dates.max().date()}"
+
+
+class Dataset:
+    """``DatasetH`` equivalent: named, inclusive date segments over a handler."""
+
+    def __init__(self, handler: Handler, segments: Mapping[str, Sequence[Any]]):
+        self.handler = handler
+        self.segments = validate_segments(segments)
+
+    def __repr__(self) -> str:
+        segs = {k: (str(a.date()), str(b.date())) for k, (a, b) in self.segments.items()}
+        return f"{type(self).__name__}(handler={self.handler!r}, segments={segs})"
+
+    def _segment(self, name: str) -> Segment:
+        if not isinstance(name, str) or name not in self.segments:
+            raise KeyError(f"unknown segment {name!r}; the dataset has {list(self.segments)}")
+        return self.segments[name]
+
+    def _empty_error(self, name: str, col_set: Any, data_key: str, what: str = "rows") -> ValueError:
+        start, end = self.segments[name]
+        data = self.handler.fetch(slice(None, None), col_set=col_set, data_key=data_key)
+        return ValueError(
+            f"segment {name!r} ({start.date()}..{end.date()}) has no {what} in the {data_key!r} "
+            f"data, which spans {_date_range(data)}; move the segment into the data's range"
+        )
+
+    def _prepare_one(self, name: str, col_set: Any, data_key: str) -> pd.DataFrame:
+        start, end = self._segment(name)
+        df = self.handler.fetch(slice(start, end), level="datetime", col_set=col_set, data_key=data_key)
+        if len(df) == 0:
+            raise self._empty_error(name, col_set, data_key)
+        return df
+
+    def prepare(self, segments: str | Sequence[str], col_set: Any = "__all", data_key: str = "infer"):
+        """A segment name gives its data; a list/tuple of names gives a list (Qlib semantics)."""
+        if isinstance(segments, str):
+            return self._prepare_one(segments, col_set, data_key)
+        if isinstance(segments, (list, tuple)):
+            return [self._prepare_one(name, col_set, data_key) for name in segments]
+        raise TypeError(f"segments must be a segment name or a list of names, got {segments!r}")
+
+    def samples(self, segment: str, data_key: str = "learn",
+                label: bool = True) -> tuple[Samples, pd.MultiIndex]:
+        """Device samples of a segment (features float32 [n, F]; labels NaN if ``label=False``)
+        and the (datetime, instrument) index in row order."""
+        if label:
+            df = self.prepare(segment, col_set=["feature", "label"], data_key=data_key)
+            y = df["label"]
+            if y.shape[1] != 1:
+                raise ValueError(
+                    f"one label column expected, got {list(y.columns)}; select a single label"
+                )
+            x, y = df["feature"].to_numpy(np.float32), y.to_numpy(np.float32)[:, 0]
+        else:
+            df = self.prepare(segment, col_set="feature", data_key=data_key)
+            x, y = df.to_numpy(np.float32), None
+        return tabular_samples(x, y, df.index), df.index
+
+
+class TSDataset(Dataset):
+    """``TSDatasetH`` equivalent: segments become :class:`WindowSampler` s of ``step_len`` days.
+
+    Each segment's data is fetched from ``step_len`` trading days before its start (Qlib's
+    ``_extend_slice``: one more than a window needs), so the first samples have history.
+    ``flt_col``: a boolean column set that removes samples while keeping their rows as history.
+    """
+
+    def __init__(self, handler: Handler, segments: Mapping[str, Sequence[Any]], step_len: int = 30,
+                 flt_col: str | None = None):
+        super().__init__(handler, segments)
+        self.step_len = check_step_len(step_len)
+        self.flt_col = flt_col
+
+    @cached_property
+    def calendar(self) -> list[pd.Timestamp]:
+        """Sorted trading days of the inference data (Qlib reads them from the DK_I data)."""
+        data = self.handler.fetch(slice(None, None), col_set="__all", data_key="infer")
+        dates = sorted(pd.DatetimeIndex(data.index.get_level_values("datetime")).unique())
+        if not dates:
+            raise ValueError("the handler's data has no rows, so there are no trading days")
+        return dates
+
+    def _extended_start(self, start: pd.Timestamp) -> pd.Timestamp:
+        cal = self.calendar
+        return cal[max(0, bisect.bisect_left(cal, start) - self.step_len)]
+
+    def _prepare_one(self, name: str, col_set: Any, data_key: str) -> WindowSampler:
+        start, end = self._segment(name)
+        history = slice(self._extended_start(start), end)
+        data = self.handler.fetch(history, level="datetime", col_set=col_set, data_key=data_key)
+        flt_data = None
+        if self.flt_col is not None:
+            flt_data = self.handler.fetch(history, level="datetime", col_set=self.flt_col,
+                                          data_key=data_key)
+        sampler = WindowSampler(data, start, end, self.step_len, flt_data=flt_data)
+        if sampler.empty:
+            what = "samples" if self.flt_col is None else f"samples passing flt_col={self.flt_col!r}"
+            raise self._empty_error(name, col_set, data_key, what)
+        return sampler
+
+    def samples(self, segment: str, data_key: str = "learn", label: bool = True,
+                fillna_type: str = "ffill+bfill") -> tuple[Samples, pd.MultiIndex]:
+        """Window samples of a segment (Qlib's models all use ``"ffill+bfill"``)."""
+        col_set = ["feature", "label"] if label else ["feature"]
+        sampler = self.prepare(segment, col_set=col_set, data_key=data_key)
+        return sampler.config(fillna_type=check_fillna_type(fillna_type)).samples()

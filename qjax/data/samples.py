@@ -1,0 +1,76 @@
+"""The hand-off between data and training: samples that live on the device.
+
+A :class:`Samples` is a pytree, so the training engine passes it into its compiled epoch
+program as an argument (never as a baked-in constant) and gathers batches inside the program
+with ``take(features, ids)``: a row gather for tabular data, a vmap-vectorised window gather for
+time-series data. Nothing about a batch is built on the host.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+
+
+def take_rows(features: jax.Array, ids: jax.Array) -> jax.Array:
+    """``take`` for tabular samples: row gather of a [n, F] matrix."""
+    return jnp.take(features, ids, axis=0)
+
+
+@flax.struct.dataclass
+class Samples:
+    """Device-resident samples of one dataset segment.
+
+    features: pytree of arrays read by ``take`` ([n, F] rows, or a panel + lookup tables).
+    labels:   [n] float32, NaN where unknown (losses mask them).
+    weights:  [n] float32 sample weights (ones unless a reweighter is used).
+    day:      [n] int32 trading-day number of each sample (for daily batches and daily IC).
+    take:     static ``take(features, ids[B]) -> x[B, ...]``; must be jit- and vmap-friendly.
+    """
+
+    features: Any
+    labels: jax.Array
+    weights: jax.Array
+    day: jax.Array
+    take: Callable[[Any, jax.Array], jax.Array] = flax.struct.field(pytree_node=False)
+
+    @property
+    def size(self) -> int:
+        return int(self.labels.shape[0])
+
+    def batch(self, ids: jax.Array) -> dict[str, jax.Array]:
+        """Gather ``x``, ``y``, ``w`` for sample ids (inside or outside jit)."""
+        return {
+            "x": self.take(self.features, ids),
+            "y": jnp.take(self.labels, ids),
+            "w": jnp.take(self.weights, ids),
+        }
+
+
+def tabular_samples(
+    x: np.ndarray, y: np.ndarray | None, index: pd.MultiIndex, weights: np.ndarray | None = None
+) -> Samples:
+    """Samples from a feature matrix and labels indexed by (datetime, instrument)."""
+    n = len(index)
+    if x.shape[0] != n:
+        raise ValueError(f"{x.shape[0]} feature rows but {n} index entries")
+    labels = np.full(n, np.nan, np.float32) if y is None else np.asarray(y, np.float32).reshape(n)
+    w = np.ones(n, np.float32) if weights is None else np.asarray(weights, np.float32).reshape(n)
+    return Samples(
+        features=jnp.asarray(np.asarray(x, np.float32)),
+        labels=jnp.asarray(labels),
+        weights=jnp.asarray(w),
+        day=jnp.asarray(day_numbers(index)),
+        take=take_rows,
+    )
+
+
+def day_numbers(index: pd.MultiIndex) -> np.ndarray:
+    """Dense day number (0, 1, ...) of each row's datetime, in date order."""
+    dates = index.get_level_values("datetime")
+    return pd.factorize(dates, sort=True)[0].astype(np.int32)
