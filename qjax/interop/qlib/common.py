@@ -63,3 +63,28 @@ def _flatten(tree, prefix=()):
             yield from _flatten(v, prefix + (k,))
     else:
         yield "/".join(map(str, prefix)), tree
+
+
+class TrackedStateDict(dict):
+    """A state dict that records which keys a converter read, so leftovers can be rejected.
+
+    Leftover weights mean the kwargs describe a smaller module than the one saved (e.g. too
+    few layers), which would otherwise convert silently into a different network.
+    """
+
+    def __init__(self, sd: Mapping[str, np.ndarray]):
+        super().__init__(sd)
+        self.read: set[str] = set()
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        self.read.add(key)
+        return super().__getitem__(key)
+
+    def check_all_used(self, ignore_suffixes: tuple[str, ...] = ("num_batches_tracked",)) -> None:
+        left = sorted(k for k in self if k not in self.read and not k.endswith(ignore_suffixes))
+        if left:
+            raise ValueError(
+                f"state_dict has weights the module built from these kwargs does not use: "
+                f"{left[:8]}{' ...' if len(left) > 8 else ''}; pass the kwargs the torch module "
+                "was built with (e.g. num_layers, rnn_dups)"
+            )

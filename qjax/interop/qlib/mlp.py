@@ -1,0 +1,44 @@
+"""Qlib ``Net`` weights (``pytorch_nn.py``, the DNNModelPytorch network) -> :class:`qjax.models.mlp.Net`.
+
+torch keys: ``dnn_layers.0`` is the input Dropout; ``dnn_layers.{i+1}.0`` the i-th hidden
+Linear and ``dnn_layers.{i+1}.1`` its BatchNorm1d (weight, bias, running_mean, running_var);
+then a Dropout and the output Linear at ``dnn_layers.{L+2}``. A ``module.`` prefix (Qlib's
+``data_parall=True`` DataParallel wrapper) is stripped.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from qjax.interop.qlib import register_converter
+from qjax.interop.qlib.common import TrackedStateDict, check_shapes, linear, take
+from qjax.models.mlp import Net
+
+_DATA_PARALLEL_PREFIX = "module."
+
+
+@register_converter("mlp")
+def mlp_from_qlib(state_dict: Mapping[str, np.ndarray], **kwargs) -> tuple[Net, dict]:
+    """``Net(**kwargs)`` and its ``params`` + ``batch_stats`` from a Qlib ``Net`` state_dict.
+
+    ``kwargs`` are Net's: ``input_dim`` (required), ``output_dim``, ``layers``, ``act``.
+    """
+    module = Net(**kwargs)
+    if state_dict and all(k.startswith(_DATA_PARALLEL_PREFIX) for k in state_dict):
+        state_dict = {k[len(_DATA_PARALLEL_PREFIX):]: v for k, v in state_dict.items()}
+    sd = TrackedStateDict(state_dict)
+    params, stats = {}, {}
+    for i in range(len(module.layers)):
+        bn = f"dnn_layers.{i + 1}.1"
+        params[f"fc_{i}"] = linear(sd, f"dnn_layers.{i + 1}.0")
+        params[f"bn_{i}"] = {"scale": take(sd, f"{bn}.weight"), "bias": take(sd, f"{bn}.bias")}
+        stats[f"bn_{i}"] = {"mean": take(sd, f"{bn}.running_mean"), "var": take(sd, f"{bn}.running_var")}
+    params["fc_out"] = linear(sd, f"dnn_layers.{len(module.layers) + 2}")
+    sd.check_all_used()
+    variables = jax.tree_util.tree_map(jnp.asarray, {"params": params, "batch_stats": stats})
+    check_shapes(module, variables, jnp.zeros((2, module.input_dim), jnp.float32))
+    return module, variables

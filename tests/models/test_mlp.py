@@ -1,0 +1,213 @@
+"""MLP parity with Qlib's real torch ``Net`` (pytorch_nn.py): eval, train-mode BatchNorm, init."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import require
+
+from qjax.interop.qlib import from_qlib
+from qjax.models.mlp import Net
+
+N = 48
+
+
+def rel_err(got, want) -> float:
+    """Max abs error relative to the reference's scale."""
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    return float(np.max(np.abs(got - want)) / max(np.max(np.abs(want)), 1e-12))
+
+
+def tree_errors(got, want) -> dict[str, float]:
+    """Per-leaf max abs error over the reference leaf's scale, floored at 1e-3 of the tree's.
+
+    The floor matters for gradients whose exact value nearly cancels, where both sides hold
+    float32 noise: a Linear bias feeding train-mode BatchNorm, ALSTM's att_fc_in.bias (the
+    time softmax is shift-invariant).
+    """
+    want_leaves = dict(jax.tree_util.tree_leaves_with_path(want))
+    got_leaves = jax.tree_util.tree_leaves_with_path(got)
+    assert len(got_leaves) == len(want_leaves)
+    floor = 1e-3 * max(float(np.max(np.abs(w))) for w in want_leaves.values())
+    errors = {}
+    for path, leaf in got_leaves:
+        ref = np.asarray(want_leaves[path], np.float64)
+        scale = max(float(np.max(np.abs(ref))), floor)
+        errors[jax.tree_util.keystr(path)] = float(np.max(np.abs(np.asarray(leaf, np.float64) - ref))) / scale
+    return errors
+
+
+def assert_trees_close(got, want, tol):
+    errors = tree_errors(got, want)
+    assert max(errors.values()) <= tol, errors
+
+
+def pristine_torch_net(torch, seed, **kwargs):
+    torch.manual_seed(seed)
+    return require("qlib.contrib.model.pytorch_nn").Net(**kwargs)
+
+
+def torch_net(torch, seed, **kwargs):
+    """Qlib's Net with random BatchNorm affine and running statistics (init has 1s and 0s),
+    so that tests really exercise the converted batch_stats."""
+    net = pristine_torch_net(torch, seed, **kwargs)
+    gen = torch.Generator().manual_seed(seed + 1)
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm1d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=gen))
+            m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
+            m.weight.data.copy_(torch.randn(m.num_features, generator=gen))
+            m.bias.data.copy_(torch.randn(m.num_features, generator=gen))
+    return net
+
+
+def torch_grads_as_variables(torch, net, kwargs):
+    """Map torch .grad tensors to qjax's layout with the converter itself (it is linear)."""
+    state = {k: v.numpy() for k, v in net.state_dict().items()}
+    state.update({k: p.grad.numpy() for k, p in net.named_parameters()})
+    return from_qlib("mlp", state, **kwargs)[1]["params"]
+
+
+@pytest.mark.parity
+@pytest.mark.parametrize(
+    "kwargs,expected_count",
+    [
+        (dict(input_dim=360, layers=(256,)), 93_185),
+        (dict(input_dim=157, layers=(256,)), 41_217),
+        (dict(input_dim=20, output_dim=2, layers=(32, 16), act="SiLU"), None),
+    ],
+    ids=["alpha360", "alpha158", "silu-deep"],
+)
+def test_eval_forward_gradients_and_param_count_match_qlib(torch, kwargs, expected_count):
+    net = torch_net(torch, 0, **kwargs).eval()
+    module, variables = from_qlib("mlp", net.state_dict(), **kwargs)
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((N, kwargs["input_dim"])).astype(np.float32)
+    y = rng.standard_normal((N, kwargs.get("output_dim", 1))).astype(np.float32)
+
+    xt = torch.tensor(x, requires_grad=True)
+    t_out = net(xt)
+    torch.mean((t_out - torch.tensor(y)) ** 2).backward()
+
+    def loss(params, inputs):
+        out = module.apply({**variables, "params": params}, inputs)
+        return jnp.mean((out - y) ** 2), out
+
+    grad_fn = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)
+    (_, j_out), (g_params, g_x) = grad_fn(variables["params"], x)
+    assert j_out.shape == tuple(t_out.shape) == (N, kwargs.get("output_dim", 1))
+    assert rel_err(j_out, t_out.detach().numpy()) <= 1e-5
+    assert rel_err(g_x, xt.grad.numpy()) <= 1e-4
+    assert_trees_close(g_params, torch_grads_as_variables(torch, net, kwargs), 1e-4)
+
+    n_torch = sum(p.numel() for p in net.parameters())
+    assert sum(a.size for a in jax.tree_util.tree_leaves(variables["params"])) == n_torch
+    if expected_count is not None:
+        assert n_torch == expected_count  # QLIB_REFERENCE §9
+
+
+@pytest.mark.parity
+@pytest.mark.parametrize("act", ["LeakyReLU", "SiLU"])
+def test_train_step_matches_qlib_including_running_stats(torch, act):
+    kwargs = dict(input_dim=30, layers=(24, 12), act=act)
+    net = torch_net(torch, 2, **kwargs).train()
+    for m in net.modules():  # dropout masks cannot match across frameworks: switch them off
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+    module, variables = from_qlib("mlp", net.state_dict(), **kwargs, dropout=0.0)
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((N, 30)).astype(np.float32) * 2.0 + 0.5
+    y = rng.standard_normal((N, 1)).astype(np.float32)
+    lr = 0.1
+
+    t_out = net(torch.tensor(x))
+    torch.mean((t_out - torch.tensor(y)) ** 2).backward()
+    t_grads = torch_grads_as_variables(torch, net, kwargs)
+    torch.optim.SGD(net.parameters(), lr=lr).step()
+    after_step = from_qlib("mlp", net.state_dict(), **kwargs)[1]
+
+    def loss(params):
+        out, updates = module.apply(
+            {**variables, "params": params}, x, train=True, mutable=["batch_stats"]
+        )
+        return jnp.mean((out - y) ** 2), (out, updates)
+
+    (_, (j_out, updates)), g_params = jax.value_and_grad(loss, has_aux=True)(variables["params"])
+    assert rel_err(j_out, t_out.detach().numpy()) <= 1e-5
+    assert_trees_close(g_params, t_grads, 1e-4)
+    # torch's running_var uses the unbiased batch variance; flax.linen.BatchNorm would not.
+    assert_trees_close(updates["batch_stats"], after_step["batch_stats"], 1e-5)
+
+    new_params = jax.tree_util.tree_map(lambda p, g: p - lr * g, variables["params"], g_params)
+    assert_trees_close(new_params, after_step["params"], 1e-5)
+    net.eval()
+    x_eval = rng.standard_normal((16, 30)).astype(np.float32)
+    with torch.no_grad():
+        want = net(torch.tensor(x_eval)).numpy()
+    got = module.apply({"params": new_params, **updates}, x_eval)
+    assert rel_err(got, want) <= 1e-5
+
+
+@pytest.mark.parity
+def test_init_distribution_matches_qlib(torch):
+    net = pristine_torch_net(torch, 4, input_dim=360, layers=(256,))
+    variables = Net(input_dim=360).init(jax.random.PRNGKey(0), np.zeros((2, 360), np.float32))
+    ours = variables["params"]
+    theirs = {name: p.detach().numpy() for name, p in net.named_parameters()}
+    # kaiming_normal(a=0.1) weights: same spread (tolerance ~ sampling error of the std).
+    for our, their, tol in [(ours["fc_0"]["kernel"], theirs["dnn_layers.1.0.weight"], 0.03),
+                            (ours["fc_out"]["kernel"], theirs["dnn_layers.3.weight"], 0.25)]:
+        assert np.std(our) == pytest.approx(np.std(their), rel=tol)
+        assert abs(float(np.mean(our))) < 0.2 * np.std(their)
+    # Biases keep torch's default U(+-1/sqrt(fan_in)).
+    bound = 1.0 / np.sqrt(360)
+    for bias in (ours["fc_0"]["bias"], theirs["dnn_layers.1.0.bias"]):
+        assert 0.9 * bound < np.max(np.abs(bias)) <= bound
+    _, torch_init = from_qlib("mlp", net.state_dict(), input_dim=360)
+    for collection in ("params", "batch_stats"):  # BatchNorm starts at scale 1, shift 0, N(0, 1)
+        for key, value in torch_init[collection]["bn_0"].items():
+            np.testing.assert_array_equal(variables[collection]["bn_0"][key], value)
+
+
+def test_dropout_needs_training_and_an_rng():
+    module = Net(input_dim=8, layers=(4,))
+    x = np.random.default_rng(5).standard_normal((6, 8)).astype(np.float32)
+    variables = module.init(jax.random.PRNGKey(0), x)
+    def train_forward(seed):
+        out, _ = module.apply(
+            variables, x, train=True, mutable=["batch_stats"], rngs={"dropout": jax.random.PRNGKey(seed)}
+        )
+        return out
+
+    out_a, out_b = train_forward(1), train_forward(2)
+    assert not np.allclose(out_a, out_b)
+    np.testing.assert_array_equal(module.apply(variables, x), module.apply(variables, x))
+
+
+def test_bad_inputs_and_kwargs_are_rejected():
+    module = Net(input_dim=8, layers=[4])
+    assert module.layers == (4,)  # YAML lists become tuples
+    with pytest.raises(ValueError, match="input_dim"):
+        module.init(jax.random.PRNGKey(0), np.zeros((3, 9), np.float32))
+    with pytest.raises(ValueError, match="act"):
+        Net(input_dim=8, act="ReLU").init(jax.random.PRNGKey(0), np.zeros((3, 8), np.float32))
+    variables = module.init(jax.random.PRNGKey(0), np.zeros((3, 8), np.float32))
+    with pytest.raises(ValueError, match="at least 2 rows"):
+        module.apply(variables, np.zeros((1, 8), np.float32), train=True, mutable=["batch_stats"],
+                     rngs={"dropout": jax.random.PRNGKey(0)})
+
+
+@pytest.mark.parity
+def test_converter_handles_data_parallel_prefix_and_rejects_wrong_layers(torch):
+    net = torch_net(torch, 6, input_dim=12, layers=(8, 4)).eval()
+    wrapped = {f"module.{k}": v for k, v in net.state_dict().items()}
+    module, variables = from_qlib("mlp", wrapped, input_dim=12, layers=(8, 4))
+    x = np.random.default_rng(7).standard_normal((5, 12)).astype(np.float32)
+    with torch.no_grad():
+        assert rel_err(module.apply(variables, x), net(torch.tensor(x)).numpy()) <= 1e-5
+    with pytest.raises(ValueError, match="shapes do not fit"):
+        from_qlib("mlp", net.state_dict(), input_dim=12, layers=(8, 5))
+    with pytest.raises(KeyError):
+        from_qlib("mlp", net.state_dict(), input_dim=12, layers=(8,))

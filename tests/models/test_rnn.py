@@ -1,0 +1,176 @@
+"""LSTM / GRU parity with Qlib's real torch modules (DatasetH and TSDatasetH variants)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import require
+
+from qjax.interop.qlib import from_qlib
+from qjax.models import get
+
+N = 32
+
+# (registry name, qlib module, torch class, d_feat, input shape, QLIB_REFERENCE §9 count)
+CASES = [
+    ("lstm", "qlib.contrib.model.pytorch_lstm", "LSTMModel", 6, (N, 360), 51_777),
+    ("lstm", "qlib.contrib.model.pytorch_lstm_ts", "LSTMModel", 20, (N, 20, 20), 55_361),
+    ("gru", "qlib.contrib.model.pytorch_gru", "GRUModel", 6, (N, 360), 38_849),
+    ("gru", "qlib.contrib.model.pytorch_gru_ts", "GRUModel", 20, (N, 20, 20), 41_537),
+]
+
+
+def rel_err(got, want) -> float:
+    """Max abs error relative to the reference's scale."""
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    return float(np.max(np.abs(got - want)) / max(np.max(np.abs(want)), 1e-12))
+
+
+def torch_output_and_grads(torch, net, x, y):
+    """Eval forward, then d MSE / d input and d MSE / d every parameter (as a state dict)."""
+    net.eval()
+    xt = torch.tensor(x, requires_grad=True)
+    out = net(xt)
+    torch.mean((out - torch.tensor(y)) ** 2).backward()
+    grads = {k: p.grad.numpy() for k, p in net.named_parameters()}
+    return out.detach().numpy(), xt.grad.numpy(), grads
+
+
+def jax_output_and_grads(module, variables, x, y):
+    def loss(params, inputs):
+        out = module.apply({**variables, "params": params}, inputs)
+        return jnp.mean((out - y) ** 2), out
+
+    (_, out), (g_params, g_x) = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(
+        variables["params"], jnp.asarray(x)
+    )
+    return out, g_x, g_params
+
+
+def tree_errors(got, want) -> dict[str, float]:
+    """Per-leaf max abs error over the reference leaf's scale, floored at 1e-3 of the tree's.
+
+    The floor matters for gradients whose exact value nearly cancels, where both sides hold
+    float32 noise: a Linear bias feeding train-mode BatchNorm, ALSTM's att_fc_in.bias (the
+    time softmax is shift-invariant).
+    """
+    want_leaves = dict(jax.tree_util.tree_leaves_with_path(want))
+    got_leaves = jax.tree_util.tree_leaves_with_path(got)
+    assert len(got_leaves) == len(want_leaves)
+    floor = 1e-3 * max(float(np.max(np.abs(w))) for w in want_leaves.values())
+    errors = {}
+    for path, leaf in got_leaves:
+        ref = np.asarray(want_leaves[path], np.float64)
+        scale = max(float(np.max(np.abs(ref))), floor)
+        errors[jax.tree_util.keystr(path)] = float(np.max(np.abs(np.asarray(leaf, np.float64) - ref))) / scale
+    return errors
+
+
+def assert_trees_close(got, want, tol):
+    errors = tree_errors(got, want)
+    assert max(errors.values()) <= tol, errors
+
+
+@pytest.mark.parity
+@pytest.mark.parametrize("name,qlib_module,cls,d_feat,shape,expected_count", CASES)
+def test_matches_qlib_forward_gradients_and_param_count(
+    torch, name, qlib_module, cls, d_feat, shape, expected_count
+):
+    torch.manual_seed(0)
+    net = getattr(require(qlib_module), cls)(d_feat=d_feat, hidden_size=64, num_layers=2)
+    state = {k: v.numpy() for k, v in net.state_dict().items()}
+    module, variables = from_qlib(name, state, d_feat=d_feat, hidden_size=64, num_layers=2)
+    assert isinstance(module, get(name))
+
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal(shape).astype(np.float32)
+    y = rng.standard_normal(N).astype(np.float32)
+    t_out, t_gx, t_grads = torch_output_and_grads(torch, net, x, y)
+    j_out, j_gx, j_grads = jax_output_and_grads(module, variables, x, y)
+
+    assert j_out.shape == (N,)
+    assert rel_err(j_out, t_out) <= 1e-5
+    assert rel_err(j_gx, t_gx) <= 1e-4
+    _, t_grad_vars = from_qlib(name, t_grads, d_feat=d_feat, hidden_size=64, num_layers=2)
+    assert_trees_close(j_grads, t_grad_vars["params"], 1e-4)
+
+    n_torch = sum(p.numel() for p in net.parameters())
+    n_jax = sum(a.size for a in jax.tree_util.tree_leaves(variables["params"]))
+    assert n_jax == n_torch == expected_count
+
+
+@pytest.mark.parity
+@pytest.mark.parametrize(
+    "name,qlib_module,cls",
+    [("lstm", "qlib.contrib.model.pytorch_lstm", "LSTMModel"), ("gru", "qlib.contrib.model.pytorch_gru", "GRUModel")],
+)
+def test_small_nondefault_config_matches_qlib(torch, name, qlib_module, cls):
+    kwargs = dict(d_feat=3, hidden_size=8, num_layers=3, dropout=0.3)  # dropout is inactive in eval
+    torch.manual_seed(2)
+    net = getattr(require(qlib_module), cls)(**kwargs).eval()
+    module, variables = from_qlib(name, net.state_dict(), **kwargs)
+    x = np.random.default_rng(3).standard_normal((16, 3 * 7)).astype(np.float32)
+    with torch.no_grad():
+        want = net(torch.tensor(x)).numpy()
+    assert rel_err(module.apply(variables, x), want) <= 1e-5
+
+
+@pytest.mark.parametrize("name", ["lstm", "gru"])
+def test_flat_and_window_inputs_agree_and_batch_of_one_keeps_its_axis(name):
+    module = get(name)(d_feat=4, hidden_size=8, num_layers=2)
+    window = np.random.default_rng(4).standard_normal((5, 7, 4)).astype(np.float32)  # [N, T, F]
+    flat = window.transpose(0, 2, 1).reshape(5, 28)  # Alpha360-style feature-major rows
+    variables = module.init(jax.random.PRNGKey(0), window)
+    np.testing.assert_allclose(module.apply(variables, flat), module.apply(variables, window), rtol=1e-6)
+    assert module.apply(variables, window[:1]).shape == (1,)  # Qlib's squeeze would give 0-d
+
+
+@pytest.mark.parametrize("name", ["lstm", "gru"])
+def test_dropout_between_layers_only_in_training(name):
+    module = get(name)(d_feat=4, hidden_size=16, num_layers=2, dropout=0.5)
+    x = np.random.default_rng(5).standard_normal((8, 6, 4)).astype(np.float32)
+    variables = module.init(jax.random.PRNGKey(0), x)
+    eval_out = module.apply(variables, x)
+    train_a = module.apply(variables, x, train=True, rngs={"dropout": jax.random.PRNGKey(1)})
+    train_b = module.apply(variables, x, train=True, rngs={"dropout": jax.random.PRNGKey(2)})
+    assert not np.allclose(train_a, eval_out) and not np.allclose(train_a, train_b)
+    single_layer = get(name)(d_feat=4, hidden_size=16, num_layers=1, dropout=0.5)
+    v1 = single_layer.init(jax.random.PRNGKey(0), x)
+    np.testing.assert_array_equal(  # torch drops only between layers: none with one layer
+        single_layer.apply(v1, x, train=True, rngs={"dropout": jax.random.PRNGKey(1)}),
+        single_layer.apply(v1, x),
+    )
+
+
+def _random_state(name, d_feat, hidden, layers):
+    gates = 4 if name == "lstm" else 3
+    rng = np.random.default_rng(0)
+    state = {"fc_out.weight": rng.standard_normal((1, hidden)), "fc_out.bias": rng.standard_normal(1)}
+    for k in range(layers):
+        state[f"rnn.weight_ih_l{k}"] = rng.standard_normal((gates * hidden, d_feat if k == 0 else hidden))
+        state[f"rnn.weight_hh_l{k}"] = rng.standard_normal((gates * hidden, hidden))
+        state[f"rnn.bias_ih_l{k}"] = rng.standard_normal(gates * hidden)
+        state[f"rnn.bias_hh_l{k}"] = rng.standard_normal(gates * hidden)
+    return state
+
+
+@pytest.mark.parametrize("name", ["lstm", "gru"])
+def test_converter_rejects_kwargs_that_do_not_fit_the_state_dict(name):
+    state = _random_state(name, d_feat=6, hidden=8, layers=2)
+    with pytest.raises(ValueError, match="shapes do not fit"):
+        from_qlib(name, state, d_feat=20, hidden_size=8, num_layers=2)
+    with pytest.raises(ValueError, match="does not use"):
+        from_qlib(name, state, d_feat=6, hidden_size=8, num_layers=1)
+    with pytest.raises(KeyError, match="weight_ih_l2"):
+        from_qlib(name, state, d_feat=6, hidden_size=8, num_layers=3)
+    other = "gru" if name == "lstm" else "lstm"
+    with pytest.raises(ValueError, match="shapes do not fit"):
+        from_qlib(other, state, d_feat=6, hidden_size=8, num_layers=2)
+
+
+def test_flat_input_with_wrong_width_is_rejected():
+    module = get("lstm")(d_feat=6, hidden_size=8, num_layers=1)
+    with pytest.raises(ValueError, match="multiple of d_feat"):
+        module.init(jax.random.PRNGKey(0), np.zeros((2, 359), np.float32))
