@@ -1,0 +1,226 @@
+"""HIST parity with Qlib's real ``HISTModel``, masked static-shape semantics and padding.
+
+Qlib's ``HISTModel.forward`` starts with ``torch.device(torch.get_device(x))``, which raises
+for CPU tensors (``get_device`` returns -1), so the module only runs on CUDA. The parity tests
+patch ``torch.get_device`` to return ``"cpu"`` for their duration (``monkeypatch``); nothing
+else in the torch forward depends on the device.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import require
+from qjax.interop import read_torch_state_dict
+from qjax.interop.qlib import from_qlib
+from qjax.interop.qlib.gats import load_base_weights
+from qjax.models import get
+from qjax.models.hist import HISTModel, hidden_concept_matrix
+
+SMALL = dict(hidden_size=16, num_layers=2)
+
+
+def rel_err(got, want) -> float:
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    return float(np.max(np.abs(got - want)) / max(np.max(np.abs(want)), 1e-12))
+
+
+def assert_trees_close(got, want, tol):
+    """Per-leaf relative error; the scale is the leaf's own, floored at 1% of the whole tree's."""
+    want = dict(jax.tree_util.tree_leaves_with_path(want))
+    got = jax.tree_util.tree_leaves_with_path(got)
+    assert len(got) == len(want)
+    floor = 0.01 * max(np.max(np.abs(np.asarray(w))) for w in want.values())
+    for path, leaf in got:
+        reference = np.asarray(want[path], np.float64)
+        scale = max(np.max(np.abs(reference)), floor, 1e-12)
+        err = np.max(np.abs(np.asarray(leaf, np.float64) - reference)) / scale
+        assert err <= tol, (jax.tree_util.keystr(path), err)
+
+
+@pytest.fixture
+def qlib_hist(torch, monkeypatch):
+    """Qlib's pytorch_hist module, with its CUDA-only device lookup made to work on CPU."""
+    monkeypatch.setattr(torch, "get_device", lambda tensor: "cpu")
+    return require("qlib.contrib.model.pytorch_hist")
+
+
+def concepts(rng, n_stocks: int, n_concepts: int) -> np.ndarray:
+    """Random binary membership with two empty concepts (which Qlib's row filter drops)."""
+    matrix = (rng.random((n_stocks, n_concepts)) < 0.3).astype(np.float32)
+    matrix[:, [1, n_concepts - 1]] = 0.0
+    return matrix
+
+
+def jax_output_and_grads(module, variables, x, c, y, **kwargs):
+    def loss(params, inputs):
+        out = module.apply({"params": params}, inputs, c, **kwargs)
+        return jnp.mean((out - y) ** 2), out
+
+    grad_fn = jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))
+    (_, out), (g_params, g_x) = grad_fn(variables["params"], jnp.asarray(x))
+    return out, g_x, g_params
+
+
+@pytest.mark.parity
+@pytest.mark.parametrize("base_model", ["GRU", "LSTM"])
+def test_matches_qlib_forward_and_gradients(torch, qlib_hist, base_model):
+    torch.manual_seed(0)
+    kwargs = dict(d_feat=6, base_model=base_model, **SMALL)
+    net = qlib_hist.HISTModel(**kwargs).eval()
+    module, variables = from_qlib("hist", net.state_dict(), **kwargs)
+    assert isinstance(module, get("hist"))
+
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((16, 6 * 10)).astype(np.float32)
+    c = concepts(rng, 16, 9)
+    y = rng.standard_normal(16).astype(np.float32)
+    xt = torch.tensor(x, requires_grad=True)
+    t_out = net(xt, torch.tensor(c))
+    torch.mean((t_out - torch.tensor(y)) ** 2).backward()
+    # The six unused Linears get no gradient in torch (None): zero, as in qjax.
+    t_grads = {k: (p.grad if p.grad is not None else torch.zeros_like(p)).numpy() for k, p in net.named_parameters()}
+
+    j_out, j_gx, j_grads = jax_output_and_grads(module, variables, x, c, y)
+    assert j_out.shape == (16,)
+    assert rel_err(j_out, t_out.detach().numpy()) <= 1e-5
+    assert rel_err(j_gx, xt.grad.numpy()) <= 1e-4
+    _, t_grad_vars = from_qlib("hist", t_grads, **kwargs)
+    assert_trees_close(j_grads, t_grad_vars["params"], 1e-4)
+
+
+@pytest.mark.parity
+def test_tiny_days_match_qlib(torch, qlib_hist):
+    """Edge cases of Qlib's data-dependent filtering on 1-3 stock days: rows whose peers are all
+    dissimilar point at themselves, every hidden concept can be dropped (torch then softmaxes
+    over an empty set), and a day can have no concept at all."""
+    self_pointing_rows = 0
+    for seed in range(9):
+        torch.manual_seed(seed)
+        net = qlib_hist.HISTModel(d_feat=3, hidden_size=4, num_layers=1).eval()
+        with torch.no_grad():  # residual = hidden state, made diverse enough to be anti-correlated
+            net.fc_es_back.weight.zero_()
+            net.fc_es_back.bias.zero_()
+            for p in net.rnn.parameters():
+                p.mul_(4.0)
+        module, variables = from_qlib("hist", net.state_dict(), d_feat=3, hidden_size=4, num_layers=1)
+        rng = np.random.default_rng(seed)
+        n = 1 if seed == 8 else 2 + seed % 2
+        x = rng.standard_normal((n, 3 * 5)).astype(np.float32)
+        c = (rng.random((n, 3)) < 0.4).astype(np.float32)
+        if seed == 4:
+            c[:] = 0.0
+        with torch.no_grad():
+            want = net(torch.tensor(x), torch.tensor(c)).numpy().reshape(-1)  # Qlib squeezes N=1 to 0-d
+        got, state = module.apply(variables, x, c, capture_intermediates=True)
+        assert got.shape == (n,)
+        assert rel_err(got, want) <= 1e-5, seed
+
+        hidden = np.asarray(state["intermediates"]["rnn"]["__call__"][0])[:, -1]
+        cosine = hidden @ hidden.T
+        np.fill_diagonal(cosine, -1.0)
+        self_pointing_rows += int(n > 1) * int(np.sum(np.all(cosine < 0, axis=1)))
+    assert self_pointing_rows > 0  # the self-pointing case was exercised
+
+
+def test_hidden_concept_matrix_by_hand():
+    similarity = jnp.array([[1.0, -0.2, -0.5], [-0.2, 0.9, 0.3], [-0.5, 0.3, 0.8]])
+    # Row 0 has only negative peers: it points at itself with value 0. Rows 1 and 2 pick each
+    # other (0.3), so columns 1 and 2 also get their own similarity on the diagonal.
+    expected = np.array([[0.0, 0.0, 0.0], [0.0, 0.9, 0.3], [0.0, 0.3, 0.8]])
+    np.testing.assert_allclose(hidden_concept_matrix(similarity, jnp.ones(3, bool)), expected)
+    # Stock 2 padded: stock 1 may not pick it and falls back to itself; nothing is linked.
+    np.testing.assert_allclose(hidden_concept_matrix(similarity, jnp.array([True, True, False])), 0.0)
+    # Gradient flows through the picked values and the diagonal, not through the argmax.
+    grad = jax.grad(lambda s: jnp.sum(hidden_concept_matrix(s, jnp.ones(3, bool))))(similarity)
+    np.testing.assert_allclose(grad, [[0.0, 0.0, 0.0], [0.0, 1.0, 1.0], [0.0, 1.0, 1.0]])
+
+
+def test_param_count_matches_qlib_reference():
+    module = HISTModel(d_feat=6, hidden_size=64, num_layers=2, base_model="LSTM")
+    shapes = jax.eval_shape(module.init, jax.random.PRNGKey(0), jnp.zeros((3, 360)), jnp.zeros((3, 5)))
+    assert sum(int(np.prod(s.shape)) for s in jax.tree_util.tree_leaves(shapes["params"])) == 93_572  # §9
+    assert {"fc_es_middle", "fc_is_middle", "fc_indi_fore", "fc_out_es", "fc_out_is", "fc_out_indi"} <= set(
+        shapes["params"]
+    )
+
+
+@pytest.mark.parity
+def test_torch_param_count_matches_qlib_reference(torch, qlib_hist):
+    net = qlib_hist.HISTModel(d_feat=6, hidden_size=64, num_layers=2, base_model="LSTM")
+    assert sum(p.numel() for p in net.parameters()) == 93_572
+
+
+def test_xavier_init_on_hidden_linears():
+    module = HISTModel(d_feat=6, hidden_size=64, num_layers=1)
+    params = module.init(jax.random.PRNGKey(0), jnp.zeros((3, 6)), jnp.zeros((3, 2)))["params"]
+    xavier_bound = np.sqrt(6.0 / (64 + 64))  # larger than torch's default 1/sqrt(64)
+    for name in ("fc_es", "fc_indi", "fc_es_middle"):
+        kernel = np.asarray(params[name]["kernel"])
+        assert np.abs(kernel).max() <= xavier_bound and np.abs(kernel).max() > 0.9 * xavier_bound
+    assert np.abs(np.asarray(params["fc_out"]["kernel"])).max() <= 1 / 8  # default Linear init
+
+
+@pytest.mark.parametrize("base_model", ["GRU", "LSTM"])
+def test_padded_stocks_do_not_change_valid_rows_or_gradients(base_model):
+    module = HISTModel(d_feat=4, base_model=base_model, **SMALL)
+    rng = np.random.default_rng(2)
+    n_valid, n_padded = 10, 16
+    x = rng.standard_normal((n_valid, 6, 4)).astype(np.float32)
+    c = concepts(rng, n_valid, 7)
+    y = rng.standard_normal(n_valid).astype(np.float32)
+    x_pad = np.full((n_padded, 6, 4), np.nan, np.float32)
+    x_pad[:n_valid] = x
+    c_pad = np.ones((n_padded, 7), np.float32)  # padded stocks "belong" to every concept
+    c_pad[:n_valid] = c
+    y_pad = np.zeros(n_padded, np.float32)
+    y_pad[:n_valid] = y
+    mask = np.arange(n_padded) < n_valid
+    variables = module.init(jax.random.PRNGKey(0), x, c)
+
+    def loss(params, inputs, matrix, labels, valid):
+        out = module.apply({"params": params}, inputs, matrix, mask=valid)
+        return jnp.sum(jnp.where(valid, (out - labels) ** 2, 0.0)) / jnp.sum(valid), out
+
+    grad_fn = jax.jit(jax.value_and_grad(loss, has_aux=True))
+    (_, out_ref), g_ref = grad_fn(variables["params"], x, c, y, np.ones(n_valid, bool))
+    (_, out_pad), g_pad = grad_fn(variables["params"], x_pad, c_pad, y_pad, mask)
+
+    assert np.all(np.isfinite(out_pad))
+    np.testing.assert_allclose(out_pad[:n_valid], out_ref, rtol=1e-5, atol=1e-6)
+    assert_trees_close(g_pad, g_ref, 1e-5)
+    unmasked = module.apply(variables, np.nan_to_num(x_pad), c_pad)
+    assert rel_err(unmasked[:n_valid], out_ref) > 1e-3
+
+
+def test_concept_matrix_shape_is_checked():
+    module = HISTModel(d_feat=6, hidden_size=8, num_layers=1)
+    with pytest.raises(ValueError, match="concept_matrix must be"):
+        module.init(jax.random.PRNGKey(0), jnp.zeros((4, 12)), jnp.zeros((5, 3)))
+
+
+@pytest.mark.parity
+@pytest.mark.shared_data
+def test_pretrained_lstm_base_matches_qlib_loading(torch, qlib_hist, shared_data):
+    pkl = shared_data / "qlib_pretrained" / "model_lstm_csi300.pkl"
+    torch.manual_seed(4)
+    net = qlib_hist.HISTModel(base_model="LSTM").eval()
+    module, variables = from_qlib("hist", net.state_dict(), base_model="LSTM")
+    loaded = load_base_weights(variables, read_torch_state_dict(pkl), "LSTM", 2)
+    # Qlib's fit: default-dim LSTMModel() loads the pkl; keys present in HISTModel are copied.
+    base = require("qlib.contrib.model.pytorch_lstm").LSTMModel()
+    base.load_state_dict(torch.load(pkl, map_location="cpu", weights_only=True))
+    target = net.state_dict()
+    target.update({k: v for k, v in base.state_dict().items() if k in target})
+    net.load_state_dict(target)
+
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((20, 360)).astype(np.float32)
+    c = concepts(rng, 20, 12)
+    with torch.no_grad():
+        want = net(torch.tensor(x), torch.tensor(c)).numpy()
+    assert rel_err(module.apply(loaded, x, c), want) <= 1e-5
+    assert rel_err(module.apply(variables, x, c), want) > 1e-2

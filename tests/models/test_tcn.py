@@ -1,0 +1,147 @@
+"""TCN parity with Qlib's real ``TCNModel`` (DatasetH and ts), weight-norm init, layouts."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import require
+from qjax.interop.qlib import from_qlib
+from qjax.models import get
+from qjax.models.tcn import TCNModel
+
+# Qlib's tcn.py uses the deprecated torch.nn.utils.weight_norm (its state-dict layout is the one
+# the converter reads), which warns on every construction.
+pytestmark = pytest.mark.filterwarnings("ignore:.*weight_norm.*:FutureWarning")
+
+# Levels 6->8 (1x1 downsample), 8->8 (identity residual), 8->12 (downsample); dilations 1, 2, 4.
+SMALL = dict(output_size=1, num_channels=[8, 8, 12], kernel_size=3, dropout=0.0)
+
+
+def rel_err(got, want) -> float:
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    return float(np.max(np.abs(got - want)) / max(np.max(np.abs(want)), 1e-12))
+
+
+def assert_trees_close(got, want, tol):
+    """Per-leaf relative error; the scale is the leaf's own, floored at 1% of the whole tree's."""
+    want = dict(jax.tree_util.tree_leaves_with_path(want))
+    got = jax.tree_util.tree_leaves_with_path(got)
+    assert len(got) == len(want)
+    floor = 0.01 * max(np.max(np.abs(np.asarray(w))) for w in want.values())
+    for path, leaf in got:
+        reference = np.asarray(want[path], np.float64)
+        scale = max(np.max(np.abs(reference)), floor, 1e-12)
+        err = np.max(np.abs(np.asarray(leaf, np.float64) - reference)) / scale
+        assert err <= tol, (jax.tree_util.keystr(path), err)
+
+
+def count(tree) -> int:
+    return sum(int(np.prod(leaf.shape)) for leaf in jax.tree_util.tree_leaves(tree))
+
+
+@pytest.mark.parity
+@pytest.mark.parametrize("qlib_module", ["qlib.contrib.model.pytorch_tcn", "qlib.contrib.model.pytorch_tcn_ts"])
+def test_matches_qlib_forward_and_gradients(torch, qlib_module):
+    torch.manual_seed(0)
+    net = require(qlib_module).TCNModel(num_input=6, **SMALL).eval()
+    module, variables = from_qlib("tcn", net.state_dict(), num_input=6, **SMALL)
+    assert isinstance(module, get("tcn"))
+
+    rng = np.random.default_rng(1)
+    window = rng.standard_normal((16, 20, 6)).astype(np.float32)  # [N, T, F]: what qjax feeds
+    features_first = window.transpose(0, 2, 1)  # [N, F, T]
+    if qlib_module.endswith("_ts"):
+        x_torch, x_jax = features_first, window  # Qlib's ts module takes [N, F, T] (quirk #3)
+    else:
+        x_torch = x_jax = features_first.reshape(16, -1)  # Alpha360-style flat rows
+    y = rng.standard_normal(16).astype(np.float32)
+
+    xt = torch.tensor(np.ascontiguousarray(x_torch), requires_grad=True)
+    t_out = net(xt)
+    torch.mean((t_out - torch.tensor(y)) ** 2).backward()
+    t_grads = {k: p.grad.numpy() for k, p in net.named_parameters()}
+    t_gx = xt.grad.numpy()
+
+    def loss(params, inputs):
+        out = module.apply({"params": params}, inputs)
+        return jnp.mean((out - y) ** 2), out
+
+    (_, j_out), (j_grads, j_gx) = jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))(
+        variables["params"], jnp.asarray(x_jax)
+    )
+    if qlib_module.endswith("_ts"):
+        j_gx = np.swapaxes(j_gx, 1, 2)
+    assert j_out.shape == (16,)
+    assert rel_err(j_out, t_out.detach().numpy()) <= 1e-5
+    assert rel_err(j_gx, t_gx) <= 1e-4
+    _, t_grad_vars = from_qlib("tcn", t_grads, num_input=6, **SMALL)
+    assert_trees_close(j_grads, t_grad_vars["params"], 1e-4)
+
+
+# QLIB_REFERENCE §9: Alpha360 (6, [128]x5, k 3) and Alpha158 (20, [32]x5, k 7), weight_norm g counted.
+COUNT_CASES = [(6, 128, 3, 448_257), (20, 32, 7, 70_337)]
+
+
+@pytest.mark.parametrize("num_input,channels,kernel_size,expected", COUNT_CASES)
+def test_param_count_matches_qlib_reference(num_input, channels, kernel_size, expected):
+    module = TCNModel(num_input, 1, [channels] * 5, kernel_size, 0.5)
+    shapes = jax.eval_shape(module.init, jax.random.PRNGKey(0), jnp.zeros((2, 20, num_input)))
+    assert count(shapes["params"]) == expected
+
+
+@pytest.mark.parity
+@pytest.mark.parametrize("num_input,channels,kernel_size,expected", COUNT_CASES)
+def test_torch_param_count_matches_qlib_reference(torch, num_input, channels, kernel_size, expected):
+    net = require("qlib.contrib.model.pytorch_tcn").TCNModel(num_input, 1, [channels] * 5, kernel_size, 0.5)
+    assert sum(p.numel() for p in net.parameters()) == expected
+
+
+def test_effective_init_is_default_conv_init_under_weight_norm():
+    module = TCNModel(num_input=16, output_size=1, num_channels=[32], kernel_size=5, dropout=0.0)
+    params = module.init(jax.random.PRNGKey(0), jnp.zeros((2, 10, 16)))["params"]["network_0"]
+    v = np.asarray(params["conv1"]["weight_v"])  # [k, in, out]
+    np.testing.assert_allclose(params["conv1"]["weight_g"], np.sqrt((v**2).sum(axis=(0, 1))), rtol=1e-6)
+    bound = 1 / np.sqrt(16 * 5)  # torch Conv1d default, not Qlib's no-op N(0, 0.01)
+    assert 0.9 * bound < np.abs(v).max() <= bound
+    downsample = np.asarray(params["downsample"]["kernel"])  # not weight-normed: N(0, 0.01) applies
+    assert 0.007 < downsample.std() < 0.013
+
+
+def test_window_and_flat_inputs_agree_and_output_size():
+    module = TCNModel(num_input=3, output_size=1, num_channels=(4, 4), kernel_size=2, dropout=0.0)
+    window = np.random.default_rng(2).standard_normal((5, 9, 3)).astype(np.float32)
+    variables = module.init(jax.random.PRNGKey(0), window)
+    flat = window.transpose(0, 2, 1).reshape(5, 27)
+    np.testing.assert_allclose(module.apply(variables, flat), module.apply(variables, window), rtol=1e-6)
+    wide = TCNModel(num_input=3, output_size=2, num_channels=[4], kernel_size=2, dropout=0.0)
+    assert wide.apply(wide.init(jax.random.PRNGKey(0), window), window).shape == (5, 2)
+    hash(TCNModel(3, 1, [4, 4], 2, 0.0))  # list from a config is stored as a tuple
+
+
+def test_convolutions_are_causal_in_time():
+    module = TCNModel(num_input=2, output_size=1, num_channels=[4, 4], kernel_size=3, dropout=0.0)
+    window = np.random.default_rng(3).standard_normal((4, 12, 2)).astype(np.float32)
+    variables = module.init(jax.random.PRNGKey(0), window)
+    changed = window.copy()
+    changed[:, 8:] = 5.0
+
+    def top_level_sequence(x):  # [N, T, C] output of the last temporal block
+        _, state = module.apply(variables, x, capture_intermediates=True)
+        return np.asarray(state["intermediates"]["network_1"]["__call__"][0])
+
+    before, after = top_level_sequence(window), top_level_sequence(changed)
+    np.testing.assert_array_equal(before[:, :8], after[:, :8])  # the past ignores the future
+    assert not np.allclose(before[:, 8:], after[:, 8:])
+
+
+def test_dropout_only_in_training():
+    module = TCNModel(num_input=3, output_size=1, num_channels=[8, 8], kernel_size=2, dropout=0.5)
+    x = np.random.default_rng(4).standard_normal((6, 8, 3)).astype(np.float32)
+    variables = module.init(jax.random.PRNGKey(0), x)
+    train_a = module.apply(variables, x, train=True, rngs={"dropout": jax.random.PRNGKey(1)})
+    train_b = module.apply(variables, x, train=True, rngs={"dropout": jax.random.PRNGKey(2)})
+    assert not np.allclose(train_a, train_b)
+    np.testing.assert_array_equal(module.apply(variables, x), module.apply(variables, x))
