@@ -20,6 +20,8 @@ _PROVIDERS = {
     "localformer": "qjax.interop.qlib.transformer",
     "gats": "qjax.interop.qlib.gats",
     "tabnet": "qjax.interop.qlib.tabnet",
+    "tabnet_encoder": "qjax.interop.qlib.tabnet",
+    "tabnet_decoder": "qjax.interop.qlib.tabnet",
     "krnn": "qjax.interop.qlib.krnn",
     "sfm": "qjax.interop.qlib.sfm",
     "hist": "qjax.interop.qlib.hist",

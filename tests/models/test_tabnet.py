@@ -1,0 +1,358 @@
+"""TabNet parity with Qlib's real torch modules: eval and ghost-batch train mode, sparsemax,
+pretraining loss, the paper switch, and parameter counts."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import require
+from qjax.interop.qlib import from_qlib
+from qjax.models import get
+from qjax.models.tabnet import (
+    TabNet,
+    TabNetFinetune,
+    TabNetPretrainer,
+    ghost_batch_sizes,
+    pretrain_loss,
+    pretrain_mask,
+    sparsemax,
+)
+
+INP, OUT = 12, 16  # small feature count and embedding; the encoder keeps Qlib's 64/64/5 dims
+
+
+def rel_err(got, want, floor: float = 1e-12) -> float:
+    """Max abs error relative to the reference's scale (at least ``floor``)."""
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    return float(np.max(np.abs(got - want)) / max(np.max(np.abs(want)), floor))
+
+
+def assert_trees_close(got, want, tol):
+    """Leaf-wise rel_err <= tol. Leaves whose true value is 0 (in train mode the bias of a Linear
+    feeding a batch norm has no gradient) are measured against 1% of the largest leaf."""
+    want_flat = dict(jax.tree_util.tree_leaves_with_path(want))
+    got_flat = jax.tree_util.tree_leaves_with_path(got)
+    assert len(got_flat) == len(want_flat) > 0
+    floor = 1e-2 * max(float(np.max(np.abs(leaf))) for leaf in want_flat.values())
+    for path, leaf in got_flat:
+        assert rel_err(leaf, want_flat[path], floor) <= tol, jax.tree_util.keystr(path)
+
+
+@pytest.fixture(scope="module")
+def qtabnet():
+    return require("qlib.contrib.model.pytorch_tabnet")
+
+
+def randomise_batch_norms(torch, net):
+    """Non-trivial affine params and running stats so the mapping of every BN is exercised."""
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm1d):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.normal_(0.0, 0.1)
+                m.running_mean.normal_(0.0, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+
+
+def qlib_finetune_model(torch, qtabnet, vbs, seed=0):
+    """FinetuneModel exactly as TabnetModel.fit builds it (the encoder gets only inp/out/vbs/relax)."""
+    torch.manual_seed(seed)
+    encoder = qtabnet.TabNet(inp_dim=INP, out_dim=OUT, vbs=vbs, relax=1.3)
+    net = qtabnet.FinetuneModel(OUT, 1, encoder)
+    randomise_batch_norms(torch, net)
+    return net
+
+
+def numpy_state(net) -> dict:
+    return {k: v.detach().numpy().copy() for k, v in net.state_dict().items()}
+
+
+def grad_state(torch, net) -> dict:
+    """The state dict with every parameter replaced by its gradient (shared Linears under all names)."""
+    return {
+        k: (v.grad if isinstance(v, torch.nn.Parameter) else v).detach().numpy().copy()
+        for k, v in net.state_dict(keep_vars=True).items()
+    }
+
+
+def finetune_kwargs(vbs):
+    return dict(inp_dim=INP, out_dim=OUT, final_out_dim=1, relax=1.3, vbs=vbs)
+
+
+def jax_loss_and_grads(module, variables, x, y, train):
+    @jax.jit
+    def loss_and_grads(variables, x, y):
+        def loss(params, inputs):
+            out, state = module.apply(
+                {**variables, "params": params}, inputs, train=train, mutable=["batch_stats", "losses"]
+            )
+            return jnp.mean((out - y) ** 2), (out, state)
+
+        (_, (out, state)), grads = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(variables["params"], x)
+        return out, state, *grads
+
+    out, state, g_params, g_x = loss_and_grads(variables, x, y)
+    return out, state, g_x, g_params
+
+
+@contextlib.contextmanager
+def precision(torch, dtype):
+    """float64 on both sides (Qlib's TabNet allocates with torch's default dtype)."""
+    if dtype == np.float32:
+        yield
+        return
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        with jax.enable_x64(True):
+            yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
+@pytest.mark.parity
+@pytest.mark.parametrize(
+    "train,n,vbs,dtype",
+    [
+        (False, 24, 8, np.float32),
+        (True, 50, 16, np.float32),  # ghost batches 17, 17, 16
+        (True, 32, 64, np.float32),  # one batch
+        (True, 55, 6, np.float64),  # 8 ghost batches of 7, 7, ..., 6 where 55 // 6 = 9 were asked for
+    ],
+)
+def test_finetune_model_matches_qlib(torch, qtabnet, train, n, vbs, dtype):
+    """Eval and train mode (ghost batch norm): output, gradients, running statistics.
+
+    In float32, train-mode gradients get 1e-3: normalising ghost batches of a few rows amplifies
+    rounding. Batches of 7 rows amplify it further, so that case runs in float64 to show the
+    math is exact (the converted reference trees are rounded to float32, hence 1e-6 there).
+    """
+    net = qlib_finetune_model(torch, qtabnet, vbs)
+    module, variables = from_qlib("tabnet", numpy_state(net), **finetune_kwargs(vbs))
+    assert isinstance(module, get("tabnet"))
+    if dtype == np.float64:
+        tol, grad_tol, tree_tol = 1e-9, 1e-9, 1e-6
+    else:
+        tol, grad_tol, tree_tol = 1e-5, 1e-3 if train else 1e-4, 1e-5
+
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((n, INP)).astype(dtype)
+    y = rng.standard_normal(n).astype(dtype)
+    with precision(torch, dtype):
+        net = net.to(torch.float64) if dtype == np.float64 else net
+        net.train(train)
+        xt = torch.tensor(x, requires_grad=True)
+        want = net(xt, torch.ones(n, INP))
+        torch.mean((want - torch.tensor(y)) ** 2).backward()
+        variables = jax.tree_util.tree_map(lambda a: jnp.asarray(a, dtype), variables)
+        got, state, g_x, g_params = jax_loss_and_grads(module, variables, x, y, train)
+
+    assert got.shape == (n,) and got.dtype == dtype
+    assert rel_err(got, want.detach().numpy()) <= tol
+    assert rel_err(g_x, xt.grad.numpy()) <= grad_tol
+    _, want_grads = from_qlib("tabnet", grad_state(torch, net), **finetune_kwargs(vbs))
+    assert_trees_close(g_params, want_grads["params"], max(grad_tol, tree_tol))
+    _, torch_after = from_qlib("tabnet", numpy_state(net), **finetune_kwargs(vbs))
+    assert_trees_close(state["batch_stats"], torch_after["batch_stats"], tree_tol)
+    moved = jax.tree_util.tree_map(lambda a, b: bool(np.any(a != b)), state["batch_stats"], variables["batch_stats"])
+    assert all(jax.tree_util.tree_leaves(moved)) == train  # every BN updates in training, none in eval
+
+
+@pytest.mark.parity
+def test_ghost_batch_sizes_follow_torch_chunk(torch):
+    for n in range(1, 70):
+        for vbs in (1, 2, 3, 4, 7, 16, 64):
+            want = tuple(len(c) for c in torch.chunk(torch.zeros(n), n // vbs)) if n > vbs else (n,)
+            assert ghost_batch_sizes(n, vbs) == want, (n, vbs)
+    assert ghost_batch_sizes(5000, None) == (5000,)
+
+
+def test_training_rejects_single_row_ghost_batches():
+    module = TabNetFinetune(inp_dim=4, out_dim=8, vbs=2)
+    x = jnp.ones((13, 4))  # torch.chunk(13 rows, 6) -> 3,3,3,3,1: torch's BN raises as well
+    shapes = jax.eval_shape(module.init, jax.random.PRNGKey(0), x)  # tracing is enough to raise
+    with pytest.raises(ValueError, match="at least 2 rows per ghost batch"):
+        jax.eval_shape(lambda v: module.apply(v, x, train=True, mutable=["batch_stats"]), shapes)
+
+
+@pytest.mark.parity
+@pytest.mark.parametrize("method", ["bisect", "sort"])
+def test_sparsemax_matches_qlib_forward_and_gradient(torch, qtabnet, method):
+    rng = np.random.default_rng(2)
+    x = (rng.standard_normal((64, 37)) * rng.choice([0.05, 1.0, 20.0], size=(64, 1))).astype(np.float32)
+    x[:, 5:9] = x[:, :1]  # ties with the row maximum
+    x[::2, 20:30] = np.round(x[::2, 20:30], 1)  # ties anywhere
+    x[3] = 0.7  # a constant row
+    g = rng.standard_normal(x.shape).astype(np.float32)
+    xt = torch.tensor(x, requires_grad=True)
+    want = qtabnet.SparsemaxFunction.apply(xt.clone())  # Qlib's forward shifts its input in place
+    (want * torch.tensor(g)).sum().backward()
+
+    got, vjp = jax.vjp(lambda a: sparsemax(a, method), jnp.asarray(x))
+    assert np.abs(np.asarray(got) - want.detach().numpy()).max() <= 1e-6
+    np.testing.assert_array_equal(np.asarray(got) > 0, want.detach().numpy() > 0)
+    np.testing.assert_allclose(np.sum(got, axis=-1), 1.0, rtol=1e-5)
+    assert np.abs(np.asarray(vjp(jnp.asarray(g))[0]) - xt.grad.numpy()).max() <= 1e-5
+
+
+def test_sparsemax_methods_agree_and_reject_unknown():
+    x = jax.random.normal(jax.random.PRNGKey(3), (512, 158)) * jnp.array([0.01, 0.3, 3.0, 30.0]).repeat(128)[:, None]
+    by_sort, by_bisection = sparsemax(x, "sort"), sparsemax(x, "bisect")
+    np.testing.assert_array_equal(by_sort > 0, by_bisection > 0)
+    assert float(jnp.max(jnp.abs(by_sort - by_bisection))) <= 1e-7
+    with pytest.raises(ValueError, match="unknown sparsemax method"):
+        sparsemax(x, "newton")
+
+
+@pytest.mark.parity
+def test_pretrain_loss_matches_qlib(torch, qtabnet):
+    """Qlib's pretrain step: train-mode encoder+decoder on x*(1-S), priors 1-S, its loss function."""
+    n, vbs = 40, 16
+    enc_kwargs = dict(inp_dim=INP, out_dim=OUT, vbs=vbs, relax=1.3)
+    dec_kwargs = dict(inp_dim=OUT, out_dim=INP, n_shared=1, n_ind=2, vbs=vbs, n_steps=3)
+    torch.manual_seed(4)
+    encoder = qtabnet.TabNet(**enc_kwargs).train()
+    decoder = qtabnet.TabNet_Decoder(**dec_kwargs).train()
+    randomise_batch_norms(torch, encoder)
+    randomise_batch_norms(torch, decoder)
+    enc_module, enc_vars = from_qlib("tabnet_encoder", numpy_state(encoder), **enc_kwargs)
+    dec_module, dec_vars = from_qlib("tabnet_decoder", numpy_state(decoder), **dec_kwargs)
+
+    x = torch.tensor(np.random.default_rng(5).standard_normal((n, INP)).astype(np.float32))
+    s_mask = torch.bernoulli(torch.empty(n, INP).fill_(0.3))
+    vec, _ = encoder(x * (1 - s_mask), 1 - s_mask)
+    want = qtabnet.TabnetModel.pretrain_loss_fn(None, x * s_mask, decoder(vec), s_mask)
+    want.backward()
+
+    pretrainer = TabNetPretrainer(enc_module, dec_module)
+    variables = {
+        "params": {"encoder": enc_vars["params"], "decoder": dec_vars["params"]},
+        "batch_stats": {"encoder": enc_vars["batch_stats"], "decoder": dec_vars["batch_stats"]},
+    }
+
+    @functools.partial(jax.jit, static_argnames="train")
+    def loss(params, batch_stats, x, s_mask, train=True):
+        return pretrain_loss(pretrainer.apply, {"params": params, "batch_stats": batch_stats}, x, s_mask, train)
+
+    x_j, s_j = jnp.asarray(x.numpy()), jnp.asarray(s_mask.numpy())
+    (got, new_stats), grads = jax.value_and_grad(loss, has_aux=True)(*variables.values(), x_j, s_j)
+    assert rel_err(got, want.item()) <= 1e-5
+    _, enc_grads = from_qlib("tabnet_encoder", grad_state(torch, encoder), **enc_kwargs)
+    _, dec_grads = from_qlib("tabnet_decoder", grad_state(torch, decoder), **dec_kwargs)
+    # train-mode ghost batches of 13-14 rows: the float32 bound of the fine-tuning test
+    assert_trees_close(grads, {"encoder": enc_grads["params"], "decoder": dec_grads["params"]}, 1e-3)
+    _, enc_after = from_qlib("tabnet_encoder", numpy_state(encoder), **enc_kwargs)
+    _, dec_after = from_qlib("tabnet_decoder", numpy_state(decoder), **dec_kwargs)
+    assert_trees_close(new_stats, {"encoder": enc_after["batch_stats"], "decoder": dec_after["batch_stats"]}, 1e-5)
+
+    # Qlib's pretrain_test_epoch: eval mode (running statistics, which the step above updated)
+    encoder.eval()
+    decoder.eval()
+    with torch.no_grad():
+        vec, _ = encoder(x * (1 - s_mask), 1 - s_mask)
+        want_eval = qtabnet.TabnetModel.pretrain_loss_fn(None, x * s_mask, decoder(vec), s_mask)
+    got_eval, eval_stats = loss(variables["params"], new_stats, x_j, s_j, train=False)
+    assert rel_err(got_eval, want_eval.item()) <= 1e-5 and not np.isclose(got_eval, got)
+    assert eval_stats is None
+
+
+def test_pretrain_mask_rate_and_shape():
+    mask = pretrain_mask(jax.random.PRNGKey(0), (4000, 25), ps=0.3)
+    assert mask.shape == (4000, 25) and mask.dtype == jnp.float32
+    assert set(np.unique(mask)) == {0.0, 1.0} and abs(float(mask.mean()) - 0.3) < 0.01
+
+
+def torch_paper_forward(torch, qtabnet, net, x, relax):
+    """TabNet-paper forward written from the paper on Qlib's torch blocks: priors P <- P * (relax - M)."""
+    priors = torch.ones_like(x)
+    h = net.bn(x)
+    attention_input = net.first_step(h)[:, net.n_d :]
+    out = torch.zeros(x.shape[0], net.n_d)
+    entropy = 0.0
+    for step in net.steps:
+        mask = qtabnet.SparsemaxFunction.apply(step.atten_tran.bn(step.atten_tran.fc(attention_input)) * priors)
+        x_te = step.fea_tran(h * mask)
+        out = out + torch.relu(x_te[:, : net.n_d])
+        attention_input = x_te[:, net.n_d :]
+        entropy = entropy + torch.sum(-mask * torch.log(mask + 1e-10))
+        priors = priors * (relax - mask)
+    return net.fc(out), entropy / (x.shape[0] * len(net.steps))
+
+
+@pytest.mark.parity
+def test_paper_switch_honours_dims_updates_priors_and_returns_sparsity_loss(torch, qtabnet):
+    dims = dict(n_d=8, n_a=4, n_shared=1, n_ind=1, n_steps=3)
+    torch.manual_seed(6)
+    encoder = qtabnet.TabNet(inp_dim=INP, out_dim=OUT, relax=1.3, vbs=16, **dims)
+    net = qtabnet.FinetuneModel(OUT, 1, encoder).eval()
+    randomise_batch_norms(torch, net)
+    module, variables = from_qlib("tabnet", numpy_state(net), **finetune_kwargs(16), **dims, paper=True)
+    x = np.random.default_rng(7).standard_normal((20, INP)).astype(np.float32)
+    with torch.no_grad():
+        vec, want_sparse = torch_paper_forward(torch, qtabnet, encoder, torch.tensor(x), relax=1.3)
+        want = net.fc(vec)[:, 0].numpy()
+    got, state = module.apply(variables, x, mutable=["losses"])
+    assert rel_err(got, want) <= 1e-5
+    assert rel_err(state["losses"]["sparse_loss"], want_sparse.item()) <= 1e-5
+    assert module.frozen_param_names() == ()
+
+    qlib_mode = TabNetFinetune(**{**finetune_kwargs(16), **dims})  # the bugs: relax ignored, dims ignored
+    assert qlib_mode.frozen_param_names() == ("fc",)
+    with pytest.raises(ValueError, match="needs paper=True"):
+        from_qlib("tabnet", numpy_state(net), **finetune_kwargs(16), **dims)
+
+
+def test_qlib_mode_ignores_relax_and_encoder_dims_but_the_decoder_uses_them():
+    x = jax.random.normal(jax.random.PRNGKey(8), (10, INP))
+    module = TabNetFinetune(INP, out_dim=OUT, n_d=8, n_a=4, n_steps=3, relax=1.3, vbs=16)
+    variables = module.init(jax.random.PRNGKey(0), x)
+    encoder = variables["params"]["model"]
+    assert sorted(k for k in encoder if k.startswith("steps_")) == [f"steps_{i}" for i in range(4)]
+    assert encoder["fc"]["kernel"].shape == (64, OUT)
+    for paper, same in ((False, True), (True, False)):
+        outputs = [
+            TabNetFinetune(INP, out_dim=OUT, relax=relax, vbs=16, paper=paper).apply(variables, x)
+            for relax in (1.3, 2.0)
+        ]
+        assert np.allclose(*outputs) == same
+    decoder = module.decoder()
+    assert (decoder.inp_dim, decoder.out_dim, decoder.n_steps) == (OUT, INP, 3)
+    pretrain_shapes = jax.eval_shape(module.pretrainer().init, jax.random.PRNGKey(0), x, jnp.zeros_like(x))
+    same_layout = jax.tree_util.tree_map(lambda a, b: a.shape == b.shape, pretrain_shapes["params"]["encoder"], encoder)
+    assert all(jax.tree_util.tree_leaves(same_layout))  # pretrained encoder drops into params["model"]
+
+
+@pytest.mark.parity
+@pytest.mark.parametrize("d_feat,encoder_count", [(158, 461_028), (360, 567_280)])
+def test_param_counts_equal_qlib_benchmark_config(torch, qtabnet, d_feat, encoder_count):
+    def count(tree):
+        return sum(int(np.prod(a.shape)) for a in jax.tree_util.tree_leaves(tree))
+
+    finetune = TabNetFinetune(d_feat)  # TabnetModel defaults: out_dim 64, vbs 2048, relax 1.3
+    shapes = jax.eval_shape(lambda: finetune.init(jax.random.PRNGKey(0), jnp.zeros((4, d_feat))))["params"]
+    torch_encoder = qtabnet.TabNet(inp_dim=d_feat, out_dim=64, vbs=2048, relax=1.3)
+    assert count(shapes["model"]) == sum(p.numel() for p in torch_encoder.parameters()) == encoder_count
+    assert count(shapes["fc"]) == 65
+    if d_feat == 158:
+        decoder = finetune.decoder()
+        dec_shapes = jax.eval_shape(lambda: decoder.init(jax.random.PRNGKey(0), jnp.zeros((4, 64))))["params"]
+        torch_decoder = qtabnet.TabNet_Decoder(64, d_feat, 2, 2, 2048, 5)
+        assert count(dec_shapes) == sum(p.numel() for p in torch_decoder.parameters()) == 711_474
+
+
+def test_bad_inputs_are_rejected_with_the_fix():
+    module = TabNetFinetune(inp_dim=5, out_dim=8)
+    with pytest.raises(ValueError, match="inp_dim=5"):
+        module.init(jax.random.PRNGKey(0), jnp.zeros((4, 6)))
+    with pytest.raises(ValueError, match="priors shape"):
+        module.init(jax.random.PRNGKey(0), jnp.zeros((4, 5)), jnp.ones((4, 4)))
+    with pytest.raises(ValueError, match="n_shared=0"):
+        TabNet(inp_dim=5, out_dim=8, n_shared=0).init(jax.random.PRNGKey(0), jnp.zeros((4, 5)))
+    with pytest.raises(ValueError, match="n_steps"):
+        TabNet(inp_dim=5, out_dim=8, n_steps=1).init(jax.random.PRNGKey(0), jnp.zeros((4, 5)))

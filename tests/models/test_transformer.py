@@ -1,0 +1,194 @@
+"""Transformer / Localformer parity with Qlib's real torch modules (DatasetH and TSDatasetH)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import require
+from qjax.interop.qlib import from_qlib
+from qjax.models import get
+from qjax.models.transformer import positional_encoding
+
+# Qlib builds nn.TransformerEncoder with batch_first=False, for which torch warns at construction.
+pytestmark = pytest.mark.filterwarnings("ignore:enable_nested_tensor:UserWarning")
+
+N, T = 8, 12
+SMALL = dict(d_model=16, nhead=4, num_layers=2, dropout=0.3)  # dropout is inactive in eval
+
+# (registry name, qlib module, d_feat, input shape)
+CASES = [
+    ("transformer", "qlib.contrib.model.pytorch_transformer", 6, (N, 6 * T)),
+    ("transformer", "qlib.contrib.model.pytorch_transformer_ts", 5, (N, T, 5)),
+    ("localformer", "qlib.contrib.model.pytorch_localformer", 6, (N, 6 * T)),
+    ("localformer", "qlib.contrib.model.pytorch_localformer_ts", 5, (N, T, 5)),
+]
+QLIB_MODULE = {
+    "transformer": "qlib.contrib.model.pytorch_transformer",
+    "localformer": "qlib.contrib.model.pytorch_localformer",
+}
+
+
+def rel_err(got, want) -> float:
+    """Max abs error relative to the reference's scale."""
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    return float(np.max(np.abs(got - want)) / max(np.max(np.abs(want)), 1e-12))
+
+
+def torch_grads(torch, net, x, y):
+    """d MSE / d input and d MSE / d every parameter (a state dict; unused params get zeros)."""
+    net.eval()
+    xt = torch.tensor(x, requires_grad=True)
+    torch.mean((net(xt) - torch.tensor(y)) ** 2).backward()
+    grads = {k: (p.grad if p.grad is not None else torch.zeros_like(p)).numpy() for k, p in net.named_parameters()}
+    return xt.grad.numpy(), grads
+
+
+def jax_grads(module, variables, x, y):
+    def loss(params, inputs):
+        return jnp.mean((module.apply({"params": params}, inputs) - y) ** 2)
+
+    g_params, g_x = jax.grad(loss, argnums=(0, 1))(variables["params"], jnp.asarray(x))
+    return g_x, g_params
+
+
+@pytest.mark.parity
+@pytest.mark.parametrize("name,qlib_module,d_feat,shape", CASES)
+def test_matches_qlib_forward_and_gradients(torch, name, qlib_module, d_feat, shape):
+    torch.manual_seed(0)
+    net = require(qlib_module).Transformer(d_feat=d_feat, **SMALL).eval()
+    module, variables = from_qlib(name, net.state_dict(), d_feat=d_feat, **SMALL)
+    assert isinstance(module, get(name))
+
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal(shape).astype(np.float32)
+    y = rng.standard_normal(N).astype(np.float32)
+    with torch.no_grad():
+        want = net(torch.tensor(x)).numpy()  # torch's fused eval path, as in Qlib's predict
+    got = module.apply(variables, x)
+    assert got.shape == (N,)
+    assert rel_err(got, want) <= 1e-5
+
+    t_gx, t_grads = torch_grads(torch, net, x, y)
+    j_gx, j_grads = jax_grads(module, variables, x, y)
+    assert rel_err(j_gx, t_gx) <= 1e-4
+    _, want_grads = from_qlib(name, t_grads, d_feat=d_feat, **SMALL)
+    want_flat = dict(jax.tree_util.tree_leaves_with_path(want_grads["params"]))
+    got_flat = jax.tree_util.tree_leaves_with_path(j_grads)
+    assert len(got_flat) == len(want_flat)
+    for path, leaf in got_flat:
+        if "encoder_layer" in jax.tree_util.keystr(path):  # Qlib's unused template: no gradient
+            assert not np.any(leaf) and not np.any(want_flat[path])
+        else:
+            assert rel_err(leaf, want_flat[path]) <= 1e-4, jax.tree_util.keystr(path)
+
+
+@pytest.mark.parity
+@pytest.mark.parametrize(
+    "name,d_feat,expected",
+    [
+        ("transformer", 6, 843_969),
+        ("transformer", 20, 844_865),
+        ("localformer", 6, 918_593),
+        ("localformer", 20, 919_489),
+    ],
+)
+def test_param_count_equals_qlib_benchmark_config(torch, name, d_feat, expected):
+    kwargs = dict(d_feat=d_feat, d_model=64, nhead=2, num_layers=2, dropout=0.0)
+    net = require(QLIB_MODULE[name]).Transformer(**kwargs)
+    shapes = jax.eval_shape(lambda: get(name)(**kwargs).init(jax.random.PRNGKey(0), jnp.zeros((2, d_feat * 60))))
+    n_jax = sum(int(np.prod(a.shape)) for a in jax.tree_util.tree_leaves(shapes["params"]))
+    unused = sum(int(np.prod(a.shape)) for a in jax.tree_util.tree_leaves(shapes["params"]["encoder_layer"]))
+    assert n_jax == sum(p.numel() for p in net.parameters()) == expected
+    assert unused == sum(p.numel() for p in net.encoder_layer.parameters()) == 281_152
+
+
+SMALL_INIT = dict(d_feat=4, d_model=8, nhead=2, num_layers=3, dropout=0.5)
+
+
+@pytest.fixture(scope="module", params=["transformer", "localformer"])
+def initialised(request):
+    """(name, module, variables, window input) for a small randomly initialised model."""
+    x = np.random.default_rng(3).standard_normal((6, 5, 4)).astype(np.float32)
+    module = get(request.param)(**SMALL_INIT)
+    return request.param, module, module.init(jax.random.PRNGKey(0), x), x
+
+
+def test_copies_start_identical_like_torch_deepcopy(initialised):
+    name, _, variables, _ = initialised
+    params = variables["params"]
+    encoder = params["transformer_encoder"]
+    layers = [encoder[f"layers_{i}"] for i in range(3)]
+    groups = [layers + [params["encoder_layer"]]]
+    if name == "localformer":
+        groups.append([encoder[f"conv_{i}"] for i in range(3)])
+    for group in groups:
+        for other in group[1:]:
+            jax.tree_util.tree_map(np.testing.assert_array_equal, group[0], other)
+    layer = layers[0]  # ...but the tensors inside one layer are independent draws
+    assert not np.allclose(layer["linear1"]["kernel"][:8, :8], layer["linear2"]["kernel"][:8, :8])
+    assert not np.any(layer["self_attn"]["in_proj_bias"]) and not np.any(layer["self_attn"]["out_proj"]["bias"])
+    # torch's init ranges: xavier-uniform in_proj [8, 24], U(+-1/sqrt(fan_in)) Linears and Conv1d
+    bounds = {("self_attn", "in_proj_kernel"): (6 / 32) ** 0.5, ("linear1", "kernel"): 8**-0.5,
+              ("linear1", "bias"): 8**-0.5, ("linear2", "kernel"): 2048**-0.5}
+    if name == "localformer":
+        layer = {**layer, "conv": encoder["conv_0"]}
+        bounds[("conv", "kernel")] = 24**-0.5
+    for (block, leaf), bound in bounds.items():
+        values = np.abs(layer[block][leaf])
+        assert 0.9 * bound < values.max() <= bound, (block, leaf)
+
+
+def test_flat_and_window_inputs_agree(initialised):
+    _, module, variables, window = initialised
+    flat = window.transpose(0, 2, 1).reshape(len(window), -1)  # Alpha360-style feature-major rows
+    np.testing.assert_allclose(module.apply(variables, flat), module.apply(variables, window), rtol=1e-6)
+
+
+def test_dropout_only_in_training(initialised):
+    name, module, variables, x = initialised
+    eval_out = module.apply(variables, x)
+    train_a = module.apply(variables, x, train=True, rngs={"dropout": jax.random.PRNGKey(1)})
+    train_b = module.apply(variables, x, train=True, rngs={"dropout": jax.random.PRNGKey(2)})
+    assert not np.allclose(train_a, eval_out) and not np.allclose(train_a, train_b)
+    no_dropout = get(name)(**{**SMALL_INIT, "dropout": 0.0})
+    np.testing.assert_array_equal(no_dropout.apply(variables, x, train=True), no_dropout.apply(variables, x))
+
+
+@pytest.mark.parity
+def test_positional_encoding_equals_qlib_buffer(torch):
+    pe = require("qlib.contrib.model.pytorch_transformer").PositionalEncoding(16).pe[:, 0, :].numpy()
+    np.testing.assert_allclose(positional_encoding(1000, 16), pe, rtol=0, atol=2e-6)
+
+
+def test_bad_configs_are_rejected_with_the_fix():
+    def init(name, x, **kwargs):  # tracing is enough to raise
+        jax.eval_shape(get(name)(**kwargs).init, jax.random.PRNGKey(0), x)
+
+    x = jnp.zeros((2, 5, 4))
+    with pytest.raises(ValueError, match="divisible by nhead"):
+        init("transformer", x, d_feat=4, d_model=8, nhead=3)
+    with pytest.raises(ValueError, match="must be even"):
+        init("transformer", x, d_feat=4, d_model=9, nhead=3)
+    with pytest.raises(ValueError, match="max_len"):
+        init("localformer", jnp.zeros((1, 1001, 4)), d_feat=4, d_model=8, nhead=2)
+    with pytest.raises(ValueError, match="d_feat"):
+        init("transformer", x, d_feat=6, d_model=8, nhead=2)
+    with pytest.raises(ValueError, match="at least one layer"):
+        init("localformer", x, d_feat=4, d_model=8, nhead=2, num_layers=0)
+
+
+@pytest.mark.parity
+def test_converter_rejects_kwargs_that_do_not_fit_the_state_dict(torch):
+    kwargs = dict(d_feat=6, d_model=16, nhead=4, num_layers=2)
+    state = require(QLIB_MODULE["localformer"]).Transformer(**kwargs).state_dict()
+    with pytest.raises(ValueError, match="shapes do not fit"):
+        from_qlib("localformer", state, **{**kwargs, "d_feat": 5})
+    with pytest.raises(KeyError, match="layers.2"):
+        from_qlib("localformer", state, **{**kwargs, "num_layers": 3})
+    with pytest.raises(ValueError, match="does not use"):
+        from_qlib("localformer", state, **{**kwargs, "num_layers": 1})
+    with pytest.raises(KeyError, match="conv"):
+        from_qlib("localformer", require(QLIB_MODULE["transformer"]).Transformer(**kwargs).state_dict(), **kwargs)
