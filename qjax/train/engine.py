@@ -1,0 +1,528 @@
+"""The training engine: ``fit`` and ``predict`` for every qjax model.
+
+One evaluation period (an epoch, or ``eval_steps`` steps in DNNModelPytorch's "steps" mode) is
+ONE compiled program: draw the batch plan from the state's rng, ``lax.scan`` over the batches
+(gathering each batch from the device-resident samples inside the scan), evaluate on
+fixed-shape batches, step ReduceLROnPlateau, and update the early-stopping bookkeeping and the
+best variables. The samples enter the program as arguments, the state is donated, and the host
+sees the program once per epoch (to read a handful of scalars, checkpoint and draw the bar).
+
+Several seeds train as independent replicas of that program under ``jax.vmap``: every leaf of
+the state has a leading replica axis, each replica has its own initialisation, batch order,
+dropout and early stopping, and a replica that has stopped keeps its state (and best variables)
+while the others go on. A single seed keeps the replica axis (of size one) in its state but
+runs the program unbatched.
+
+Typical use from an estimator::
+
+    config = TrainConfig(n_epochs=200, lr=1e-3, batch_size=800, early_stop=20)
+    result = fit(module, train_samples, valid_samples, config, evals_result=evals_result)
+    scores = predict(module, result.replica(0), test_samples, batch_size=config.batch_size)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import warnings
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from qjax.data.samples import Samples
+from qjax.train import batching
+from qjax.train.batching import Segment, gather
+from qjax.train.checkpoint import RunCheckpoints
+from qjax.train.config import TrainConfig
+from qjax.train.losses import (
+    Batch,
+    LossFn,
+    Variables,
+    apply_model,
+    batch_loss,
+    supervised_mse,
+)
+from qjax.train.metrics import daily_ic
+from qjax.train.optim import make_optimizer, make_plateau
+from qjax.train.parallel import DataParallel, data_parallel
+from qjax.train.progress import Progress
+from qjax.train.state import FitState, TrainState, as_variables, initial_fit_state
+
+Metrics = dict[str, jax.Array]
+
+# Evaluation runs in eval mode, which draws no randomness; objectives still receive a key.
+_EVAL_KEY = np.array([0, 0], np.uint32)
+
+
+@dataclasses.dataclass(frozen=True)
+class Trainer:
+    """The static half of a run: model, objective, config (optimiser, batching), devices.
+
+    Every method is a pure function of its array arguments, safe to ``jit`` and ``vmap``.
+    """
+
+    module: nn.Module
+    loss_fn: LossFn
+    config: TrainConfig
+    parallel: DataParallel
+
+    # Trainers compare equal when their settings do, so ``jit`` (which takes the trainer as a
+    # static argument) reuses compiled programs across ``fit`` calls with the same setup.
+
+    @property
+    def tx(self) -> optax.GradientTransformation:
+        return make_optimizer(self.config)
+
+    @property
+    def plateau(self) -> optax.GradientTransformationExtraArgs | None:
+        settings = self.config.lr_plateau
+        return None if settings is None else make_plateau(settings, self.config.lr)
+
+    @property
+    def daily(self) -> bool:
+        return self.config.batching == "daily"
+
+    @property
+    def mean_of_batch_means(self) -> bool:
+        """Qlib's epoch-loop evaluation; DNNModelPytorch ("steps") uses the whole-set mean."""
+        return self.config.eval_protocol == "qlib" and self.config.batching != "steps"
+
+    # -- initialisation -------------------------------------------------------------------
+
+    def init(
+        self,
+        key: jax.Array,
+        train: Segment,
+        init_variables: Callable[[Variables], Variables] | None = None,
+    ) -> FitState:
+        """A fresh state: ``module.init`` on two training rows, then ``init_variables``."""
+        init_key, rng = jax.random.split(key)
+        rows = jnp.arange(2, dtype=jnp.int32) % train.size
+        example = gather(train.samples, rows, jnp.ones(2, bool), self.daily)
+        variables = self.module.init(
+            {"params": init_key, "dropout": init_key},
+            example["x"],
+            train=False,
+            **example["kwargs"],
+        )
+        if init_variables is not None:
+            variables = init_variables(variables)
+        return initial_fit_state(dict(variables), self.tx, self.plateau, rng)
+
+    # -- training -------------------------------------------------------------------------
+
+    def train_step(
+        self, state: TrainState, batch: Batch, rng: jax.Array
+    ) -> tuple[TrainState, jax.Array]:
+        """One optimiser step on ``batch``; returns the new state and the batch loss."""
+
+        def objective(params):
+            variables = as_variables(params, state.batch_stats)
+            out = self.loss_fn(self.module.apply, variables, batch, rng, True)
+            return batch_loss(out), out
+
+        (loss, out), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
+        updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
+        if state.plateau is not None:
+            updates = optax.tree.scale(state.plateau.scale, updates)
+        new_state = state.replace(
+            step=state.step + 1,
+            params=optax.apply_updates(state.params, updates),
+            batch_stats=state.batch_stats if out.batch_stats is None else out.batch_stats,
+            opt_state=opt_state,
+        )
+        return new_state, loss
+
+    def train_plan(self, key: jax.Array, data: Segment, n_steps: int | None):
+        config = self.config
+        if config.batching == "daily":
+            return batching.by_day(data.days, key)
+        if config.batching == "steps":
+            return batching.with_replacement(key, data.size, config.batch_size, n_steps)
+        return batching.shuffled(key, data.size, config.batch_size)
+
+    def train_epoch(
+        self, state: TrainState, data: Segment, n_steps: int | None = None
+    ) -> tuple[TrainState, jax.Array]:
+        """All steps of one epoch in one ``lax.scan``; returns the mean batch loss."""
+        rng, plan_key, steps_key = jax.random.split(state.rng, 3)
+        ids, mask = self.train_plan(plan_key, data, n_steps)
+        step_keys = jax.random.split(steps_key, ids.shape[0])
+
+        def step(state, xs):
+            ids, mask, key = xs
+            ids, mask = self.parallel.split_batch((ids, mask))
+            return self.train_step(state, gather(data.samples, ids, mask, self.daily), key)
+
+        state, losses = jax.lax.scan(step, state.replace(rng=rng), (ids, mask, step_keys))
+        return state, jnp.mean(losses)
+
+    # -- evaluation -----------------------------------------------------------------------
+
+    def eval_plan(self, data: Segment):
+        if self.daily:
+            return batching.by_day(data.days)
+        batch_size = _round_up(self.config.validation_batch_size, self.parallel.size)
+        # Qlib's test_epoch drops the last partial batch.
+        return batching.sequential(data.size, batch_size, drop_last=self.mean_of_batch_means)
+
+    def evaluate(self, variables: Variables, data: Segment) -> Metrics:
+        """Loss (per ``eval_protocol``) and score (``-loss`` or mean daily IC) on a segment."""
+        ids, mask = self.eval_plan(data)
+
+        def step(_, xs):
+            ids, mask = self.parallel.split_batch(xs)
+            batch = gather(data.samples, ids, mask, self.daily)
+            out = self.loss_fn(self.module.apply, variables, batch, _EVAL_KEY, False)
+            return None, (out.total, out.count, out.pred)
+
+        _, (totals, counts, preds) = jax.lax.scan(step, None, (ids, mask))
+        if self.mean_of_batch_means:
+            counted = counts > 0
+            batch_means = jnp.where(counted, totals / jnp.maximum(counts, 1), 0.0)
+            loss = jnp.sum(batch_means) / jnp.sum(counted)
+        else:
+            loss = jnp.sum(totals) / jnp.sum(counts)
+        if self.config.metric == "loss":
+            return {"loss": loss, "score": -loss}
+        if preds is None:
+            raise ValueError("metric='ic' needs predictions, but the objective returned pred=None")
+        pred = _scatter(preds, ids, mask, data.size)
+        samples = data.samples
+        return {"loss": loss, "score": daily_ic(pred, samples.labels, samples.day, data.num_days)}
+
+    # -- one evaluation period: the compiled program --------------------------------------
+
+    def epoch(
+        self, fit: FitState, train: Segment, valid: Segment | None, n_steps: int | None = None
+    ) -> tuple[FitState, Metrics]:
+        """Train one epoch, evaluate, track the best variables and early stopping."""
+        state, train_loss = self.train_epoch(fit.train, train, n_steps)
+        metrics = {"train_loss": train_loss}
+        if self.config.eval_train:
+            metrics["train_score"] = self.evaluate(state.variables, train)["score"]
+        if valid is None:  # retraining without validation: the latest variables are the result
+            score, improved = jnp.float32(jnp.nan), jnp.bool_(True)
+        else:
+            evaluation = self.evaluate(state.variables, valid)
+            score, improved = evaluation["score"], evaluation["score"] > fit.best_score
+            metrics.update(valid_loss=evaluation["loss"], valid_score=score)
+            if self.plateau is not None:
+                _, plateau = self.plateau.update({}, state.plateau, value=evaluation["loss"])
+                state = state.replace(plateau=plateau)
+        stall = jnp.where(improved, 0, fit.stall + 1)
+        updated = FitState(
+            train=state,
+            best=_select(improved, state.variables, fit.best),
+            best_score=jnp.where(improved, score, fit.best_score),
+            best_epoch=jnp.where(improved, fit.epoch, fit.best_epoch),
+            stall=stall,
+            stopped=stall >= self.config.early_stop,
+            epoch=fit.epoch + 1,
+        )
+        # A replica that stopped earlier keeps everything; its metrics read NaN.
+        metrics = {name: jnp.where(fit.stopped, jnp.nan, value) for name, value in metrics.items()}
+        new = _select(fit.stopped, fit, updated)
+        metrics.update(lr=self.config.lr * new.train.lr_scale, stopped=new.stopped)
+        return new, metrics
+
+
+# -- public API ---------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class FitResult:
+    """What ``fit`` returns. Arrays have one entry per seed (replica), in ``seeds`` order."""
+
+    variables: Variables  # best variables, every leaf with a leading replica axis [S, ...]
+    seeds: tuple[int, ...]
+    best_epoch: np.ndarray  # [S] evaluation index of the best score; -1 if it never improved
+    best_score: np.ndarray  # [S] best validation score (NaN without validation)
+    history: dict[str, np.ndarray]  # per evaluation and replica [n_evals, S]; NaN once stopped
+
+    def replica(self, index: int = 0) -> Variables:
+        """The best variables of one seed, ready for ``module.apply`` or :func:`predict`."""
+        return jax.tree.map(lambda leaf: leaf[index], self.variables)
+
+
+def fit(
+    module: nn.Module,
+    train: Samples,
+    valid: Samples | None,
+    config: TrainConfig,
+    *,
+    seeds: Sequence[int] | None = None,
+    loss_fn: LossFn | None = None,
+    init_variables: Callable[[Variables], Variables] | None = None,
+    checkpoint_dir: str | os.PathLike | None = None,
+    resume: bool = False,
+    evals_result: dict | None = None,
+    devices: Sequence[jax.Device] | None = None,
+    on_epoch: Callable[[int, dict[str, np.ndarray]], None] | None = None,
+    verbose: bool = True,
+) -> FitResult:
+    """Train ``module`` on ``train``, select on ``valid``; see :class:`TrainConfig`.
+
+    Args:
+      module: a Flax module called as ``module.apply(variables, x, train=bool, **kwargs)``,
+        dropout on rng stream "dropout", BatchNorm state in "batch_stats".
+      train, valid: device-resident samples. ``valid=None`` trains ``n_epochs`` (or
+        ``max_steps``) and returns the last variables.
+      seeds: train one independent replica per seed in one compiled program (default:
+        ``[config.seed]``).
+      loss_fn: the objective (default: NaN-masked weighted MSE), see :mod:`qjax.train.losses`.
+      init_variables: maps each replica's fresh ``module.init`` variables to its starting
+        variables (load pretrained weights here).
+      checkpoint_dir: save the full run state after every evaluation (Orbax); ``resume=True``
+        continues the run found there and ends with the same parameters as an uninterrupted run.
+      evals_result: filled like Qlib's: ``"valid"`` the validation score per evaluation,
+        ``"train"`` the train score if ``config.eval_train`` else minus the mean minibatch loss
+        of the epoch. Floats for one seed, per-seed lists for several.
+      devices: devices to split every batch over (default: all local devices), see
+        :mod:`qjax.train.parallel`.
+      on_epoch: ``on_epoch(evaluation_index, metrics)`` after every evaluation (e.g. to log to
+        a Qlib recorder); metrics hold one value per seed.
+      verbose: show a progress bar.
+    """
+    seeds = _check_seeds(config.seed if seeds is None else seeds)
+    loss_fn = supervised_mse if loss_fn is None else loss_fn
+    parallel = data_parallel(devices)
+    train_seg, valid_seg = _prepare_segments(train, valid, config, loss_fn, parallel)
+    trainer = Trainer(module, loss_fn, config, parallel)
+    keys = parallel.replicate(jnp.stack([jax.random.PRNGKey(seed) for seed in seeds]))
+    state = parallel.replicate(
+        _init_replicas(keys, train_seg, trainer=trainer, init_variables=init_variables)
+    )
+
+    history: dict[str, list] = {}
+    checkpoints = None
+    if checkpoint_dir is not None:
+        fingerprint = {
+            "config": config.to_dict(),
+            "seeds": seeds,
+            "module": repr(module),
+            "objective": getattr(loss_fn, "__qualname__", repr(loss_fn)),
+            "samples": [train.size, None if valid is None else valid.size],
+        }
+        checkpoints = RunCheckpoints(checkpoint_dir, fingerprint, resume)
+        restored = checkpoints.restore(state) if resume else None
+        if restored is not None:
+            state, history = restored
+
+    done = len(history.get("lr", []))
+    stopped = np.asarray(jax.device_get(state.stopped))
+    progress = Progress(config.n_evaluations, done, verbose)
+    try:
+        for epoch in range(done, config.n_evaluations):
+            if stopped.all():
+                break
+            n_steps = config.steps_in_period(epoch) if config.batching == "steps" else None
+            state, metrics = _run_epoch(
+                state, train_seg, valid_seg, trainer=trainer, n_steps=n_steps
+            )
+            metrics = jax.device_get(metrics)
+            progress.update(metrics, stopped, np.asarray(jax.device_get(state.best_score)))
+            stopped = metrics.pop("stopped")
+            for name, values in metrics.items():
+                history.setdefault(name, []).append(np.asarray(values).tolist())
+            if checkpoints is not None:
+                checkpoints.save(epoch, state, history)
+            if on_epoch is not None:
+                on_epoch(epoch, metrics)
+    finally:
+        progress.close()
+        if checkpoints is not None:
+            checkpoints.close()
+
+    result = FitResult(
+        variables=state.best,
+        seeds=seeds,
+        best_epoch=np.asarray(jax.device_get(state.best_epoch)),
+        best_score=np.asarray(jax.device_get(state.best_score)),
+        history={name: np.asarray(values, np.float32) for name, values in history.items()},
+    )
+    if valid is not None and (result.best_epoch < 0).any():
+        warnings.warn(
+            "the validation score never improved (NaN on every evaluation?) for seeds "
+            f"{[s for s, e in zip(seeds, result.best_epoch) if e < 0]}; they return their "
+            "initial variables",
+            stacklevel=2,
+        )
+    if evals_result is not None:
+        _fill_evals_result(evals_result, result.history, config.eval_train, len(seeds))
+    return result
+
+
+def predict(
+    module: nn.Module,
+    variables: Variables,
+    samples: Samples,
+    *,
+    batch_size: int = 8192,
+    daily: bool = False,
+    per_seed: bool = False,
+    devices: Sequence[jax.Device] | None = None,
+) -> np.ndarray:
+    """Eval-mode predictions for every sample, in sample order: [n], or [S, n] if ``per_seed``.
+
+    ``daily=True`` feeds one padded day per batch with the ``mask`` keyword (cross-sectional
+    models); otherwise consecutive batches of ``batch_size`` rows, the last one padded.
+    ``per_seed=True`` takes variables with a leading replica axis (``FitResult.variables``).
+    """
+    if samples.size == 0:
+        raise ValueError("cannot predict on empty samples")
+    parallel = data_parallel(devices)
+    batch_size = _round_up(batch_size, parallel.size)
+    data = parallel.replicate(batching.make_segment(samples, daily, multiple=parallel.size))
+    preds = _predict(
+        parallel.replicate(variables),
+        data,
+        module=module,
+        batch_size=batch_size,
+        daily=daily,
+        per_seed=per_seed,
+        parallel=parallel,
+    )
+    return np.asarray(preds)
+
+
+# -- helpers ----------------------------------------------------------------------------------
+
+
+def _over_replicas(fn: Callable, replicated: Any, *shared: Any) -> Any:
+    """``fn`` mapped over the leading replica axis of ``replicated`` (``shared`` is common).
+
+    Several replicas run under ``jax.vmap``; a single one runs unbatched with the axis
+    squeezed and restored, because XLA's CPU code for matmuls with a batch dimension of one is
+    ~25% slower than the plain matmul inside a recurrent scan.
+    """
+    if jax.tree.leaves(replicated)[0].shape[0] > 1:
+        return jax.vmap(fn, in_axes=(0,) + (None,) * len(shared))(replicated, *shared)
+    out = fn(jax.tree.map(lambda leaf: leaf[0], replicated), *shared)
+    return jax.tree.map(lambda leaf: leaf[None], out)
+
+
+@functools.partial(jax.jit, static_argnames=("trainer", "init_variables"))
+def _init_replicas(keys, train: Segment, *, trainer: Trainer, init_variables) -> FitState:
+    return _over_replicas(
+        functools.partial(trainer.init, init_variables=init_variables), keys, train
+    )
+
+
+@functools.partial(jax.jit, static_argnames=("trainer", "n_steps"), donate_argnames="state")
+def _run_epoch(
+    state: FitState, train: Segment, valid: Segment | None, *, trainer: Trainer, n_steps
+):
+    """The epoch program over all replicas; the state's buffers are donated."""
+    return _over_replicas(functools.partial(trainer.epoch, n_steps=n_steps), state, train, valid)
+
+
+@functools.partial(
+    jax.jit, static_argnames=("module", "batch_size", "daily", "per_seed", "parallel")
+)
+def _predict(variables, data: Segment, *, module, batch_size, daily, per_seed, parallel):
+    ids, mask = (
+        batching.by_day(data.days)
+        if daily
+        else batching.sequential(data.size, batch_size, drop_last=False)
+    )
+
+    def run(variables):
+        def step(_, xs):
+            ids, mask = parallel.split_batch(xs)
+            batch = gather(data.samples, ids, mask, daily)
+            return None, apply_model(module.apply, variables, batch, _EVAL_KEY, False)[0]
+
+        _, preds = jax.lax.scan(step, None, (ids, mask))
+        return _scatter(preds, ids, mask, data.size)
+
+    return _over_replicas(run, variables) if per_seed else run(variables)
+
+
+def _scatter(values: jax.Array, ids: jax.Array, mask: jax.Array, n: int) -> jax.Array:
+    """Per-batch values [steps, B] back to sample order [n]; rows never evaluated are NaN."""
+    slots = jnp.where(mask, ids, n).reshape(-1)  # padding rows go out of bounds and are dropped
+    return jnp.full(n, jnp.nan, values.dtype).at[slots].set(values.reshape(-1), mode="drop")
+
+
+def _select(condition: jax.Array, if_true: Any, if_false: Any) -> Any:
+    return jax.tree.map(lambda a, b: jnp.where(condition, a, b), if_true, if_false)
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+def _check_seeds(seeds: int | Sequence[int]) -> tuple[int, ...]:
+    seeds = (seeds,) if isinstance(seeds, (int, np.integer)) else tuple(seeds)
+    if not seeds or not all(isinstance(s, (int, np.integer)) and s >= 0 for s in seeds):
+        raise ValueError(f"seeds must be a non-empty list of non-negative ints, got {seeds!r}")
+    return tuple(int(s) for s in seeds)
+
+
+def _check_samples(samples: Samples, name: str, supervised: bool) -> None:
+    if not isinstance(samples, Samples):
+        raise TypeError(f"{name} must be qjax.data.Samples, got {type(samples).__name__}")
+    if samples.size == 0:
+        raise ValueError(f"the {name} samples are empty; check the segment's date range")
+    if supervised and np.isnan(np.asarray(samples.labels)).all():
+        raise ValueError(
+            f"every {name} label is NaN, so there is nothing to fit; check the label expression "
+            "and the segment's dates (the last days of a dataset have no future return)"
+        )
+
+
+def _prepare_segments(
+    train: Samples,
+    valid: Samples | None,
+    config: TrainConfig,
+    loss_fn: LossFn,
+    parallel: DataParallel,
+) -> tuple[Segment, Segment | None]:
+    supervised = loss_fn is supervised_mse
+    _check_samples(train, "train", supervised)
+    if valid is not None:
+        _check_samples(valid, "valid", supervised)
+    if config.batching == "daily":
+        width = config.daily_width
+        if width is None:  # one width for both segments: one padded shape, one compilation
+            counts = [np.bincount(np.asarray(s.day)).max() for s in (train, valid) if s is not None]
+            width = int(max(counts))
+        segments = [
+            None if s is None else batching.make_segment(s, True, width, parallel.size)
+            for s in (train, valid)
+        ]
+    else:
+        parallel.check_divides(config.batch_size, "batch_size")
+        if config.batching == "shuffle" and config.batch_size > train.size:
+            raise ValueError(
+                f"batch_size={config.batch_size} exceeds the {train.size} train samples, so an "
+                "epoch has no full batch; lower batch_size"
+            )
+        if config.eval_protocol == "qlib" and config.batching == "shuffle":
+            for name, s in (("train", train), ("valid", valid)):
+                if s is not None and config.batch_size > s.size:
+                    raise ValueError(
+                        f"eval_protocol='qlib' drops the last partial batch, and the {name} "
+                        f"segment ({s.size} samples) is smaller than batch_size="
+                        f"{config.batch_size}; use eval_protocol='exact'"
+                    )
+        segments = [None if s is None else batching.make_segment(s, False) for s in (train, valid)]
+    train_seg, valid_seg = parallel.replicate(segments)
+    if config.metric == "ic" and valid is None:
+        warnings.warn("metric='ic' has no effect without a valid segment", stacklevel=3)
+    return train_seg, valid_seg
+
+
+def _fill_evals_result(evals_result: dict, history: dict, eval_train: bool, n_seeds: int) -> None:
+    train = history["train_score"] if eval_train else -history["train_loss"]
+    columns = {"train": train, "valid": history.get("valid_score")}
+    for name, values in columns.items():
+        if values is None:
+            continue
+        evals_result[name] = values[:, 0].tolist() if n_seeds == 1 else values.tolist()
