@@ -1,3 +1,30 @@
-"""qjax: a pure-functional JAX/Flax port of Qlib's deep-learning model zoo."""
+"""qjax: a pure-functional JAX/Flax port of Qlib's deep-learning model zoo.
+
+``qjax.estimator(name, **qlib_kwargs)`` builds a Qlib-compatible model, ``qjax.models`` holds
+the Flax networks, ``qjax.data`` the data side (generated market, Qlib binary data, Alpha158 /
+Alpha360, processors, datasets), ``qjax.train`` the one training engine and ``qjax.interop``
+the bridge to PyTorch and Qlib weights.
+"""
+
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
+__all__ = ["data", "estimator", "interop", "models", "train"]
+
+_SUBMODULES = {"data", "interop", "models", "train", "estimators", "workflow", "config"}
+
+
+def estimator(name: str, **kwargs):
+    """A Qlib-compatible model wrapper; see :func:`qjax.estimators.estimator`."""
+    from qjax.estimators import estimator as _estimator
+
+    return _estimator(name, **kwargs)
+
+
+def __getattr__(name: str):
+    # Submodules load on first use so that `import qjax` does not import JAX.
+    if name in _SUBMODULES:
+        return importlib.import_module(f"qjax.{name}")
+    raise AttributeError(f"module 'qjax' has no attribute {name!r}")

@@ -8,6 +8,7 @@ time-series data. Nothing about a batch is built on the host.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable
 
 import flax.struct
@@ -74,3 +75,30 @@ def day_numbers(index: pd.MultiIndex) -> np.ndarray:
     """Dense day number (0, 1, ...) of each row's datetime, in date order."""
     dates = index.get_level_values("datetime")
     return pd.factorize(dates, sort=True)[0].astype(np.int32)
+
+
+@dataclasses.dataclass(frozen=True)
+class _TakeWithInputs:
+    """``take`` that adds per-sample keyword inputs of the module (e.g. HIST's concept rows)."""
+
+    base: Callable[[Any, jax.Array], jax.Array]
+    names: tuple[str, ...]
+
+    def __call__(self, features, ids):
+        base_features, extras = features
+        rows = {name: jnp.take(values, ids, axis=0) for name, values in zip(self.names, extras)}
+        return {"x": self.base(base_features, ids), **rows}
+
+
+def with_keyword_inputs(samples: Samples, **per_sample: np.ndarray) -> Samples:
+    """Samples whose batches also carry ``name=array[ids]`` as module keyword inputs.
+
+    Each array has one row per sample (e.g. the stock-to-concept row of each sample's
+    instrument); the engine passes the gathered rows to ``module.apply`` by name.
+    """
+    names = tuple(per_sample)
+    arrays = tuple(jnp.asarray(np.asarray(per_sample[n], np.float32)) for n in names)
+    for name, values in zip(names, arrays):
+        if values.shape[0] != samples.size:
+            raise ValueError(f"{name} has {values.shape[0]} rows for {samples.size} samples")
+    return samples.replace(features=(samples.features, arrays), take=_TakeWithInputs(samples.take, names))

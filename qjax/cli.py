@@ -1,0 +1,58 @@
+"""``qjax`` command line: ``qjax train CONFIG.yaml [--set key=value ...] [--out DIR]``."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+from qjax import config as config_lib
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="qjax", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="train a model from a YAML config")
+    train.add_argument("config", help="a YAML run config, e.g. configs/lstm_alpha360.yaml")
+    train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config value, e.g. --set model.kwargs.lr=2e-4 (repeatable)")
+    train.add_argument("--out", help="run directory (default: runs/<config name>)")
+    train.add_argument("--overwrite", action="store_true",
+                       help="discard an existing run in --out instead of resuming it")
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    commands.add_parser("models", help="list the model names")
+
+    args = parser.parse_args(argv)
+    if args.command == "models":
+        from qjax.estimators import SPECS
+
+        for name, spec in sorted(SPECS.items()):
+            print(f"{name:<12} {spec.qlib_class}")
+        return 0
+
+    try:
+        cfg = config_lib.load(args.config, args.overrides)
+    except config_lib.ConfigError as err:
+        print(f"qjax: config error: {err}", file=sys.stderr)
+        return 2
+    out = Path(args.out or Path("runs") / Path(args.config).stem)
+    if args.overwrite and out.exists():
+        shutil.rmtree(out)
+
+    from qjax import workflow
+
+    try:
+        metrics = workflow.train(cfg, out, verbose=not args.quiet)
+    except (config_lib.ConfigError, ValueError, KeyError, TypeError, FileNotFoundError) as err:
+        print(f"qjax: {type(err).__name__}: {err}", file=sys.stderr)
+        return 2
+    print(workflow.format_table(metrics))
+    print(f"run directory: {out}")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
