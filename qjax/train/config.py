@@ -76,6 +76,10 @@ class TrainConfig:
     Optimiser: ``clip(clip_value)`` (elementwise, Qlib's ``clip_grad_value_(3.0)``; ``None``
     disables it, as DNNModelPytorch) -> ``+ weight_decay * param`` (torch's coupled L2, not AdamW)
     -> Adam(0.9, 0.999, eps 1e-8) or plain SGD ("gd") -> ``* lr`` (``* plateau scale``).
+    ``frozen`` names top-level parameter groups (keys of ``params``, e.g. TabNet's head ``"fc"``)
+    that receive no update at all: gradients still flow through them, but they keep their
+    initial values bit for bit and get no optimiser state, as parameters left out of a torch
+    optimiser do. The chain for the other parameters is unchanged.
 
     ``eval_train=True`` re-evaluates the whole train set after every epoch, as Qlib does (off by
     default: it costs a forward pass over the train set and only feeds the logs). ``seed`` is
@@ -99,6 +103,7 @@ class TrainConfig:
     daily_width: int | None = None
     lr_plateau: Plateau | None = None
     seed: int = 0
+    frozen: tuple[str, ...] = ()
 
     def __post_init__(self):
         # Normalise Qlib's spellings so that equal configurations compare (and resume) equal.
@@ -161,6 +166,14 @@ class TrainConfig:
                 f"<= lr ({self.lr})",
             )
         _set_int(self, "seed", minimum=0)
+        frozen = (self.frozen,) if isinstance(self.frozen, str) else self.frozen
+        _check(
+            isinstance(frozen, (tuple, list)) and all(isinstance(n, str) and n for n in frozen),
+            "frozen",
+            self.frozen,
+            "a tuple of top-level parameter names such as ('fc',)",
+        )
+        object.__setattr__(self, "frozen", tuple(frozen))  # hashable: the config is a jit static
 
     @property
     def n_evaluations(self) -> int:

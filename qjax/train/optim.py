@@ -7,10 +7,18 @@ inside ``step()``, after clipping, so the chain is
     clip(3.0) -> add_decayed_weights(wd) -> scale_by_adam(0.9, 0.999, 1e-8) -> scale(-lr)
 
 (the decay term is not clipped; this is coupled L2, not AdamW).
+
+Parameters a torch model leaves out of its optimiser (TabNet's fine-tuning head) are
+``TrainConfig.frozen``: ``optax.multi_transform`` sends them to ``set_to_zero`` and everything
+else through the chain above, whose state then covers the trained parameters only.
 """
 
 from __future__ import annotations
 
+import functools
+from typing import Any, Mapping
+
+import jax
 import optax
 
 from qjax.train.config import Plateau, TrainConfig
@@ -26,7 +34,33 @@ def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
     if config.optimizer == "adam":
         parts.append(optax.scale_by_adam(b1=0.9, b2=0.999, eps=1e-8))
     parts.append(optax.scale_by_learning_rate(config.lr))
-    return optax.chain(*parts)
+    chain = optax.chain(*parts)
+    if not config.frozen:
+        return chain
+    return optax.multi_transform(
+        {"trained": chain, "frozen": optax.set_to_zero()},
+        functools.partial(_frozen_labels, frozen=config.frozen),
+    )
+
+
+def _frozen_labels(params: Any, frozen: tuple[str, ...]) -> Any:
+    """Label every leaf under a frozen top-level name "frozen", every other leaf "trained"."""
+    if not isinstance(params, Mapping):
+        raise ValueError(
+            f"TrainConfig.frozen={frozen} needs params that are a dict of named parameter "
+            f"groups, got {type(params).__name__}"
+        )
+    missing = sorted(set(frozen) - set(params))
+    if missing:
+        raise ValueError(
+            f"TrainConfig.frozen names {missing}, which are not top-level parameter groups of "
+            f"the model; it has {sorted(params)}"
+        )
+    labels = {}
+    for name, group in params.items():
+        label = "frozen" if name in frozen else "trained"
+        labels[name] = jax.tree.map(lambda _: label, group)
+    return labels
 
 
 def make_plateau(plateau: Plateau, lr: float) -> optax.GradientTransformationExtraArgs:
