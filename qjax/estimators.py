@@ -16,17 +16,25 @@ are reproducible.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import os
 import warnings
+from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import flax.linen as nn
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pandas as pd
+from flax import traverse_util
 
 from qjax import models
 from qjax.data.dataset import Dataset, TSDataset
 from qjax.data.samples import Samples, with_keyword_inputs
-from qjax.train import FitResult, Plateau, TrainConfig, fit, predict
+from qjax.models.tabnet import SPARSE_LOSS_COLLECTION, pretrain_loss, pretrain_mask
+from qjax.train import FitResult, LossFn, LossOutput, Plateau, TrainConfig, fit, predict
+from qjax.train.losses import as_prediction, masked_squared_error, supervised_mse
 
 # Keywords every Qlib epoch-loop wrapper shares (LSTM, GRU, ALSTM, KRNN, SFM, TCN, ...).
 EPOCH_LOOP = {
@@ -65,6 +73,14 @@ class ModelSpec:
     keyword_inputs: Callable[[dict], Callable[[pd.MultiIndex], dict]] | None = None
     # kwargs -> init_variables hook of qjax.train.fit (pretrained weights), or None
     init_variables: Callable[[dict], Callable | None] | None = None
+    # (kwargs, segment name, samples) -> samples: the model's own input cleaning (TabNet's NaN fill)
+    prepare_samples: Callable[[dict, str, Samples], Samples] | None = None
+    # kwargs -> objective of qjax.train.fit, or None for the NaN-masked MSE
+    loss_fn: Callable[[dict], LossFn | None] | None = None
+    # A training stage before the main fit (TabNet's self-supervised pretraining):
+    # (kwargs, dataset, module, verbose) -> (init_variables or None, its FitResult or None).
+    # An init_variables it returns takes precedence over the one above.
+    pretrain: Callable[[dict, Dataset, nn.Module, bool], tuple[Callable | None, FitResult | None]] | None = None
 
     def resolve(self, user: Mapping[str, Any], is_ts: bool) -> dict:
         resolved = {**self.defaults, **QJAX_EXTRAS}
@@ -281,6 +297,206 @@ def _tcn_module(kw: dict, is_ts: bool) -> dict:
     }
 
 
+# -- TabNet -------------------------------------------------------------------------------------
+# TabnetModel = self-supervised pretraining of the encoder (segments "pretrain" and
+# "pretrain_validation"), then supervised fine-tuning of TabNetFinetune on "train"/"valid".
+# Deliberate differences from Qlib, all in the pretraining stage:
+# - early stopping counts consecutive non-improving epochs (the engine's rule); Qlib's counter
+#   is never reset, so it stops after `early_stop` non-improving epochs in total;
+# - evaluation masks S come from a fixed key (the same for every evaluation and batch), where
+#   Qlib re-draws them, which makes its validation loss (and so its early stopping) noisy;
+# - the masks come from JAX's generator, not torch's.
+# NaN labels are left NaN and masked out of the loss (Qlib fills train labels with their mean and
+# valid labels with 0); after DropnaLabel, in every benchmark config, there are none.
+# With several seeds, pretraining runs once (seed `seed`) and every replica fine-tunes from it.
+
+_TABNET_DEFAULTS = {
+    "d_feat": 158,
+    "out_dim": 64,
+    "final_out_dim": 1,
+    "batch_size": 4096,
+    "n_d": 64,
+    "n_a": 64,
+    "n_shared": 2,
+    "n_ind": 2,
+    "n_steps": 5,
+    "n_epochs": 100,
+    "pretrain_n_epochs": 50,
+    "relax": 1.3,
+    "vbs": 2048,
+    "seed": 993,
+    "optimizer": "adam",
+    "loss": "mse",
+    "metric": "",
+    "early_stop": 20,
+    "GPU": 0,
+    "pretrain_loss": "custom",  # accepted and unused, as in Qlib
+    "ps": 0.3,
+    "lr": 0.01,
+    "pretrain": True,
+    "pretrain_file": None,  # a .npz of the best pretrained encoder's variables (flat "a/b/c" keys)
+    # qjax switches: the paper's TabNet (module docstring of qjax.models.tabnet), which also
+    # trains the head and adds lambda_sparse * the sparsity loss to the fine-tuning loss
+    "paper": False,
+    "lambda_sparse": 1e-3,
+}
+# Segments whose NaN features Qlib fills with the segment's column means first (then with 0).
+_MEAN_FILLED_SEGMENTS = ("train", "pretrain", "pretrain_validation")
+_PRETRAIN_SEGMENTS = ("pretrain", "pretrain_validation")
+
+
+def _tabnet_module(kw: dict, is_ts: bool) -> dict:
+    names = ("out_dim", "final_out_dim", "n_d", "n_a", "n_shared", "n_ind", "n_steps", "relax", "vbs", "paper")
+    return {"inp_dim": kw["d_feat"], **{name: kw[name] for name in names}}
+
+
+def _tabnet_train(kw: dict) -> dict:
+    module = models.get("tabnet")(**_tabnet_module(kw, False))
+    return {**_epoch_loop_train(kw), "frozen": module.frozen_param_names()}  # Qlib never trains fc
+
+
+def _check_tabnet_input(kw: dict, shape: tuple[int, ...]) -> None:
+    if shape[-1] != kw["d_feat"]:
+        raise ValueError(
+            f"d_feat={kw['d_feat']} but the dataset has {shape[-1]} feature columns; set d_feat={shape[-1]}"
+        )
+
+
+def _tabnet_inputs(kw: dict, segment: str, samples: Samples) -> Samples:
+    """Qlib's NaN handling: column means of the segment first where Qlib uses them, then 0."""
+    x = samples.features
+    if not isinstance(x, jax.Array) or x.ndim != 2:
+        raise ValueError(
+            "TabnetModel takes a flat qjax.data.Dataset (one row of d_feat features per sample), "
+            "not a TSDataset"
+        )
+    if segment in _MEAN_FILLED_SEGMENTS:
+        x = jnp.where(jnp.isnan(x), jnp.nanmean(x, axis=0), x)  # an all-NaN column stays NaN
+    return samples.replace(features=jnp.where(jnp.isnan(x), 0.0, x))
+
+
+@dataclasses.dataclass(frozen=True)
+class TabNetPretrainObjective:
+    """Qlib's pretraining objective as an engine ``loss_fn``.
+
+    S ~ Bernoulli(``ps``) is drawn from the step's key; the loss is
+    :func:`qjax.models.tabnet.pretrain_loss`, a sum over the batch, so its count is 1 (the
+    pretraining stage evaluates full batches only, as Qlib does).
+    """
+
+    ps: float
+
+    def __call__(self, apply_fn, variables, batch, rng, train) -> LossOutput:
+        x = batch["x"]
+        loss, batch_stats = pretrain_loss(apply_fn, variables, x, pretrain_mask(rng, x.shape, self.ps), train)
+        return LossOutput(loss, jnp.float32(1.0), batch_stats)
+
+
+@dataclasses.dataclass(frozen=True)
+class SparsityRegularisedMSE:
+    """NaN-masked MSE + ``lambda_sparse`` * the module's sown ``"sparse_loss"`` (TabNet paper).
+
+    The penalty enters training only; evaluation reports the plain MSE, so early stopping and
+    ``metric`` see the same number as without it.
+    """
+
+    lambda_sparse: float
+
+    def __call__(self, apply_fn, variables, batch, rng, train) -> LossOutput:
+        if not train:
+            return supervised_mse(apply_fn, variables, batch, rng, train)
+        kwargs = dict(batch["kwargs"], train=True, rngs={"dropout": rng})
+        out, updates = apply_fn(variables, batch["x"], mutable=["batch_stats", SPARSE_LOSS_COLLECTION], **kwargs)
+        pred = as_prediction(out)
+        total, count = masked_squared_error(pred, batch["y"], batch["w"], batch["mask"])
+        penalty = self.lambda_sparse * updates[SPARSE_LOSS_COLLECTION]["sparse_loss"]
+        return LossOutput(total + penalty * count, count, updates.get("batch_stats"), pred)
+
+
+def _tabnet_loss(kw: dict) -> LossFn | None:
+    return SparsityRegularisedMSE(float(kw["lambda_sparse"])) if kw["paper"] else None
+
+
+class _PretrainStage(nn.Module):
+    """A :class:`~qjax.models.tabnet.TabNetPretrainer` whose mask may be omitted (zeros), so the
+    engine can ``init`` it from ``x`` alone; its variables keep the pretrainer's names."""
+
+    pretrainer: nn.Module
+
+    def setup(self):
+        nn.share_scope(self, self.pretrainer)
+
+    def __call__(self, x: jax.Array, s_mask: jax.Array | None = None, train: bool = False) -> jax.Array:
+        return self.pretrainer(x, jnp.zeros_like(x) if s_mask is None else s_mask, train)
+
+
+def _tabnet_pretrain(kw: dict, dataset: Dataset, module: nn.Module, verbose: bool):
+    """Qlib's ``pretrain_fn``: train encoder + decoder to reconstruct masked features.
+
+    Adam (or SGD) with ``lr`` on encoder and decoder, no clipping, ``batch_size`` shuffled full
+    batches, ``pretrain_n_epochs`` epochs, early stopping on the "pretrain_validation" loss.
+    Returns the fine-tuning ``init_variables`` (the best encoder copied into ``"model"``) and
+    the stage's FitResult.
+    """
+    if not kw["pretrain"]:
+        return None, None
+    missing = [name for name in _PRETRAIN_SEGMENTS if name not in dataset.segments]
+    if missing:
+        raise KeyError(
+            f"pretrain=True needs the dataset segments {list(_PRETRAIN_SEGMENTS)} (Qlib's benchmark "
+            f"configs set them equal to train and valid); {missing} missing. Add them or pass pretrain=False"
+        )
+    segments = []
+    for name in _PRETRAIN_SEGMENTS:
+        samples = _tabnet_inputs(kw, name, dataset.samples(name, data_key="learn", label=False)[0])
+        if samples.size < kw["batch_size"]:
+            raise ValueError(
+                f"segment {name!r} has {samples.size} samples, fewer than batch_size={kw['batch_size']}; "
+                "pretraining uses full batches only (its loss is a sum over the batch), lower batch_size"
+            )
+        segments.append(samples)
+    config = TrainConfig(
+        n_epochs=kw["pretrain_n_epochs"],
+        lr=kw["lr"],
+        batch_size=kw["batch_size"],
+        early_stop=kw["early_stop"],
+        optimizer=kw["optimizer"],
+        clip_value=None,
+        eval_protocol="qlib",  # mean over full batches of the per-batch summed loss
+        seed=0 if kw["seed"] is None else kw["seed"],
+    )
+    stage = _PretrainStage(module.pretrainer())
+    result = fit(stage, *segments, config, loss_fn=TabNetPretrainObjective(float(kw["ps"])), verbose=verbose)
+    best = result.replica(0)
+    encoder = {collection: tree["encoder"] for collection, tree in best.items()}
+    if kw["pretrain_file"] is not None:  # Qlib saves the best encoder and fine-tunes from the file
+        _save_variables(kw["pretrain_file"], encoder)
+        encoder = _load_variables(kw["pretrain_file"])
+    return functools.partial(_with_encoder, encoder=encoder), result
+
+
+def _with_encoder(variables: dict, encoder: dict) -> dict:
+    """Fine-tuning variables whose encoder ``"model"`` is ``encoder`` (the head keeps its init)."""
+    out = {collection: dict(tree) for collection, tree in variables.items()}
+    for collection, tree in encoder.items():
+        out[collection]["model"] = tree
+    return out
+
+
+def _save_variables(path: str | os.PathLike, variables: dict) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    flat = traverse_util.flatten_dict(jax.device_get(variables), sep="/")
+    with open(path, "wb") as file:  # a file handle: np.savez would append ".npz" to the name
+        np.savez(file, **{key: np.asarray(value) for key, value in flat.items()})
+
+
+def _load_variables(path: str | os.PathLike) -> dict:
+    with np.load(path) as arrays:
+        flat = {key: jnp.asarray(arrays[key]) for key in arrays.files}
+    return traverse_util.unflatten_dict(flat, sep="/")
+
+
 SPECS: dict[str, ModelSpec] = {
     spec.name: spec
     for spec in [
@@ -431,6 +647,17 @@ SPECS: dict[str, ModelSpec] = {
             _general_module,
             train_kwargs=lambda kw: {**_epoch_loop_train(kw), "lr_plateau": GENERAL_PLATEAU},
         ),
+        ModelSpec(
+            "tabnet",
+            "qlib.contrib.model.pytorch_tabnet.TabnetModel",
+            _TABNET_DEFAULTS,
+            _tabnet_module,
+            train_kwargs=_tabnet_train,
+            check_input=_check_tabnet_input,
+            prepare_samples=_tabnet_inputs,
+            loss_fn=_tabnet_loss,
+            pretrain=_tabnet_pretrain,
+        ),
     ]
 }
 
@@ -439,7 +666,8 @@ class Estimator:
     """A Qlib-compatible model: ``fit(dataset)`` then ``predict(dataset, segment)``.
 
     After ``fit``: ``module`` (the Flax network), ``variables`` (best parameters of the first
-    seed), ``result`` (:class:`qjax.train.FitResult`, every seed) and ``config``.
+    seed), ``result`` (:class:`qjax.train.FitResult`, every seed), ``config`` and, for models
+    with a pre-training stage (TabNet), ``pretrain_result`` (that stage's FitResult, or None).
     """
 
     def __init__(self, spec: ModelSpec, **kwargs: Any):
@@ -454,6 +682,7 @@ class Estimator:
         self.user_kwargs = dict(kwargs)
         self.module: nn.Module | None = None
         self.result: FitResult | None = None
+        self.pretrain_result: FitResult | None = None
         self.config: TrainConfig | None = None
         self.kwargs: dict | None = None
         self._is_ts: bool | None = None
@@ -490,12 +719,17 @@ class Estimator:
         module = models.get(self.spec.name)(**self.spec.module_kwargs(kw, is_ts))
         config = TrainConfig(**(self.spec.train_kwargs or _epoch_loop_train)(kw))
         init_variables = self.spec.init_variables(kw) if self.spec.init_variables else None
+        self.pretrain_result = None
+        if self.spec.pretrain is not None:
+            pretrained, self.pretrain_result = self.spec.pretrain(kw, dataset, module, verbose)
+            init_variables = pretrained or init_variables
         result = fit(
             module,
             train,
             valid,
             config,
             seeds=seeds,
+            loss_fn=self.spec.loss_fn(kw) if self.spec.loss_fn else None,
             init_variables=init_variables,
             checkpoint_dir=checkpoint_dir,
             resume=resume,
@@ -537,6 +771,8 @@ class Estimator:
                     f"reweighter returned {weights.shape[0]} weights for {samples.size} samples"
                 )
             samples = samples.replace(weights=_device(weights))
+        if self.spec.prepare_samples is not None:
+            samples = self.spec.prepare_samples(self.kwargs, segment, samples)
         if self.spec.keyword_inputs is not None:
             samples = with_keyword_inputs(samples, **self.spec.keyword_inputs(self.kwargs)(index))
         return samples, index
@@ -547,8 +783,6 @@ class Estimator:
 
 
 def _device(array: np.ndarray):
-    import jax.numpy as jnp
-
     return jnp.asarray(array)
 
 
@@ -561,8 +795,6 @@ def _is_ts(dataset) -> bool:
 
 
 def _input_shape(samples: Samples) -> tuple[int, ...]:
-    import jax
-
     x = jax.eval_shape(lambda: samples.take(samples.features, np.zeros(1, np.int32)))
     x = x["x"] if isinstance(x, dict) else x
     return tuple(x.shape)

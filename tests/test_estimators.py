@@ -31,7 +31,7 @@ QLIB_WRAPPERS = {
 }
 # Deliberate differences, each documented in qjax/estimators.py.
 # rnn_type: Qlib's ALSTM YAMLs pass it and the wrapper swallows it in **kwargs.
-QJAX_ONLY = {"alstm": {"honour_rnn_type", "rnn_type"}, "krnn": {"layout"}}
+QJAX_ONLY = {"alstm": {"honour_rnn_type", "rnn_type"}, "krnn": {"layout"}, "tabnet": {"paper", "lambda_sparse"}}
 CHANGED_DEFAULTS = {("hist", "metric"): "ic"}  # Qlib's default "" raises in HIST.metric_fn
 
 

@@ -43,7 +43,7 @@ An engine objective is ``S = pretrain_mask(rng, x.shape, ps)``, ``loss, stats =
 pretrain_loss(apply_fn, variables, x, S, train)`` with count 1.
 
 Qlib asserts the input has no NaN; that cannot be checked inside ``jit``, so NaNs propagate here
-and the data side must fill them (Qlib's TabnetModel sets them to 0).
+and the data side must fill them, as ``qjax.estimator("tabnet")`` does (Qlib's NaN handling).
 """
 
 from __future__ import annotations
