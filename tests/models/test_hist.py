@@ -19,26 +19,19 @@ from qjax.interop.qlib import from_qlib
 from qjax.interop.qlib.gats import load_base_weights
 from qjax.models import get
 from qjax.models.hist import HISTModel, hidden_concept_matrix
+from tests.models.parity import (
+    assert_trees_close,
+    init_shapes,
+    jax_output_and_grads,
+    load_base_like_qlib,
+    param_count,
+    qlib_grads_as_params,
+    rel_err,
+    torch_output_and_grads,
+    torch_param_count,
+)
 
 SMALL = dict(hidden_size=16, num_layers=2)
-
-
-def rel_err(got, want) -> float:
-    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
-    return float(np.max(np.abs(got - want)) / max(np.max(np.abs(want)), 1e-12))
-
-
-def assert_trees_close(got, want, tol):
-    """Per-leaf relative error; the scale is the leaf's own, floored at 1% of the whole tree's."""
-    want = dict(jax.tree_util.tree_leaves_with_path(want))
-    got = jax.tree_util.tree_leaves_with_path(got)
-    assert len(got) == len(want)
-    floor = 0.01 * max(np.max(np.abs(np.asarray(w))) for w in want.values())
-    for path, leaf in got:
-        reference = np.asarray(want[path], np.float64)
-        scale = max(np.max(np.abs(reference)), floor, 1e-12)
-        err = np.max(np.abs(np.asarray(leaf, np.float64) - reference)) / scale
-        assert err <= tol, (jax.tree_util.keystr(path), err)
 
 
 @pytest.fixture
@@ -55,16 +48,6 @@ def concepts(rng, n_stocks: int, n_concepts: int) -> np.ndarray:
     return matrix
 
 
-def jax_output_and_grads(module, variables, x, c, y, **kwargs):
-    def loss(params, inputs):
-        out = module.apply({"params": params}, inputs, c, **kwargs)
-        return jnp.mean((out - y) ** 2), out
-
-    grad_fn = jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))
-    (_, out), (g_params, g_x) = grad_fn(variables["params"], jnp.asarray(x))
-    return out, g_x, g_params
-
-
 @pytest.mark.parity
 @pytest.mark.parametrize("base_model", ["GRU", "LSTM"])
 def test_matches_qlib_forward_and_gradients(torch, qlib_hist, base_model):
@@ -78,18 +61,13 @@ def test_matches_qlib_forward_and_gradients(torch, qlib_hist, base_model):
     x = rng.standard_normal((16, 6 * 10)).astype(np.float32)
     c = concepts(rng, 16, 9)
     y = rng.standard_normal(16).astype(np.float32)
-    xt = torch.tensor(x, requires_grad=True)
-    t_out = net(xt, torch.tensor(c))
-    torch.mean((t_out - torch.tensor(y)) ** 2).backward()
-    # The six unused Linears get no gradient in torch (None): zero, as in qjax.
-    t_grads = {k: (p.grad if p.grad is not None else torch.zeros_like(p)).numpy() for k, p in net.named_parameters()}
-
-    j_out, j_gx, j_grads = jax_output_and_grads(module, variables, x, c, y)
+    t_out, t_gx, t_grads = torch_output_and_grads(torch, net, x, y, c)  # the six unused Linears: zeros
+    j_out, j_gx, j_grads = jax_output_and_grads(module, variables, x, y, c)
     assert j_out.shape == (16,)
-    assert rel_err(j_out, t_out.detach().numpy()) <= 1e-5
-    assert rel_err(j_gx, xt.grad.numpy()) <= 1e-4
-    _, t_grad_vars = from_qlib("hist", t_grads, **kwargs)
-    assert_trees_close(j_grads, t_grad_vars["params"], 1e-4)
+    assert rel_err(j_out, t_out) <= 1e-5
+    assert rel_err(j_gx, t_gx) <= 1e-4
+    want_grads = qlib_grads_as_params("hist", t_grads, **kwargs)
+    assert_trees_close(j_grads, want_grads, 1e-4)
 
 
 @pytest.mark.parity
@@ -141,8 +119,8 @@ def test_hidden_concept_matrix_by_hand():
 
 def test_param_count_matches_qlib_reference():
     module = HISTModel(d_feat=6, hidden_size=64, num_layers=2, base_model="LSTM")
-    shapes = jax.eval_shape(module.init, jax.random.PRNGKey(0), jnp.zeros((3, 360)), jnp.zeros((3, 5)))
-    assert sum(int(np.prod(s.shape)) for s in jax.tree_util.tree_leaves(shapes["params"])) == 93_572  # §9
+    shapes = init_shapes(module, jnp.zeros((3, 360)), jnp.zeros((3, 5)))
+    assert param_count(shapes["params"]) == 93_572  # §9
     assert {"fc_es_middle", "fc_is_middle", "fc_indi_fore", "fc_out_es", "fc_out_is", "fc_out_indi"} <= set(
         shapes["params"]
     )
@@ -151,7 +129,7 @@ def test_param_count_matches_qlib_reference():
 @pytest.mark.parity
 def test_torch_param_count_matches_qlib_reference(torch, qlib_hist):
     net = qlib_hist.HISTModel(d_feat=6, hidden_size=64, num_layers=2, base_model="LSTM")
-    assert sum(p.numel() for p in net.parameters()) == 93_572
+    assert torch_param_count(net) == 93_572
 
 
 def test_xavier_init_on_hidden_linears():
@@ -210,12 +188,7 @@ def test_pretrained_lstm_base_matches_qlib_loading(torch, qlib_hist, shared_data
     net = qlib_hist.HISTModel(base_model="LSTM").eval()
     module, variables = from_qlib("hist", net.state_dict(), base_model="LSTM")
     loaded = load_base_weights(variables, read_torch_state_dict(pkl), "LSTM", 2)
-    # Qlib's fit: default-dim LSTMModel() loads the pkl; keys present in HISTModel are copied.
-    base = require("qlib.contrib.model.pytorch_lstm").LSTMModel()
-    base.load_state_dict(torch.load(pkl, map_location="cpu", weights_only=True))
-    target = net.state_dict()
-    target.update({k: v for k, v in base.state_dict().items() if k in target})
-    net.load_state_dict(target)
+    load_base_like_qlib(torch, net, require("qlib.contrib.model.pytorch_lstm").LSTMModel(), pkl)
 
     rng = np.random.default_rng(5)
     x = rng.standard_normal((20, 360)).astype(np.float32)

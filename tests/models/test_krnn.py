@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import require
 
 from qjax.interop.qlib import from_qlib
 from qjax.models.krnn import KRNNModel
+from tests.models.parity import (
+    assert_trees_close,
+    jax_output_and_grads,
+    param_count,
+    qlib_grads_as_params,
+    rel_err,
+    torch_output_and_grads,
+    torch_param_count,
+)
 
 N = 24
 BENCH = dict(fea_dim=6, cnn_dim=8, cnn_kernel_size=3, rnn_dim=8, rnn_dups=2, rnn_layers=2, dropout=0.0)
@@ -18,57 +26,9 @@ WRAPPER_DEFAULTS = dict(
 )
 
 
-def rel_err(got, want) -> float:
-    """Max abs error relative to the reference's scale."""
-    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
-    return float(np.max(np.abs(got - want)) / max(np.max(np.abs(want)), 1e-12))
-
-
-def tree_errors(got, want) -> dict[str, float]:
-    """Per-leaf max abs error over the reference leaf's scale, floored at 1e-3 of the tree's.
-
-    The floor matters for gradients whose exact value nearly cancels, where both sides hold
-    float32 noise: a Linear bias feeding train-mode BatchNorm, ALSTM's att_fc_in.bias (the
-    time softmax is shift-invariant).
-    """
-    want_leaves = dict(jax.tree_util.tree_leaves_with_path(want))
-    got_leaves = jax.tree_util.tree_leaves_with_path(got)
-    assert len(got_leaves) == len(want_leaves)
-    floor = 1e-3 * max(float(np.max(np.abs(w))) for w in want_leaves.values())
-    errors = {}
-    for path, leaf in got_leaves:
-        ref = np.asarray(want_leaves[path], np.float64)
-        scale = max(float(np.max(np.abs(ref))), floor)
-        errors[jax.tree_util.keystr(path)] = float(np.max(np.abs(np.asarray(leaf, np.float64) - ref))) / scale
-    return errors
-
-
-def assert_trees_close(got, want, tol):
-    errors = tree_errors(got, want)
-    assert max(errors.values()) <= tol, errors
-
-
 def torch_krnn(torch, seed, **kwargs):
     torch.manual_seed(seed)
     return require("qlib.contrib.model.pytorch_krnn").KRNNModel(device="cpu", **kwargs).eval()
-
-
-def torch_output_and_grads(torch, net, x, y):
-    xt = torch.tensor(x, requires_grad=True)
-    out = net(xt)
-    torch.mean((out - torch.tensor(y)) ** 2).backward()
-    return out.detach().numpy(), xt.grad.numpy(), {k: p.grad.numpy() for k, p in net.named_parameters()}
-
-
-def jax_output_and_grads(module, variables, x, y):
-    def loss(params, inputs):
-        out = module.apply({"params": params}, inputs)
-        return jnp.mean((out - y) ** 2), out
-
-    (_, out), (g_params, g_x) = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(
-        variables["params"], jnp.asarray(x)
-    )
-    return out, g_x, g_params
 
 
 @pytest.mark.parity
@@ -93,16 +53,14 @@ def test_matches_qlib_forward_and_gradients(torch, kwargs, shape):
     assert j_out.shape == (N,)
     assert rel_err(j_out, t_out) <= 1e-5
     assert rel_err(j_gx, t_gx) <= 1e-4
-    _, t_grad_vars = from_qlib("krnn", t_grads, **kwargs)
-    assert_trees_close(j_grads, t_grad_vars["params"], 1e-4)
+    assert_trees_close(j_grads, qlib_grads_as_params("krnn", t_grads, **kwargs), 1e-4)
 
 
 @pytest.mark.parity
 def test_param_count_matches_qlib_and_reference(torch):
     net = torch_krnn(torch, 0, **BENCH)
     _, variables = from_qlib("krnn", net.state_dict(), **BENCH)
-    n_torch = sum(p.numel() for p in net.parameters())
-    assert sum(a.size for a in jax.tree_util.tree_leaves(variables)) == n_torch == 1_889  # §9
+    assert param_count(variables) == torch_param_count(net) == 1_889  # §9
     assert variables["params"]["rnns"]["kernel_hh_l1"].shape == (2, 8, 24)  # K GRUs stacked, not looped
 
 

@@ -10,38 +10,18 @@ from conftest import require
 
 from qjax.interop.qlib import from_qlib
 from qjax.models.mlp import Net
+from tests.models.parity import (
+    assert_trees_close,
+    grad_state,
+    jax_output_and_grads,
+    param_count,
+    qlib_grads_as_params,
+    rel_err,
+    torch_output_and_grads,
+    torch_param_count,
+)
 
 N = 48
-
-
-def rel_err(got, want) -> float:
-    """Max abs error relative to the reference's scale."""
-    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
-    return float(np.max(np.abs(got - want)) / max(np.max(np.abs(want)), 1e-12))
-
-
-def tree_errors(got, want) -> dict[str, float]:
-    """Per-leaf max abs error over the reference leaf's scale, floored at 1e-3 of the tree's.
-
-    The floor matters for gradients whose exact value nearly cancels, where both sides hold
-    float32 noise: a Linear bias feeding train-mode BatchNorm, ALSTM's att_fc_in.bias (the
-    time softmax is shift-invariant).
-    """
-    want_leaves = dict(jax.tree_util.tree_leaves_with_path(want))
-    got_leaves = jax.tree_util.tree_leaves_with_path(got)
-    assert len(got_leaves) == len(want_leaves)
-    floor = 1e-3 * max(float(np.max(np.abs(w))) for w in want_leaves.values())
-    errors = {}
-    for path, leaf in got_leaves:
-        ref = np.asarray(want_leaves[path], np.float64)
-        scale = max(float(np.max(np.abs(ref))), floor)
-        errors[jax.tree_util.keystr(path)] = float(np.max(np.abs(np.asarray(leaf, np.float64) - ref))) / scale
-    return errors
-
-
-def assert_trees_close(got, want, tol):
-    errors = tree_errors(got, want)
-    assert max(errors.values()) <= tol, errors
 
 
 def pristine_torch_net(torch, seed, **kwargs):
@@ -63,13 +43,6 @@ def torch_net(torch, seed, **kwargs):
     return net
 
 
-def torch_grads_as_variables(torch, net, kwargs):
-    """Map torch .grad tensors to qjax's layout with the converter itself (it is linear)."""
-    state = {k: v.numpy() for k, v in net.state_dict().items()}
-    state.update({k: p.grad.numpy() for k, p in net.named_parameters()})
-    return from_qlib("mlp", state, **kwargs)[1]["params"]
-
-
 @pytest.mark.parity
 @pytest.mark.parametrize(
     "kwargs,expected_count",
@@ -87,23 +60,16 @@ def test_eval_forward_gradients_and_param_count_match_qlib(torch, kwargs, expect
     x = rng.standard_normal((N, kwargs["input_dim"])).astype(np.float32)
     y = rng.standard_normal((N, kwargs.get("output_dim", 1))).astype(np.float32)
 
-    xt = torch.tensor(x, requires_grad=True)
-    t_out = net(xt)
-    torch.mean((t_out - torch.tensor(y)) ** 2).backward()
+    t_out, t_gx, _ = torch_output_and_grads(torch, net, x, y)
+    j_out, j_gx, j_grads = jax_output_and_grads(module, variables, x, y)
+    assert j_out.shape == t_out.shape == (N, kwargs.get("output_dim", 1))
+    assert rel_err(j_out, t_out) <= 1e-5
+    assert rel_err(j_gx, t_gx) <= 1e-4
+    # grad_state, not the named grads: the converter also reads the BatchNorm buffers
+    assert_trees_close(j_grads, qlib_grads_as_params("mlp", grad_state(torch, net), **kwargs), 1e-4)
 
-    def loss(params, inputs):
-        out = module.apply({**variables, "params": params}, inputs)
-        return jnp.mean((out - y) ** 2), out
-
-    grad_fn = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)
-    (_, j_out), (g_params, g_x) = grad_fn(variables["params"], x)
-    assert j_out.shape == tuple(t_out.shape) == (N, kwargs.get("output_dim", 1))
-    assert rel_err(j_out, t_out.detach().numpy()) <= 1e-5
-    assert rel_err(g_x, xt.grad.numpy()) <= 1e-4
-    assert_trees_close(g_params, torch_grads_as_variables(torch, net, kwargs), 1e-4)
-
-    n_torch = sum(p.numel() for p in net.parameters())
-    assert sum(a.size for a in jax.tree_util.tree_leaves(variables["params"])) == n_torch
+    n_torch = torch_param_count(net)
+    assert param_count(variables["params"]) == n_torch
     if expected_count is not None:
         assert n_torch == expected_count  # QLIB_REFERENCE §9
 
@@ -124,7 +90,7 @@ def test_train_step_matches_qlib_including_running_stats(torch, act):
 
     t_out = net(torch.tensor(x))
     torch.mean((t_out - torch.tensor(y)) ** 2).backward()
-    t_grads = torch_grads_as_variables(torch, net, kwargs)
+    t_grads = qlib_grads_as_params("mlp", grad_state(torch, net), **kwargs)
     torch.optim.SGD(net.parameters(), lr=lr).step()
     after_step = from_qlib("mlp", net.state_dict(), **kwargs)[1]
 

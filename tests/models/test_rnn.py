@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import require
 
 from qjax.interop.qlib import from_qlib
 from qjax.models import get
+from tests.models.parity import (
+    assert_trees_close,
+    jax_output_and_grads,
+    numpy_state,
+    param_count,
+    qlib_grads_as_params,
+    random_rnn_state_dict,
+    rel_err,
+    torch_output_and_grads,
+    torch_param_count,
+)
 
 N = 32
 
@@ -22,57 +32,6 @@ CASES = [
 ]
 
 
-def rel_err(got, want) -> float:
-    """Max abs error relative to the reference's scale."""
-    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
-    return float(np.max(np.abs(got - want)) / max(np.max(np.abs(want)), 1e-12))
-
-
-def torch_output_and_grads(torch, net, x, y):
-    """Eval forward, then d MSE / d input and d MSE / d every parameter (as a state dict)."""
-    net.eval()
-    xt = torch.tensor(x, requires_grad=True)
-    out = net(xt)
-    torch.mean((out - torch.tensor(y)) ** 2).backward()
-    grads = {k: p.grad.numpy() for k, p in net.named_parameters()}
-    return out.detach().numpy(), xt.grad.numpy(), grads
-
-
-def jax_output_and_grads(module, variables, x, y):
-    def loss(params, inputs):
-        out = module.apply({**variables, "params": params}, inputs)
-        return jnp.mean((out - y) ** 2), out
-
-    (_, out), (g_params, g_x) = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(
-        variables["params"], jnp.asarray(x)
-    )
-    return out, g_x, g_params
-
-
-def tree_errors(got, want) -> dict[str, float]:
-    """Per-leaf max abs error over the reference leaf's scale, floored at 1e-3 of the tree's.
-
-    The floor matters for gradients whose exact value nearly cancels, where both sides hold
-    float32 noise: a Linear bias feeding train-mode BatchNorm, ALSTM's att_fc_in.bias (the
-    time softmax is shift-invariant).
-    """
-    want_leaves = dict(jax.tree_util.tree_leaves_with_path(want))
-    got_leaves = jax.tree_util.tree_leaves_with_path(got)
-    assert len(got_leaves) == len(want_leaves)
-    floor = 1e-3 * max(float(np.max(np.abs(w))) for w in want_leaves.values())
-    errors = {}
-    for path, leaf in got_leaves:
-        ref = np.asarray(want_leaves[path], np.float64)
-        scale = max(float(np.max(np.abs(ref))), floor)
-        errors[jax.tree_util.keystr(path)] = float(np.max(np.abs(np.asarray(leaf, np.float64) - ref))) / scale
-    return errors
-
-
-def assert_trees_close(got, want, tol):
-    errors = tree_errors(got, want)
-    assert max(errors.values()) <= tol, errors
-
-
 @pytest.mark.parity
 @pytest.mark.parametrize("name,qlib_module,cls,d_feat,shape,expected_count", CASES)
 def test_matches_qlib_forward_gradients_and_param_count(
@@ -80,8 +39,7 @@ def test_matches_qlib_forward_gradients_and_param_count(
 ):
     torch.manual_seed(0)
     net = getattr(require(qlib_module), cls)(d_feat=d_feat, hidden_size=64, num_layers=2)
-    state = {k: v.numpy() for k, v in net.state_dict().items()}
-    module, variables = from_qlib(name, state, d_feat=d_feat, hidden_size=64, num_layers=2)
+    module, variables = from_qlib(name, numpy_state(net), d_feat=d_feat, hidden_size=64, num_layers=2)
     assert isinstance(module, get(name))
 
     rng = np.random.default_rng(1)
@@ -93,12 +51,9 @@ def test_matches_qlib_forward_gradients_and_param_count(
     assert j_out.shape == (N,)
     assert rel_err(j_out, t_out) <= 1e-5
     assert rel_err(j_gx, t_gx) <= 1e-4
-    _, t_grad_vars = from_qlib(name, t_grads, d_feat=d_feat, hidden_size=64, num_layers=2)
-    assert_trees_close(j_grads, t_grad_vars["params"], 1e-4)
-
-    n_torch = sum(p.numel() for p in net.parameters())
-    n_jax = sum(a.size for a in jax.tree_util.tree_leaves(variables["params"]))
-    assert n_jax == n_torch == expected_count
+    want_grads = qlib_grads_as_params(name, t_grads, d_feat=d_feat, hidden_size=64, num_layers=2)
+    assert_trees_close(j_grads, want_grads, 1e-4)
+    assert param_count(variables["params"]) == torch_param_count(net) == expected_count
 
 
 @pytest.mark.parity
@@ -144,21 +99,9 @@ def test_dropout_between_layers_only_in_training(name):
     )
 
 
-def _random_state(name, d_feat, hidden, layers):
-    gates = 4 if name == "lstm" else 3
-    rng = np.random.default_rng(0)
-    state = {"fc_out.weight": rng.standard_normal((1, hidden)), "fc_out.bias": rng.standard_normal(1)}
-    for k in range(layers):
-        state[f"rnn.weight_ih_l{k}"] = rng.standard_normal((gates * hidden, d_feat if k == 0 else hidden))
-        state[f"rnn.weight_hh_l{k}"] = rng.standard_normal((gates * hidden, hidden))
-        state[f"rnn.bias_ih_l{k}"] = rng.standard_normal(gates * hidden)
-        state[f"rnn.bias_hh_l{k}"] = rng.standard_normal(gates * hidden)
-    return state
-
-
 @pytest.mark.parametrize("name", ["lstm", "gru"])
 def test_converter_rejects_kwargs_that_do_not_fit_the_state_dict(name):
-    state = _random_state(name, d_feat=6, hidden=8, layers=2)
+    state = random_rnn_state_dict(name, d_feat=6, hidden=8, layers=2)
     with pytest.raises(ValueError, match="shapes do not fit"):
         from_qlib(name, state, d_feat=20, hidden_size=8, num_layers=2)
     with pytest.raises(ValueError, match="does not use"):

@@ -11,24 +11,16 @@ from conftest import require
 from qjax.interop.qlib import from_qlib
 from qjax.models import get
 from qjax.models.sfm import SFM_Model
-
-
-def rel_err(got, want) -> float:
-    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
-    return float(np.max(np.abs(got - want)) / max(np.max(np.abs(want)), 1e-12))
-
-
-def assert_trees_close(got, want, tol):
-    """Per-leaf relative error; the scale is the leaf's own, floored at 1% of the whole tree's."""
-    want = dict(jax.tree_util.tree_leaves_with_path(want))
-    got = jax.tree_util.tree_leaves_with_path(got)
-    assert len(got) == len(want)
-    floor = 0.01 * max(np.max(np.abs(np.asarray(w))) for w in want.values())
-    for path, leaf in got:
-        reference = np.asarray(want[path], np.float64)
-        scale = max(np.max(np.abs(reference)), floor, 1e-12)
-        err = np.max(np.abs(np.asarray(leaf, np.float64) - reference)) / scale
-        assert err <= tol, (jax.tree_util.keystr(path), err)
+from tests.models.parity import (
+    assert_trees_close,
+    init_shapes,
+    jax_output_and_grads,
+    param_count,
+    qlib_grads_as_params,
+    rel_err,
+    torch_output_and_grads,
+    torch_param_count,
+)
 
 
 @pytest.fixture(scope="module")
@@ -47,23 +39,13 @@ def test_matches_qlib_forward_and_gradients(torch, qlib_sfm):
     rng = np.random.default_rng(1)
     x = rng.standard_normal((16, 6 * 15)).astype(np.float32)
     y = rng.standard_normal(16).astype(np.float32)
-    xt = torch.tensor(x, requires_grad=True)
-    t_out = net(xt)
-    torch.mean((t_out - torch.tensor(y)) ** 2).backward()
-    t_grads = {k: p.grad.numpy() for k, p in net.named_parameters()}
-
-    def loss(params, inputs):
-        out = module.apply({"params": params}, inputs)
-        return jnp.mean((out - y) ** 2), out
-
-    (_, j_out), (j_grads, j_gx) = jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))(
-        variables["params"], jnp.asarray(x)
-    )
+    t_out, t_gx, t_grads = torch_output_and_grads(torch, net, x, y)
+    j_out, j_gx, j_grads = jax_output_and_grads(module, variables, x, y)
     assert j_out.shape == (16,)
-    assert rel_err(j_out, t_out.detach().numpy()) <= 1e-5
-    assert rel_err(j_gx, xt.grad.numpy()) <= 1e-4
-    _, t_grad_vars = from_qlib("sfm", t_grads, **kwargs)
-    assert_trees_close(j_grads, t_grad_vars["params"], 1e-4)
+    assert rel_err(j_out, t_out) <= 1e-5
+    assert rel_err(j_gx, t_gx) <= 1e-4
+    want_grads = qlib_grads_as_params("sfm", t_grads, **kwargs)
+    assert_trees_close(j_grads, want_grads, 1e-4)
 
 
 @pytest.mark.parity
@@ -77,13 +59,12 @@ def test_float32_state_matches_qlib_float64_state_at_benchmark_size(torch, qlib_
     with torch.no_grad():
         want = net(torch.tensor(x)).numpy()
     assert rel_err(module.apply(variables, x), want) <= 1e-5
-    assert sum(p.numel() for p in net.parameters()) == 22_153  # QLIB_REFERENCE §9
+    assert torch_param_count(net) == 22_153  # QLIB_REFERENCE §9
 
 
 def test_param_count_matches_qlib_reference():
     module = SFM_Model(d_feat=6, output_dim=32, freq_dim=25, hidden_size=64)
-    shapes = jax.eval_shape(module.init, jax.random.PRNGKey(0), jnp.zeros((2, 360)))
-    assert sum(int(np.prod(s.shape)) for s in jax.tree_util.tree_leaves(shapes["params"])) == 22_153
+    assert param_count(init_shapes(module, jnp.zeros((2, 360)))["params"]) == 22_153
 
 
 def test_init_follows_qlib():

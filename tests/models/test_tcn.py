@@ -11,6 +11,16 @@ from conftest import require
 from qjax.interop.qlib import from_qlib
 from qjax.models import get
 from qjax.models.tcn import TCNModel
+from tests.models.parity import (
+    assert_trees_close,
+    init_shapes,
+    jax_output_and_grads,
+    param_count,
+    qlib_grads_as_params,
+    rel_err,
+    torch_output_and_grads,
+    torch_param_count,
+)
 
 # Qlib's tcn.py uses the deprecated torch.nn.utils.weight_norm (its state-dict layout is the one
 # the converter reads), which warns on every construction.
@@ -18,28 +28,6 @@ pytestmark = pytest.mark.filterwarnings("ignore:.*weight_norm.*:FutureWarning")
 
 # Levels 6->8 (1x1 downsample), 8->8 (identity residual), 8->12 (downsample); dilations 1, 2, 4.
 SMALL = dict(output_size=1, num_channels=[8, 8, 12], kernel_size=3, dropout=0.0)
-
-
-def rel_err(got, want) -> float:
-    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
-    return float(np.max(np.abs(got - want)) / max(np.max(np.abs(want)), 1e-12))
-
-
-def assert_trees_close(got, want, tol):
-    """Per-leaf relative error; the scale is the leaf's own, floored at 1% of the whole tree's."""
-    want = dict(jax.tree_util.tree_leaves_with_path(want))
-    got = jax.tree_util.tree_leaves_with_path(got)
-    assert len(got) == len(want)
-    floor = 0.01 * max(np.max(np.abs(np.asarray(w))) for w in want.values())
-    for path, leaf in got:
-        reference = np.asarray(want[path], np.float64)
-        scale = max(np.max(np.abs(reference)), floor, 1e-12)
-        err = np.max(np.abs(np.asarray(leaf, np.float64) - reference)) / scale
-        assert err <= tol, (jax.tree_util.keystr(path), err)
-
-
-def count(tree) -> int:
-    return sum(int(np.prod(leaf.shape)) for leaf in jax.tree_util.tree_leaves(tree))
 
 
 @pytest.mark.parity
@@ -59,26 +47,15 @@ def test_matches_qlib_forward_and_gradients(torch, qlib_module):
         x_torch = x_jax = features_first.reshape(16, -1)  # Alpha360-style flat rows
     y = rng.standard_normal(16).astype(np.float32)
 
-    xt = torch.tensor(np.ascontiguousarray(x_torch), requires_grad=True)
-    t_out = net(xt)
-    torch.mean((t_out - torch.tensor(y)) ** 2).backward()
-    t_grads = {k: p.grad.numpy() for k, p in net.named_parameters()}
-    t_gx = xt.grad.numpy()
-
-    def loss(params, inputs):
-        out = module.apply({"params": params}, inputs)
-        return jnp.mean((out - y) ** 2), out
-
-    (_, j_out), (j_grads, j_gx) = jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))(
-        variables["params"], jnp.asarray(x_jax)
-    )
+    t_out, t_gx, t_grads = torch_output_and_grads(torch, net, np.ascontiguousarray(x_torch), y)
+    j_out, j_gx, j_grads = jax_output_and_grads(module, variables, x_jax, y)
     if qlib_module.endswith("_ts"):
         j_gx = np.swapaxes(j_gx, 1, 2)
     assert j_out.shape == (16,)
-    assert rel_err(j_out, t_out.detach().numpy()) <= 1e-5
+    assert rel_err(j_out, t_out) <= 1e-5
     assert rel_err(j_gx, t_gx) <= 1e-4
-    _, t_grad_vars = from_qlib("tcn", t_grads, num_input=6, **SMALL)
-    assert_trees_close(j_grads, t_grad_vars["params"], 1e-4)
+    want_grads = qlib_grads_as_params("tcn", t_grads, num_input=6, **SMALL)
+    assert_trees_close(j_grads, want_grads, 1e-4)
 
 
 # QLIB_REFERENCE §9: Alpha360 (6, [128]x5, k 3) and Alpha158 (20, [32]x5, k 7), weight_norm g counted.
@@ -88,15 +65,14 @@ COUNT_CASES = [(6, 128, 3, 448_257), (20, 32, 7, 70_337)]
 @pytest.mark.parametrize("num_input,channels,kernel_size,expected", COUNT_CASES)
 def test_param_count_matches_qlib_reference(num_input, channels, kernel_size, expected):
     module = TCNModel(num_input, 1, [channels] * 5, kernel_size, 0.5)
-    shapes = jax.eval_shape(module.init, jax.random.PRNGKey(0), jnp.zeros((2, 20, num_input)))
-    assert count(shapes["params"]) == expected
+    assert param_count(init_shapes(module, jnp.zeros((2, 20, num_input)))["params"]) == expected
 
 
 @pytest.mark.parity
 @pytest.mark.parametrize("num_input,channels,kernel_size,expected", COUNT_CASES)
 def test_torch_param_count_matches_qlib_reference(torch, num_input, channels, kernel_size, expected):
     net = require("qlib.contrib.model.pytorch_tcn").TCNModel(num_input, 1, [channels] * 5, kernel_size, 0.5)
-    assert sum(p.numel() for p in net.parameters()) == expected
+    assert torch_param_count(net) == expected
 
 
 def test_effective_init_is_default_conv_init_under_weight_norm():

@@ -11,6 +11,15 @@ from conftest import require
 from qjax.interop.qlib import from_qlib
 from qjax.models import get
 from qjax.models.transformer import positional_encoding
+from tests.models.parity import (
+    init_shapes,
+    jax_output_and_grads,
+    param_count,
+    qlib_grads_as_params,
+    rel_err,
+    torch_output_and_grads,
+    torch_param_count,
+)
 
 # Qlib builds nn.TransformerEncoder with batch_first=False, for which torch warns at construction.
 pytestmark = pytest.mark.filterwarnings("ignore:enable_nested_tensor:UserWarning")
@@ -31,29 +40,6 @@ QLIB_MODULE = {
 }
 
 
-def rel_err(got, want) -> float:
-    """Max abs error relative to the reference's scale."""
-    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
-    return float(np.max(np.abs(got - want)) / max(np.max(np.abs(want)), 1e-12))
-
-
-def torch_grads(torch, net, x, y):
-    """d MSE / d input and d MSE / d every parameter (a state dict; unused params get zeros)."""
-    net.eval()
-    xt = torch.tensor(x, requires_grad=True)
-    torch.mean((net(xt) - torch.tensor(y)) ** 2).backward()
-    grads = {k: (p.grad if p.grad is not None else torch.zeros_like(p)).numpy() for k, p in net.named_parameters()}
-    return xt.grad.numpy(), grads
-
-
-def jax_grads(module, variables, x, y):
-    def loss(params, inputs):
-        return jnp.mean((module.apply({"params": params}, inputs) - y) ** 2)
-
-    g_params, g_x = jax.grad(loss, argnums=(0, 1))(variables["params"], jnp.asarray(x))
-    return g_x, g_params
-
-
 @pytest.mark.parity
 @pytest.mark.parametrize("name,qlib_module,d_feat,shape", CASES)
 def test_matches_qlib_forward_and_gradients(torch, name, qlib_module, d_feat, shape):
@@ -71,11 +57,11 @@ def test_matches_qlib_forward_and_gradients(torch, name, qlib_module, d_feat, sh
     assert got.shape == (N,)
     assert rel_err(got, want) <= 1e-5
 
-    t_gx, t_grads = torch_grads(torch, net, x, y)
-    j_gx, j_grads = jax_grads(module, variables, x, y)
+    _, t_gx, t_grads = torch_output_and_grads(torch, net, x, y)  # the unused template gets zeros
+    _, j_gx, j_grads = jax_output_and_grads(module, variables, x, y)
     assert rel_err(j_gx, t_gx) <= 1e-4
-    _, want_grads = from_qlib(name, t_grads, d_feat=d_feat, **SMALL)
-    want_flat = dict(jax.tree_util.tree_leaves_with_path(want_grads["params"]))
+    want_grads = qlib_grads_as_params(name, t_grads, d_feat=d_feat, **SMALL)
+    want_flat = dict(jax.tree_util.tree_leaves_with_path(want_grads))
     got_flat = jax.tree_util.tree_leaves_with_path(j_grads)
     assert len(got_flat) == len(want_flat)
     for path, leaf in got_flat:
@@ -98,11 +84,9 @@ def test_matches_qlib_forward_and_gradients(torch, name, qlib_module, d_feat, sh
 def test_param_count_equals_qlib_benchmark_config(torch, name, d_feat, expected):
     kwargs = dict(d_feat=d_feat, d_model=64, nhead=2, num_layers=2, dropout=0.0)
     net = require(QLIB_MODULE[name]).Transformer(**kwargs)
-    shapes = jax.eval_shape(lambda: get(name)(**kwargs).init(jax.random.PRNGKey(0), jnp.zeros((2, d_feat * 60))))
-    n_jax = sum(int(np.prod(a.shape)) for a in jax.tree_util.tree_leaves(shapes["params"]))
-    unused = sum(int(np.prod(a.shape)) for a in jax.tree_util.tree_leaves(shapes["params"]["encoder_layer"]))
-    assert n_jax == sum(p.numel() for p in net.parameters()) == expected
-    assert unused == sum(p.numel() for p in net.encoder_layer.parameters()) == 281_152
+    params = init_shapes(get(name)(**kwargs), jnp.zeros((2, d_feat * 60)))["params"]
+    assert param_count(params) == torch_param_count(net) == expected
+    assert param_count(params["encoder_layer"]) == torch_param_count(net.encoder_layer) == 281_152
 
 
 SMALL_INIT = dict(d_feat=4, d_model=8, nhead=2, num_layers=3, dropout=0.5)

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 from typing import Mapping
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
 from qjax.interop.qlib import register_converter
-from qjax.interop.qlib.common import TrackedStateDict, check_shapes, linear, rnn
+from qjax.interop.qlib.common import TrackedStateDict, finish_conversion, linear, rnn
 from qjax.models.alstm import ALSTMModel
 
 
@@ -30,7 +29,4 @@ def alstm_from_qlib(state_dict: Mapping[str, np.ndarray], **kwargs) -> tuple[ALS
         "att_fc_out": linear(sd, "att_net.att_fc_out", bias=False),
         "fc_out": linear(sd, "fc_out"),
     }
-    sd.check_all_used()
-    variables = jax.tree_util.tree_map(jnp.asarray, {"params": params})
-    check_shapes(module, variables, jnp.zeros((1, 1, module.d_feat), jnp.float32))
-    return module, variables
+    return finish_conversion(module, sd, params, jnp.zeros((1, 1, module.d_feat), jnp.float32))

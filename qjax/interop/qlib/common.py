@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Any, Mapping
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+
+# torch buffers with no qjax counterpart: a converter may leave them unread.
+UNCONVERTED_BUFFERS = ("num_batches_tracked",)
 
 
 def take(sd: Mapping[str, np.ndarray], key: str) -> np.ndarray:
@@ -25,6 +30,18 @@ def linear(sd: Mapping[str, np.ndarray], prefix: str, bias: bool = True) -> dict
     return params
 
 
+def conv1d(sd: Mapping[str, np.ndarray], prefix: str) -> dict:
+    """torch Conv1d ``{prefix}.weight`` [out, in, k] -> Flax ``nn.Conv`` params (kernel [k, in, out])."""
+    return {"kernel": take(sd, f"{prefix}.weight").transpose(2, 1, 0).copy(), "bias": take(sd, f"{prefix}.bias")}
+
+
+def batch_norm(sd: Mapping[str, np.ndarray], prefix: str) -> tuple[dict, dict]:
+    """torch BatchNorm1d under ``prefix`` -> (params ``scale``/``bias``, batch_stats ``mean``/``var``)."""
+    params = {"scale": take(sd, f"{prefix}.weight"), "bias": take(sd, f"{prefix}.bias")}
+    stats = {"mean": take(sd, f"{prefix}.running_mean"), "var": take(sd, f"{prefix}.running_var")}
+    return params, stats
+
+
 def rnn(sd: Mapping[str, np.ndarray], prefix: str, num_layers: int) -> dict:
     """torch nn.GRU/nn.LSTM weights under ``prefix`` -> qjax ``layers.RNN`` params."""
     params = {}
@@ -38,8 +55,6 @@ def rnn(sd: Mapping[str, np.ndarray], prefix: str, num_layers: int) -> dict:
 
 def check_shapes(module, variables: dict, *example_args, **example_kwargs) -> None:
     """Raise if ``variables`` do not have the shapes ``module.init`` would create."""
-    import jax
-
     expected = jax.eval_shape(
         lambda: module.init(jax.random.PRNGKey(0), *example_args, **example_kwargs)
     )
@@ -80,7 +95,7 @@ class TrackedStateDict(dict):
         self.read.add(key)
         return super().__getitem__(key)
 
-    def check_all_used(self, ignore_suffixes: tuple[str, ...] = ("num_batches_tracked",)) -> None:
+    def check_all_used(self, ignore_suffixes: tuple[str, ...] = UNCONVERTED_BUFFERS) -> None:
         left = sorted(k for k in self if k not in self.read and not k.endswith(ignore_suffixes))
         if left:
             raise ValueError(
@@ -88,3 +103,24 @@ class TrackedStateDict(dict):
                 f"{left[:8]}{' ...' if len(left) > 8 else ''}; pass the kwargs the torch module "
                 "was built with (e.g. num_layers, rnn_dups)"
             )
+
+
+def finish_conversion(
+    module,
+    sd: TrackedStateDict,
+    params: dict,
+    *example_inputs,
+    batch_stats: dict | None = None,
+    ignore_suffixes: tuple[str, ...] = UNCONVERTED_BUFFERS,
+) -> tuple[Any, dict]:
+    """A converter's result ``(module, variables)``, after the checks every converter makes.
+
+    Leftover weights in ``sd`` or shapes that differ from what ``module.init(*example_inputs)``
+    creates both mean the kwargs describe another module than the one saved: either raises.
+    ``batch_stats``, when given, becomes the variables' ``"batch_stats"`` collection.
+    """
+    sd.check_all_used(ignore_suffixes)
+    collections = {"params": params} if batch_stats is None else {"params": params, "batch_stats": batch_stats}
+    variables = jax.tree_util.tree_map(jnp.asarray, collections)
+    check_shapes(module, variables, *example_inputs)
+    return module, variables

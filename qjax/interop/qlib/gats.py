@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from qjax.interop.qlib import register_converter
-from qjax.interop.qlib.common import TrackedStateDict, check_shapes, linear, rnn, take
+from qjax.interop.qlib.common import TrackedStateDict, finish_conversion, linear, rnn, take
 from qjax.models.gats import GATModel, rnn_cell
 
 _GATES = {"gru": 3, "lstm": 4}
@@ -39,10 +39,7 @@ def convert_gats(
         "fc": linear(sd, "fc"),
         "fc_out": linear(sd, "fc_out"),
     }
-    sd.check_all_used()
-    variables = jax.tree_util.tree_map(jnp.asarray, {"params": params})
-    check_shapes(module, variables, np.zeros((2, d_feat), np.float32))
-    return module, variables
+    return finish_conversion(module, sd, params, np.zeros((2, d_feat), np.float32))
 
 
 def load_base_weights(

@@ -8,12 +8,10 @@ from __future__ import annotations
 
 from typing import Mapping
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from qjax.interop.qlib import register_converter
-from qjax.interop.qlib.common import TrackedStateDict, check_shapes, linear, rnn
+from qjax.interop.qlib.common import TrackedStateDict, finish_conversion, linear, rnn
 from qjax.models.hist import HISTModel
 
 _LINEARS = (
@@ -36,7 +34,4 @@ def convert_hist(
     sd = TrackedStateDict(sd)
     params = {"rnn": rnn(sd, "rnn", num_layers)}
     params.update({name: linear(sd, name) for name in _LINEARS})
-    sd.check_all_used()
-    variables = jax.tree_util.tree_map(jnp.asarray, {"params": params})
-    check_shapes(module, variables, np.zeros((2, d_feat), np.float32), np.zeros((2, 1), np.float32))
-    return module, variables
+    return finish_conversion(module, sd, params, np.zeros((2, d_feat), np.float32), np.zeros((2, 1), np.float32))

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 from typing import Mapping
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
 from qjax.interop.qlib import register_converter
-from qjax.interop.qlib.common import TrackedStateDict, check_shapes, linear, rnn, take
+from qjax.interop.qlib.common import TrackedStateDict, conv1d, finish_conversion, linear, rnn
 from qjax.models.krnn import KRNNModel
 
 
@@ -26,22 +25,14 @@ def krnn_from_qlib(state_dict: Mapping[str, np.ndarray], **kwargs) -> tuple[KRNN
     """
     module = KRNNModel(**kwargs)
     sd = TrackedStateDict(state_dict)
-    conv = "encoder.cnn_encoder.conv"
     dups = [
         rnn(sd, f"encoder.krnn_encoder.rnn_modules.{j}", module.rnn_layers)
         for j in range(module.rnn_dups)
     ]
     params = {
-        # torch Conv1d weight [out, in, k] -> flax Conv kernel [k, in, out]
-        "conv": {
-            "kernel": take(sd, f"{conv}.weight").transpose(2, 1, 0).copy(),
-            "bias": take(sd, f"{conv}.bias"),
-        },
+        "conv": conv1d(sd, "encoder.cnn_encoder.conv"),
         "rnns": {name: np.stack([d[name] for d in dups]) for name in dups[0]},
         "out_fc": linear(sd, "out_fc"),
     }
-    sd.check_all_used()
-    variables = jax.tree_util.tree_map(jnp.asarray, {"params": params})
     example = jnp.zeros((1, max(module.cnn_kernel_size, 1), module.fea_dim), jnp.float32)
-    check_shapes(module, variables, example)
-    return module, variables
+    return finish_conversion(module, sd, params, example)

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 from typing import Mapping
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
 from qjax.interop.qlib import register_converter
-from qjax.interop.qlib.common import TrackedStateDict, check_shapes, linear, take
+from qjax.interop.qlib.common import TrackedStateDict, batch_norm, finish_conversion, linear
 from qjax.models.mlp import Net
 
 _DATA_PARALLEL_PREFIX = "module."
@@ -33,12 +32,8 @@ def mlp_from_qlib(state_dict: Mapping[str, np.ndarray], **kwargs) -> tuple[Net, 
     sd = TrackedStateDict(state_dict)
     params, stats = {}, {}
     for i in range(len(module.layers)):
-        bn = f"dnn_layers.{i + 1}.1"
         params[f"fc_{i}"] = linear(sd, f"dnn_layers.{i + 1}.0")
-        params[f"bn_{i}"] = {"scale": take(sd, f"{bn}.weight"), "bias": take(sd, f"{bn}.bias")}
-        stats[f"bn_{i}"] = {"mean": take(sd, f"{bn}.running_mean"), "var": take(sd, f"{bn}.running_var")}
+        params[f"bn_{i}"], stats[f"bn_{i}"] = batch_norm(sd, f"dnn_layers.{i + 1}.1")
     params["fc_out"] = linear(sd, f"dnn_layers.{len(module.layers) + 2}")
-    sd.check_all_used()
-    variables = jax.tree_util.tree_map(jnp.asarray, {"params": params, "batch_stats": stats})
-    check_shapes(module, variables, jnp.zeros((2, module.input_dim), jnp.float32))
-    return module, variables
+    example = jnp.zeros((2, module.input_dim), jnp.float32)
+    return finish_conversion(module, sd, params, example, batch_stats=stats)

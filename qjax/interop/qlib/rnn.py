@@ -8,22 +8,18 @@ from __future__ import annotations
 
 from typing import Mapping
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
 from qjax.interop.qlib import register_converter
-from qjax.interop.qlib.common import TrackedStateDict, check_shapes, linear, rnn
+from qjax.interop.qlib.common import TrackedStateDict, finish_conversion, linear, rnn
 from qjax.models.rnn import GRUModel, LSTMModel
 
 
 def _convert(module, state_dict: Mapping[str, np.ndarray]):
     sd = TrackedStateDict(state_dict)
     params = {"rnn": rnn(sd, "rnn", module.num_layers), "fc_out": linear(sd, "fc_out")}
-    sd.check_all_used()
-    variables = jax.tree_util.tree_map(jnp.asarray, {"params": params})
-    check_shapes(module, variables, jnp.zeros((1, 1, module.d_feat), jnp.float32))
-    return module, variables
+    return finish_conversion(module, sd, params, jnp.zeros((1, 1, module.d_feat), jnp.float32))
 
 
 @register_converter("lstm")

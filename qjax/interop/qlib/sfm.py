@@ -8,12 +8,10 @@ from __future__ import annotations
 
 from typing import Mapping
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from qjax.interop.qlib import register_converter
-from qjax.interop.qlib.common import TrackedStateDict, check_shapes, linear, take
+from qjax.interop.qlib.common import TrackedStateDict, finish_conversion, linear, take
 from qjax.models.sfm import SFM_Model
 
 _MATRICES = tuple(f"{kind}_{gate}" for kind in ("W", "U", "b") for gate in ("i", "ste", "fre", "c", "o"))
@@ -34,7 +32,4 @@ def convert_sfm(
     sd = TrackedStateDict(sd)
     params = {name: take(sd, name) for name in _MATRICES + ("U_a", "b_a", "W_p", "b_p")}
     params["fc_out"] = linear(sd, "fc_out")
-    sd.check_all_used()
-    variables = jax.tree_util.tree_map(jnp.asarray, {"params": params})
-    check_shapes(module, variables, np.zeros((2, d_feat), np.float32))
-    return module, variables
+    return finish_conversion(module, sd, params, np.zeros((2, d_feat), np.float32))

@@ -14,19 +14,18 @@ from __future__ import annotations
 
 from typing import Mapping
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from qjax.interop.qlib import register_converter
-from qjax.interop.qlib.common import TrackedStateDict, check_shapes, linear, take
+from qjax.interop.qlib.common import TrackedStateDict, batch_norm, finish_conversion, linear, take
 from qjax.models.tabnet import TabNet, TabNetDecoder, TabNetFinetune
 
 
 def _batch_norm(sd, prefix: str, params: dict, stats: dict, path: tuple[str, ...]) -> None:
     """torch BatchNorm1d ``prefix`` -> ``scale``/``bias`` params and ``mean``/``var`` batch_stats at ``path``."""
-    _nested(params, path).update(scale=take(sd, f"{prefix}.weight"), bias=take(sd, f"{prefix}.bias"))
-    _nested(stats, path).update(mean=take(sd, f"{prefix}.running_mean"), var=take(sd, f"{prefix}.running_var"))
+    bn_params, bn_stats = batch_norm(sd, prefix)
+    _nested(params, path).update(bn_params)
+    _nested(stats, path).update(bn_stats)
 
 
 def _nested(tree: dict, path: tuple[str, ...]) -> dict:
@@ -86,13 +85,6 @@ def decoder_variables(sd, prefix: str, decoder: TabNetDecoder) -> tuple[dict, di
     return params, stats
 
 
-def _finish(module, sd: TrackedStateDict, params: dict, stats: dict, example: np.ndarray):
-    sd.check_all_used()
-    variables = jax.tree_util.tree_map(jnp.asarray, {"params": params, "batch_stats": stats})
-    check_shapes(module, variables, example)
-    return module, variables
-
-
 def _saved_encoder_dims(sd, prefix: str) -> dict:
     """n_d, n_a, n_shared, n_ind, n_steps of the torch encoder under ``prefix``, read off its keys."""
 
@@ -136,7 +128,8 @@ def tabnet_from_qlib(state_dict: Mapping[str, np.ndarray], **kwargs) -> tuple[Ta
     _check_encoder_dims(sd, "model.", module.encoder(), module.paper)
     enc_params, enc_stats = encoder_variables(sd, "model.", module.encoder())
     params = {"model": enc_params, "fc": linear(sd, "fc")}
-    return _finish(module, sd, params, {"model": enc_stats}, np.zeros((2, module.inp_dim), np.float32))
+    example = np.zeros((2, module.inp_dim), np.float32)
+    return finish_conversion(module, sd, params, example, batch_stats={"model": enc_stats})
 
 
 @register_converter("tabnet_encoder")
@@ -145,7 +138,7 @@ def tabnet_encoder_from_qlib(state_dict: Mapping[str, np.ndarray], **kwargs) -> 
     module = TabNet(**kwargs)
     sd = TrackedStateDict(state_dict)
     params, stats = encoder_variables(sd, "", module)
-    return _finish(module, sd, params, stats, np.zeros((2, module.inp_dim), np.float32))
+    return finish_conversion(module, sd, params, np.zeros((2, module.inp_dim), np.float32), batch_stats=stats)
 
 
 @register_converter("tabnet_decoder")
@@ -154,4 +147,4 @@ def tabnet_decoder_from_qlib(state_dict: Mapping[str, np.ndarray], **kwargs) -> 
     module = TabNetDecoder(**kwargs)
     sd = TrackedStateDict(state_dict)
     params, stats = decoder_variables(sd, "", module)
-    return _finish(module, sd, params, stats, np.zeros((2, module.inp_dim), np.float32))
+    return finish_conversion(module, sd, params, np.zeros((2, module.inp_dim), np.float32), batch_stats=stats)

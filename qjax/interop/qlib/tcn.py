@@ -9,12 +9,10 @@ from __future__ import annotations
 
 from typing import Mapping, Sequence
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from qjax.interop.qlib import register_converter
-from qjax.interop.qlib.common import TrackedStateDict, check_shapes, linear, take
+from qjax.interop.qlib.common import TrackedStateDict, finish_conversion, linear, take
 from qjax.models.tcn import TCNModel
 
 
@@ -52,7 +50,4 @@ def convert_tcn(
         sd.read.update(k for k in sd if k.startswith(f"{prefix}.net."))  # aliases of conv1/conv2
         in_channels = channels
     params["linear"] = linear(sd, "linear")
-    sd.check_all_used()
-    variables = jax.tree_util.tree_map(jnp.asarray, {"params": params})
-    check_shapes(module, variables, np.zeros((2, num_input), np.float32))
-    return module, variables
+    return finish_conversion(module, sd, params, np.zeros((2, num_input), np.float32))

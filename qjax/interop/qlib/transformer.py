@@ -4,12 +4,10 @@ from __future__ import annotations
 
 from typing import Mapping
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from qjax.interop.qlib import register_converter
-from qjax.interop.qlib.common import TrackedStateDict, check_shapes, linear, rnn, take
+from qjax.interop.qlib.common import TrackedStateDict, conv1d, finish_conversion, linear, rnn, take
 from qjax.models.transformer import Localformer, Transformer
 
 _SEQ_LEN = 4  # any length works for the shape check
@@ -34,11 +32,6 @@ def _layer_norm(sd, prefix: str) -> dict:
     return {"scale": take(sd, f"{prefix}.weight"), "bias": take(sd, f"{prefix}.bias")}
 
 
-def _conv1d(sd, prefix: str) -> dict:
-    # torch Conv1d weight [out, in, k] -> Flax Conv kernel [k, in, out]
-    return {"kernel": take(sd, f"{prefix}.weight").transpose(2, 1, 0).copy(), "bias": take(sd, f"{prefix}.bias")}
-
-
 def _common(sd, num_layers: int) -> dict:
     return {
         "feature_layer": linear(sd, "feature_layer"),
@@ -51,10 +44,8 @@ def _common(sd, num_layers: int) -> dict:
 
 
 def _checked(module, sd: TrackedStateDict, params: dict) -> tuple:
-    sd.check_all_used(ignore_suffixes=("pos_encoder.pe",))  # the PE buffer is recomputed
-    variables = jax.tree_util.tree_map(jnp.asarray, {"params": params})
-    check_shapes(module, variables, np.zeros((1, _SEQ_LEN, module.d_feat), np.float32))
-    return module, variables
+    example = np.zeros((1, _SEQ_LEN, module.d_feat), np.float32)
+    return finish_conversion(module, sd, params, example, ignore_suffixes=("pos_encoder.pe",))  # PE is recomputed
 
 
 @register_converter("transformer")
@@ -72,6 +63,6 @@ def localformer_from_qlib(sd, d_feat=6, d_model=8, nhead=4, num_layers=2, dropou
     sd = TrackedStateDict(sd)
     params = _common(sd, num_layers)
     for i in range(num_layers):
-        params["transformer_encoder"][f"conv_{i}"] = _conv1d(sd, f"transformer_encoder.conv.{i}")
+        params["transformer_encoder"][f"conv_{i}"] = conv1d(sd, f"transformer_encoder.conv.{i}")
     params["rnn"] = rnn(sd, "rnn", num_layers)
     return _checked(module, sd, params)
