@@ -1,0 +1,175 @@
+"""Shared helpers for the benchmark scripts: machine description, load average, compile watch.
+
+Import from a script in this folder (``python benchmarks/<script>.py`` puts the folder on
+``sys.path``). Nothing here imports torch or qlib at module level, so a script can describe a
+machine that lacks them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import importlib
+import os
+import platform
+import shlex
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Iterator
+
+# Environment variables that change threading or memory allocation on either side.
+ALLOCATION_ENV = (
+    "LD_PRELOAD",  # jemalloc/tcmalloc swap glibc malloc under torch (and XLA's CPU buffers)
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "XLA_FLAGS",
+    "XLA_PYTHON_CLIENT_PREALLOCATE",
+    "XLA_PYTHON_CLIENT_ALLOCATOR",
+    "XLA_PYTHON_CLIENT_MEM_FRACTION",
+    "TF_CPP_MIN_LOG_LEVEL",
+)
+
+
+def command_line() -> str:
+    """The command that produced this run, as one shell line (relative paths as typed).
+
+    A process restricted to some cores (``taskset``) gets the same ``taskset`` prefix, so the
+    line reproduces the run.
+    """
+    command = shlex.join(["python", *sys.argv])
+    if hasattr(os, "sched_getaffinity"):
+        cpus = sorted(os.sched_getaffinity(0))
+        if len(cpus) < (os.cpu_count() or len(cpus)):
+            command = f"taskset -c {','.join(map(str, cpus))} {command}"
+    return command
+
+
+def load_average() -> list[float]:
+    """1, 5 and 15 minute load averages (what else ran on the machine)."""
+    try:
+        return [float(v) for v in Path("/proc/loadavg").read_text().split()[:3]]
+    except OSError:
+        return [float(v) for v in os.getloadavg()]
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def ram_gib() -> float | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return round(int(line.split()[1]) / 2**20, 1)
+    except OSError:
+        pass
+    return None
+
+
+def versions(*names: str) -> dict[str, str | None]:
+    found = {}
+    for name in names:
+        try:
+            found[name] = getattr(importlib.import_module(name), "__version__", "?")
+        except ImportError:
+            found[name] = None
+    return found
+
+
+def machine(torch_module=None) -> dict:
+    """CPU, memory, accelerators, library versions, threads and allocators of this process."""
+    import jax
+
+    info = {
+        "cpu": cpu_model(),
+        "logical_cores": os.cpu_count(),
+        "ram_gib": ram_gib(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "versions": versions("jax", "jaxlib", "flax", "optax", "numpy", "pandas", "torch", "qlib"),
+        "jax_backend": jax.default_backend(),
+        "jax_devices": [str(d) for d in jax.devices()],
+        "env": {k: os.environ[k] for k in ALLOCATION_ENV if k in os.environ},
+    }
+    gpu = jax.default_backend() == "gpu"
+    preloaded = os.environ.get("LD_PRELOAD", "")
+    info["allocators"] = {
+        "jax": (
+            f"XLA GPU BFC allocator (preallocate={os.environ.get('XLA_PYTHON_CLIENT_PREALLOCATE', 'true')})"
+            if gpu
+            else "XLA CPU default (aligned malloc" + (f" via LD_PRELOAD={preloaded}" if preloaded else "") + ")"
+        ),
+    }
+    if torch_module is not None:
+        torch = torch_module
+        cuda = torch.cuda.is_available()
+        info["torch_device"] = torch.cuda.get_device_name(0) if cuda else "cpu"
+        info["torch_threads"] = torch.get_num_threads()
+        info["torch_interop_threads"] = torch.get_num_interop_threads()
+        info["torch_parallel_info"] = torch.__config__.parallel_info().splitlines()[:8]
+        info["allocators"]["torch"] = (
+            "CUDA caching allocator (default)"
+            if cuda
+            else "c10 default CPU allocator on " + (f"LD_PRELOAD={preloaded}" if preloaded else "glibc malloc")
+        )
+    info["jax_threads"] = "XLA default: intra-op pool sized to the visible cores"
+    return info
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+@dataclasses.dataclass
+class CompileWatch:
+    """Counts JAX compilations (and their trace + lower + XLA seconds) via ``jax.monitoring``.
+
+    A compilation during a timed repeat means a program was rebuilt for a call that should have
+    hit the cache, so the benchmarks report ``compiles`` for the timed part of every measurement.
+    """
+
+    compiles: int = 0
+    seconds: float = 0.0
+
+    _EVENTS = (
+        "/jax/core/compile/jaxpr_trace_duration",
+        "/jax/core/compile/jaxpr_to_mlir_module_duration",
+        "/jax/core/compile/backend_compile_duration",
+    )
+
+    def __post_init__(self):
+        import jax.monitoring
+
+        jax.monitoring.register_event_duration_secs_listener(self._on_event)
+
+    def _on_event(self, event: str, duration: float, **_) -> None:
+        if event in self._EVENTS:
+            self.seconds += duration
+            if event == self._EVENTS[-1]:
+                self.compiles += 1
+
+    @contextlib.contextmanager
+    def span(self) -> Iterator[dict]:
+        """``with watch.span() as got:`` -> ``got["compiles"]``, ``got["compile_s"]`` on exit."""
+        before = (self.compiles, self.seconds)
+        got: dict = {}
+        try:
+            yield got
+        finally:
+            got["compiles"] = self.compiles - before[0]
+            got["compile_s"] = self.seconds - before[1]
+
+
+def timed(fn: Callable[[], object]) -> float:
+    """Wall seconds of ``fn()`` (``fn`` must block until its work is done)."""
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
