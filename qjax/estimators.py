@@ -747,7 +747,9 @@ class Estimator:
             kind = "TSDataset" if self._is_ts else "Dataset"
             raise ValueError(f"this model was fitted on a {kind}; predict on the same kind of dataset")
         samples, index = self._samples(dataset, segment, "infer", label=False)
-        batch_size = max(self.config.batch_size, 8192)
+        # Qlib predicts in batches of batch_size; on CPU larger RNN batches are slower, and a
+        # Transformer's 2048-wide feed-forward makes huge batches costly in memory.
+        batch_size = self.config.batch_size
         n_seeds = len(self.result.seeds)
         pred = predict(self.module, self.result.variables, samples, batch_size=batch_size,
                        daily=self.spec.daily, per_seed=True)
