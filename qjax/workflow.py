@@ -25,7 +25,7 @@ import pandas as pd
 from qjax import config as config_lib
 from qjax.data.dataset import Dataset, TSDataset
 from qjax.data.handler import DataHandler
-from qjax.estimators import Estimator, estimator
+from qjax.estimators import estimator
 from qjax.train.metrics import ic_series, signal_metrics
 
 

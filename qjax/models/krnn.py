@@ -19,7 +19,7 @@ import math
 import flax.linen as nn
 import jax
 
-from qjax.models.layers import RNN, Linear, as_sequence, uniform_init
+from qjax.models.layers import RNN, Conv1d, Linear, as_sequence, uniform_init
 from qjax.models.registry import register
 
 LAYOUTS = ("qlib", "feature_major")
@@ -50,10 +50,10 @@ class KRNNModel(nn.Module):
         k = self.cnn_kernel_size
         pad = (k - 1) // 2
         bound = 1.0 / math.sqrt(self.fea_dim * k)
-        conv = nn.Conv(
+        conv = Conv1d(
             self.cnn_dim,
-            (k,),
-            padding=[(pad, pad)],
+            k,
+            padding=(pad, pad),
             kernel_init=uniform_init(bound),
             bias_init=uniform_init(bound),
             name="conv",

@@ -24,10 +24,9 @@ import math
 from typing import Sequence
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
-from qjax.models.layers import Linear, as_sequence, uniform_init
+from qjax.models.layers import Linear, as_sequence, conv1d, uniform_init
 from qjax.models.registry import register
 
 
@@ -51,14 +50,7 @@ class WeightNormCausalConv(nn.Module):
         g = self.param("weight_g", lambda _key: jnp.sqrt(jnp.sum(v * v, axis=(0, 1))))
         bias = self.param("bias", uniform_init(bound), (self.features,))
         kernel = v * (g / jnp.sqrt(jnp.sum(v * v, axis=(0, 1))))
-        y = jax.lax.conv_general_dilated(
-            x,
-            kernel,
-            window_strides=(1,),
-            padding=[((self.kernel_size - 1) * self.dilation, 0)],
-            rhs_dilation=(self.dilation,),
-            dimension_numbers=("NWC", "WIO", "NWC"),
-        )
+        y = conv1d(x, kernel, ((self.kernel_size - 1) * self.dilation, 0), self.dilation)
         return y + bias
 
 

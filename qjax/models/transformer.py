@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from qjax.models.layers import RNN, Linear, as_sequence, uniform_init
+from qjax.models.layers import RNN, Conv1d, Linear, as_sequence, uniform_init
 from qjax.models.registry import register
 
 FEEDFORWARD_DIM = 2048  # torch's TransformerEncoderLayer default, kept by Qlib even for d_model=64
@@ -175,10 +175,10 @@ class LocalformerEncoder(nn.Module):
         bound = 1.0 / math.sqrt(3 * self.d_model)  # torch Conv1d: fan_in = in_channels * kernel_size
         local = x
         for i in range(self.num_layers):
-            conv = nn.Conv(
+            conv = Conv1d(
                 self.d_model,
-                kernel_size=(3,),
-                padding=((1, 1),),
+                kernel_size=3,
+                padding=(1, 1),
                 kernel_init=_shared_init(uniform_init(bound), self.conv_key, 0),
                 bias_init=_shared_init(uniform_init(bound), self.conv_key, 1),
                 name=f"conv_{i}",
