@@ -10,7 +10,7 @@ import pytest
 
 import qjax
 from qjax.data import DataHandler, Dataset, TSDataset, generate_concepts, generate_market, handler_frame
-from qjax.estimators import QJAX_EXTRAS, SPECS
+from qjax.estimators import SPECS
 from tests.conftest import require
 
 # qjax spec -> Qlib wrapper classes whose keyword arguments and defaults it mirrors
