@@ -109,7 +109,10 @@ def read_torch_state_dict(path: str | PathLike | BinaryIO) -> dict[str, np.ndarr
             raise ValueError(f"{path!r} has no data.pkl: not a torch checkpoint")
         prefix = pkl_names[0][: -len("/data.pkl")]
         with archive.open(pkl_names[0]) as f:
-            obj = _StateDictUnpickler(f, archive, prefix).load()
+            try:
+                obj = _StateDictUnpickler(f, archive, prefix).load()
+            except pickle.UnpicklingError as err:
+                raise ValueError(f"{path!r}: {err}") from err
     if not isinstance(obj, dict):
         raise ValueError(f"{path!r} holds a {type(obj).__name__}, not a state_dict")
     return {str(k): np.asarray(v) for k, v in obj.items()}
