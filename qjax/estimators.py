@@ -32,9 +32,8 @@ from flax import traverse_util
 from qjax import models
 from qjax.data.dataset import Dataset, TSDataset
 from qjax.data.samples import Samples, with_keyword_inputs
-from qjax.models.tabnet import SPARSE_LOSS_COLLECTION, pretrain_loss, pretrain_mask
-from qjax.train import FitResult, LossFn, LossOutput, Plateau, TrainConfig, fit, predict
-from qjax.train.losses import as_prediction, masked_squared_error, supervised_mse
+from qjax.train import FitResult, LossFn, Plateau, TrainConfig, fit, predict
+from qjax.train.objectives import SparsityRegularisedMSE, TabNetPretrainObjective
 
 # Keywords every Qlib epoch-loop wrapper shares (LSTM, GRU, ALSTM, KRNN, SFM, TCN, ...).
 EPOCH_LOOP = {
@@ -54,7 +53,6 @@ QJAX_EXTRAS = {
     "eval_train": False,  # Qlib re-evaluates the whole train set every epoch
     "eval_batch_size": None,
 }
-_PYTORCH_ONLY = ("GPU", "n_jobs")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -373,44 +371,6 @@ def _tabnet_inputs(kw: dict, segment: str, samples: Samples) -> Samples:
     if segment in _MEAN_FILLED_SEGMENTS:
         x = jnp.where(jnp.isnan(x), jnp.nanmean(x, axis=0), x)  # an all-NaN column stays NaN
     return samples.replace(features=jnp.where(jnp.isnan(x), 0.0, x))
-
-
-@dataclasses.dataclass(frozen=True)
-class TabNetPretrainObjective:
-    """Qlib's pretraining objective as an engine ``loss_fn``.
-
-    S ~ Bernoulli(``ps``) is drawn from the step's key; the loss is
-    :func:`qjax.models.tabnet.pretrain_loss`, a sum over the batch, so its count is 1 (the
-    pretraining stage evaluates full batches only, as Qlib does).
-    """
-
-    ps: float
-
-    def __call__(self, apply_fn, variables, batch, rng, train) -> LossOutput:
-        x = batch["x"]
-        loss, batch_stats = pretrain_loss(apply_fn, variables, x, pretrain_mask(rng, x.shape, self.ps), train)
-        return LossOutput(loss, jnp.float32(1.0), batch_stats)
-
-
-@dataclasses.dataclass(frozen=True)
-class SparsityRegularisedMSE:
-    """NaN-masked MSE + ``lambda_sparse`` * the module's sown ``"sparse_loss"`` (TabNet paper).
-
-    The penalty enters training only; evaluation reports the plain MSE, so early stopping and
-    ``metric`` see the same number as without it.
-    """
-
-    lambda_sparse: float
-
-    def __call__(self, apply_fn, variables, batch, rng, train) -> LossOutput:
-        if not train:
-            return supervised_mse(apply_fn, variables, batch, rng, train)
-        kwargs = dict(batch["kwargs"], train=True, rngs={"dropout": rng})
-        out, updates = apply_fn(variables, batch["x"], mutable=["batch_stats", SPARSE_LOSS_COLLECTION], **kwargs)
-        pred = as_prediction(out)
-        total, count = masked_squared_error(pred, batch["y"], batch["w"], batch["mask"])
-        penalty = self.lambda_sparse * updates[SPARSE_LOSS_COLLECTION]["sparse_loss"]
-        return LossOutput(total + penalty * count, count, updates.get("batch_stats"), pred)
 
 
 def _tabnet_loss(kw: dict) -> LossFn | None:

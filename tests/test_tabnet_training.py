@@ -11,7 +11,8 @@ import pytest
 import qjax
 from qjax.data import DataHandler, Dataset, TSDataset, generate_market, handler_frame
 from qjax.data.samples import tabular_samples
-from qjax.estimators import SPECS, SparsityRegularisedMSE
+from qjax.estimators import SPECS
+from qjax.train.objectives import SparsityRegularisedMSE
 from qjax.models.tabnet import SPARSE_LOSS_COLLECTION, TabNetFinetune
 from qjax.train import fit, supervised_mse
 
