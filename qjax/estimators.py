@@ -31,7 +31,7 @@ from flax import traverse_util
 
 from qjax import models
 from qjax.data.dataset import Dataset, TSDataset
-from qjax.data.samples import Samples, with_keyword_inputs
+from qjax.data.samples import Samples, qlib_legacy_day_groups, with_keyword_inputs
 from qjax.train import FitResult, LossFn, Plateau, TrainConfig, fit, predict
 from qjax.train.objectives import SparsityRegularisedMSE, TabNetPretrainObjective
 
@@ -71,8 +71,9 @@ class ModelSpec:
     keyword_inputs: Callable[[dict], Callable[[pd.MultiIndex], dict]] | None = None
     # kwargs -> init_variables hook of qjax.train.fit (pretrained weights), or None
     init_variables: Callable[[dict], Callable | None] | None = None
-    # (kwargs, segment name, samples) -> samples: the model's own input cleaning (TabNet's NaN fill)
-    prepare_samples: Callable[[dict, str, Samples], Samples] | None = None
+    # (kwargs, segment name, samples, index) -> samples: the model's own input handling
+    # (TabNet's NaN fill, GATs_ts's legacy day groups)
+    prepare_samples: Callable[[dict, str, Samples, pd.MultiIndex], Samples] | None = None
     # kwargs -> objective of qjax.train.fit, or None for the NaN-masked MSE
     loss_fn: Callable[[dict], LossFn | None] | None = None
     # A training stage before the main fit (TabNet's self-supervised pretraining):
@@ -222,6 +223,32 @@ def _daily_train(kw: dict) -> dict:
     return {**_epoch_loop_train(kw), "batching": "daily"}
 
 
+DAILY_BATCHES = ("true_daily", "qlib_legacy")
+
+
+def _gats_train(kw: dict) -> dict:
+    # Qlib's GATs_ts sampler walks its "days" in the same order every epoch.
+    return {**_daily_train(kw), "shuffle_days": kw["daily_batch"] != "qlib_legacy"}
+
+
+def _gats_check_input(kw: dict, shape: tuple[int, ...]) -> None:
+    _check_sequence_input("d_feat")(kw, shape)
+    if kw["daily_batch"] not in DAILY_BATCHES:
+        raise ValueError(f"daily_batch={kw['daily_batch']!r}; expected one of {DAILY_BATCHES}")
+    if kw["daily_batch"] == "qlib_legacy" and len(shape) != 3:
+        raise ValueError(
+            "daily_batch='qlib_legacy' reproduces the sampler of Qlib's GATs_ts (pytorch_gats_ts) "
+            "and needs a TSDataset; Qlib's static GATs already batches real days (the default)"
+        )
+
+
+def _gats_day_groups(kw: dict, segment: str, samples: Samples, index: pd.MultiIndex) -> Samples:
+    """``daily_batch="qlib_legacy"``: GATs_ts's pseudo-days instead of real ones (Qlib #2319)."""
+    if kw["daily_batch"] != "qlib_legacy":
+        return samples
+    return samples.replace(batch_group=jnp.asarray(qlib_legacy_day_groups(index)))
+
+
 def _pretrained_base(kw: dict) -> Callable | None:
     """GATs/HIST ``model_path``: copy a Qlib LSTM/GRU state dict's rnn and fc_out, as Qlib does."""
     path = kw.get("model_path")
@@ -360,7 +387,7 @@ def _check_tabnet_input(kw: dict, shape: tuple[int, ...]) -> None:
         )
 
 
-def _tabnet_inputs(kw: dict, segment: str, samples: Samples) -> Samples:
+def _tabnet_inputs(kw: dict, segment: str, samples: Samples, index: pd.MultiIndex) -> Samples:
     """Qlib's NaN handling: column means of the segment first where Qlib uses them, then 0."""
     x = samples.features
     if not isinstance(x, jax.Array) or x.ndim != 2:
@@ -575,11 +602,14 @@ SPECS: dict[str, ModelSpec] = {
             "qlib.contrib.model.pytorch_gats.GATs / pytorch_gats_ts.GATs",
             {"d_feat": 6, "hidden_size": 64, "num_layers": 2, "dropout": 0.0, "n_epochs": 200,
              "lr": 0.001, "metric": "", "early_stop": 20, "loss": "mse", "base_model": "GRU",
-             "model_path": None, "optimizer": "adam", "GPU": 0, "seed": None},
+             "model_path": None, "optimizer": "adam", "GPU": 0, "seed": None,
+             # qjax: "qlib_legacy" batches GATs_ts's contiguous instrument-major ranges (not days)
+             "daily_batch": "true_daily"},
             _pick("d_feat", "hidden_size", "num_layers", "dropout", "base_model"),
             ts_defaults={"d_feat": 20, "n_jobs": 10},
-            train_kwargs=_daily_train,
-            check_input=_check_sequence_input("d_feat"),
+            train_kwargs=_gats_train,
+            check_input=_gats_check_input,
+            prepare_samples=_gats_day_groups,
             daily=True,
             init_variables=_pretrained_base,
         ),
@@ -734,7 +764,7 @@ class Estimator:
                 )
             samples = samples.replace(weights=_device(weights))
         if self.spec.prepare_samples is not None:
-            samples = self.spec.prepare_samples(self.kwargs, segment, samples)
+            samples = self.spec.prepare_samples(self.kwargs, segment, samples, index)
         if self.spec.keyword_inputs is not None:
             samples = with_keyword_inputs(samples, **self.spec.keyword_inputs(self.kwargs)(index))
         return samples, index

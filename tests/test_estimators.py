@@ -31,7 +31,7 @@ QLIB_WRAPPERS = {
 }
 # Deliberate differences, each documented in qjax/estimators.py.
 # rnn_type: Qlib's ALSTM YAMLs pass it and the wrapper swallows it in **kwargs.
-QJAX_ONLY = {"alstm": {"honour_rnn_type", "rnn_type"}, "krnn": {"layout"}, "tabnet": {"paper", "lambda_sparse"}}
+QJAX_ONLY = {"alstm": {"honour_rnn_type", "rnn_type"}, "gats": {"daily_batch"}, "krnn": {"layout"}, "tabnet": {"paper", "lambda_sparse"}}
 CHANGED_DEFAULTS = {("hist", "metric"): "ic"}  # Qlib's default "" raises in HIST.metric_fn
 
 
@@ -172,3 +172,19 @@ def test_alstm_is_a_gru_like_qlib_unless_asked(alpha360):
     honoured = qjax.estimator("alstm", rnn_type="LSTM", honour_rnn_type=True, **common).fit(alpha360, verbose=False)
     assert qlib_like.module.rnn_type == "GRU"
     assert honoured.module.rnn_type == "LSTM"
+
+
+def test_gats_legacy_daily_batch_uses_qlib_ts_pseudo_days(alpha158_windows, alpha360):
+    kwargs = {"d_feat": 8, "hidden_size": 8, "n_epochs": 2, "early_stop": 5, "seed": 0}
+    legacy = qjax.estimator("gats", daily_batch="qlib_legacy", **kwargs).fit(alpha158_windows, verbose=False)
+    assert legacy.config.shuffle_days is False
+    true_daily = qjax.estimator("gats", **kwargs).fit(alpha158_windows, verbose=False)
+    assert true_daily.config.shuffle_days is True
+    # Same initial weights, different attention groups: the two runs must differ.
+    pred_legacy, pred_daily = legacy.predict(alpha158_windows), true_daily.predict(alpha158_windows)
+    assert pred_legacy.index.equals(pred_daily.index)
+    assert not np.allclose(pred_legacy.to_numpy(), pred_daily.to_numpy())
+    with pytest.raises(ValueError, match="needs a TSDataset"):
+        qjax.estimator("gats", daily_batch="qlib_legacy", d_feat=6, n_epochs=1).fit(alpha360, verbose=False)
+    with pytest.raises(ValueError, match="daily_batch='days'"):
+        qjax.estimator("gats", daily_batch="days", d_feat=8, n_epochs=1).fit(alpha158_windows, verbose=False)

@@ -32,6 +32,8 @@ class Samples:
     weights:  [n] float32 sample weights (ones unless a reweighter is used).
     day:      [n] int32 trading-day number of each sample (for daily batches and daily IC).
     take:     static ``take(features, ids[B]) -> x[B, ...]``; must be jit- and vmap-friendly.
+    batch_group: [n] int32 group of each sample for daily batching, or None for its ``day``
+              (set by :func:`qlib_legacy_day_groups` to reproduce GATs_ts's sampler).
     """
 
     features: Any
@@ -39,6 +41,7 @@ class Samples:
     weights: jax.Array
     day: jax.Array
     take: Callable[[Any, jax.Array], jax.Array] = flax.struct.field(pytree_node=False)
+    batch_group: jax.Array | None = None
 
     @property
     def size(self) -> int:
@@ -75,6 +78,23 @@ def day_numbers(index: pd.MultiIndex) -> np.ndarray:
     """Dense day number (0, 1, ...) of each row's datetime, in date order."""
     dates = index.get_level_values("datetime")
     return pd.factorize(dates, sort=True)[0].astype(np.int32)
+
+
+def qlib_legacy_day_groups(index: pd.MultiIndex) -> np.ndarray:
+    """The "days" of Qlib's GATs_ts ``DailyBatchSampler`` for samples indexed (datetime, instrument).
+
+    That sampler cuts the instrument-major sample order of ``TSDataSampler`` into consecutive
+    runs whose lengths are the per-date sample counts (in date order), so each "day" is a
+    stretch of consecutive dates of one or two instruments (microsoft/qlib#2319). Returns the
+    run number of every sample, in the order of ``index``.
+    """
+    day = day_numbers(index)
+    instrument = pd.factorize(index.get_level_values("instrument"), sort=True)[0]
+    instrument_major = np.lexsort((day, instrument))
+    run_ends = np.cumsum(np.bincount(day))
+    groups = np.empty(len(index), np.int32)
+    groups[instrument_major] = np.searchsorted(run_ends, np.arange(len(index)), side="right")
+    return groups
 
 
 @dataclasses.dataclass(frozen=True)

@@ -70,9 +70,15 @@ def day_table(day: np.ndarray, width: int | None = None, multiple: int = 1) -> D
 def make_segment(
     samples: Samples, daily: bool, width: int | None = None, multiple: int = 1
 ) -> Segment:
-    """Wrap samples for the compiled programs (with a :func:`day_table` for daily batching)."""
+    """Wrap samples for the compiled programs (with a :func:`day_table` for daily batching).
+
+    Daily batches group samples by ``samples.batch_group`` where it is set, else by day.
+    """
     day = np.asarray(jax.device_get(samples.day))
-    table = day_table(day, width, multiple) if daily else None
+    table = None
+    if daily:
+        group = day if samples.batch_group is None else np.asarray(jax.device_get(samples.batch_group))
+        table = day_table(group, width, multiple)
     return Segment(samples=samples, days=table, num_days=int(day.max()) + 1)
 
 

@@ -54,7 +54,8 @@ class TrainConfig:
                  partial batch dropped (LSTM, GRU, ALSTM, Transformer, TCN, ... ).
       "daily":   one step per trading day, all of that day's samples in one batch padded to a
                  fixed width (``daily_width``, default: the largest day) with a row mask that the
-                 module receives as keyword ``mask``; days shuffled every epoch (GATs, HIST).
+                 module receives as keyword ``mask``; days shuffled every epoch (GATs, HIST)
+                 unless ``shuffle_days=False`` (then in day order, as Qlib's GATs_ts sampler).
       "steps":   DNNModelPytorch: ``max_steps`` steps of ``batch_size`` samples drawn with
                  replacement, an evaluation every ``eval_steps`` steps; ``n_epochs`` is unused
                  and ``early_stop`` counts evaluations.
@@ -101,6 +102,7 @@ class TrainConfig:
     eval_protocol: str = "exact"
     eval_batch_size: int | None = None
     daily_width: int | None = None
+    shuffle_days: bool = True
     lr_plateau: Plateau | None = None
     seed: int = 0
     frozen: tuple[str, ...] = ()

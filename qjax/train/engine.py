@@ -141,7 +141,7 @@ class Trainer:
     def train_plan(self, key: jax.Array, data: Segment, n_steps: int | None):
         config = self.config
         if config.batching == "daily":
-            return batching.by_day(data.days, key)
+            return batching.by_day(data.days, key if config.shuffle_days else None)
         if config.batching == "steps":
             return batching.with_replacement(key, data.size, config.batch_size, n_steps)
         return batching.shuffled(key, data.size, config.batch_size)
