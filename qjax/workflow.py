@@ -93,7 +93,7 @@ def train(cfg: Mapping[str, Any], out_dir: str | Path, *, verbose: bool = True) 
     t_fit = time.perf_counter() - t0
 
     scores = model.predict(dataset, "test")
-    label = dataset.prepare("test", col_set="label", data_key="raw").iloc[:, 0]
+    label = dataset.label("test")
     per_seed = scores.to_frame() if isinstance(scores, pd.Series) else scores
     test_metrics = {col: signal_metrics(per_seed[col], label) for col in per_seed.columns}
     summary = _summarise(test_metrics)

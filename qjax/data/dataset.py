@@ -123,6 +123,14 @@ class Dataset:
             return [self._prepare_one(name, col_set, data_key) for name in segments]
         raise TypeError(f"segments must be a segment name or a list of names, got {segments!r}")
 
+    def label(self, segment: str, data_key: str = "raw") -> pd.Series:
+        """The segment's label column indexed (datetime, instrument), for scoring predictions
+        (also on a :class:`TSDataset`, whose ``prepare`` gives windows instead of rows)."""
+        labels = Dataset._prepare_one(self, segment, "label", data_key)
+        if labels.shape[1] != 1:
+            raise ValueError(f"one label column expected, got {list(labels.columns)}; select a single label")
+        return labels.iloc[:, 0]
+
     def samples(self, segment: str, data_key: str = "learn",
                 label: bool = True) -> tuple[Samples, pd.MultiIndex]:
         """Device samples of a segment (features float32 [n, F]; labels NaN if ``label=False``)

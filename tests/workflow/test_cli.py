@@ -13,7 +13,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from qjax import cli
+from qjax import cli, workflow
+from qjax import config as config_lib
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = str(REPO / "configs" / "lstm_alpha360.yaml")
@@ -53,6 +54,21 @@ def test_train_writes_a_complete_run_with_a_positive_test_ic(tmp_path, capsys):
     assert cli.main(["train", CONFIG, "--out", str(out), "--quiet", *TINY,
                      "--set", "model.kwargs.n_epochs=7"]) == 2
     assert "holds a run of a different configuration" in capsys.readouterr().err
+
+
+def test_train_scores_a_window_dataset_config(tmp_path):
+    # TSDataset configs: the test labels come from the handler's rows, not from the windows.
+    out = tmp_path / "ts"
+    config = str(REPO / "configs" / "gru_alpha158.yaml")
+    assert cli.main(["train", config, "--out", str(out), "--quiet", *TINY,
+                     "--set", "model.kwargs.n_epochs=2", "--set", "model.kwargs.lr=3e-3"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    pred = pd.read_parquet(out / "predictions.parquet")
+    cfg = config_lib.validate(config_lib.parse_yaml((out / "config.yaml").read_text()))
+    label = workflow.build_dataset(cfg).label("test")
+    assert len(pred) == metrics["samples"]["test"] == len(label)
+    assert pred.index.sort_values().equals(label.index.sort_values())
+    assert all(abs(value) < 1 for value in metrics["test"].values())
 
 
 def _train_command(out: Path) -> list[str]:
