@@ -75,7 +75,9 @@ def report(results: dict[str, dict], meta: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--configs", default="configs/*.yaml", help="glob of configs (relative to the repo)")
+    p.add_argument("--configs", default="configs/*.yaml",
+                   help="comma-separated globs of configs (relative to the repo); several sweeps "
+                        "over disjoint lists can share one --runs directory")
     p.add_argument("--skip", default="csi300", help="comma-separated substrings of config names to leave out")
     p.add_argument("--runs", required=True, help="directory for the run directories")
     p.add_argument("--timeout", type=float, default=None, help="seconds per config")
@@ -83,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     skip = [s for s in args.skip.split(",") if s]
-    paths = [Path(p) for p in sorted(glob.glob(str(REPO / args.configs)))]
+    paths = sorted({Path(p) for g in args.configs.split(",") for p in glob.glob(str(REPO / g.strip()))})
     paths = [p for p in paths if not any(s in p.stem for s in skip)]
     if not paths:
         p.error(f"no config matches {args.configs!r}")
@@ -96,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         r = results[path.stem]
         print(f"[{path.stem}] " + (r["error"] if "error" in r else f"IC {r['test']['IC']:.4f}"),
               file=sys.stderr, flush=True)
+    results = {stem: results[stem] for stem in sorted(results)}
     meta["load_after"] = load_average()
     text = report(results, meta)
     print(text)

@@ -44,7 +44,7 @@ import sys
 import traceback
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 try:
     import torch
@@ -98,9 +98,40 @@ class Case:
     finetune_head: tuple[int, int] | None = None  # TabNet: FinetuneModel(out, final_out, encoder)
     qlib_wrapper: str | None = None  # "module:Class" of Qlib's model wrapper, for the e2e fit
     wrapper_kwargs: dict = dataclasses.field(default_factory=dict)  # YAML kwargs (qjax takes them too)
+    # (folder, instruments) -> more wrapper kwargs naming files it wrote there (HIST's concept .npy)
+    wrapper_files: Callable[[Path, list[str]], dict] | None = None
+    wrapper_patch: Callable[[Any], None] | None = None  # makes the wrapper run here (see HIST)
     note: str = ""
 
 
+def hist_concept_files(folder: Path, instruments: list[str]) -> dict:
+    """Qlib-format stock2concept / stock_index .npy files for the e2e instruments.
+
+    Qlib's HIST maps unknown stocks to row 733, so the matrix has at least 734 rows.
+    """
+    rows = max(len(instruments), 734)
+    matrix = (np.random.default_rng(7).random((rows, N_CONCEPTS)) < 0.03).astype(np.float32)
+    np.save(folder / "stock2concept.npy", matrix)
+    np.save(folder / "stock_index.npy", {name: k for k, name in enumerate(instruments)})
+    return {"stock2concept": str(folder / "stock2concept.npy"), "stock_index": str(folder / "stock_index.npy")}
+
+
+def hist_writable_stock_index(model) -> None:
+    """Qlib's HIST writes into ``stock_index.values``, read-only under pandas 3's copy-on-write;
+    hand its epoch functions a writable copy (nothing else changes)."""
+    import types
+
+    for name in ("train_epoch", "test_epoch"):
+        original = getattr(model, name)
+
+        def patched(x, y, stock_index, _original=original):
+            return _original(x, y, types.SimpleNamespace(values=stock_index.to_numpy(copy=True)))
+
+        setattr(model, name, patched)
+
+
+TABNET = {"d_feat": 360, "out_dim": 64, "final_out_dim": 1, "n_d": 64, "n_a": 64, "n_shared": 2,
+          "n_ind": 2, "n_steps": 5, "relax": 1.3, "vbs": 2048}
 QC = "qlib.contrib.model."
 CASES: dict[str, Case] = {
     case.name: case
@@ -144,16 +175,23 @@ CASES: dict[str, Case] = {
         Case(
             "tabnet", QC + "pytorch_tabnet:TabNet", {"inp_dim": 360, "out_dim": 64, "vbs": 2048, "relax": 1.3},
             {"inp_dim": 360}, batch_size=4096, lr=0.01, sample_share=0.64, inputs="priors",
-            finetune_head=(64, 1),
-            note="fine-tuning only (no pretraining); Qlib's optimizer holds the encoder, not the head",
+            finetune_head=(64, 1), qlib_wrapper=QC + "pytorch_tabnet:TabnetModel",
+            wrapper_kwargs={**TABNET, **EPOCH_LOOP, "lr": 0.01, "batch_size": 4096, "pretrain": False},
+            note="fine-tuning only (no pretraining, also in the e2e fit); Qlib's optimizer holds the "
+                 "encoder, not the head",
         ),
         Case(
             "gats", QC + "pytorch_gats:GATModel", {**RNN, "dropout": 0.7, "base_model": "LSTM"},
             {**RNN, "dropout": 0.7, "base_model": "LSTM"}, batch_size=1, batching="daily", lr=1e-4,
+            qlib_wrapper=QC + "pytorch_gats:GATs",
+            wrapper_kwargs={**RNN, "dropout": 0.7, "base_model": "LSTM", **EPOCH_LOOP, "lr": 1e-4},
         ),
         Case(
             "hist", QC + "pytorch_hist:HISTModel", {**RNN, "base_model": "LSTM"},
             {**RNN, "base_model": "LSTM"}, batch_size=1, batching="daily", lr=1e-4, inputs="concepts",
+            qlib_wrapper=QC + "pytorch_hist:HIST",
+            wrapper_kwargs={**RNN, "base_model": "LSTM", **EPOCH_LOOP, "lr": 1e-4, "metric": "ic"},
+            wrapper_files=hist_concept_files, wrapper_patch=hist_writable_stock_index,
             note=f"synthetic stock2concept with {N_CONCEPTS} concepts",
         ),
         Case(
@@ -464,6 +502,8 @@ def e2e_frame(stocks: int, days: int, input_dim: int, seed: int) -> pd.DataFrame
 
 
 def run_e2e(case: Case, args, watch: CompileWatch) -> dict:
+    import tempfile
+
     from qlib.data.dataset import DatasetH
     from qlib.data.dataset.handler import DataHandlerLP
     from qlib.data.dataset.loader import StaticDataLoader
@@ -471,38 +511,49 @@ def run_e2e(case: Case, args, watch: CompileWatch) -> dict:
     from qjax.data.dataset import Dataset
     from qjax.data.handler import DataHandler
 
-    days = args.e2e_train_days + args.e2e_valid_days + args.e2e_test_days
-    frame = e2e_frame(args.e2e_stocks, days, case.input_dim, seed=1)
+    # Compute-heavy models get fewer days, in the share they get fewer samples above.
+    n_days = {
+        name: max(1, int(round(getattr(args, f"e2e_{name}_days") * case.sample_share)))
+        for name in ("train", "valid", "test")
+    }
+    frame = e2e_frame(args.e2e_stocks, sum(n_days.values()), case.input_dim, seed=1)
     dates = frame.index.get_level_values("datetime").unique()
-    bounds = np.cumsum([0, args.e2e_train_days, args.e2e_valid_days, args.e2e_test_days])
+    bounds = np.cumsum([0, n_days["train"], n_days["valid"], n_days["test"]])
     segments = {
         name: (dates[bounds[k]], dates[bounds[k + 1] - 1])
         for k, name in enumerate(("train", "valid", "test"))
     }
     kwargs = {**case.wrapper_kwargs, "n_epochs": args.e2e_epochs, "early_stop": args.e2e_epochs + 1}
-    for segment, n_days in (("train", args.e2e_train_days), ("valid", args.e2e_valid_days)):
-        if args.e2e_stocks * n_days < kwargs["batch_size"]:
+    for segment in ("train", "valid"):
+        size = args.e2e_stocks * n_days[segment]
+        if size < kwargs.get("batch_size", 1):
             raise ValueError(
-                f"the e2e {segment} segment has {args.e2e_stocks * n_days} samples, fewer than "
+                f"the e2e {segment} segment has {size} samples, fewer than "
                 f"{case.name}'s batch_size={kwargs['batch_size']}: Qlib drops the last partial batch, "
                 f"so it would train or score nothing; raise --e2e-{segment}-days or --e2e-stocks"
             )
 
-    qlib_dataset = DatasetH(DataHandlerLP(data_loader=StaticDataLoader(config=frame.copy())), segments)
-    qlib_model = load(case.qlib_wrapper)(**kwargs)
-    qlib_s = timed(lambda: qlib_model.fit(qlib_dataset))
+    with tempfile.TemporaryDirectory() as folder:
+        if case.wrapper_files is not None:
+            instruments = sorted(frame.index.get_level_values("instrument").unique())
+            kwargs.update(case.wrapper_files(Path(folder), instruments))
+        qlib_dataset = DatasetH(DataHandlerLP(data_loader=StaticDataLoader(config=frame.copy())), segments)
+        qlib_model = load(case.qlib_wrapper)(**kwargs)
+        if case.wrapper_patch is not None:
+            case.wrapper_patch(qlib_model)
+        qlib_s = timed(lambda: qlib_model.fit(qlib_dataset))
 
-    dataset = Dataset(DataHandler(frame), segments)
-    like_qlib = {"eval_train": True, "eval_protocol": "qlib"}
-    runs = {}
-    for label, extra in (("like_qlib_cold", like_qlib), ("like_qlib_warm", like_qlib), ("default_cold", {})):
-        with watch.span() as got:
-            seconds = timed(lambda: qjax.estimator(case.name, **kwargs, **extra).fit(dataset, verbose=False))
-        runs[label] = {"s": seconds, "compile_s": got["compile_s"], "compiles": got["compiles"]}
+        dataset = Dataset(DataHandler(frame), segments)
+        like_qlib = {"eval_train": True, "eval_protocol": "qlib"}
+        runs = {}
+        for label, extra in (("like_qlib_cold", like_qlib), ("like_qlib_warm", like_qlib), ("default_cold", {})):
+            with watch.span() as got:
+                seconds = timed(lambda: qjax.estimator(case.name, **kwargs, **extra).fit(dataset, verbose=False))
+            runs[label] = {"s": seconds, "compile_s": got["compile_s"], "compiles": got["compiles"]}
     return {
-        "kwargs": kwargs,
+        "kwargs": {k: (Path(v).name if k in ("stock2concept", "stock_index") else v) for k, v in kwargs.items()},
         "segments": {k: [str(a.date()), str(b.date())] for k, (a, b) in segments.items()},
-        "samples": {k: int(args.e2e_stocks * (bounds[i + 1] - bounds[i])) for i, k in enumerate(segments)},
+        "samples": {k: int(args.e2e_stocks * n_days[k]) for k in segments},
         "qlib_s": qlib_s,
         "qjax": runs,
         "speedup_like_qlib": qlib_s / runs["like_qlib_cold"]["s"],
@@ -634,7 +685,7 @@ def report(r: dict) -> str:
                   "\"defaults\": qjax's defaults (no train re-evaluation, exact validation loss). "
                   "Cold runs include tracing and XLA compilation (in parentheses); the warm run is the "
                   "same fit again in the same process (compiled programs reused). "
-                  f"early_stop = n_epochs + 1, so every run trains all epochs."]
+                  "early_stop = n_epochs + 1, so every run trains all epochs."]
     if r["skipped"]:
         lines += ["", "## Skipped", "", *[f"- {k}: {v}" for k, v in r["skipped"].items()]]
     if r["not_run"]:
