@@ -64,7 +64,9 @@ def test_attention_dropout_acts_only_in_training():
     train_out = module.apply(variables, x, train=True, rngs={"dropout": jax.random.PRNGKey(1)})
     assert not np.allclose(train_out, module.apply(variables, x))
     no_dropout = ALSTMModel(d_feat=3, hidden_size=8, num_layers=1, dropout=0.0)
-    np.testing.assert_array_equal(no_dropout.apply(variables, x, train=True), module.apply(variables, x))
+    # Training and inference run the recurrence in different gate layouts: equal up to rounding.
+    np.testing.assert_allclose(no_dropout.apply(variables, x, train=True), module.apply(variables, x),
+                               rtol=1e-6, atol=1e-7)
 
 
 def test_unknown_rnn_type_is_rejected():

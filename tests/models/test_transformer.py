@@ -138,7 +138,9 @@ def test_dropout_only_in_training(initialised):
     train_b = module.apply(variables, x, train=True, rngs={"dropout": jax.random.PRNGKey(2)})
     assert not np.allclose(train_a, eval_out) and not np.allclose(train_a, train_b)
     no_dropout = get(name)(**{**SMALL_INIT, "dropout": 0.0})
-    np.testing.assert_array_equal(no_dropout.apply(variables, x, train=True), no_dropout.apply(variables, x))
+    # Localformer's GRU head runs a different gate layout in training: equal up to rounding.
+    np.testing.assert_allclose(no_dropout.apply(variables, x, train=True), no_dropout.apply(variables, x),
+                               rtol=1e-6, atol=1e-7)
 
 
 @pytest.mark.parity
