@@ -435,7 +435,7 @@ def _tabnet_pretrain(kw: dict, dataset: Dataset, module: nn.Module, verbose: boo
         )
     segments = []
     for name in _PRETRAIN_SEGMENTS:
-        samples = _tabnet_inputs(kw, name, dataset.samples(name, data_key="learn", label=False)[0])
+        samples = _tabnet_inputs(kw, name, *dataset.samples(name, data_key="learn", label=False))
         if samples.size < kw["batch_size"]:
             raise ValueError(
                 f"segment {name!r} has {samples.size} samples, fewer than batch_size={kw['batch_size']}; "
