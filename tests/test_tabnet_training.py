@@ -113,7 +113,7 @@ def test_pretrained_encoder_is_saved_and_copied_into_the_fine_tuning_model(qlib_
 def _refit_with_known_head(model, dataset, init_variables=None):
     """Re-run the estimator's fine-tuning from variables with a known head; (head before, after)."""
     spec, kw = SPECS["tabnet"], model.kwargs
-    train, valid = (spec.prepare_samples(kw, name, dataset.samples(name)[0]) for name in ("train", "valid"))
+    train, valid = (spec.prepare_samples(kw, name, *dataset.samples(name)) for name in ("train", "valid"))
     rng = np.random.default_rng(0)
     head = jax.tree.map(lambda leaf: rng.normal(size=leaf.shape).astype(np.float32),
                         model.variables["params"]["fc"])
