@@ -188,7 +188,7 @@ def test_nan_features_are_filled_as_qlib_does():
     for segment, expected in [("train", frame.fillna(frame.mean()).fillna(0.0)),
                               ("pretrain_validation", frame.fillna(frame.mean()).fillna(0.0)),
                               ("valid", frame.fillna(0.0)), ("test", frame.fillna(0.0))]:
-        filled = fill({}, segment, tabular_samples(values, None, index))
+        filled = fill({}, segment, tabular_samples(values, None, index), index)
         np.testing.assert_array_equal(np.asarray(filled.features), expected.to_numpy(np.float32))
 
 
