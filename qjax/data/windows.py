@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 from functools import partial
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -300,33 +300,3 @@ class WindowSampler:
             take=WindowTake(self.step_len, self.fillna_type),
         )
         return samples, self._index
-
-
-def daily_ids(day: Any, max_width: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Pad each day's sample ids into a row: ``(ids [n_days, width] int32, mask [n_days, width])``.
-
-    ``day`` is the [n] day number per sample (e.g. ``Samples.day``); row ``d`` holds the ids of
-    day ``d`` in sample order, padded with id 0 and mask False. ``width`` is the largest day
-    unless ``max_width`` fixes it (for stable compiled shapes across segments).
-    """
-    day = np.asarray(day)
-    if day.ndim != 1 or (day.size and (not np.issubdtype(day.dtype, np.integer) or day.min() < 0)):
-        raise ValueError("day must be a 1-D array of non-negative int day numbers")
-    counts = np.bincount(day, minlength=int(day.max()) + 1 if day.size else 0)
-    width = int(counts.max()) if counts.size else 0
-    if max_width is not None:
-        if width > max_width:
-            busiest = int(counts.argmax())
-            raise ValueError(
-                f"day {busiest} has {width} samples, more than max_width={max_width}; "
-                "raise max_width or leave it None"
-            )
-        width = int(max_width)
-    order = np.argsort(day, kind="stable")
-    sorted_day = day[order]
-    rank = np.arange(len(day)) - (np.cumsum(counts) - counts)[sorted_day]
-    ids = np.zeros((len(counts), width), np.int32)
-    mask = np.zeros((len(counts), width), bool)
-    ids[sorted_day, rank] = order
-    mask[sorted_day, rank] = True
-    return ids, mask

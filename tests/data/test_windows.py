@@ -8,7 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from qjax.data.windows import FILL_TYPES, WindowSampler, WindowTake, daily_ids
+from qjax.data.windows import FILL_TYPES, WindowSampler, WindowTake
+from qjax.train.batching import day_table
 
 STEP = 5
 
@@ -163,23 +164,24 @@ def test_bad_inputs():
         WindowSampler(two_labels, step_len=3).labels()
 
 
-def test_daily_ids():
+def test_day_table():
     day = np.array([0, 0, 1, 2, 2, 2, 1])
-    ids, mask = daily_ids(day)
-    np.testing.assert_array_equal(ids, [[0, 1, 0], [2, 6, 0], [3, 4, 5]])
-    np.testing.assert_array_equal(mask, [[1, 1, 0], [1, 1, 0], [1, 1, 1]])
-    ids, mask = daily_ids(day, max_width=4)
-    assert ids.shape == mask.shape == (3, 4) and ids.dtype == np.int32 and mask.sum() == 7
-    with pytest.raises(ValueError, match="max_width"):
-        daily_ids(day, max_width=2)
-    with pytest.raises(ValueError, match="non-negative"):
-        daily_ids(np.array([0, -1]))
+    table = day_table(day)
+    np.testing.assert_array_equal(table.ids, [[0, 1, 0], [2, 6, 0], [3, 4, 5]])
+    np.testing.assert_array_equal(table.mask, [[1, 1, 0], [1, 1, 0], [1, 1, 1]])
+    table = day_table(day, width=4)
+    assert table.ids.shape == table.mask.shape == (3, 4) and table.ids.dtype == np.int32
+    assert int(table.mask.sum()) == 7
+    assert day_table(day, width=3, multiple=2).ids.shape == (3, 4)  # rounded up for 2 devices
+    with pytest.raises(ValueError, match="daily_width=2 is smaller than the largest day"):
+        day_table(day, width=2)
 
 
-def test_daily_ids_from_window_samples_are_days():
+def test_day_table_of_window_samples_holds_days():
     df = ragged_panel(1)
     samples, index = WindowSampler(df, None, None, STEP).samples()
-    ids, mask = daily_ids(samples.day)
+    table = day_table(np.asarray(samples.day))
+    ids, mask = np.asarray(table.ids), np.asarray(table.mask)
     dates = index.get_level_values("datetime")
     for row, m in zip(ids, mask):
         assert len(set(dates[row[m]])) == 1
