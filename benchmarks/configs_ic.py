@@ -52,6 +52,7 @@ def report(results: dict[str, dict], meta: dict) -> str:
         f"Run {meta['started']}; load average before {meta['load_before']}, after "
         f"{meta['load_after']}; {meta['machine']['cpu']} ({meta['machine']['logical_cores']} logical cores).",
         "",
+        *([meta["note"], ""] if meta.get("note") else []),
         "Test segment metrics of the best-validation parameters (daily Pearson IC / Spearman "
         "Rank IC against the raw label, mean over days; ICIR = mean / std). The generated "
         "market's planted signal has an oracle daily IC of about 0.15.",
@@ -64,7 +65,7 @@ def report(results: dict[str, dict], meta: dict) -> str:
             lines.append(f"| {name} | – | {r['error']} |  |  |  |  |  |  |  |")
             continue
         t = r["test"]
-        wall = "–" if r.get("wall_s") is None else f"{r['wall_s']:.0f}"
+        wall = "–" if r.get("wall_s") is None else f"{r['wall_s']:.0f}"  # "–": read back from an earlier sweep
         lines.append(
             f"| {name} | {r['model']} | {t['IC']:.4f} | {t['ICIR']:.3f} | {t['Rank IC']:.4f} | "
             f"{t['Rank ICIR']:.3f} | {', '.join(str(e + 1) for e in r['best_epoch'])} | "
@@ -82,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", required=True, help="directory for the run directories")
     p.add_argument("--timeout", type=float, default=None, help="seconds per config")
     p.add_argument("--out", help="write configs_ic.{md,json} here")
+    p.add_argument("--note", default="", help="a line for the report (how the runs were made)")
     args = p.parse_args(argv)
 
     skip = [s for s in args.skip.split(",") if s]
@@ -89,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     paths = [p for p in paths if not any(s in p.stem for s in skip)]
     if not paths:
         p.error(f"no config matches {args.configs!r}")
-    meta = {"command": command_line(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    meta = {"command": command_line(), "note": args.note, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "load_before": load_average(), "machine": machine()}
     results = {}
     for path in paths:
