@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -22,6 +23,11 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--overwrite", action="store_true",
                        help="discard an existing run in --out instead of resuming it")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.add_argument(
+        "--compilation-cache", metavar="DIR",
+        default=os.environ.get("QJAX_COMPILATION_CACHE", str(Path.home() / ".cache" / "qjax" / "xla")),
+        help="keep compiled XLA programs here so that a repeated run skips compilation "
+             "(default: $QJAX_COMPILATION_CACHE or ~/.cache/qjax/xla; 'off' disables it)")
 
     commands.add_parser("models", help="list the model names")
 
@@ -38,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     except config_lib.ConfigError as err:
         print(f"qjax: config error: {err}", file=sys.stderr)
         return 2
+    _use_compilation_cache(args.compilation_cache)
     out = Path(args.out or Path("runs") / Path(args.config).stem)
     if args.overwrite and out.exists():
         shutil.rmtree(out)
@@ -52,6 +59,16 @@ def main(argv: list[str] | None = None) -> int:
     print(workflow.format_table(metrics))
     print(f"run directory: {out}")
     return 0
+
+
+def _use_compilation_cache(path: str) -> None:
+    """JAX's persistent compilation cache, unless disabled or already configured by the caller."""
+    import jax
+
+    if not path or path.lower() == "off" or jax.config.jax_compilation_cache_dir:
+        return
+    jax.config.update("jax_compilation_cache_dir", str(Path(path).expanduser()))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -71,6 +71,15 @@ def test_train_scores_a_window_dataset_config(tmp_path):
     assert all(abs(value) < 1 for value in metrics["test"].values())
 
 
+def test_compiled_programs_are_kept_for_the_next_run(tmp_path):
+    cache = tmp_path / "xla"
+    command = [sys.executable, "-m", "qjax.cli", "train", CONFIG, "--out", str(tmp_path / "run"),
+               "--quiet", "--compilation-cache", str(cache), *TINY, "--set", "model.kwargs.n_epochs=1"]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert len(list(cache.iterdir())) >= 2  # at least the epoch and the evaluation programs
+
+
 def _train_command(out: Path) -> list[str]:
     return [sys.executable, "-m", "qjax.cli", "train", CONFIG, "--out", str(out), "--quiet", *TINY,
             "--set", "model.kwargs.n_epochs=12", "--set", "model.kwargs.early_stop=50"]
