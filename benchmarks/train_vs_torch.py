@@ -129,7 +129,7 @@ def qlib_recorder():
     if not getattr(qlib_recorder, "initialised", False):
         qlib.init(provider_uri=folder, region="cn", exp_manager={
             "class": "MLflowExpManager", "module_path": "qlib.workflow.expm",
-            "kwargs": {"uri": f"file:{folder}/mlruns", "default_exp_name": "benchmark"}})
+            "kwargs": {"uri": Path(folder, "mlruns").as_uri(), "default_exp_name": "benchmark"}})
         qlib_recorder.initialised = True
     return R.start(experiment_name="benchmark")
 
