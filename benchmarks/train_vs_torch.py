@@ -532,9 +532,12 @@ def run_e2e(case: Case, args, watch: CompileWatch) -> dict:
     from qjax.data.dataset import Dataset
     from qjax.data.handler import DataHandler
 
-    # Compute-heavy models get fewer days, in the share they get fewer samples above.
+    # Compute-heavy models get fewer days, in the share they get fewer samples above, but train
+    # and valid keep at least one full batch (Qlib drops the last partial batch).
+    full_batch_days = -(-case.wrapper_kwargs.get("batch_size", 1) // args.e2e_stocks)
     n_days = {
-        name: max(1, int(round(getattr(args, f"e2e_{name}_days") * case.sample_share)))
+        name: max(1 if name == "test" else full_batch_days,
+                  int(round(getattr(args, f"e2e_{name}_days") * case.sample_share)))
         for name in ("train", "valid", "test")
     }
     frame = e2e_frame(args.e2e_stocks, sum(n_days.values()), case.input_dim, seed=1)
