@@ -44,6 +44,8 @@ def run_config(path: Path, run_dir: Path, timeout: float | None) -> dict:
 
 
 def report(results: dict[str, dict], meta: dict) -> str:
+    # Wall time is measured only for runs made by this sweep (not for runs read back).
+    with_wall = any(r.get("wall_s") is not None for r in results.values())
     lines = [
         "# Every shipped config trained with `qjax train` (generated market)",
         "",
@@ -57,19 +59,20 @@ def report(results: dict[str, dict], meta: dict) -> str:
         "Rank IC against the raw label, mean over days; ICIR = mean / std). The generated "
         "market's planted signal has an oracle daily IC of about 0.15.",
         "",
-        "| config | model | IC | ICIR | Rank IC | Rank ICIR | best epoch | epochs run | fit s | wall s |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| config | model | IC | ICIR | Rank IC | Rank ICIR | best epoch | epochs run | fit s |"
+        + (" wall s |" if with_wall else ""),
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if with_wall else ""),
     ]
     for name, r in results.items():
         if "error" in r:
             lines.append(f"| {name} | – | {r['error']} |  |  |  |  |  |  |  |")
             continue
         t = r["test"]
-        wall = "–" if r.get("wall_s") is None else f"{r['wall_s']:.0f}"  # "–": read back from an earlier sweep
+        wall = "–" if r.get("wall_s") is None else f"{r['wall_s']:.0f}"  # "–": read back
         lines.append(
             f"| {name} | {r['model']} | {t['IC']:.4f} | {t['ICIR']:.3f} | {t['Rank IC']:.4f} | "
             f"{t['Rank ICIR']:.3f} | {', '.join(str(e + 1) for e in r['best_epoch'])} | "
-            f"{r['epochs_run']} | {r['seconds']['fit']:.0f} | {wall} |"
+            f"{r['epochs_run']} | {r['seconds']['fit']:.0f} |" + (f" {wall} |" if with_wall else "")
         )
     return "\n".join(lines) + "\n"
 
