@@ -6,7 +6,7 @@ Rank IC and Rank ICIR on the generated market, the best and the last epoch, and 
 An interrupted sweep picks up where it stopped: finished runs are read back, unfinished ones
 resume from their checkpoints (the CLI's own resume).
 
-    python benchmarks/configs_ic.py --runs /tmp/qjax-config-runs --out benchmarks/results
+    python benchmarks/configs_ic.py --runs runs/configs --out benchmarks/results
     python benchmarks/configs_ic.py --configs 'configs/lstm_*.yaml' --runs runs/
 """
 
