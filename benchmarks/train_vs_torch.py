@@ -118,7 +118,12 @@ def hist_concept_files(folder: Path, instruments: list[str]) -> dict:
 
 
 def qlib_recorder():
-    """An active Qlib recorder on a throwaway MLflow file store (Qlib's GRU.fit logs to one)."""
+    """An active Qlib recorder on a throwaway MLflow file store (Qlib's GRU.fit logs to one).
+
+    Qlib puts the store's lock file at a path relative to the working directory (whatever the
+    URI says), so the recorder runs with the temporary folder as working directory.
+    """
+    import contextlib
     import tempfile
 
     import qlib
@@ -131,7 +136,10 @@ def qlib_recorder():
             "class": "MLflowExpManager", "module_path": "qlib.workflow.expm",
             "kwargs": {"uri": Path(folder, "mlruns").as_uri(), "default_exp_name": "benchmark"}})
         qlib_recorder.initialised = True
-    return R.start(experiment_name="benchmark")
+    stack = contextlib.ExitStack()
+    stack.enter_context(contextlib.chdir(folder))
+    stack.enter_context(R.start(experiment_name="benchmark"))
+    return stack
 
 
 def hist_writable_stock_index(model) -> None:
