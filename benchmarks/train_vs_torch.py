@@ -462,12 +462,7 @@ def run_case(case: Case, n_samples: int, repeats: int, watch: CompileWatch, devi
     with watch.span() as first:
         first_s = timed(qjax_epoch)
     runner.train_epoch(max_steps=1)  # torch warm-up: allocator, oneDNN primitives
-    qjax_s, torch_s, recompiles = [], [], 0
-    for _ in range(repeats):
-        with watch.span() as got:
-            qjax_s.append(timed(qjax_epoch))
-        recompiles += got["compiles"]
-        torch_s.append(timed(runner.train_epoch))
+    qjax_s, torch_s, recompiles = alternate(qjax_epoch, runner.train_epoch, repeats, watch)
     result = qjax_epoch()
     variables = result.replica(0)
 
@@ -480,12 +475,7 @@ def run_case(case: Case, n_samples: int, repeats: int, watch: CompileWatch, devi
     with watch.span() as predict_first:
         first_pred = timed(qjax_predict)
     torch_pred = runner.predict()
-    qjax_pred_s, torch_pred_s, predict_recompiles = [], [], 0
-    for _ in range(repeats):
-        with watch.span() as got:
-            qjax_pred_s.append(timed(qjax_predict))
-        predict_recompiles += got["compiles"]
-        torch_pred_s.append(timed(runner.predict))
+    qjax_pred_s, torch_pred_s, predict_recompiles = alternate(qjax_predict, runner.predict, repeats, watch)
     if not (np.isfinite(qjax_predict()).all() and np.isfinite(torch_pred).all()):
         raise RuntimeError(f"{case.name}: non-finite predictions")
 
@@ -528,6 +518,17 @@ def e2e_frame(stocks: int, days: int, input_dim: int, seed: int) -> pd.DataFrame
     )
     values = rng.standard_normal((len(index), input_dim + 1), dtype=np.float32)
     return pd.DataFrame(values, index=index, columns=columns)
+
+
+def alternate(qjax_fn, torch_fn, repeats: int, watch: CompileWatch) -> tuple[list, list, int]:
+    """Time qjax and torch in turns; (qjax seconds, torch seconds, compilations in qjax calls)."""
+    qjax_s, torch_s, compiles = [], [], 0
+    for _ in range(repeats):
+        with watch.span() as got:
+            qjax_s.append(timed(qjax_fn))
+        compiles += got["compiles"]
+        torch_s.append(timed(torch_fn))
+    return qjax_s, torch_s, compiles
 
 
 def run_e2e(case: Case, args, watch: CompileWatch) -> dict:

@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     except config_lib.ConfigError as err:
         print(f"qjax: config error: {err}", file=sys.stderr)
         return 2
-    _use_compilation_cache(args.compilation_cache)
+    use_compilation_cache(args.compilation_cache)
     out = Path(args.out or Path("runs") / Path(args.config).stem)
     if args.overwrite and out.exists():
         shutil.rmtree(out)
@@ -61,8 +61,11 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _use_compilation_cache(path: str) -> None:
-    """JAX's persistent compilation cache, unless disabled or already configured by the caller."""
+def use_compilation_cache(path: str) -> None:
+    """Turn on JAX's persistent compilation cache in ``path`` ("" or "off": leave it off).
+
+    A cache the process already configured is kept (the CLI also runs inside the test suite).
+    """
     import jax
 
     if not path or path.lower() == "off" or jax.config.jax_compilation_cache_dir:

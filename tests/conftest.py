@@ -69,9 +69,8 @@ def qlib_csi300(qlib, csi300_dir):
 
 def pytest_configure(config):
     # Most of the suite's time is XLA compilation; a persistent cache makes re-runs cheap.
-    cache = os.environ.get("QJAX_TEST_COMPILATION_CACHE", str(Path.home() / ".cache" / "qjax-tests-xla"))
-    if cache:
-        import jax
+    from qjax.cli import use_compilation_cache
 
-        jax.config.update("jax_compilation_cache_dir", cache)
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    use_compilation_cache(
+        os.environ.get("QJAX_TEST_COMPILATION_CACHE", str(Path.home() / ".cache" / "qjax-tests-xla"))
+    )
