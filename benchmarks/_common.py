@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import importlib
+import json
 import os
 import platform
 import shlex
@@ -22,6 +23,13 @@ from typing import Callable, Iterator
 # Environment variables that change threading or memory allocation on either side.
 ALLOCATION_ENV = (
     "LD_PRELOAD",  # jemalloc/tcmalloc swap glibc malloc under torch (and XLA's CPU buffers)
+    # glibc malloc tuning: with a high mmap threshold and no trimming, large buffers are reused
+    # from the heap instead of being mapped (and page-faulted) afresh on every allocation.
+    "MALLOC_MMAP_THRESHOLD_",
+    "MALLOC_TRIM_THRESHOLD_",
+    "MALLOC_TOP_PAD_",
+    "MALLOC_ARENA_MAX",
+    "GLIBC_TUNABLES",
     "OMP_NUM_THREADS",
     "MKL_NUM_THREADS",
     "XLA_FLAGS",
@@ -101,11 +109,13 @@ def machine(torch_module=None) -> dict:
     }
     gpu = jax.default_backend() == "gpu"
     preloaded = os.environ.get("LD_PRELOAD", "")
+    tuning = ", ".join(f"{k}={os.environ[k]}" for k in ALLOCATION_ENV[1:6] if k in os.environ)
+    malloc = f"LD_PRELOAD={preloaded}" if preloaded else "glibc malloc" + (f" ({tuning})" if tuning else " (defaults)")
     info["allocators"] = {
         "jax": (
             f"XLA GPU BFC allocator (preallocate={os.environ.get('XLA_PYTHON_CLIENT_PREALLOCATE', 'true')})"
             if gpu
-            else "XLA CPU default (aligned malloc" + (f" via LD_PRELOAD={preloaded}" if preloaded else "") + ")"
+            else f"XLA CPU default (aligned malloc on {malloc})"
         ),
     }
     if torch_module is not None:
@@ -118,10 +128,19 @@ def machine(torch_module=None) -> dict:
         info["allocators"]["torch"] = (
             "CUDA caching allocator (default)"
             if cuda
-            else "c10 default CPU allocator on " + (f"LD_PRELOAD={preloaded}" if preloaded else "glibc malloc")
+            else f"c10 default CPU allocator on {malloc}"
         )
     info["jax_threads"] = "XLA default: intra-op pool sized to the visible cores"
     return info
+
+
+def publish(lines: list[str], out: str | None, stem: str, payload: dict) -> None:
+    """Print the markdown report; with ``out``, also write ``<out>/<stem>.md`` and ``.json``."""
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if out:
+        (Path(out) / f"{stem}.md").write_text(text)
+        (Path(out) / f"{stem}.json").write_text(json.dumps(payload, indent=2, default=str))
 
 
 def median(values: list[float]) -> float:

@@ -15,15 +15,13 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import sys
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from _common import command_line, load_average, machine, median, timed
+from _common import command_line, load_average, machine, median, publish, timed
 
 N, H, T = 800, 64, 60
 
@@ -136,13 +134,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{r['qjax_per_gate'] / r['qjax_fused']:.2f}x | {r['qjax_per_gate'] / r['torch']:.2f}x |"
           for m, r in rates.items()],
     ]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        out = Path(args.out)
-        (out / "rnn_layouts_cpu.md").write_text(text)
-        (out / "rnn_layouts_cpu.json").write_text(
-            json.dumps({**meta, "scan_ms": costs, "inference": rates}, indent=2, default=str))
+    publish(lines, args.out, "rnn_layouts_cpu", {**meta, "scan_ms": costs, "inference": rates})
     return 0
 
 

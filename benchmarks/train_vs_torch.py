@@ -21,7 +21,11 @@ For every model of :data:`CASES` (Qlib's Alpha360 benchmark settings, §5 of the
 
 qjax and torch repeats alternate, so a change in machine load hits both sides alike; rates are
 medians. Both sides use every core the process may run on (``torch.set_num_threads`` to that
-count, XLA's default pool) and their default allocators; ``taskset -c 0 python ...`` gives a
+count, XLA's default pool) and share the process's malloc (glibc unless ``LD_PRELOAD`` swaps it);
+the allocator variables set, glibc's tuning ones included, are recorded with the machine. They
+matter: ``MALLOC_MMAP_THRESHOLD_``/``MALLOC_TRIM_THRESHOLD_``/``MALLOC_TOP_PAD_`` (large buffers kept
+on the heap instead of mapped afresh) nearly double torch's LSTM training rate and leave XLA's
+unchanged, so compare runs only under the same settings. ``taskset -c 0 python ...`` gives a
 one-core comparison. A short probe records torch's LSTM step rate at 1 thread and at all threads:
 on an oversubscribed machine torch's OpenMP pool can lose several times its speed while XLA's
 pool does not, which the probe makes visible. On a machine with CUDA, torch runs on ``cuda:0``
