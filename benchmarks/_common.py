@@ -20,16 +20,19 @@ import time
 from pathlib import Path
 from typing import Callable, Iterator
 
-# Environment variables that change threading or memory allocation on either side.
-ALLOCATION_ENV = (
-    "LD_PRELOAD",  # jemalloc/tcmalloc swap glibc malloc under torch (and XLA's CPU buffers)
-    # glibc malloc tuning: with a high mmap threshold and no trimming, large buffers are reused
-    # from the heap instead of being mapped (and page-faulted) afresh on every allocation.
+# glibc malloc tuning: with a high mmap threshold and no trimming, large freed buffers stay on
+# the heap for reuse instead of going back to the kernel and being mapped again.
+GLIBC_MALLOC_ENV = (
     "MALLOC_MMAP_THRESHOLD_",
     "MALLOC_TRIM_THRESHOLD_",
     "MALLOC_TOP_PAD_",
     "MALLOC_ARENA_MAX",
     "GLIBC_TUNABLES",
+)
+# Environment variables that change threading or memory allocation on either side.
+ALLOCATION_ENV = (
+    "LD_PRELOAD",  # jemalloc/tcmalloc swap glibc malloc under torch (and XLA's CPU buffers)
+    *GLIBC_MALLOC_ENV,
     "OMP_NUM_THREADS",
     "MKL_NUM_THREADS",
     "XLA_FLAGS",
@@ -109,7 +112,7 @@ def machine(torch_module=None) -> dict:
     }
     gpu = jax.default_backend() == "gpu"
     preloaded = os.environ.get("LD_PRELOAD", "")
-    tuning = ", ".join(f"{k}={os.environ[k]}" for k in ALLOCATION_ENV[1:6] if k in os.environ)
+    tuning = ", ".join(f"{k}={os.environ[k]}" for k in GLIBC_MALLOC_ENV if k in os.environ)
     malloc = f"LD_PRELOAD={preloaded}" if preloaded else "glibc malloc" + (f" ({tuning})" if tuning else " (defaults)")
     info["allocators"] = {
         "jax": (

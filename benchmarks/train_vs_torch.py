@@ -24,8 +24,8 @@ medians. Both sides use every core the process may run on (``torch.set_num_threa
 count, XLA's default pool) and share the process's malloc (glibc unless ``LD_PRELOAD`` swaps it);
 the allocator variables set, glibc's tuning ones included, are recorded with the machine. They
 matter: ``MALLOC_MMAP_THRESHOLD_``/``MALLOC_TRIM_THRESHOLD_``/``MALLOC_TOP_PAD_`` (large buffers kept
-on the heap instead of mapped afresh) nearly double torch's LSTM training rate and leave XLA's
-unchanged, so compare runs only under the same settings. ``taskset -c 0 python ...`` gives a
+on the heap instead of mapped afresh) double torch's LSTM training rate and move qjax's recurrent
+models by under 10%, so compare runs only under the same settings. ``taskset -c 0 python ...`` gives a
 one-core comparison. A short probe records torch's LSTM step rate at 1 thread and at all threads:
 on an oversubscribed machine torch's OpenMP pool can lose several times its speed while XLA's
 pool does not, which the probe makes visible. On a machine with CUDA, torch runs on ``cuda:0``
