@@ -65,7 +65,7 @@ def report(results: dict[str, dict], meta: dict) -> str:
     ]
     for name, r in results.items():
         if "error" in r:
-            lines.append(f"| {name} | – | {r['error']} |  |  |  |  |  |  |  |")
+            lines.append(f"| {name} | – | {r['error']} |" + "  |" * (6 + with_wall))
             continue
         t = r["test"]
         wall = "–" if r.get("wall_s") is None else f"{r['wall_s']:.0f}"  # "–": read back

@@ -38,13 +38,17 @@ and JAX on its default (GPU) backend.
 from __future__ import annotations
 
 import argparse
+import atexit
+import contextlib
 import dataclasses
 import datetime
 import importlib
 import json
 import logging
 import os
+import shutil
 import sys
+import tempfile
 import traceback
 import warnings
 from pathlib import Path
@@ -124,22 +128,21 @@ def hist_concept_files(folder: Path, instruments: list[str]) -> dict:
 def qlib_recorder():
     """An active Qlib recorder on a throwaway MLflow file store (Qlib's GRU.fit logs to one).
 
+    Qlib is initialised once per process with the store in a temporary folder (removed at exit).
     Qlib puts the store's lock file at a path relative to the working directory (whatever the
-    URI says), so the recorder runs with the temporary folder as working directory.
+    URI says), so the recorder runs with that folder as working directory.
     """
-    import contextlib
-    import tempfile
-
     import qlib
     from qlib.workflow import R
 
-    os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3 wants opting in to files
-    folder = tempfile.mkdtemp(prefix="qjax-bench-qlib-")
-    if not getattr(qlib_recorder, "initialised", False):
+    folder = getattr(qlib_recorder, "folder", None)
+    if folder is None:
+        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3 wants opting in to files
+        folder = qlib_recorder.folder = tempfile.mkdtemp(prefix="qjax-bench-qlib-")
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
         qlib.init(provider_uri=folder, region="cn", exp_manager={
             "class": "MLflowExpManager", "module_path": "qlib.workflow.expm",
             "kwargs": {"uri": Path(folder, "mlruns").as_uri(), "default_exp_name": "benchmark"}})
-        qlib_recorder.initialised = True
     stack = contextlib.ExitStack()
     stack.enter_context(contextlib.chdir(folder))
     stack.enter_context(R.start(experiment_name="benchmark"))
@@ -536,8 +539,6 @@ def alternate(qjax_fn, torch_fn, repeats: int, watch: CompileWatch) -> tuple[lis
 
 
 def run_e2e(case: Case, args, watch: CompileWatch) -> dict:
-    import tempfile
-
     from qlib.data.dataset import DatasetH
     from qlib.data.dataset.handler import DataHandlerLP
     from qlib.data.dataset.loader import StaticDataLoader
@@ -578,10 +579,7 @@ def run_e2e(case: Case, args, watch: CompileWatch) -> dict:
         qlib_model = load(case.qlib_wrapper)(**kwargs)
         if case.wrapper_patch is not None:
             case.wrapper_patch(qlib_model)
-        if case.needs_recorder:
-            with qlib_recorder():
-                qlib_s = timed(lambda: qlib_model.fit(qlib_dataset))
-        else:
+        with qlib_recorder() if case.needs_recorder else contextlib.nullcontext():
             qlib_s = timed(lambda: qlib_model.fit(qlib_dataset))
 
         dataset = Dataset(DataHandler(frame), segments)
