@@ -8,12 +8,32 @@ from __future__ import annotations
 
 import importlib
 import os
+import random
+import sys
+import zlib
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+SEED_ENV = "QJAX_TEST_SEED"
+
+
+def session_seed() -> int:
+    """The run's base seed: ``QJAX_TEST_SEED`` if set, else drawn fresh once per run.
+
+    ``pytest_configure`` writes a fresh draw into the environment before pytest-xdist starts
+    its workers, so every worker derives its tests' seeds from the same base.
+    """
+    return int(os.environ[SEED_ENV])
+
+
+def test_seed(nodeid: str) -> int:
+    """Each test's own seed: the run's base seed mixed with the test's id, so tests draw
+    independent streams and one test's seed does not depend on which others ran before it."""
+    return (session_seed() ^ zlib.crc32(nodeid.encode())) % 2**31
 
 
 def _shared_data_dir() -> Path:
@@ -67,7 +87,40 @@ def qlib_csi300(qlib, csi300_dir):
     return csi300_dir
 
 
+@pytest.fixture
+def seed(request) -> int:
+    """This test's seed (see ``test_seed``); a failing test's report names the base seed."""
+    return test_seed(request.node.nodeid)
+
+
+@pytest.fixture(autouse=True)
+def _seed_global_generators(request):
+    """Seed the global generators (torch's weight initialisation above all) per test, so a
+    module built without an explicit generator still draws reproducibly from the test's seed."""
+    value = test_seed(request.node.nodeid)
+    random.seed(value)
+    np.random.seed(value)
+    if "torch" in sys.modules:
+        sys.modules["torch"].manual_seed(value)
+
+
+def pytest_report_header(config):
+    return f"{SEED_ENV}={session_seed()} (set it to rerun with this run's random draws)"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed:
+        report.sections.append(
+            ("random seed", f"rerun with {SEED_ENV}={session_seed()} to repeat this test's draws "
+                            f"(its own seed: {test_seed(item.nodeid)})")
+        )
+
+
 def pytest_configure(config):
+    os.environ.setdefault(SEED_ENV, str(int.from_bytes(os.urandom(4), "little") % 2**31))
     # Most of the suite's time is XLA compilation; a persistent cache makes re-runs cheap.
     from qjax.cli import use_compilation_cache
 

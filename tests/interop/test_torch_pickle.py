@@ -72,8 +72,8 @@ def test_fresh_checkpoints_of_many_dtypes_and_layouts(torch, tmp_path):
     assert got["scalar"].shape == () and got["bfloat16"].dtype == np.float32
 
 
-def test_nn_module_state_dict_with_parameters_and_buffers(torch, tmp_path):
-    torch.manual_seed(0)
+def test_nn_module_state_dict_with_parameters_and_buffers(torch, tmp_path, seed):
+    torch.manual_seed(seed)
     net = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3))
     path = tmp_path / "net.pt"
     torch.save(net.state_dict(), path)

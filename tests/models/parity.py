@@ -20,6 +20,12 @@ import numpy as np
 
 from qjax.interop.qlib import from_qlib
 
+# In train mode the bias of a Linear feeding a batch norm has no gradient: the norm subtracts the
+# batch mean, so the bias cancels (float64 gives 1e-16 of the largest leaf). Both return float32
+# rounding noise there, up to 2e-4 of the tree's largest gradient under the default floor (fresh
+# draws; small ghost batches amplify it), so such trees are floored at 1% of their largest leaf.
+BN_BIAS_GRAD_FLOOR = 1e-2
+
 
 def rel_err(got, want, floor: float = 1e-12) -> float:
     """Max abs error relative to the reference's scale (its max abs value, at least ``floor``)."""

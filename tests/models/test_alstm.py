@@ -33,14 +33,14 @@ N = 32
     ],
 )
 def test_matches_qlib_forward_gradients_and_param_count(
-    torch, qlib_module, d_feat, shape, rnn_type, expected_count
+    torch, qlib_module, d_feat, shape, rnn_type, expected_count, seed
 ):
     kwargs = dict(d_feat=d_feat, hidden_size=64, num_layers=2, dropout=0.0, rnn_type=rnn_type)
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     net = require(qlib_module).ALSTMModel(**kwargs)
     module, variables = from_qlib("alstm", net.state_dict(), **kwargs)
 
-    rng = np.random.default_rng(1)
+    rng = np.random.default_rng(seed + 1)
     x = rng.standard_normal(shape).astype(np.float32)
     y = rng.standard_normal(N).astype(np.float32)
     t_out, t_gx, t_grads = torch_output_and_grads(torch, net, x, y)
@@ -57,9 +57,9 @@ def test_matches_qlib_forward_gradients_and_param_count(
         assert n_torch == expected_count
 
 
-def test_attention_dropout_acts_only_in_training():
+def test_attention_dropout_acts_only_in_training(seed):
     module = ALSTMModel(d_feat=3, hidden_size=8, num_layers=1, dropout=0.5)  # one layer: no RNN dropout
-    x = np.random.default_rng(2).standard_normal((6, 5, 3)).astype(np.float32)
+    x = np.random.default_rng(seed + 2).standard_normal((6, 5, 3)).astype(np.float32)
     variables = module.init(jax.random.PRNGKey(0), x)
     train_out = module.apply(variables, x, train=True, rngs={"dropout": jax.random.PRNGKey(1)})
     assert not np.allclose(train_out, module.apply(variables, x))

@@ -40,14 +40,14 @@ TRANSFORMATION_BIAS_FLOOR = 1e-2
     "qlib_module,d_feat,shape",
     [("qlib.contrib.model.pytorch_gats", 6, (12, 6 * 10)), ("qlib.contrib.model.pytorch_gats_ts", 5, (12, 10, 5))],
 )
-def test_matches_qlib_forward_and_gradients(torch, qlib_module, d_feat, shape, base_model):
-    torch.manual_seed(0)
+def test_matches_qlib_forward_and_gradients(torch, qlib_module, d_feat, shape, base_model, seed):
+    torch.manual_seed(seed)
     kwargs = dict(d_feat=d_feat, base_model=base_model, **SMALL)
     net = require(qlib_module).GATModel(**kwargs)
     module, variables = from_qlib("gats", net.state_dict(), **kwargs)
     assert isinstance(module, get("gats"))
 
-    rng = np.random.default_rng(1)
+    rng = np.random.default_rng(seed + 1)
     x = rng.standard_normal(shape).astype(np.float32)
     y = rng.standard_normal(shape[0]).astype(np.float32)
     t_out, t_gx, t_grads = torch_output_and_grads(torch, net, x, y)
@@ -74,9 +74,9 @@ def test_torch_param_count_matches_qlib_reference(torch, d_feat, expected):
 
 
 @pytest.mark.parametrize("base_model", ["GRU", "LSTM"])
-def test_padded_stocks_do_not_change_valid_rows_or_gradients(base_model):
+def test_padded_stocks_do_not_change_valid_rows_or_gradients(base_model, seed):
     module = GATModel(d_feat=4, base_model=base_model, **SMALL)
-    rng = np.random.default_rng(2)
+    rng = np.random.default_rng(seed + 2)
     n_valid, n_padded = 9, 16
     x = rng.standard_normal((n_valid, 8, 4)).astype(np.float32)
     y = rng.standard_normal(n_valid).astype(np.float32)
@@ -104,9 +104,9 @@ def test_padded_stocks_do_not_change_valid_rows_or_gradients(base_model):
     assert rel_err(module.apply(variables, finite)[:n_valid], out_ref) > 1e-3
 
 
-def test_dropout_only_in_training():
+def test_dropout_only_in_training(seed):
     module = GATModel(d_feat=4, hidden_size=8, num_layers=2, dropout=0.5)
-    x = np.random.default_rng(3).standard_normal((6, 5, 4)).astype(np.float32)
+    x = np.random.default_rng(seed + 3).standard_normal((6, 5, 4)).astype(np.float32)
     variables = module.init(jax.random.PRNGKey(0), x)
     train_a = module.apply(variables, x, train=True, rngs={"dropout": jax.random.PRNGKey(1)})
     train_b = module.apply(variables, x, train=True, rngs={"dropout": jax.random.PRNGKey(2)})
@@ -144,15 +144,15 @@ def test_load_base_weights_copies_rnn_and_head_and_rejects_mismatches():
 
 @pytest.mark.parity
 @pytest.mark.shared_data
-def test_pretrained_lstm_base_matches_qlib_loading(torch, shared_data):
+def test_pretrained_lstm_base_matches_qlib_loading(torch, shared_data, seed):
     pkl = shared_data / "qlib_pretrained" / "model_lstm_csi300.pkl"
-    torch.manual_seed(4)
+    torch.manual_seed(seed + 4)
     net = require("qlib.contrib.model.pytorch_gats").GATModel(base_model="LSTM").eval()
     module, variables = from_qlib("gats", net.state_dict(), base_model="LSTM")
     loaded = load_base_weights(variables, read_torch_state_dict(pkl), "LSTM", 2)
     load_base_like_qlib(torch, net, require("qlib.contrib.model.pytorch_lstm").LSTMModel(), pkl)
 
-    x = np.random.default_rng(5).standard_normal((20, 360)).astype(np.float32)
+    x = np.random.default_rng(seed + 5).standard_normal((20, 360)).astype(np.float32)
     with torch.no_grad():
         want = net(torch.tensor(x)).numpy()
     assert rel_err(module.apply(loaded, x), want) <= 1e-5

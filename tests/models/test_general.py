@@ -40,9 +40,9 @@ class ThreeOutputs(nn.Module):
         return nn.Dense(3)(x)
 
 
-def test_wraps_a_module_by_dotted_path_with_per_sample_output():
+def test_wraps_a_module_by_dotted_path_with_per_sample_output(seed):
     model = get("general")(f"{HERE}.TwoLayerNet", {"width": 8})
-    x = np.random.default_rng(0).standard_normal((5, 4)).astype(np.float32)
+    x = np.random.default_rng(seed).standard_normal((5, 4)).astype(np.float32)
     variables = model.init(jax.random.PRNGKey(0), x)
     out = model.apply(variables, x)
     assert out.shape == (5,)  # [N, 1] flattened: the loss against [N] labels stays per-sample
@@ -54,9 +54,9 @@ def test_wraps_a_module_by_dotted_path_with_per_sample_output():
     assert plain.apply(plain.init(jax.random.PRNGKey(0), x), x, train=True).shape == (5,)
 
 
-def test_train_flag_reaches_the_wrapped_module():
+def test_train_flag_reaches_the_wrapped_module(seed):
     model = GeneralModel(f"{HERE}.TwoLayerNet", {"width": 32, "dropout": 0.5})
-    x = np.random.default_rng(1).standard_normal((6, 4)).astype(np.float32)
+    x = np.random.default_rng(seed + 1).standard_normal((6, 4)).astype(np.float32)
     variables = model.init(jax.random.PRNGKey(0), x)
     train_a = model.apply(variables, x, train=True, rngs={"dropout": jax.random.PRNGKey(1)})
     train_b = model.apply(variables, x, train=True, rngs={"dropout": jax.random.PRNGKey(2)})
@@ -67,13 +67,13 @@ def test_train_flag_reaches_the_wrapped_module():
 @pytest.mark.parametrize(
     "path", ["qjax.models.gats.GATModel", "gats", "qlib.contrib.model.pytorch_gats_ts.GATModel"]
 )
-def test_qjax_paths_registry_names_and_qlib_uris_build_the_qjax_port(path):
+def test_qjax_paths_registry_names_and_qlib_uris_build_the_qjax_port(path, seed):
     kwargs = {"d_feat": 3, "hidden_size": 8, "num_layers": 1, "base_model": "LSTM"}
     if path.startswith("qlib."):
         kwargs["device"] = "cpu"  # Qlib-style kwargs carry a torch device; it is dropped
     assert isinstance(build(path, kwargs), GATModel)
     model = GeneralModel(path, kwargs)
-    x = np.random.default_rng(2).standard_normal((4, 5, 3)).astype(np.float32)
+    x = np.random.default_rng(seed + 2).standard_normal((4, 5, 3)).astype(np.float32)
     variables = model.init(jax.random.PRNGKey(0), x)
     direct = GATModel(d_feat=3, hidden_size=8, num_layers=1, base_model="LSTM")
     np.testing.assert_allclose(

@@ -50,14 +50,14 @@ def concepts(rng, n_stocks: int, n_concepts: int) -> np.ndarray:
 
 @pytest.mark.parity
 @pytest.mark.parametrize("base_model", ["GRU", "LSTM"])
-def test_matches_qlib_forward_and_gradients(torch, qlib_hist, base_model):
-    torch.manual_seed(0)
+def test_matches_qlib_forward_and_gradients(torch, qlib_hist, base_model, seed):
+    torch.manual_seed(seed)
     kwargs = dict(d_feat=6, base_model=base_model, **SMALL)
     net = qlib_hist.HISTModel(**kwargs).eval()
     module, variables = from_qlib("hist", net.state_dict(), **kwargs)
     assert isinstance(module, get("hist"))
 
-    rng = np.random.default_rng(1)
+    rng = np.random.default_rng(seed + 1)
     x = rng.standard_normal((16, 6 * 10)).astype(np.float32)
     c = concepts(rng, 16, 9)
     y = rng.standard_normal(16).astype(np.float32)
@@ -143,9 +143,9 @@ def test_xavier_init_on_hidden_linears():
 
 
 @pytest.mark.parametrize("base_model", ["GRU", "LSTM"])
-def test_padded_stocks_do_not_change_valid_rows_or_gradients(base_model):
+def test_padded_stocks_do_not_change_valid_rows_or_gradients(base_model, seed):
     module = HISTModel(d_feat=4, base_model=base_model, **SMALL)
-    rng = np.random.default_rng(2)
+    rng = np.random.default_rng(seed + 2)
     n_valid, n_padded = 10, 16
     x = rng.standard_normal((n_valid, 6, 4)).astype(np.float32)
     c = concepts(rng, n_valid, 7)
@@ -182,15 +182,15 @@ def test_concept_matrix_shape_is_checked():
 
 @pytest.mark.parity
 @pytest.mark.shared_data
-def test_pretrained_lstm_base_matches_qlib_loading(torch, qlib_hist, shared_data):
+def test_pretrained_lstm_base_matches_qlib_loading(torch, qlib_hist, shared_data, seed):
     pkl = shared_data / "qlib_pretrained" / "model_lstm_csi300.pkl"
-    torch.manual_seed(4)
+    torch.manual_seed(seed + 4)
     net = qlib_hist.HISTModel(base_model="LSTM").eval()
     module, variables = from_qlib("hist", net.state_dict(), base_model="LSTM")
     loaded = load_base_weights(variables, read_torch_state_dict(pkl), "LSTM", 2)
     load_base_like_qlib(torch, net, require("qlib.contrib.model.pytorch_lstm").LSTMModel(), pkl)
 
-    rng = np.random.default_rng(5)
+    rng = np.random.default_rng(seed + 5)
     x = rng.standard_normal((20, 360)).astype(np.float32)
     c = concepts(rng, 20, 12)
     with torch.no_grad():

@@ -41,10 +41,10 @@ def torch_krnn(torch, seed, **kwargs):
     ],
     ids=["bench", "wrapper-defaults", "window-even-kernel"],
 )
-def test_matches_qlib_forward_and_gradients(torch, kwargs, shape):
+def test_matches_qlib_forward_and_gradients(torch, kwargs, shape, seed):
     net = torch_krnn(torch, 0, **kwargs)
     module, variables = from_qlib("krnn", net.state_dict(), **kwargs)
-    rng = np.random.default_rng(1)
+    rng = np.random.default_rng(seed + 1)
     x = rng.standard_normal(shape).astype(np.float32)
     y = rng.standard_normal(N).astype(np.float32)
     t_out, t_gx, t_grads = torch_output_and_grads(torch, net, x, y)
@@ -65,10 +65,10 @@ def test_param_count_matches_qlib_and_reference(torch):
 
 
 @pytest.mark.parity
-def test_feature_major_layout_equals_qlib_on_a_relaid_input(torch):
+def test_feature_major_layout_equals_qlib_on_a_relaid_input(torch, seed):
     net = torch_krnn(torch, 3, **BENCH)
     module, variables = from_qlib("krnn", net.state_dict(), **BENCH, layout="feature_major")
-    x = np.random.default_rng(4).standard_normal((N, 360)).astype(np.float32)  # [CLOSE59..0, OPEN59..0, ...]
+    x = np.random.default_rng(seed + 4).standard_normal((N, 360)).astype(np.float32)  # [CLOSE59..0, OPEN59..0, ...]
     # Row-major [T, F] rows are what Qlib's view(N, -1, 6) reads as true time steps.
     time_major = x.reshape(N, 6, 60).transpose(0, 2, 1).reshape(N, 360)
     with torch.no_grad():
@@ -79,8 +79,8 @@ def test_feature_major_layout_equals_qlib_on_a_relaid_input(torch):
     assert rel_err(got, quirky) > 1e-2  # the switch really changes what the model sees
 
 
-def test_layouts_agree_on_window_input_and_unknown_layout_fails():
-    window = np.random.default_rng(5).standard_normal((4, 10, 6)).astype(np.float32)
+def test_layouts_agree_on_window_input_and_unknown_layout_fails(seed):
+    window = np.random.default_rng(seed + 5).standard_normal((4, 10, 6)).astype(np.float32)
     qlib_layout = KRNNModel(**BENCH)
     variables = qlib_layout.init(jax.random.PRNGKey(0), window)
     corrected = KRNNModel(**BENCH, layout="feature_major")
@@ -89,9 +89,9 @@ def test_layouts_agree_on_window_input_and_unknown_layout_fails():
         KRNNModel(**BENCH, layout="time_major").apply(variables, window)
 
 
-def test_dropout_acts_between_gru_layers_only_in_training():
+def test_dropout_acts_between_gru_layers_only_in_training(seed):
     module = KRNNModel(**{**BENCH, "dropout": 0.5})
-    x = np.random.default_rng(6).standard_normal((4, 60)).astype(np.float32)
+    x = np.random.default_rng(seed + 6).standard_normal((4, 60)).astype(np.float32)
     variables = module.init(jax.random.PRNGKey(0), x)
     train_a = module.apply(variables, x, train=True, rngs={"dropout": jax.random.PRNGKey(1)})
     train_b = module.apply(variables, x, train=True, rngs={"dropout": jax.random.PRNGKey(2)})

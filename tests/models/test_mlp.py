@@ -11,6 +11,7 @@ from conftest import require
 from qjax.interop.qlib import from_qlib
 from qjax.models.mlp import Net
 from tests.models.parity import (
+    BN_BIAS_GRAD_FLOOR,
     assert_trees_close,
     grad_state,
     jax_output_and_grads,
@@ -53,10 +54,10 @@ def torch_net(torch, seed, **kwargs):
     ],
     ids=["alpha360", "alpha158", "silu-deep"],
 )
-def test_eval_forward_gradients_and_param_count_match_qlib(torch, kwargs, expected_count):
+def test_eval_forward_gradients_and_param_count_match_qlib(torch, kwargs, expected_count, seed):
     net = torch_net(torch, 0, **kwargs).eval()
     module, variables = from_qlib("mlp", net.state_dict(), **kwargs)
-    rng = np.random.default_rng(1)
+    rng = np.random.default_rng(seed + 1)
     x = rng.standard_normal((N, kwargs["input_dim"])).astype(np.float32)
     y = rng.standard_normal((N, kwargs.get("output_dim", 1))).astype(np.float32)
 
@@ -76,14 +77,14 @@ def test_eval_forward_gradients_and_param_count_match_qlib(torch, kwargs, expect
 
 @pytest.mark.parity
 @pytest.mark.parametrize("act", ["LeakyReLU", "SiLU"])
-def test_train_step_matches_qlib_including_running_stats(torch, act):
+def test_train_step_matches_qlib_including_running_stats(torch, act, seed):
     kwargs = dict(input_dim=30, layers=(24, 12), act=act)
     net = torch_net(torch, 2, **kwargs).train()
     for m in net.modules():  # dropout masks cannot match across frameworks: switch them off
         if isinstance(m, torch.nn.Dropout):
             m.p = 0.0
     module, variables = from_qlib("mlp", net.state_dict(), **kwargs, dropout=0.0)
-    rng = np.random.default_rng(3)
+    rng = np.random.default_rng(seed + 3)
     x = rng.standard_normal((N, 30)).astype(np.float32) * 2.0 + 0.5
     y = rng.standard_normal((N, 1)).astype(np.float32)
     lr = 0.1
@@ -102,7 +103,7 @@ def test_train_step_matches_qlib_including_running_stats(torch, act):
 
     (_, (j_out, updates)), g_params = jax.value_and_grad(loss, has_aux=True)(variables["params"])
     assert rel_err(j_out, t_out.detach().numpy()) <= 1e-5
-    assert_trees_close(g_params, t_grads, 1e-4)
+    assert_trees_close(g_params, t_grads, 1e-4, floor_fraction=BN_BIAS_GRAD_FLOOR)
     # torch's running_var uses the unbiased batch variance; flax.linen.BatchNorm would not.
     assert_trees_close(updates["batch_stats"], after_step["batch_stats"], 1e-5)
 
@@ -137,9 +138,9 @@ def test_init_distribution_matches_qlib(torch):
             np.testing.assert_array_equal(variables[collection]["bn_0"][key], value)
 
 
-def test_dropout_needs_training_and_an_rng():
+def test_dropout_needs_training_and_an_rng(seed):
     module = Net(input_dim=8, layers=(4,))
-    x = np.random.default_rng(5).standard_normal((6, 8)).astype(np.float32)
+    x = np.random.default_rng(seed + 5).standard_normal((6, 8)).astype(np.float32)
     variables = module.init(jax.random.PRNGKey(0), x)
     def train_forward(seed):
         out, _ = module.apply(
@@ -166,11 +167,11 @@ def test_bad_inputs_and_kwargs_are_rejected():
 
 
 @pytest.mark.parity
-def test_converter_handles_data_parallel_prefix_and_rejects_wrong_layers(torch):
+def test_converter_handles_data_parallel_prefix_and_rejects_wrong_layers(torch, seed):
     net = torch_net(torch, 6, input_dim=12, layers=(8, 4)).eval()
     wrapped = {f"module.{k}": v for k, v in net.state_dict().items()}
     module, variables = from_qlib("mlp", wrapped, input_dim=12, layers=(8, 4))
-    x = np.random.default_rng(7).standard_normal((5, 12)).astype(np.float32)
+    x = np.random.default_rng(seed + 7).standard_normal((5, 12)).astype(np.float32)
     with torch.no_grad():
         assert rel_err(module.apply(variables, x), net(torch.tensor(x)).numpy()) <= 1e-5
     with pytest.raises(ValueError, match="shapes do not fit"):

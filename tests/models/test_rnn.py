@@ -36,14 +36,14 @@ CASES = [
 @pytest.mark.parity
 @pytest.mark.parametrize("name,qlib_module,cls,d_feat,shape,expected_count", CASES)
 def test_matches_qlib_forward_gradients_and_param_count(
-    torch, name, qlib_module, cls, d_feat, shape, expected_count
+    torch, name, qlib_module, cls, d_feat, shape, expected_count, seed
 ):
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     net = getattr(require(qlib_module), cls)(d_feat=d_feat, hidden_size=64, num_layers=2)
     module, variables = from_qlib(name, numpy_state(net), d_feat=d_feat, hidden_size=64, num_layers=2)
     assert isinstance(module, get(name))
 
-    rng = np.random.default_rng(1)
+    rng = np.random.default_rng(seed + 1)
     x = rng.standard_normal(shape).astype(np.float32)
     y = rng.standard_normal(N).astype(np.float32)
     t_out, t_gx, t_grads = torch_output_and_grads(torch, net, x, y)
@@ -62,21 +62,21 @@ def test_matches_qlib_forward_gradients_and_param_count(
     "name,qlib_module,cls",
     [("lstm", "qlib.contrib.model.pytorch_lstm", "LSTMModel"), ("gru", "qlib.contrib.model.pytorch_gru", "GRUModel")],
 )
-def test_small_nondefault_config_matches_qlib(torch, name, qlib_module, cls):
+def test_small_nondefault_config_matches_qlib(torch, name, qlib_module, cls, seed):
     kwargs = dict(d_feat=3, hidden_size=8, num_layers=3, dropout=0.3)  # dropout is inactive in eval
-    torch.manual_seed(2)
+    torch.manual_seed(seed + 2)
     net = getattr(require(qlib_module), cls)(**kwargs).eval()
     module, variables = from_qlib(name, net.state_dict(), **kwargs)
-    x = np.random.default_rng(3).standard_normal((16, 3 * 7)).astype(np.float32)
+    x = np.random.default_rng(seed + 3).standard_normal((16, 3 * 7)).astype(np.float32)
     with torch.no_grad():
         want = net(torch.tensor(x)).numpy()
     assert rel_err(module.apply(variables, x), want) <= 1e-5
 
 
 @pytest.mark.parametrize("name", ["lstm", "gru"])
-def test_flat_and_window_inputs_agree_and_batch_of_one_keeps_its_axis(name):
+def test_flat_and_window_inputs_agree_and_batch_of_one_keeps_its_axis(name, seed):
     module = get(name)(d_feat=4, hidden_size=8, num_layers=2)
-    window = np.random.default_rng(4).standard_normal((5, 7, 4)).astype(np.float32)  # [N, T, F]
+    window = np.random.default_rng(seed + 4).standard_normal((5, 7, 4)).astype(np.float32)  # [N, T, F]
     flat = window.transpose(0, 2, 1).reshape(5, 28)  # Alpha360-style feature-major rows
     variables = module.init(jax.random.PRNGKey(0), window)
     np.testing.assert_allclose(module.apply(variables, flat), module.apply(variables, window), rtol=1e-6)
@@ -84,9 +84,9 @@ def test_flat_and_window_inputs_agree_and_batch_of_one_keeps_its_axis(name):
 
 
 @pytest.mark.parametrize("name", ["lstm", "gru"])
-def test_dropout_between_layers_only_in_training(name):
+def test_dropout_between_layers_only_in_training(name, seed):
     module = get(name)(d_feat=4, hidden_size=16, num_layers=2, dropout=0.5)
-    x = np.random.default_rng(5).standard_normal((8, 6, 4)).astype(np.float32)
+    x = np.random.default_rng(seed + 5).standard_normal((8, 6, 4)).astype(np.float32)
     variables = module.init(jax.random.PRNGKey(0), x)
     eval_out = module.apply(variables, x)
     train_a = module.apply(variables, x, train=True, rngs={"dropout": jax.random.PRNGKey(1)})
@@ -102,10 +102,10 @@ def test_dropout_between_layers_only_in_training(name):
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
-def test_per_gate_and_fused_layouts_agree_in_value_and_gradient(cell):
+def test_per_gate_and_fused_layouts_agree_in_value_and_gradient(cell, seed):
     from qjax.models.layers import RNN
 
-    x = np.random.default_rng(6).standard_normal((5, 7, 3)).astype(np.float32)
+    x = np.random.default_rng(seed + 6).standard_normal((5, 7, 3)).astype(np.float32)
     fused, split = (RNN(8, num_layers=2, cell=cell, per_gate=flag) for flag in (False, True))
     variables = fused.init(jax.random.PRNGKey(3), x)
 

@@ -4,6 +4,7 @@ pretraining loss, the paper switch, and parameter counts."""
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 
 import jax
@@ -24,6 +25,7 @@ from qjax.models.tabnet import (
     sparsemax,
 )
 from tests.models.parity import (
+    BN_BIAS_GRAD_FLOOR,
     assert_trees_close,
     grad_state,
     init_shapes,
@@ -32,13 +34,10 @@ from tests.models.parity import (
     qlib_grads_as_params,
     rel_err,
     torch_param_count,
+    tree_errors,
 )
 
 INP, OUT = 12, 16  # small feature count and embedding; the encoder keeps Qlib's 64/64/5 dims
-# In train mode the bias of a Linear feeding a batch norm has no gradient (0 in exact arithmetic,
-# float32 noise on both sides); tiny ghost batches amplify that noise (2e-4 relative error under
-# the default floor), so gradient leaves are measured against 1% (not the default 0.1%) of the largest.
-BN_BIAS_GRAD_FLOOR = 1e-2
 
 
 @pytest.fixture(scope="module")
@@ -86,12 +85,19 @@ def jax_loss_and_grads(module, variables, x, y, train):
     return out, state, g_x, g_params
 
 
+def torch_loss_and_grads(torch, net, x, y, train):
+    """Qlib's FinetuneModel in ``train`` mode, in the dtype of ``x``: output, d MSE / d x and the
+    state dict with parameters replaced by their gradients (``net`` is left as torch leaves it)."""
+    net.train(train)
+    xt = torch.tensor(x, requires_grad=True)
+    out = net(xt, torch.ones(x.shape, dtype=xt.dtype))
+    torch.mean((out - torch.tensor(y)) ** 2).backward()
+    return out.detach().numpy(), xt.grad.numpy(), grad_state(torch, net)
+
+
 @contextlib.contextmanager
-def precision(torch, dtype):
-    """float64 on both sides (Qlib's TabNet allocates with torch's default dtype)."""
-    if dtype == np.float32:
-        yield
-        return
+def float64(torch):
+    """float64 on both sides (Qlib's TabNet allocates some tensors with torch's default dtype)."""
     previous = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
     try:
@@ -103,50 +109,62 @@ def precision(torch, dtype):
 
 @pytest.mark.parity
 @pytest.mark.parametrize(
-    "train,n,vbs,dtype",
+    "train,n,vbs",
     [
-        (False, 24, 8, np.float32),
-        (True, 50, 16, np.float32),  # ghost batches 17, 17, 16
-        (True, 32, 64, np.float32),  # one batch
-        (True, 55, 6, np.float64),  # 8 ghost batches of 7, 7, ..., 6 where 55 // 6 = 9 were asked for
+        (False, 24, 8),
+        (True, 50, 16),  # ghost batches 17, 17, 16
+        (True, 32, 64),  # one batch
+        (True, 55, 6),  # 8 ghost batches of 7, 7, ..., 6 where 55 // 6 = 9 were asked for
     ],
 )
-def test_finetune_model_matches_qlib(torch, qtabnet, train, n, vbs, dtype):
+def test_finetune_model_matches_qlib(torch, qtabnet, train, n, vbs, seed):
     """Eval and train mode (ghost batch norm): output, gradients, running statistics.
 
-    In float32, train-mode gradients get 1e-3: normalising ghost batches of a few rows amplifies
-    rounding. Batches of 7 rows amplify it further, so that case runs in float64 to show the
-    math is exact (the converted reference trees are rounded to float32, hence 1e-6 there).
+    Both sides run in float64 on the same fresh draw and agree to 1e-9 (measured: below 7e-13
+    over 40 draws of the 50-row case), which shows the math is the same. In float32 the two
+    frameworks round differently, and train mode amplifies that: a ghost batch norm over a
+    dozen rows subtracts nearly equal numbers in its backward pass, and sparsemax's gradient
+    jumps where float32 rounding moves a value across its support threshold. Over 40 draws of
+    the 50-row case the float32 input gradients differed by up to 6e-4 here, and by 3.8e-2 on
+    another CPU (a CI failure); their float64 counterparts agreed to 1e-13. So train-mode
+    gradients are compared in float64 only. In float32, outputs and running statistics are
+    continuous in the rounding and must be as accurate as torch's own: their error against the
+    float64 result at most 10x torch's float32 error plus float32 noise.
     """
-    net = qlib_finetune_model(torch, qtabnet, vbs)
-    module, variables = from_qlib("tabnet", numpy_state(net), **finetune_kwargs(vbs))
+    net = qlib_finetune_model(torch, qtabnet, vbs, seed)
+    kwargs = finetune_kwargs(vbs)
+    module, variables = from_qlib("tabnet", numpy_state(net), **kwargs)
     assert isinstance(module, get("tabnet"))
-    if dtype == np.float64:
-        tol, grad_tol, tree_tol = 1e-9, 1e-9, 1e-6
-    else:
-        tol, grad_tol, tree_tol = 1e-5, 1e-3 if train else 1e-4, 1e-5
+    rng = np.random.default_rng(seed + 1)
+    x, y = rng.standard_normal((n, INP)), rng.standard_normal(n)
 
-    rng = np.random.default_rng(1)
-    x = rng.standard_normal((n, INP)).astype(dtype)
-    y = rng.standard_normal(n).astype(dtype)
-    with precision(torch, dtype):
-        net = net.to(torch.float64) if dtype == np.float64 else net
-        net.train(train)
-        xt = torch.tensor(x, requires_grad=True)
-        want = net(xt, torch.ones(n, INP))
-        torch.mean((want - torch.tensor(y)) ** 2).backward()
-        variables = jax.tree_util.tree_map(lambda a: jnp.asarray(a, dtype), variables)
-        got, state, g_x, g_params = jax_loss_and_grads(module, variables, x, y, train)
-
-    assert got.shape == (n,) and got.dtype == dtype
-    assert rel_err(got, want.detach().numpy()) <= tol
-    assert rel_err(g_x, xt.grad.numpy()) <= grad_tol
-    want_grads = qlib_grads_as_params("tabnet", grad_state(torch, net), **finetune_kwargs(vbs))
-    assert_trees_close(g_params, want_grads, max(grad_tol, tree_tol), floor_fraction=BN_BIAS_GRAD_FLOOR)
-    _, torch_after = from_qlib("tabnet", numpy_state(net), **finetune_kwargs(vbs))
-    assert_trees_close(state["batch_stats"], torch_after["batch_stats"], tree_tol)
-    moved = jax.tree_util.tree_map(lambda a, b: bool(np.any(a != b)), state["batch_stats"], variables["batch_stats"])
+    with float64(torch):
+        net64 = copy.deepcopy(net).to(torch.float64)
+        t_out, t_gx, t_grads = torch_loss_and_grads(torch, net64, x, y, train)
+        variables64 = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), variables)
+        out, state, g_x, g_params = jax_loss_and_grads(module, variables64, x, y, train)
+        assert out.dtype == np.float64
+        assert rel_err(out, t_out) <= 1e-9
+        assert rel_err(g_x, t_gx) <= 1e-9
+        # The converted trees are float32-rounded on the way, hence 1e-6 for the tree compares.
+        want_grads = qlib_grads_as_params("tabnet", t_grads, **kwargs)
+        assert_trees_close(g_params, want_grads, 1e-6, floor_fraction=BN_BIAS_GRAD_FLOOR)
+        truth_stats = from_qlib("tabnet", numpy_state(net64), **kwargs)[1]["batch_stats"]
+        assert_trees_close(state["batch_stats"], truth_stats, 1e-6)
+    moved = jax.tree_util.tree_map(lambda a, b: bool(np.any(a != b)), state["batch_stats"], variables64["batch_stats"])
     assert all(jax.tree_util.tree_leaves(moved)) == train  # every BN updates in training, none in eval
+
+    x32, y32 = x.astype(np.float32), y.astype(np.float32)
+    t32_out, t32_gx, _ = torch_loss_and_grads(torch, net, x32, y32, train)
+    out32, state32, g_x32, _ = jax_loss_and_grads(module, variables, x32, y32, train)
+    assert out32.shape == (n,) and out32.dtype == np.float32
+    bound = 10 * rel_err(t32_out, t_out) + 1e-6
+    assert rel_err(out32, t_out) <= bound, f"float32 output further from float64 than 10x torch's: {bound}"
+    if not train:  # eval mode has no ghost batches: float32 gradients compare directly
+        assert rel_err(g_x32, t32_gx) <= 1e-4
+    stats_bound = 10 * max(tree_errors(from_qlib("tabnet", numpy_state(net), **kwargs)[1]["batch_stats"],
+                                       truth_stats).values()) + 1e-6
+    assert_trees_close(state32["batch_stats"], truth_stats, stats_bound)
 
 
 @pytest.mark.parity
@@ -168,8 +186,8 @@ def test_training_rejects_single_row_ghost_batches():
 
 @pytest.mark.parity
 @pytest.mark.parametrize("method", ["bisect", "sort"])
-def test_sparsemax_matches_qlib_forward_and_gradient(torch, qtabnet, method):
-    rng = np.random.default_rng(2)
+def test_sparsemax_matches_qlib_forward_and_gradient(torch, qtabnet, method, seed):
+    rng = np.random.default_rng(seed + 2)
     x = (rng.standard_normal((64, 37)) * rng.choice([0.05, 1.0, 20.0], size=(64, 1))).astype(np.float32)
     x[:, 5:9] = x[:, :1]  # ties with the row maximum
     x[::2, 20:30] = np.round(x[::2, 20:30], 1)  # ties anywhere
@@ -196,12 +214,12 @@ def test_sparsemax_methods_agree_and_reject_unknown():
 
 
 @pytest.mark.parity
-def test_pretrain_loss_matches_qlib(torch, qtabnet):
+def test_pretrain_loss_matches_qlib(torch, qtabnet, seed):
     """Qlib's pretrain step: train-mode encoder+decoder on x*(1-S), priors 1-S, its loss function."""
     n, vbs = 40, 16
     enc_kwargs = dict(inp_dim=INP, out_dim=OUT, vbs=vbs, relax=1.3)
     dec_kwargs = dict(inp_dim=OUT, out_dim=INP, n_shared=1, n_ind=2, vbs=vbs, n_steps=3)
-    torch.manual_seed(4)
+    torch.manual_seed(seed + 4)
     encoder = qtabnet.TabNet(**enc_kwargs).train()
     decoder = qtabnet.TabNet_Decoder(**dec_kwargs).train()
     randomise_batch_norms(torch, encoder)
@@ -209,7 +227,7 @@ def test_pretrain_loss_matches_qlib(torch, qtabnet):
     enc_module, enc_vars = from_qlib("tabnet_encoder", numpy_state(encoder), **enc_kwargs)
     dec_module, dec_vars = from_qlib("tabnet_decoder", numpy_state(decoder), **dec_kwargs)
 
-    x = torch.tensor(np.random.default_rng(5).standard_normal((n, INP)).astype(np.float32))
+    x = torch.tensor(np.random.default_rng(seed + 5).standard_normal((n, INP)).astype(np.float32))
     s_mask = torch.bernoulli(torch.empty(n, INP).fill_(0.3))
     vec, _ = encoder(x * (1 - s_mask), 1 - s_mask)
     want = qtabnet.TabnetModel.pretrain_loss_fn(None, x * s_mask, decoder(vec), s_mask)
@@ -274,14 +292,14 @@ def torch_paper_forward(torch, qtabnet, net, x, relax):
 
 
 @pytest.mark.parity
-def test_paper_switch_honours_dims_updates_priors_and_returns_sparsity_loss(torch, qtabnet):
+def test_paper_switch_honours_dims_updates_priors_and_returns_sparsity_loss(torch, qtabnet, seed):
     dims = dict(n_d=8, n_a=4, n_shared=1, n_ind=1, n_steps=3)
-    torch.manual_seed(6)
+    torch.manual_seed(seed + 6)
     encoder = qtabnet.TabNet(inp_dim=INP, out_dim=OUT, relax=1.3, vbs=16, **dims)
     net = qtabnet.FinetuneModel(OUT, 1, encoder).eval()
     randomise_batch_norms(torch, net)
     module, variables = from_qlib("tabnet", numpy_state(net), **finetune_kwargs(16), **dims, paper=True)
-    x = np.random.default_rng(7).standard_normal((20, INP)).astype(np.float32)
+    x = np.random.default_rng(seed + 7).standard_normal((20, INP)).astype(np.float32)
     with torch.no_grad():
         vec, want_sparse = torch_paper_forward(torch, qtabnet, encoder, torch.tensor(x), relax=1.3)
         want = net.fc(vec)[:, 0].numpy()

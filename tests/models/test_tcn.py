@@ -32,13 +32,13 @@ SMALL = dict(output_size=1, num_channels=[8, 8, 12], kernel_size=3, dropout=0.0)
 
 @pytest.mark.parity
 @pytest.mark.parametrize("qlib_module", ["qlib.contrib.model.pytorch_tcn", "qlib.contrib.model.pytorch_tcn_ts"])
-def test_matches_qlib_forward_and_gradients(torch, qlib_module):
-    torch.manual_seed(0)
+def test_matches_qlib_forward_and_gradients(torch, qlib_module, seed):
+    torch.manual_seed(seed)
     net = require(qlib_module).TCNModel(num_input=6, **SMALL).eval()
     module, variables = from_qlib("tcn", net.state_dict(), num_input=6, **SMALL)
     assert isinstance(module, get("tcn"))
 
-    rng = np.random.default_rng(1)
+    rng = np.random.default_rng(seed + 1)
     window = rng.standard_normal((16, 20, 6)).astype(np.float32)  # [N, T, F]: what qjax feeds
     features_first = window.transpose(0, 2, 1)  # [N, F, T]
     if qlib_module.endswith("_ts"):
@@ -86,9 +86,9 @@ def test_effective_init_is_default_conv_init_under_weight_norm():
     assert 0.007 < downsample.std() < 0.013
 
 
-def test_window_and_flat_inputs_agree_and_output_size():
+def test_window_and_flat_inputs_agree_and_output_size(seed):
     module = TCNModel(num_input=3, output_size=1, num_channels=(4, 4), kernel_size=2, dropout=0.0)
-    window = np.random.default_rng(2).standard_normal((5, 9, 3)).astype(np.float32)
+    window = np.random.default_rng(seed + 2).standard_normal((5, 9, 3)).astype(np.float32)
     variables = module.init(jax.random.PRNGKey(0), window)
     flat = window.transpose(0, 2, 1).reshape(5, 27)
     np.testing.assert_allclose(module.apply(variables, flat), module.apply(variables, window), rtol=1e-6)
@@ -97,9 +97,9 @@ def test_window_and_flat_inputs_agree_and_output_size():
     hash(TCNModel(3, 1, [4, 4], 2, 0.0))  # list from a config is stored as a tuple
 
 
-def test_convolutions_are_causal_in_time():
+def test_convolutions_are_causal_in_time(seed):
     module = TCNModel(num_input=2, output_size=1, num_channels=[4, 4], kernel_size=3, dropout=0.0)
-    window = np.random.default_rng(3).standard_normal((4, 12, 2)).astype(np.float32)
+    window = np.random.default_rng(seed + 3).standard_normal((4, 12, 2)).astype(np.float32)
     variables = module.init(jax.random.PRNGKey(0), window)
     changed = window.copy()
     changed[:, 8:] = 5.0
@@ -113,9 +113,9 @@ def test_convolutions_are_causal_in_time():
     assert not np.allclose(before[:, 8:], after[:, 8:])
 
 
-def test_dropout_only_in_training():
+def test_dropout_only_in_training(seed):
     module = TCNModel(num_input=3, output_size=1, num_channels=[8, 8], kernel_size=2, dropout=0.5)
-    x = np.random.default_rng(4).standard_normal((6, 8, 3)).astype(np.float32)
+    x = np.random.default_rng(seed + 4).standard_normal((6, 8, 3)).astype(np.float32)
     variables = module.init(jax.random.PRNGKey(0), x)
     train_a = module.apply(variables, x, train=True, rngs={"dropout": jax.random.PRNGKey(1)})
     train_b = module.apply(variables, x, train=True, rngs={"dropout": jax.random.PRNGKey(2)})

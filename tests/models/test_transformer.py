@@ -42,13 +42,13 @@ QLIB_MODULE = {
 
 @pytest.mark.parity
 @pytest.mark.parametrize("name,qlib_module,d_feat,shape", CASES)
-def test_matches_qlib_forward_and_gradients(torch, name, qlib_module, d_feat, shape):
-    torch.manual_seed(0)
+def test_matches_qlib_forward_and_gradients(torch, name, qlib_module, d_feat, shape, seed):
+    torch.manual_seed(seed)
     net = require(qlib_module).Transformer(d_feat=d_feat, **SMALL).eval()
     module, variables = from_qlib(name, net.state_dict(), d_feat=d_feat, **SMALL)
     assert isinstance(module, get(name))
 
-    rng = np.random.default_rng(1)
+    rng = np.random.default_rng(seed + 1)
     x = rng.standard_normal(shape).astype(np.float32)
     y = rng.standard_normal(N).astype(np.float32)
     with torch.no_grad():

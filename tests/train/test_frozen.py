@@ -25,8 +25,8 @@ def _params(rng):
 
 
 @pytest.mark.parametrize("weight_decay, clip_value", [(0.0, 3.0), (1e-2, None)])
-def test_frozen_group_is_bitwise_unchanged_and_the_rest_follows_the_plain_chain(weight_decay, clip_value):
-    rng = np.random.default_rng(0)
+def test_frozen_group_is_bitwise_unchanged_and_the_rest_follows_the_plain_chain(weight_decay, clip_value, seed):
+    rng = np.random.default_rng(seed)
     params = _params(rng)
     grads = [jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape) * 4, jnp.float32), params)
              for _ in range(5)]
@@ -50,10 +50,10 @@ def test_frozen_group_is_bitwise_unchanged_and_the_rest_follows_the_plain_chain(
         assert not np.array_equal(frozen_params["body"][name], params["body"][name])
 
 
-def test_unknown_frozen_name_is_a_clear_error():
+def test_unknown_frozen_name_is_a_clear_error(seed):
     tx = make_optimizer(TrainConfig(frozen=("fc",)))
     with pytest.raises(ValueError, match=r"frozen names \['fc'\].*it has \['body', 'head'\]"):
-        tx.init(_params(np.random.default_rng(0)))
+        tx.init(_params(np.random.default_rng(seed)))
 
 
 def test_frozen_is_normalised_to_a_hashable_tuple_and_validated():
@@ -70,8 +70,8 @@ class TwoLayers(nn.Module):
         return Linear(1, name="head")(jax.nn.relu(Linear(8, name="body")(x)))[:, 0]
 
 
-def test_fit_leaves_a_frozen_group_untouched():
-    rng = np.random.default_rng(1)
+def test_fit_leaves_a_frozen_group_untouched(seed):
+    rng = np.random.default_rng(seed + 1)
     x = rng.normal(size=(64, 3)).astype(np.float32)
     y = x @ np.array([1.0, -2.0, 0.5], np.float32)
     index = pd.MultiIndex.from_product(

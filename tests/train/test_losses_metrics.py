@@ -13,8 +13,8 @@ from qjax.train.losses import LossOutput, as_prediction, batch_loss, masked_squa
 from qjax.train.metrics import daily_ic, ic_series, signal_metrics
 
 
-def test_masked_squared_error_ignores_nan_labels_and_padding():
-    rng = np.random.default_rng(0)
+def test_masked_squared_error_ignores_nan_labels_and_padding(seed):
+    rng = np.random.default_rng(seed)
     pred = rng.normal(size=12).astype(np.float32)
     label = rng.normal(size=12).astype(np.float32)
     label[[1, 5]] = np.nan

@@ -23,8 +23,8 @@ from qjax.train.optim import make_optimizer, make_plateau
         ("gd", 0.0, None),
     ],
 )
-def test_optimizer_matches_torch(torch, optimizer, weight_decay, clip_value):
-    rng = np.random.default_rng(0)
+def test_optimizer_matches_torch(torch, optimizer, weight_decay, clip_value, seed):
+    rng = np.random.default_rng(seed)
     shapes = {"kernel": (5, 4), "bias": (4,)}
     params = {k: rng.normal(size=s).astype(np.float32) for k, s in shapes.items()}
     # Gradients of varied scale so that value clipping at 3 bites on some entries.
@@ -69,10 +69,10 @@ def test_optimizer_matches_torch(torch, optimizer, weight_decay, clip_value):
 
 @pytest.mark.parity
 @pytest.mark.parametrize("cooldown", [0, 1])
-def test_plateau_matches_torch_reduce_lr_on_plateau(torch, cooldown):
+def test_plateau_matches_torch_reduce_lr_on_plateau(torch, cooldown, seed):
     settings = Plateau(factor=0.5, patience=2, threshold=1e-2, min_lr=0.04, cooldown=cooldown)
     lr = 1.0
-    rng = np.random.default_rng(1)
+    rng = np.random.default_rng(seed + 1)
     # Improvements, near-ties inside the relative threshold, long plateaus, a NaN, hitting min_lr.
     losses = np.concatenate(
         [[1.0, 0.9, 0.895, 0.9, 0.91, 0.92, 0.5, np.nan, 0.6, 0.6], 0.4 + rng.uniform(0, 0.1, 25)]
