@@ -19,6 +19,7 @@ The facts ported:
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 
@@ -47,8 +48,13 @@ class Exchange:
     min_cost: float = 5.0
     trade_unit: float | None = 100
     codes: str | tuple[str, ...] = "all"
+    # qjax only: "change" reads $change as Qlib does; "close" recomputes it from the closes
+    # (for data whose $change is stored in percent, where Qlib's limits block most trades).
+    limit_basis: str = "change"
 
     def __post_init__(self):
+        if self.limit_basis not in ("change", "close"):
+            raise ValueError(f"limit_basis must be 'change' or 'close', got {self.limit_basis!r}")
         buy, sell = self.buy_price_field, self.sell_price_field
         for price in (buy, sell):
             if price not in DEAL_PRICES:
@@ -133,7 +139,7 @@ def trading_arrays(market: MarketData, rules: Exchange, rows: slice) -> TradingA
     """Tradability, deal prices and factors on market rows ``rows`` (the backtest days)."""
     close = market.fields["close"][rows]
     suspended = np.isnan(close)
-    change = market.fields["change"][rows]
+    change = _limit_change(market, rules, rows)
     if rules.limit_threshold is None:
         up = down = np.zeros_like(suspended)
     else:
@@ -151,6 +157,24 @@ def trading_arrays(market: MarketData, rules: Exchange, rows: slice) -> TradingA
         limit_sell=down | suspended,
         adjusted_price_mode=bool((np.isnan(factor) & ~suspended).any()),
     )
+
+
+def _limit_change(market: MarketData, rules: Exchange, rows: slice) -> np.ndarray:
+    if rules.limit_basis == "close":
+        close = market.raw_close.astype(np.float32)
+        change = np.full(close.shape, np.nan, dtype=np.float32)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            change[1:] = close[1:] / close[:-1] - np.float32(1)
+        return change[rows].astype(np.float64)
+    change = market.fields["change"][rows]
+    if rules.limit_threshold is not None and np.nanmax(np.abs(change), initial=0.0) > 1.5:
+        warnings.warn(
+            f"$change reaches {np.nanmax(np.abs(change)):.3g} in this data: it looks stored in percent, so "
+            f"limit_threshold={rules.limit_threshold} blocks most trades (in Qlib too). "
+            "Exchange(limit_basis='close') computes the change from the closes instead.",
+            stacklevel=3,
+        )
+    return change
 
 
 def _deal_price(price: np.ndarray, close: np.ndarray) -> np.ndarray:
