@@ -31,8 +31,13 @@ def run_qlib_backtest(pred, strategy_kwargs: dict, backtest_kwargs: dict, seed: 
     if seed is not None:
         np.random.seed(seed)  # Qlib's random dropout draws from numpy's global generator
     logging.getLogger("qlib").setLevel(logging.ERROR)
-    with contextlib.redirect_stderr(io.StringIO()):  # tqdm progress bar
-        portfolio, _ = backtest(strategy=strategy, executor=executor, **backtest_kwargs)
+    real_choice = np.random.choice
+    np.random.choice = _choice_of_plain_str(real_choice)
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):  # tqdm progress bar
+            portfolio, _ = backtest(strategy=strategy, executor=executor, **backtest_kwargs)
+    finally:
+        np.random.choice = real_choice
     report, hist = portfolio["1day"]
     rows = []
     for day, position in hist.items():
@@ -49,3 +54,16 @@ def run_qlib_backtest(pred, strategy_kwargs: dict, backtest_kwargs: dict, seed: 
         }
     )
     return report, positions, analysis
+
+
+def _choice_of_plain_str(choice):
+    """``np.random.choice`` returning Python strings (same draws). Qlib's random picks are numpy
+    strings, and its order bookkeeping raises when a day's first order is keyed by one and a later
+    order by a plain str; which comes first follows Python's per-process string hashing, so
+    Qlib's random dropout crashes or not from run to run."""
+
+    def wrapped(*args, **kwargs):
+        picked = choice(*args, **kwargs)
+        return np.array([str(x) for x in picked], dtype=object)
+
+    return wrapped
