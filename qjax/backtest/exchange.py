@@ -167,9 +167,10 @@ def _limit_change(market: MarketData, rules: Exchange, rows: slice) -> np.ndarra
             change[1:] = close[1:] / close[:-1] - np.float32(1)
         return change[rows].astype(np.float64)
     change = market.fields["change"][rows]
-    if rules.limit_threshold is not None and np.nanmax(np.abs(change), initial=0.0) > 1.5:
+    largest = np.nanmax(np.abs(change), initial=0.0)
+    if rules.limit_threshold is not None and rules.limit_threshold < 1 and largest > 1.5:
         warnings.warn(
-            f"$change reaches {np.nanmax(np.abs(change)):.3g} in this data: it looks stored in percent, so "
+            f"$change reaches {largest:.3g} in this data: it looks stored in percent, so "
             f"limit_threshold={rules.limit_threshold} blocks most trades (in Qlib too). "
             "Exchange(limit_basis='close') computes the change from the closes instead.",
             stacklevel=3,

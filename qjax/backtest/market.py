@@ -96,7 +96,7 @@ def market_from_qlib(
     return MarketData(dates, instruments, fields, raw_close, members, universe or "the codes")
 
 
-def market_from_panel(panel: pd.DataFrame, universe: str = "the panel's instruments") -> MarketData:
+def market_from_panel(panel: pd.DataFrame, universe: str = "panel") -> MarketData:
     """Dense arrays from a qjax panel ((datetime, instrument) rows; ``close`` required, ``open``,
     ``factor``, ``volume`` and ``change`` used when present).
 

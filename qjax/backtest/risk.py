@@ -51,7 +51,9 @@ def risk_analysis(r: pd.Series, N: float | None = None, freq: str = "day", mode:
         drawdown = (curve / np.maximum.accumulate(curve) - 1).min()
     else:
         raise ValueError(f"risk analysis mode must be 'sum' or 'product', got {mode!r}")
-    data = dict(zip(RISK_METRICS, (mean, std, annualized, mean / std * np.sqrt(scaler), drawdown)))
+    with np.errstate(invalid="ignore", divide="ignore"):  # a flat series has no ratio (NaN, as Qlib)
+        ratio = mean / std * np.sqrt(scaler)
+    data = dict(zip(RISK_METRICS, (mean, std, annualized, ratio, drawdown)))
     return pd.Series(data, dtype=np.float64).to_frame("risk")
 
 
