@@ -152,7 +152,7 @@ def _sell(c: int, price: float, rules: Exchange, book: Book) -> tuple[float, flo
     if value <= MIN_TRADE_VALUE:
         return 0.0, 0.0
     sold = value / price
-    if np.isclose(amount, sold):
+    if abs(amount - sold) <= 1e-8 + 1e-5 * abs(sold):  # np.isclose's test, as Qlib, on scalars
         book.held[c], book.amount[c], book.count[c], book.price[c] = False, 0.0, 0, np.nan
     else:
         book.amount[c] = amount - sold

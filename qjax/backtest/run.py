@@ -87,7 +87,7 @@ def backtest(
     if isinstance(market, (str, os.PathLike)):
         first_pred, last_pred = pred_days.min(), pred_days.max()
         codes = exchange.codes if isinstance(exchange.codes, str) else list(exchange.codes)
-        extra = set(scores.index.get_level_values("instrument"))
+        extra = set(_instrument_codes(scores))
         extra |= {benchmark} if isinstance(benchmark, str) else set(benchmark or []) if isinstance(benchmark, list) else set()
         market = market_from_qlib(
             market, start_time or first_pred, end_time or _pad_end(last_pred), codes, universe, extra
@@ -96,7 +96,7 @@ def backtest(
         market = market_from_panel(market)
     elif not isinstance(market, MarketData):
         raise TypeError(f"market must be MarketData, a price panel or a Qlib data directory, got {type(market)}")
-    market = _with_instruments(market, scores.index.get_level_values("instrument"))
+    market = _with_instruments(market, _instrument_codes(scores))
     rows = _trade_rows(market.dates, pred_days, start_time, end_time)
 
     score, scored, has_signal = _score_matrix(scores, market, rows)
@@ -194,6 +194,10 @@ def _check_pred(pred) -> pd.Series:
         [dates, pred.index.get_level_values("instrument").astype(str)], names=["datetime", "instrument"]
     )
     return pred.sort_index(kind="stable")
+
+
+def _instrument_codes(scores: pd.Series) -> list:
+    return scores.index.get_level_values("instrument").unique().tolist()
 
 
 def _pad_end(last_pred: pd.Timestamp) -> pd.Timestamp:

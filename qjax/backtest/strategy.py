@@ -92,7 +92,7 @@ class DayChoice:
 
 def sort_by_score(codes, score: np.ndarray) -> list:
     """``codes`` (instrument indices) by descending score, NaN last, ties in instrument order."""
-    codes = np.asarray(sorted(codes), dtype=np.int64)
+    codes = np.sort(np.fromiter(codes, dtype=np.int64))
     s = score[codes]
     missing = np.isnan(s)
     order = np.lexsort((codes, -np.where(missing, 0.0, s), missing))
@@ -123,8 +123,9 @@ def choose(
     last = sort_by_score(held, score)
     candidates = np.flatnonzero(scored)
     if strategy.method_buy == "top":
-        fresh = [c for c in candidates.tolist() if c not in held_set]
-        today = first_n(sort_by_score(fresh, score), n_drop + k - len(last))
+        not_held = scored.copy()
+        not_held[held] = False
+        today = first_n(sort_by_score(np.flatnonzero(not_held), score), n_drop + k - len(last))
     else:
         pool = [c for c in first_n(sort_by_score(candidates, score), k) if c not in held_set]
         try:
