@@ -65,33 +65,58 @@ def run_qlib(pred: pd.Series, args) -> tuple[pd.DataFrame, pd.DataFrame]:
     from qlib.data.cache import H
 
     H["f"].clear()  # Qlib memoises loaded features in-process; each run reads the files
-    strategy = {"class": "TopkDropoutStrategy", "module_path": "qlib.contrib.strategy",
-                "kwargs": {"signal": pred, "topk": args.topk, "n_drop": args.n_drop}}
-    executor = {"class": "SimulatorExecutor", "module_path": "qlib.backtest.executor",
-                "kwargs": {"time_per_step": "day", "generate_portfolio_metrics": True}}
+    strategy = {
+        "class": "TopkDropoutStrategy",
+        "module_path": "qlib.contrib.strategy",
+        "kwargs": {"signal": pred, "topk": args.topk, "n_drop": args.n_drop},
+    }
+    executor = {
+        "class": "SimulatorExecutor",
+        "module_path": "qlib.backtest.executor",
+        "kwargs": {"time_per_step": "day", "generate_portfolio_metrics": True},
+    }
     with contextlib.redirect_stderr(io.StringIO()):
         portfolio, _ = qlib_backtest(
-            start_time=args.start, end_time=args.end, strategy=strategy, executor=executor,
-            account=args.account, benchmark=args.benchmark, exchange_kwargs=exchange_kwargs(args),
+            start_time=args.start,
+            end_time=args.end,
+            strategy=strategy,
+            executor=executor,
+            account=args.account,
+            benchmark=args.benchmark,
+            exchange_kwargs=exchange_kwargs(args),
         )
     report, _ = portfolio["1day"]
     excess = report["return"] - report["bench"]
-    analysis = pd.concat({
-        "excess_return_without_cost": risk_analysis(excess, freq="day"),
-        "excess_return_with_cost": risk_analysis(excess - report["cost"], freq="day"),
-    })
+    analysis = pd.concat(
+        {
+            "excess_return_without_cost": risk_analysis(excess, freq="day"),
+            "excess_return_with_cost": risk_analysis(excess - report["cost"], freq="day"),
+        }
+    )
     return report, analysis
 
 
 def exchange_kwargs(args) -> dict:
-    return {"limit_threshold": args.limit, "deal_price": "close", "open_cost": 0.0005,
-            "close_cost": 0.0015, "min_cost": 5}
+    return {
+        "limit_threshold": args.limit,
+        "deal_price": "close",
+        "open_cost": 0.0005,
+        "close_cost": 0.0015,
+        "min_cost": 5,
+    }
 
 
 def run_qjax(pred: pd.Series, market, args):
-    return backtest(pred, market, strategy={"topk": args.topk, "n_drop": args.n_drop},
-                    exchange=exchange_kwargs(args), account=args.account, benchmark=args.benchmark,
-                    start_time=args.start, end_time=args.end)
+    return backtest(
+        pred,
+        market,
+        strategy={"topk": args.topk, "n_drop": args.n_drop},
+        exchange=exchange_kwargs(args),
+        account=args.account,
+        benchmark=args.benchmark,
+        start_time=args.start,
+        end_time=args.end,
+    )
 
 
 def compare(mine, report: pd.DataFrame, analysis: pd.DataFrame) -> dict:
@@ -101,12 +126,57 @@ def compare(mine, report: pd.DataFrame, analysis: pd.DataFrame) -> dict:
         np.testing.assert_allclose(a, b, rtol=RTOL, atol=ATOL, err_msg=column)
         big = np.abs(b) > 1e-9
         worst[column] = float((np.abs(a - b)[big] / np.abs(b[big])).max(initial=0.0))
-    np.testing.assert_allclose(mine.analysis["risk"].to_numpy(), analysis["risk"].to_numpy(), rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(
+        mine.analysis["risk"].to_numpy(), analysis["risk"].to_numpy(), rtol=RTOL, atol=ATOL
+    )
     return worst
 
 
+def markdown(report: dict, args, n_pred: int, medians: tuple) -> str:
+    q, e, s = medians
+
+    def rounds(key: str, digits: int) -> str:
+        return ", ".join(f"{x:.{digits}f}" for x in report[key])
+
+    m = report["machine"]
+    errors = ", ".join(f"{k} {v:.1e}" for k, v in report["max_rel_err"].items())
+    risk = ", ".join(f"{k} {v:.4f}" for k, v in report["risk"].items() if k != "benchmark")
+    lines = [
+        "# qjax vs Qlib: TopK-dropout backtest (PortAnaRecord's `qlib.backtest`)",
+        "",
+        f"Command: `{report['command']}`",
+        "",
+        f"CSI300 ({args.start} .. {args.end}, {report['days']} trading days, {n_pred} "
+        f"predictions), TopkDropoutStrategy(topk={args.topk}, n_drop={args.n_drop}), account "
+        f"{args.account:g}, deal price close, costs 5e-4 / 1.5e-3 / min 5, limit {args.limit} "
+        f"($change is in percent in this data), benchmark {args.benchmark}. Seeded random "
+        f"scores (seed {args.seed}).",
+        "",
+        f"Machine: {m['cpu']}, {m['logical_cores']} logical cores, shared with other jobs (load "
+        f"average {report['load_before']} before, {report['load_after']} after); Qlib with "
+        f"kernels=1. Medians of {args.repeats} alternating rounds.",
+        "",
+        "| | seconds (median) | all rounds | speed-up vs Qlib |",
+        "|---|---:|---|---:|",
+        f"| Qlib `qlib.backtest.backtest` (end to end) | {q:.2f} | {rounds('qlib_s', 2)} | 1x |",
+        f"| qjax `backtest(pred, data_dir)` (end to end) | {e:.3f} | "
+        f"{rounds('qjax_e2e_s', 3)} | {q / e:.0f}x |",
+        f"| qjax simulation on loaded prices | {s:.3f} | {rounds('qjax_sim_s', 3)} | "
+        f"{q / s:.0f}x |",
+        "",
+        "Same result: every report column and the risk analysis agree within 1e-6 relative "
+        "(asserted each round); worst relative error per report column (values above 1e-9): "
+        f"{errors}.",
+        "",
+        f"Risk analysis (qjax): {risk}.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "cn_csi300")
     parser.add_argument("--market", default="csi300")
     parser.add_argument("--start", default="2017-01-03")
@@ -118,7 +188,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--limit", type=float, default=9.5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "backtest_vs_qlib")
+    parser.add_argument(
+        "--out", type=Path, default=REPO / "benchmarks" / "results" / "backtest_vs_qlib"
+    )
     args = parser.parse_args(argv)
 
     import qlib
@@ -129,16 +201,35 @@ def main(argv: list[str] | None = None) -> dict:
     pred = member_predictions(args.data, args.market, args.start, args.end, args.seed)
     report = {
         "command": command_line(),
-        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k not in ("data", "out")},
-        "machine": {"cpu": cpu_model(), "logical_cores": os.cpu_count(), "ram_gib": ram_gib(),
-                    "platform": platform.platform(), "python": platform.python_version(),
-                    "versions": versions("numpy", "pandas", "qlib")},
+        "args": {
+            k: str(v) if isinstance(v, Path) else v
+            for k, v in vars(args).items()
+            if k not in ("data", "out")
+        },
+        "machine": {
+            "cpu": cpu_model(),
+            "logical_cores": os.cpu_count(),
+            "ram_gib": ram_gib(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "versions": versions("numpy", "pandas", "qlib"),
+        },
         "predictions": len(pred),
         "load_before": load_average(),
-        "qlib_s": [], "qjax_e2e_s": [], "qjax_sim_s": [], "max_rel_err": {},
+        "qlib_s": [],
+        "qjax_e2e_s": [],
+        "qjax_sim_s": [],
+        "max_rel_err": {},
     }
     run_qjax(pred, args.data, args)  # warm-up: imports, OS file cache
-    market = market_from_qlib(args.data, args.start, args.end, "all", None, set(pred.index.get_level_values(1)) | {args.benchmark})
+    market = market_from_qlib(
+        args.data,
+        args.start,
+        args.end,
+        "all",
+        None,
+        set(pred.index.get_level_values(1)) | {args.benchmark},
+    )
     for round_ in range(args.repeats):
         t0 = time.perf_counter()
         theirs = run_qlib(pred, args)
@@ -151,41 +242,21 @@ def main(argv: list[str] | None = None) -> dict:
         report["qjax_sim_s"].append(time.perf_counter() - t0)
         report["max_rel_err"] = compare(mine, *theirs)
         compare(on_loaded, *theirs)
-        print(f"round {round_}: qlib {report['qlib_s'][-1]:.2f}s, qjax end-to-end {report['qjax_e2e_s'][-1]:.3f}s, "
-              f"simulation {report['qjax_sim_s'][-1]:.3f}s", flush=True)
+        times = [report[k][-1] for k in ("qlib_s", "qjax_e2e_s", "qjax_sim_s")]
+        print(
+            "round {}: qlib {:.2f}s, qjax end-to-end {:.3f}s, simulation {:.3f}s".format(
+                round_, *times
+            ),
+            flush=True,
+        )
     report["load_after"] = load_average()
     q, e, s = (statistics.median(report[k]) for k in ("qlib_s", "qjax_e2e_s", "qjax_sim_s"))
     report["speedup_e2e"], report["speedup_sim"] = q / e, q / s
     report["days"] = len(mine.report)
     report["risk"] = mine.metrics()
 
-    lines = [
-        "# qjax vs Qlib: TopK-dropout backtest (PortAnaRecord's `qlib.backtest`)",
-        "",
-        f"Command: `{report['command']}`",
-        "",
-        f"CSI300 ({args.start} .. {args.end}, {report['days']} trading days, {len(pred)} predictions), "
-        f"TopkDropoutStrategy(topk={args.topk}, n_drop={args.n_drop}), account {args.account:g}, deal price "
-        f"close, costs 5e-4 / 1.5e-3 / min 5, limit {args.limit} ($change is in percent in this data), "
-        f"benchmark {args.benchmark}. Seeded random scores (seed {args.seed}).",
-        "",
-        f"Machine: {report['machine']['cpu']}, {report['machine']['logical_cores']} logical cores, shared with "
-        f"other jobs (load average {report['load_before']} before, {report['load_after']} after); "
-        f"Qlib with kernels=1. Medians of {args.repeats} alternating rounds.",
-        "",
-        "| | seconds (median) | all rounds | speed-up vs Qlib |",
-        "|---|---:|---|---:|",
-        f"| Qlib `qlib.backtest.backtest` (end to end) | {q:.2f} | {', '.join(f'{x:.2f}' for x in report['qlib_s'])} | 1x |",
-        f"| qjax `backtest(pred, data_dir)` (end to end) | {e:.3f} | {', '.join(f'{x:.3f}' for x in report['qjax_e2e_s'])} | {q / e:.0f}x |",
-        f"| qjax simulation on loaded prices | {s:.3f} | {', '.join(f'{x:.3f}' for x in report['qjax_sim_s'])} | {q / s:.0f}x |",
-        "",
-        "Same result: every report column and the risk analysis agree within 1e-6 relative "
-        "(asserted each round); worst relative error per report column (values above 1e-9): "
-        + ", ".join(f"{k} {v:.1e}" for k, v in report["max_rel_err"].items()) + ".",
-        "",
-        "Risk analysis (qjax): " + ", ".join(f"{k} {v:.4f}" for k, v in report["risk"].items() if k != "benchmark") + ".",
-    ]
-    text = "\n".join(lines) + "\n"
+    text = markdown(report, args, len(pred), (q, e, s))
+
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(report, indent=2, default=str) + "\n")

@@ -43,11 +43,15 @@ def resolve_benchmark(benchmark, market: MarketData, rows: slice) -> Benchmark:
             raise ValueError("a benchmark DataFrame must have exactly one column of daily returns")
         benchmark = benchmark.iloc[:, 0]
     if isinstance(benchmark, pd.Series):
-        return Benchmark(_series_on_days(benchmark, market.dates, rows), str(benchmark.name or "given series"))
+        return Benchmark(
+            _series_on_days(benchmark, market.dates, rows), str(benchmark.name or "given series")
+        )
     change = _daily_change(market, rows)
     if benchmark is None:
         members = market.members[rows]
-        return Benchmark(_nan_mean(np.where(members, change, np.nan)), equal_weight_name(market.universe))
+        return Benchmark(
+            _nan_mean(np.where(members, change, np.nan)), equal_weight_name(market.universe)
+        )
     codes = [benchmark] if isinstance(benchmark, str) else list(benchmark)
     if not codes or not all(isinstance(c, str) for c in codes):
         raise ValueError(
@@ -66,7 +70,9 @@ def resolve_benchmark(benchmark, market: MarketData, rows: slice) -> Benchmark:
         name = f"{equal_weight_name(market.universe)} ({', '.join(codes)} not in the data)"
         return Benchmark(_nan_mean(np.where(members, change, np.nan)), name)
     picked = change[:, [index[c] for c in present]]
-    return Benchmark(_nan_mean(picked), present[0] if isinstance(benchmark, str) else ", ".join(present))
+    return Benchmark(
+        _nan_mean(picked), present[0] if isinstance(benchmark, str) else ", ".join(present)
+    )
 
 
 def _daily_change(market: MarketData, rows: slice) -> np.ndarray:
@@ -102,7 +108,9 @@ def _series_on_days(series: pd.Series, dates: pd.DatetimeIndex, rows: slice) -> 
     stamps = pd.DatetimeIndex(pd.to_datetime(series.index))
     # A value belongs to the trading day it falls in (from that day until the next one).
     where = days.searchsorted(stamps, side="right") - 1
-    inside = (where >= 0) & (stamps < (dates[rows.stop] if rows.stop < len(dates) else pd.Timestamp.max))
+    inside = (where >= 0) & (
+        stamps < (dates[rows.stop] if rows.stop < len(dates) else pd.Timestamp.max)
+    )
     growth = np.ones(len(days))
     values = np.asarray(series, dtype=np.float64)
     np.multiply.at(growth, where[inside], 1 + np.nan_to_num(values[inside]))
@@ -119,8 +127,11 @@ def _read_csv(path: Path) -> pd.Series:
     frame = pd.read_csv(path)
     if frame.shape[1] != 2:
         raise ValueError(
-            f"benchmark CSV {str(path)!r} must have two columns (date, daily return); it has {list(frame.columns)}"
+            f"benchmark CSV {str(path)!r} must have two columns (date, daily return); "
+            f"it has {list(frame.columns)}"
         )
-    series = pd.Series(frame.iloc[:, 1].to_numpy(np.float64), index=pd.to_datetime(frame.iloc[:, 0]))
+    series = pd.Series(
+        frame.iloc[:, 1].to_numpy(np.float64), index=pd.to_datetime(frame.iloc[:, 0])
+    )
     series.name = path.stem
     return series

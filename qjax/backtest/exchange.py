@@ -59,12 +59,14 @@ class Exchange:
         for price in (buy, sell):
             if price not in DEAL_PRICES:
                 raise ValueError(
-                    f"deal_price {self.deal_price!r} is not supported; use one of {list(DEAL_PRICES)} "
+                    f"deal_price {self.deal_price!r} is not supported; "
+                    f"use one of {list(DEAL_PRICES)} "
                     "(with or without '$') or a (buy, sell) pair of them"
                 )
         if self.limit_threshold is not None and not isinstance(self.limit_threshold, (int, float)):
             raise ValueError(
-                f"limit_threshold must be a number (e.g. 0.095) or None, got {self.limit_threshold!r}; "
+                "limit_threshold must be a number (e.g. 0.095) or None, "
+                f"got {self.limit_threshold!r}; "
                 "Qlib's (buy expression, sell expression) form is not supported"
             )
         for name in ("open_cost", "close_cost", "min_cost"):
@@ -76,11 +78,15 @@ class Exchange:
 
     @property
     def buy_price_field(self) -> str:
-        return _price_name(self.deal_price if isinstance(self.deal_price, str) else self.deal_price[0])
+        return _price_name(
+            self.deal_price if isinstance(self.deal_price, str) else self.deal_price[0]
+        )
 
     @property
     def sell_price_field(self) -> str:
-        return _price_name(self.deal_price if isinstance(self.deal_price, str) else self.deal_price[1])
+        return _price_name(
+            self.deal_price if isinstance(self.deal_price, str) else self.deal_price[1]
+        )
 
     @classmethod
     def from_qlib(cls, exchange_kwargs: Mapping | None = None, region: str = "cn") -> Exchange:
@@ -88,21 +94,29 @@ class Exchange:
         a key that changes results and is not implemented is an error naming it."""
         kwargs = dict(exchange_kwargs or {})
         if region not in REGION_DEFAULTS:
-            raise ValueError(f"unknown region {region!r}; expected one of {sorted(REGION_DEFAULTS)}")
+            raise ValueError(
+                f"unknown region {region!r}; expected one of {sorted(REGION_DEFAULTS)}"
+            )
         defaults = dict(REGION_DEFAULTS[region])
         if kwargs.pop("freq", "day") != "day":
             raise ValueError("only daily backtests (exchange freq 'day') are supported")
         if kwargs.pop("impact_cost", 0) != 0:
-            raise ValueError("exchange_kwargs.impact_cost is not supported by qjax's backtest; remove it")
+            raise ValueError(
+                "exchange_kwargs.impact_cost is not supported by qjax's backtest; remove it"
+            )
         if kwargs.pop("volume_threshold", None) is not None:
-            raise ValueError("exchange_kwargs.volume_threshold is not supported by qjax's backtest; remove it")
+            raise ValueError(
+                "exchange_kwargs.volume_threshold is not supported by qjax's backtest; remove it"
+            )
         kwargs.pop("subscribe_fields", None)  # extra quote columns; they change no result
         for key in ("start_time", "end_time"):
             kwargs.pop(key, None)  # the backtest span decides these, as in Qlib
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(kwargs) - known)
         if unknown:
-            raise ValueError(f"exchange_kwargs has unsupported key(s) {unknown}; supported: {sorted(known)}")
+            raise ValueError(
+                f"exchange_kwargs has unsupported key(s) {unknown}; supported: {sorted(known)}"
+            )
         for key, value in defaults.items():
             if kwargs.get(key) is None and key != "trade_unit":
                 kwargs[key] = value

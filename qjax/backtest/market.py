@@ -74,9 +74,12 @@ def market_from_qlib(
     universe = universe if universe is not None else (codes if isinstance(codes, str) else None)
     member_spans = data.instruments(universe, lo, hi) if universe is not None else code_spans
     wanted = set(code_spans) | set(member_spans) | set(extra_instruments)
-    stored = [c for c in sorted(wanted) if (data.root / "features" / instrument_dirname(c)).is_dir()]
+    stored = [
+        c for c in sorted(wanted) if (data.root / "features" / instrument_dirname(c)).is_dir()
+    ]
     missing = sorted(wanted - set(stored))
-    panel = data.load(stored, PRICE_FIELDS, first, last, optional=("change", "volume", "factor"))
+    optional = ("open", "change", "volume", "factor")  # Qlib reads an absent field as NaN
+    panel = data.load(stored, PRICE_FIELDS, first, last, optional=optional)
     dates = panel.dates
     instruments = tuple(stored) + tuple(missing)
     shape = (len(dates), len(instruments))
@@ -93,7 +96,7 @@ def market_from_qlib(
         f: np.where(in_codes, widen(panel.values[f], np.nan).astype(np.float64), np.nan)
         for f in PRICE_FIELDS
     }
-    return MarketData(dates, instruments, fields, raw_close, members, universe or "the codes")
+    return MarketData(dates, instruments, fields, raw_close, members, universe or "exchange codes")
 
 
 def market_from_panel(panel: pd.DataFrame, universe: str = "panel") -> MarketData:
@@ -104,7 +107,10 @@ def market_from_panel(panel: pd.DataFrame, universe: str = "panel") -> MarketDat
     day. ``change`` defaults to ``close / close of the previous calendar day - 1`` in float32,
     which is what :func:`qjax.data.qlib_writer.write_qlib_binary` stores for Qlib.
     """
-    if not isinstance(panel.index, pd.MultiIndex) or list(panel.index.names) != ["datetime", "instrument"]:
+    if not isinstance(panel.index, pd.MultiIndex) or list(panel.index.names) != [
+        "datetime",
+        "instrument",
+    ]:
         raise ValueError("the price panel must be indexed by (datetime, instrument)")
     if "close" not in panel.columns:
         raise ValueError(f"the price panel needs a 'close' column; it has {list(panel.columns)}")

@@ -32,7 +32,16 @@ from qjax.backtest.exchange import (
 )
 from qjax.backtest.strategy import TopkDropout, choose
 
-REPORT_COLUMNS = ("account", "return", "total_turnover", "turnover", "total_cost", "cost", "value", "cash")
+REPORT_COLUMNS = (
+    "account",
+    "return",
+    "total_turnover",
+    "turnover",
+    "total_cost",
+    "cost",
+    "value",
+    "cash",
+)
 
 
 @dataclass
@@ -48,7 +57,9 @@ class Book:
 
     @classmethod
     def empty(cls, cash: float, n: int) -> Book:
-        return cls(float(cash), np.zeros(n), np.full(n, np.nan), np.zeros(n, np.int64), np.zeros(n, bool))
+        return cls(
+            float(cash), np.zeros(n), np.full(n, np.nan), np.zeros(n, np.int64), np.zeros(n, bool)
+        )
 
 
 @dataclass(frozen=True)
@@ -89,7 +100,9 @@ def simulate(
     rows = []
     for t in range(n_days):
         if has_signal[t]:
-            fees, traded = _trade_day(t, score[t], scored[t], trading, strategy, rules, unit, book, rng)
+            fees, traded = _trade_day(
+                t, score[t], scored[t], trading, strategy, rules, unit, book, rng
+            )
             total_cost += fees
             total_turnover += traded
         _close_day(t, trading, book)
@@ -107,7 +120,16 @@ def simulate(
         cols["value"][t] = value
         cols["cash"][t] = book.cash
         weight = book.amount[held] * book.price[held] / account
-        rows.append((np.full(held.size, t), held, book.amount[held], book.price[held], book.count[held], weight))
+        rows.append(
+            (
+                np.full(held.size, t),
+                held,
+                book.amount[held],
+                book.price[held],
+                book.count[held],
+                weight,
+            )
+        )
         last_account = account
     flat = [np.concatenate(parts) for parts in zip(*rows)] if rows else [np.zeros(0)] * 6
     return Simulation(cols, *flat)

@@ -20,8 +20,17 @@ import pandas as pd
 
 RISK_METRICS = ("mean", "std", "annualized_return", "information_ratio", "max_drawdown")
 _SCALERS = {"minute": 240 * 238, "day": 238, "week": 50, "month": 12}
-_FREQ_NAMES = {"min": "minute", "minute": "minute", "d": "day", "day": "day", "w": "week",
-               "week": "week", "m": "month", "mon": "month", "month": "month"}
+_FREQ_NAMES = {
+    "min": "minute",
+    "minute": "minute",
+    "d": "day",
+    "day": "day",
+    "w": "week",
+    "week": "week",
+    "m": "month",
+    "mon": "month",
+    "month": "month",
+}
 
 
 def annualisation_scaler(freq: str = "day") -> float:
@@ -33,7 +42,9 @@ def annualisation_scaler(freq: str = "day") -> float:
     return _SCALERS[_FREQ_NAMES[match.group(2)]] / count
 
 
-def risk_analysis(r: pd.Series, N: float | None = None, freq: str = "day", mode: str = "sum") -> pd.DataFrame:
+def risk_analysis(
+    r: pd.Series, N: float | None = None, freq: str = "day", mode: str = "sum"
+) -> pd.DataFrame:
     """The five risk figures of ``r`` as a one-column (``"risk"``) frame, like Qlib's."""
     scaler = annualisation_scaler(freq) if N is None else N
     values = np.asarray(r, dtype=np.float64)
@@ -51,13 +62,17 @@ def risk_analysis(r: pd.Series, N: float | None = None, freq: str = "day", mode:
         drawdown = (curve / np.maximum.accumulate(curve) - 1).min()
     else:
         raise ValueError(f"risk analysis mode must be 'sum' or 'product', got {mode!r}")
-    with np.errstate(invalid="ignore", divide="ignore"):  # a flat series has no ratio (NaN, as Qlib)
+    with np.errstate(
+        invalid="ignore", divide="ignore"
+    ):  # a flat series has no ratio (NaN, as Qlib)
         ratio = mean / std * np.sqrt(scaler)
     data = dict(zip(RISK_METRICS, (mean, std, annualized, ratio, drawdown)))
     return pd.Series(data, dtype=np.float64).to_frame("risk")
 
 
-def excess_return_analysis(report: pd.DataFrame, freq: str = "day", mode: str = "sum") -> pd.DataFrame:
+def excess_return_analysis(
+    report: pd.DataFrame, freq: str = "day", mode: str = "sum"
+) -> pd.DataFrame:
     """PortAnaRecord's ``port_analysis``: risk of return - bench, without and with cost."""
     excess = report["return"] - report["bench"]
     return pd.concat(
@@ -68,7 +83,9 @@ def excess_return_analysis(report: pd.DataFrame, freq: str = "day", mode: str = 
     )
 
 
-def long_short_return(pred: pd.Series, label: pd.Series, quantile: float = 0.2, dropna: bool = False):
+def long_short_return(
+    pred: pd.Series, label: pd.Series, quantile: float = 0.2, dropna: bool = False
+):
     """Per day: (mean label of the top ``quantile`` by prediction - mean of the bottom) / 2, and
     the mean label of all stocks (``long_short_r``, ``long_avg_r``). ``floor(n * quantile)``
     stocks per side; a day too small for one stock gives NaN."""

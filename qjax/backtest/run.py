@@ -31,12 +31,14 @@ BACKTEST_KEYS = ("start_time", "end_time", "account", "benchmark", "exchange_kwa
 class BacktestResult:
     report: pd.DataFrame  # Qlib's report_normal columns, indexed by datetime
     positions: pd.DataFrame  # (datetime, instrument) -> amount, price, weight, count_day
-    analysis: pd.DataFrame  # Qlib's port_analysis: (excess_return_without/with_cost, metric) x "risk"
+    analysis: (
+        pd.DataFrame
+    )  # Qlib's port_analysis: (excess_return_without/with_cost, metric) x "risk"
     benchmark_name: str
     settings: dict = field(default_factory=dict)
 
     def metrics(self) -> dict:
-        """Flat ``{"excess_return_with_cost.information_ratio": ..., ...}`` plus the benchmark name."""
+        """Flat ``{"excess_return_with_cost.max_drawdown": ..., ...}`` and the benchmark name."""
         flat = {f"{a}.{m}": float(v) for (a, m), v in self.analysis["risk"].items()}
         return {"benchmark": self.benchmark_name, **flat}
 
@@ -46,7 +48,11 @@ class BacktestResult:
         out.mkdir(parents=True, exist_ok=True)
         self.report.to_csv(out / "report.csv")
         self.positions.to_csv(out / "positions.csv")
-        payload = {"benchmark": self.benchmark_name, "settings": self.settings, "port_analysis": self.metrics()}
+        payload = {
+            "benchmark": self.benchmark_name,
+            "settings": self.settings,
+            "port_analysis": self.metrics(),
+        }
         (out / "port_analysis.json").write_text(json.dumps(payload, indent=2, default=str) + "\n")
         return out
 
@@ -82,20 +88,32 @@ def backtest(
     if not isinstance(account, (int, float)) or isinstance(account, bool) or not account > 0:
         raise ValueError(f"account (initial cash) must be a positive number, got {account!r}")
     if strategy.uses_random and seed is None:
-        raise ValueError("method_sell/method_buy 'random' needs a seed (seed=...) for a reproducible backtest")
+        raise ValueError(
+            "method_sell/method_buy 'random' needs a seed (seed=...) for a reproducible backtest"
+        )
     pred_days = scores.index.get_level_values("datetime")
     if isinstance(market, (str, os.PathLike)):
         first_pred, last_pred = pred_days.min(), pred_days.max()
         codes = exchange.codes if isinstance(exchange.codes, str) else list(exchange.codes)
         extra = set(_instrument_codes(scores))
-        extra |= {benchmark} if isinstance(benchmark, str) else set(benchmark or []) if isinstance(benchmark, list) else set()
+        if isinstance(benchmark, str):
+            extra.add(benchmark)
+        elif isinstance(benchmark, (list, tuple)):
+            extra.update(benchmark)
         market = market_from_qlib(
-            market, start_time or first_pred, end_time or _pad_end(last_pred), codes, universe, extra
+            market,
+            start_time or first_pred,
+            end_time or _pad_end(last_pred),
+            codes,
+            universe,
+            extra,
         )
     elif isinstance(market, pd.DataFrame):
         market = market_from_panel(market)
     elif not isinstance(market, MarketData):
-        raise TypeError(f"market must be MarketData, a price panel or a Qlib data directory, got {type(market)}")
+        raise TypeError(
+            f"market must be MarketData, a price panel or a Qlib data directory, got {type(market)}"
+        )
     market = _with_instruments(market, _instrument_codes(scores))
     rows = _trade_rows(market.dates, pred_days, start_time, end_time)
 
@@ -105,7 +123,9 @@ def backtest(
     sim = simulate(score, scored, has_signal, trading, strategy, exchange, float(account), seed)
 
     days = market.dates[rows]
-    report = pd.DataFrame({c: sim.report[c] for c in REPORT_COLUMNS}, index=pd.DatetimeIndex(days, name="datetime"))
+    report = pd.DataFrame(
+        {c: sim.report[c] for c in REPORT_COLUMNS}, index=pd.DatetimeIndex(days, name="datetime")
+    )
     report["bench"] = bench.returns
     report.attrs["benchmark"] = bench.name
     names = np.asarray(market.instruments, dtype=object)
@@ -116,11 +136,19 @@ def backtest(
             "weight": sim.position_weight,
             "count_day": sim.position_count,
         },
-        index=pd.MultiIndex.from_arrays([days[sim.position_day], names[sim.position_code]], names=["datetime", "instrument"]),
+        index=pd.MultiIndex.from_arrays(
+            [days[sim.position_day], names[sim.position_code]], names=["datetime", "instrument"]
+        ),
     )
     analysis = excess_return_analysis(report, freq=risk_freq, mode=risk_mode)
-    settings = {"strategy": strategy.__dict__, "exchange": exchange.__dict__, "account": account,
-                "start_time": str(days[0].date()), "end_time": str(days[-1].date()), "seed": seed}
+    settings = {
+        "strategy": strategy.__dict__,
+        "exchange": exchange.__dict__,
+        "account": account,
+        "start_time": str(days[0].date()),
+        "end_time": str(days[-1].date()),
+        "seed": seed,
+    }
     return BacktestResult(report, positions, analysis, bench.name, settings)
 
 
@@ -134,25 +162,38 @@ def port_analysis(
     """Run Qlib's ``port_analysis_config`` (``strategy`` + ``backtest`` sections) unchanged."""
     unknown = sorted(set(config) - {"strategy", "backtest", "executor"})
     if unknown:
-        raise ValueError(f"port_analysis_config has unsupported section(s) {unknown}; expected strategy, backtest")
+        raise ValueError(
+            f"port_analysis_config has unsupported section(s) {unknown}; "
+            "expected strategy, backtest"
+        )
     executor = config.get("executor")
     if executor is not None:
         kwargs = executor.get("kwargs", {})
-        if executor.get("class", "SimulatorExecutor") != "SimulatorExecutor" or kwargs.get("time_per_step", "day") != "day":
-            raise ValueError("only Qlib's daily SimulatorExecutor is supported (time_per_step: day)")
+        if (
+            executor.get("class", "SimulatorExecutor") != "SimulatorExecutor"
+            or kwargs.get("time_per_step", "day") != "day"
+        ):
+            raise ValueError(
+                "only Qlib's daily SimulatorExecutor is supported (time_per_step: day)"
+            )
         if kwargs.get("trade_type", "serial") != "serial":
             raise ValueError("only the executor's serial trade_type is supported")
     run = dict(config.get("backtest", {}))
     bad = sorted(set(run) - set(BACKTEST_KEYS))
     if bad:
-        raise ValueError(f"port_analysis_config.backtest has unsupported key(s) {bad}; supported: {list(BACKTEST_KEYS)}")
+        raise ValueError(
+            f"port_analysis_config.backtest has unsupported key(s) {bad}; "
+            f"supported: {list(BACKTEST_KEYS)}"
+        )
     if run.pop("pos_type", "Position") != "Position":
         raise ValueError("only pos_type 'Position' is supported")
     account = run.get("account", 1e9)
     if isinstance(account, str):
         account = float(account)
     if isinstance(account, Mapping):
-        raise ValueError("an account with initial positions is not supported; give the initial cash")
+        raise ValueError(
+            "an account with initial positions is not supported; give the initial cash"
+        )
     return backtest(
         pred,
         market,
@@ -174,7 +215,9 @@ def _as_strategy(strategy) -> TopkDropout:
         return strategy
     if isinstance(strategy, Mapping):
         return TopkDropout.from_qlib(strategy)
-    raise TypeError(f"strategy must be a TopkDropout or a Qlib strategy config dict, got {type(strategy)}")
+    raise TypeError(
+        f"strategy must be a TopkDropout or a Qlib strategy config dict, got {type(strategy)}"
+    )
 
 
 def _check_pred(pred) -> pd.Series:
@@ -183,15 +226,25 @@ def _check_pred(pred) -> pd.Series:
             raise ValueError("pred has no columns")
         pred = pred.iloc[:, 0]
     if not isinstance(pred, pd.Series):
-        raise TypeError(f"pred must be a pd.Series of scores indexed by (datetime, instrument), got {type(pred)}")
-    if not isinstance(pred.index, pd.MultiIndex) or set(pred.index.names) != {"datetime", "instrument"}:
-        raise ValueError(f"pred must be indexed by (datetime, instrument); its index levels are {pred.index.names}")
+        raise TypeError(
+            "pred must be a pd.Series of scores indexed by (datetime, instrument), "
+            f"got {type(pred)}"
+        )
+    if not isinstance(pred.index, pd.MultiIndex) or set(pred.index.names) != {
+        "datetime",
+        "instrument",
+    }:
+        raise ValueError(
+            "pred must be indexed by (datetime, instrument); "
+            f"its index levels are {pred.index.names}"
+        )
     if len(pred) == 0:
         raise ValueError("pred is empty: nothing to backtest")
     pred = pred.reorder_levels(["datetime", "instrument"]).astype(np.float64)
     dates = pd.DatetimeIndex(pd.to_datetime(pred.index.get_level_values("datetime")))
     pred.index = pd.MultiIndex.from_arrays(
-        [dates, pred.index.get_level_values("instrument").astype(str)], names=["datetime", "instrument"]
+        [dates, pred.index.get_level_values("instrument").astype(str)],
+        names=["datetime", "instrument"],
     )
     return pred.sort_index(kind="stable")
 
@@ -201,7 +254,7 @@ def _instrument_codes(scores: pd.Series) -> list:
 
 
 def _pad_end(last_pred: pd.Timestamp) -> pd.Timestamp:
-    return last_pred + pd.Timedelta(days=10)  # enough to include the next trading day; trimmed later
+    return last_pred + pd.Timedelta(days=20)  # reaches the next trading day after any holiday
 
 
 def _trade_rows(dates: pd.DatetimeIndex, pred_days, start_time, end_time) -> slice:
@@ -215,7 +268,8 @@ def _trade_rows(dates: pd.DatetimeIndex, pred_days, start_time, end_time) -> sli
     first = int(dates.searchsorted(start, side="left"))
     if first > last or first >= len(dates):
         raise ValueError(
-            f"no trading days between {start.date()} and {end_time or 'the day after the last prediction'} "
+            f"no trading days between {start.date()} and "
+            f"{end_time or 'the day after the last prediction'} "
             f"in the price data ({dates[0].date()} .. {dates[-1].date()})"
         )
     return slice(first, last + 1)

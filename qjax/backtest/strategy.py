@@ -55,9 +55,13 @@ class TopkDropout:
         if self.topk == 0:
             raise ValueError("topk must be at least 1")
         if self.method_sell not in METHODS_SELL:
-            raise ValueError(f"method_sell must be one of {list(METHODS_SELL)}, got {self.method_sell!r}")
+            raise ValueError(
+                f"method_sell must be one of {list(METHODS_SELL)}, got {self.method_sell!r}"
+            )
         if self.method_buy not in METHODS_BUY:
-            raise ValueError(f"method_buy must be one of {list(METHODS_BUY)}, got {self.method_buy!r}")
+            raise ValueError(
+                f"method_buy must be one of {list(METHODS_BUY)}, got {self.method_buy!r}"
+            )
         if not 0 < self.risk_degree <= 1:
             raise ValueError(f"risk_degree must be in (0, 1], got {self.risk_degree!r}")
 
@@ -72,13 +76,18 @@ class TopkDropout:
         if "kwargs" in strategy or "class" in strategy:
             name = strategy.get("class", "TopkDropoutStrategy")
             if name != "TopkDropoutStrategy":
-                raise ValueError(f"strategy class {name!r} is not supported; supported: ['TopkDropoutStrategy']")
+                raise ValueError(
+                    f"strategy class {name!r} is not supported; supported: ['TopkDropoutStrategy']"
+                )
             strategy = strategy.get("kwargs", {})
         kwargs = {k: v for k, v in strategy.items() if k != "signal"}
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(kwargs) - known)
         if unknown:
-            raise ValueError(f"TopkDropoutStrategy kwargs {unknown} are not supported; supported: {sorted(known)}")
+            raise ValueError(
+                f"TopkDropoutStrategy kwargs {unknown} are not supported; "
+                f"supported: {sorted(known)}"
+            )
         return cls(**kwargs)
 
 

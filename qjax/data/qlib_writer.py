@@ -39,8 +39,13 @@ def write_qlib_binary(
     ``markets`` maps extra universe names to instrument lists; each member's span is its stored
     range, like ``all.txt``. ``calendar`` defaults to the panel's dates.
     """
-    if not isinstance(panel.index, pd.MultiIndex) or list(panel.index.names) != ["datetime", "instrument"]:
-        raise ValueError("panel must be indexed by (datetime, instrument), as generate_market returns")
+    if not isinstance(panel.index, pd.MultiIndex) or list(panel.index.names) != [
+        "datetime",
+        "instrument",
+    ]:
+        raise ValueError(
+            "panel must be indexed by (datetime, instrument), as generate_market returns"
+        )
     if "close" not in panel.columns:
         raise ValueError(f"panel needs a 'close' column; it has {list(panel.columns)}")
     dates = panel.index.get_level_values("datetime")
@@ -71,7 +76,9 @@ def write_qlib_binary(
             change[1:] = close[1:] / close[:-1] - np.float32(1)
             dense["change"] = change
         for field, column in dense.items():
-            np.hstack([np.float32(first), column]).astype("<f4").tofile(folder / f"{field.lower()}.day.bin")
+            np.hstack([np.float32(first), column]).astype("<f4").tofile(
+                folder / f"{field.lower()}.day.bin"
+            )
 
     def span_lines(codes) -> str:
         return "".join(f"{c}\t{spans[c][0]:%Y-%m-%d}\t{spans[c][1]:%Y-%m-%d}\n" for c in codes)
@@ -80,6 +87,8 @@ def write_qlib_binary(
     for name, codes in (markets or {}).items():
         unknown = sorted(set(codes) - set(spans))
         if unknown:
-            raise ValueError(f"market {name!r} lists instruments without rows in the panel: {unknown[:5]}")
+            raise ValueError(
+                f"market {name!r} lists instruments without rows in the panel: {unknown[:5]}"
+            )
         (root / "instruments" / f"{name.lower()}.txt").write_text(span_lines(sorted(codes)))
     return root

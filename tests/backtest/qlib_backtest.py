@@ -43,8 +43,19 @@ def run_qlib_backtest(pred, strategy_kwargs: dict, backtest_kwargs: dict, seed: 
     for day, position in hist.items():
         for code, info in position.position.items():
             if isinstance(info, dict):
-                rows.append((day, code, info["amount"], info["price"], info["weight"], info.get("count_day", 0)))
-    positions = pd.DataFrame(rows, columns=["datetime", "instrument", "amount", "price", "weight", "count_day"])
+                rows.append(
+                    (
+                        day,
+                        code,
+                        info["amount"],
+                        info["price"],
+                        info["weight"],
+                        info.get("count_day", 0),
+                    )
+                )
+    positions = pd.DataFrame(
+        rows, columns=["datetime", "instrument", "amount", "price", "weight", "count_day"]
+    )
     positions = positions.set_index(["datetime", "instrument"]).sort_index()
     excess = report["return"] - report["bench"]
     analysis = pd.concat(

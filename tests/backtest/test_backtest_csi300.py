@@ -19,7 +19,9 @@ from tests.backtest.test_backtest_parity import _assert_same
 pytestmark = [pytest.mark.parity, pytest.mark.shared_data]
 
 START, END = "2020-01-02", "2020-03-31"
-EXCHANGE = dict(limit_threshold=0.095, deal_price="close", open_cost=0.0005, close_cost=0.0015, min_cost=5)
+EXCHANGE = dict(
+    limit_threshold=0.095, deal_price="close", open_cost=0.0005, close_cost=0.0015, min_cost=5
+)
 
 
 def _member_predictions(root, seed: int) -> pd.Series:

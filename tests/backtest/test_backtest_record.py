@@ -18,10 +18,15 @@ from qjax.backtest.market import market_from_panel
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "configs" / "lstm_alpha360.yaml"
 TINY = [
-    "data.n_instruments=40", "data.n_days=260", "handler.fit_end_time=2015-08-31",
-    "dataset.segments.train=[2015-01-05, 2015-08-31]", "dataset.segments.valid=[2015-09-01, 2015-10-30]",
-    "dataset.segments.test=[2015-11-02, 2015-12-30]", "model.kwargs.hidden_size=8",
-    "model.kwargs.batch_size=512", "model.kwargs.n_epochs=1",
+    "data.n_instruments=40",
+    "data.n_days=260",
+    "handler.fit_end_time=2015-08-31",
+    "dataset.segments.train=[2015-01-05, 2015-08-31]",
+    "dataset.segments.valid=[2015-09-01, 2015-10-30]",
+    "dataset.segments.test=[2015-11-02, 2015-12-30]",
+    "model.kwargs.hidden_size=8",
+    "model.kwargs.batch_size=512",
+    "model.kwargs.n_epochs=1",
 ]
 # As in Qlib's benchmark workflow YAMLs (the generated market has no SH000300).
 PORT_ANALYSIS = """
@@ -53,15 +58,31 @@ def test_train_with_a_backtest_section_writes_port_analysis(tmp_path):
     out = tmp_path / "run"
     metrics = workflow.train(cfg, out, verbose=False)
     assert list(metrics["seven_columns"]) == [
-        "IC", "ICIR", "Rank IC", "Rank ICIR", "Annualized Return", "Information Ratio", "Max Drawdown"]
+        "IC",
+        "ICIR",
+        "Rank IC",
+        "Rank ICIR",
+        "Annualized Return",
+        "Information Ratio",
+        "Max Drawdown",
+    ]
     assert metrics["seven_columns"]["IC"] == metrics["test"]["IC"]
     name = "equal-weighted mean return of generated market members (SH000300 not in the data)"
     assert metrics["backtest"]["benchmark"] == name
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["seven_columns"] == metrics["seven_columns"]
     report = pd.read_csv(out / "backtest" / "report.csv", index_col=0, parse_dates=True)
-    assert list(report.columns) == ["account", "return", "total_turnover", "turnover", "total_cost", "cost",
-                                    "value", "cash", "bench"]
+    assert list(report.columns) == [
+        "account",
+        "return",
+        "total_turnover",
+        "turnover",
+        "total_cost",
+        "cost",
+        "value",
+        "cash",
+        "bench",
+    ]
     assert json.loads((out / "backtest" / "port_analysis.json").read_text())["benchmark"] == name
     # The recorded backtest is the backtest of the saved predictions.
     pred = pd.read_parquet(out / "predictions.parquet").iloc[:, 0]

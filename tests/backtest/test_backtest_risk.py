@@ -24,11 +24,15 @@ def test_sum_mode_by_hand():
     assert out["mean"] == pytest.approx(0.02 / 3)
     assert out["annualized_return"] == pytest.approx(0.02 / 3 * 238)
     assert out["max_drawdown"] == pytest.approx(-0.02)  # cumsum 0.01, -0.01, 0.02
-    assert out["information_ratio"] == pytest.approx(out["mean"] / np.std([0.01, -0.02, 0.03], ddof=1) * 238**0.5)
+    assert out["information_ratio"] == pytest.approx(
+        out["mean"] / np.std([0.01, -0.02, 0.03], ddof=1) * 238**0.5
+    )
 
 
 @pytest.mark.parity
-@pytest.mark.parametrize("mode, freq", [("sum", "day"), ("product", "day"), ("sum", "week"), ("product", "month")])
+@pytest.mark.parametrize(
+    "mode, freq", [("sum", "day"), ("product", "day"), ("sum", "week"), ("product", "month")]
+)
 def test_risk_analysis_equals_qlib(qlib, mode, freq, seed=0):
     from qlib.contrib.evaluate import risk_analysis as qlib_risk
 
@@ -36,7 +40,8 @@ def test_risk_analysis_equals_qlib(qlib, mode, freq, seed=0):
     np.testing.assert_allclose(
         risk_analysis(r, freq=freq, mode=mode)["risk"].to_numpy(),
         qlib_risk(r, freq=freq, mode=mode)["risk"].to_numpy(),
-        rtol=1e-12, err_msg=f"{mode} {freq} seed={seed}",
+        rtol=1e-12,
+        err_msg=f"{mode} {freq} seed={seed}",
     )
 
 
@@ -46,7 +51,9 @@ def test_long_short_return_equals_qlib(qlib, seed=1):
 
     rng = np.random.default_rng(seed)
     days = pd.bdate_range("2020-01-01", periods=30)
-    index = pd.MultiIndex.from_product([days, [f"S{i:02d}" for i in range(23)]], names=["datetime", "instrument"])
+    index = pd.MultiIndex.from_product(
+        [days, [f"S{i:02d}" for i in range(23)]], names=["datetime", "instrument"]
+    )
     pred = pd.Series(rng.standard_normal(len(index)), index=index)
     label = pd.Series(rng.standard_normal(len(index)) * 0.02, index=index)
     pred[rng.random(len(pred)) < 0.1] = np.nan  # NaN scores are skipped but still count in n
@@ -54,4 +61,6 @@ def test_long_short_return_equals_qlib(qlib, seed=1):
     mine = long_short_return(pred, label)
     theirs = calc_long_short_return(pred, label)
     for a, b, name in zip(mine, theirs, ("long_short", "long_avg")):
-        np.testing.assert_allclose(a.to_numpy(), b.to_numpy(), rtol=1e-12, err_msg=f"{name} seed={seed}")
+        np.testing.assert_allclose(
+            a.to_numpy(), b.to_numpy(), rtol=1e-12, err_msg=f"{name} seed={seed}"
+        )

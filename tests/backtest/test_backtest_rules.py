@@ -20,7 +20,12 @@ def _panel(close: np.ndarray, factor: np.ndarray | None = None) -> pd.DataFrame:
     """A panel from a [T, N] close array (NaN = no row that day: suspended)."""
     t, n = close.shape
     factor = np.ones_like(close) if factor is None else factor
-    rows = [(DAYS[i], CODES[j], close[i, j], factor[i, j]) for i in range(t) for j in range(n) if not np.isnan(close[i, j])]
+    rows = [
+        (DAYS[i], CODES[j], close[i, j], factor[i, j])
+        for i in range(t)
+        for j in range(n)
+        if not np.isnan(close[i, j])
+    ]
     frame = pd.DataFrame(rows, columns=["datetime", "instrument", "close", "factor"])
     frame["open"] = frame["close"]
     return frame.set_index(["datetime", "instrument"]).astype(np.float32)
@@ -34,14 +39,26 @@ def _pred(scores: np.ndarray) -> pd.Series:
 
 
 def _held(result, day: int) -> dict:
-    rows = result.positions.xs(DAYS[day], level="datetime") if DAYS[day] in result.positions.index.levels[0] else None
+    rows = (
+        result.positions.xs(DAYS[day], level="datetime")
+        if DAYS[day] in result.positions.index.levels[0]
+        else None
+    )
     return {} if rows is None else rows["amount"].round(6).to_dict()
 
 
 def _run(close, scores, strategy, account=1e5, factor=None, **exchange):
     exchange = Exchange(**{"limit_threshold": 0.095, **NO_COST, **exchange})  # None: no limits
-    return backtest(_pred(scores), _panel(close, factor), strategy=strategy, exchange=exchange, account=account,
-                    benchmark=None, start_time=DAYS[0], end_time=DAYS[-1])
+    return backtest(
+        _pred(scores),
+        _panel(close, factor),
+        strategy=strategy,
+        exchange=exchange,
+        account=account,
+        benchmark=None,
+        start_time=DAYS[0],
+        end_time=DAYS[-1],
+    )
 
 
 def test_round_to_trade_unit_counts_raw_shares():
@@ -106,7 +123,9 @@ def test_dropout_replaces_at_most_n_drop_stocks_a_day():
     assert len(previous) == 3, "seed 0"
     for day in range(2, 6):
         now = set(_held(result, day))
-        assert len(now) == 3 and len(now - previous) <= 1 and len(previous - now) <= 1, f"seed 0 day {day}"
+        assert len(now) == 3 and len(now - previous) <= 1 and len(previous - now) <= 1, (
+            f"seed 0 day {day}"
+        )
         previous = now
     assert any(set(_held(result, d)) != set(_held(result, d + 1)) for d in range(1, 5))
 
@@ -114,8 +133,16 @@ def test_dropout_replaces_at_most_n_drop_stocks_a_day():
 def test_min_cost_and_trade_unit_with_factor():
     close = np.full((3, 1), 10.0)
     factor = np.full((3, 1), 3.0)  # raw price 10 / 3: lots of 100 raw shares = 33.3 adjusted
-    result = _run(close, np.array([[1.0], [1.0]]), TopkDropout(topk=1, n_drop=1), account=1e4, factor=factor,
-                  open_cost=0.0005, close_cost=0.0015, min_cost=5)
+    result = _run(
+        close,
+        np.array([[1.0], [1.0]]),
+        TopkDropout(topk=1, n_drop=1),
+        account=1e4,
+        factor=factor,
+        open_cost=0.0005,
+        close_cost=0.0015,
+        min_cost=5,
+    )
     amount = 2800 / 3  # 9500 / 10 = 950 adjusted = 2850 raw -> 2800 raw
     assert _held(result, 1) == {"A": round(amount, 6)}
     day1 = result.report.iloc[1]
@@ -132,7 +159,10 @@ def test_suspended_stock_keeps_its_price_and_cannot_be_sold():
     # A is suspended on day 3: not sold (B is bought anyway) and valued at day 2's close.
     assert set(_held(result, 3)) == {"A", "B"}
     assert result.positions.loc[(DAYS[3], "A"), "price"] == 12.0
-    assert result.positions.loc[(DAYS[3], "A"), "amount"] == result.positions.loc[(DAYS[2], "A"), "amount"]
+    assert (
+        result.positions.loc[(DAYS[3], "A"), "amount"]
+        == result.positions.loc[(DAYS[2], "A"), "amount"]
+    )
     assert set(_held(result, 4)) == {"B"}
 
 
@@ -146,8 +176,15 @@ def test_equal_weighted_benchmark_is_named_and_averages_members():
 
 def test_missing_benchmark_code_falls_back_with_a_name(recwarn):
     close = np.full((3, 2), 10.0)
-    result = backtest(_pred(np.ones((2, 2))), _panel(close), strategy=TopkDropout(topk=1, n_drop=0),
-                      exchange=NO_COST, benchmark="SH000300", start_time=DAYS[0], end_time=DAYS[2])
+    result = backtest(
+        _pred(np.ones((2, 2))),
+        _panel(close),
+        strategy=TopkDropout(topk=1, n_drop=0),
+        exchange=NO_COST,
+        benchmark="SH000300",
+        start_time=DAYS[0],
+        end_time=DAYS[2],
+    )
     assert "SH000300 not in the data" in result.benchmark_name
     assert any("SH000300" in str(w.message) for w in recwarn)
 
@@ -160,7 +197,9 @@ def test_writer_roundtrip_equals_panel_arrays(tmp_path):
     from_panel = market_from_panel(panel)
     assert from_dir.instruments == from_panel.instruments
     for field in ("close", "open", "factor", "change"):
-        np.testing.assert_array_equal(from_dir.fields[field], from_panel.fields[field], err_msg=field)
+        np.testing.assert_array_equal(
+            from_dir.fields[field], from_panel.fields[field], err_msg=field
+        )
 
 
 @pytest.mark.parametrize(
@@ -188,7 +227,9 @@ def test_predictions_need_the_datetime_instrument_index():
 
 def test_qlib_kwargs_follow_qlib_defaults():
     """As Qlib's get_exchange: a None limit means the region's (0.095 in cn), not "no limit"."""
-    rules = Exchange.from_qlib({"limit_threshold": None, "deal_price": "$open", "open_cost": "1e-3"})
+    rules = Exchange.from_qlib(
+        {"limit_threshold": None, "deal_price": "$open", "open_cost": "1e-3"}
+    )
     assert rules.limit_threshold == 0.095 and rules.buy_price_field == "open"
     assert rules.open_cost == 0.001 and rules.trade_unit == 100 and rules.min_cost == 5.0
     assert Exchange.from_qlib({"trade_unit": None}).trade_unit is None
@@ -199,7 +240,9 @@ def test_limit_basis_close_ignores_a_percent_change_field():
     panel = _panel(close)
     panel["change"] = np.float32(5.0)  # 5%, stored in percent: "limit up" for a 0.095 threshold
     pred = _pred(np.array([[2.0, 1.0], [2.0, 1.0]]))
-    span = dict(start_time=DAYS[0], end_time=DAYS[2], benchmark=None, strategy=TopkDropout(topk=1, n_drop=1))
+    span = dict(
+        start_time=DAYS[0], end_time=DAYS[2], benchmark=None, strategy=TopkDropout(topk=1, n_drop=1)
+    )
     with pytest.warns(UserWarning, match="percent"):
         blocked = backtest(pred, panel, exchange=Exchange(**NO_COST), **span)
     assert blocked.positions.empty
