@@ -187,7 +187,7 @@ def _limit_change(market: MarketData, rules: Exchange, rows: slice) -> np.ndarra
             f"$change reaches {largest:.3g} in this data: it looks stored in percent, so "
             f"limit_threshold={rules.limit_threshold} blocks most trades (in Qlib too). "
             "Exchange(limit_basis='close') computes the change from the closes instead.",
-            stacklevel=3,
+            stacklevel=4,
         )
     return change
 
