@@ -54,8 +54,8 @@ def market_from_qlib(
     universe: str | None = None,
     extra_instruments: Iterable[str] = (),
 ) -> MarketData:
-    """Read the exchange's fields for [start_time, end_time] (plus the day before) from a Qlib
-    data directory.
+    """Read the exchange's fields for [start_time, end_time] (plus the days before and after)
+    from a Qlib data directory.
 
     ``codes``: the exchange universe (a market name or a list of codes; Qlib's default
     ``"all"``). ``universe``: the market whose members make the equal-weighted benchmark
@@ -65,7 +65,9 @@ def market_from_qlib(
     data = QlibBinaryData(provider_uri)
     cal = data.calendar()
     first, last = data.locate(start_time, end_time)
-    first = max(first - 1, 0)
+    # One day before (the first day trades on its scores) and one after (it bounds the last
+    # day's share of a benchmark series, as Qlib's next-bar boundary does).
+    first, last = max(first - 1, 0), min(last + 1, len(cal) - 1)
     lo, hi = cal[first], cal[last]
     if isinstance(codes, str):
         code_spans = data.instruments(codes, lo, hi)

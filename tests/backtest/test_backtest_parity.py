@@ -21,6 +21,12 @@ pytestmark = pytest.mark.parity
 RTOL, ATOL = 1e-6, 1e-12
 START, END = "2015-03-02", "2015-07-01"
 ABSENT = "SIM9999"  # predicted but without any price data: never tradable
+# A benchmark given as a series of daily returns (seeded); some days missing (Qlib counts 0).
+GIVEN_BENCHMARK = pd.Series(
+    np.random.default_rng(99).normal(0.0, 0.01, 140),
+    index=pd.bdate_range("2015-01-05", periods=140),
+    name="given index",
+).drop(pd.bdate_range("2015-04-01", periods=5))
 
 
 @pytest.fixture(scope="module")
@@ -150,7 +156,7 @@ CASES = {
             trade_unit=None,
         ),
         account=2e6,
-        benchmark="SIM0001",
+        benchmark=GIVEN_BENCHMARK,
         keep=1.0,
     ),
 }
