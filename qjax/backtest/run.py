@@ -42,6 +42,22 @@ class BacktestResult:
         flat = {f"{a}.{m}": float(v) for (a, m), v in self.analysis["risk"].items()}
         return {"benchmark": self.benchmark_name, **flat}
 
+    def qlib_positions(self) -> dict:
+        """Positions in the shape of Qlib's ``positions_normal``: per day ``{code: {amount,
+        price, weight, count_day}, "cash": ..., "now_account_value": ...}``."""
+        out = {
+            day: {"cash": row.cash, "now_account_value": row.account}
+            for day, row in self.report[["cash", "account"]].iterrows()
+        }
+        for (day, code), row in self.positions.iterrows():
+            out[day][code] = {
+                "amount": row.amount,
+                "price": row.price,
+                "weight": row.weight,
+                "count_day": int(row.count_day),
+            }
+        return out
+
     def save(self, directory: str | os.PathLike) -> Path:
         """Write report.csv, positions.csv and port_analysis.json under ``directory``."""
         out = Path(directory)

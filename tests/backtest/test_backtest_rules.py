@@ -149,6 +149,13 @@ def test_min_cost_and_trade_unit_with_factor():
     assert day1["cost"] == pytest.approx(5 / 1e4)  # 0.05% of 9333 is 4.67 < the 5 floor
     assert day1["cash"] == pytest.approx(1e4 - amount * 10 - 5)
     assert day1["turnover"] == pytest.approx(amount * 10 / 1e4)
+    qlib_shaped = result.qlib_positions()[DAYS[1]]
+    assert (
+        qlib_shaped["cash"] == day1["cash"] and qlib_shaped["now_account_value"] == day1["account"]
+    )
+    assert (
+        qlib_shaped["A"]["amount"] == pytest.approx(amount) and qlib_shaped["A"]["count_day"] == 1
+    )
 
 
 def test_suspended_stock_keeps_its_price_and_cannot_be_sold():
