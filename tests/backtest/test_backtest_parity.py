@@ -47,12 +47,16 @@ def market_dir(qlib, tmp_path_factory):
         qlib.init(provider_uri=previous[0], region=previous[1], kernels=1)
 
 
-def _predictions(panel: pd.DataFrame, seed: int, keep: float = 1.0) -> pd.Series:
-    """Random scores on every row (a share ``keep`` of rows), plus one instrument without data."""
+def _predictions(
+    panel: pd.DataFrame, seed: int, keep: float = 1.0, nan: float = 0.0
+) -> pd.Series:
+    """Random scores on every row (a share ``keep`` of rows, a share ``nan`` of them NaN), plus
+    one instrument without data."""
     rng = np.random.default_rng(seed)
     pred = pd.Series(rng.standard_normal(len(panel)), index=panel.index).loc[START:END]
     if keep < 1:
         pred = pred[rng.random(len(pred)) < keep]
+    pred[rng.random(len(pred)) < nan] = np.nan
     days = pred.index.get_level_values("datetime").unique()
     absent = pd.Series(
         3.0, index=pd.MultiIndex.from_product([days, [ABSENT]], names=pred.index.names)
@@ -108,6 +112,7 @@ CASES = {
         account=1e6,
         benchmark="SIM0001",
         keep=0.9,
+        nan=0.05,
     ),
     "open_hold_thresh_only_tradable": dict(
         strategy=dict(topk=6, n_drop=3, hold_thresh=3, only_tradable=True),
@@ -166,7 +171,7 @@ CASES = {
 def test_backtest_equals_qlib(market_dir, case):
     root, panel = market_dir
     spec = CASES[case]
-    pred = _predictions(panel, seed=sorted(CASES).index(case), keep=spec["keep"])
+    pred = _predictions(panel, sorted(CASES).index(case), spec["keep"], spec.get("nan", 0.0))
     common = dict(
         account=spec["account"],
         benchmark=spec["benchmark"],
