@@ -75,20 +75,17 @@ def market_from_qlib(
         code_spans = {c: [(lo, hi)] for c in codes}
     universe = universe if universe is not None else (codes if isinstance(codes, str) else None)
     member_spans = data.instruments(universe, lo, hi) if universe is not None else code_spans
-    wanted = set(code_spans) | set(member_spans) | set(extra_instruments)
-    stored = [
-        c for c in sorted(wanted) if (data.root / "features" / instrument_dirname(c)).is_dir()
-    ]
-    missing = sorted(wanted - set(stored))
+    # Sorted codes: Qlib breaks ties among unscored stocks in sorted (Index.union) order.
+    instruments = tuple(sorted(set(code_spans) | set(member_spans) | set(extra_instruments)))
+    stored = [c for c in instruments if (data.root / "features" / instrument_dirname(c)).is_dir()]
     optional = ("open", "change", "volume", "factor")  # Qlib reads an absent field as NaN
     panel = data.load(stored, PRICE_FIELDS, first, last, optional=optional)
     dates = panel.dates
-    instruments = tuple(stored) + tuple(missing)
-    shape = (len(dates), len(instruments))
+    where = pd.Index(instruments).get_indexer(stored)
 
-    def widen(a: np.ndarray, fill) -> np.ndarray:
-        out = np.full(shape, fill, dtype=a.dtype)
-        out[:, : a.shape[1]] = a
+    def widen(a: np.ndarray, fill) -> np.ndarray:  # codes without data: never tradable
+        out = np.full((len(dates), len(instruments)), fill, dtype=a.dtype)
+        out[:, where] = a
         return out
 
     in_codes = widen(_span_mask(dates, stored, code_spans), False)
