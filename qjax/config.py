@@ -7,6 +7,7 @@ A run configuration has five sections::
     dataset:  Dataset or TSDataset (step_len), named segments
     model:    the registry name and the Qlib wrapper's keyword arguments
     train:    optional: seeds (multi-seed training), resume behaviour
+    backtest: optional: Qlib's port_analysis_config (strategy, backtest) run on the test scores
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any, Mapping
 
 import yaml
 
-SECTIONS = ("data", "handler", "dataset", "model", "train")
+SECTIONS = ("data", "handler", "dataset", "model", "train", "backtest")
 REQUIRED = ("data", "handler", "dataset", "model")
 SOURCES = ("generated", "qlib", "csv", "parquet")
 
@@ -133,6 +134,13 @@ def validate(cfg: Mapping[str, Any]) -> dict:
     seeds = cfg["train"].get("seeds")
     if seeds is not None and (not isinstance(seeds, list) or not all(isinstance(s, int) for s in seeds)):
         raise ConfigError(f"train.seeds must be a list of integers, got {seeds!r}")
+    if "backtest" in cfg:
+        from qjax.backtest.record import check_section
+
+        try:
+            cfg["backtest"] = check_section(cfg["backtest"])
+        except (ValueError, TypeError) as err:
+            raise ConfigError(f"backtest: {err}") from err
     return cfg
 
 

@@ -6,6 +6,7 @@ This is what ``qjax train CONFIG.yaml`` executes. The run directory receives::
     checkpoints/         Orbax checkpoints (latest train state, best parameters)
     predictions.parquet  test-segment scores indexed (datetime, instrument)
     metrics.json         IC, ICIR, Rank IC, Rank ICIR on the test segment, training summary
+    backtest/            with a ``backtest:`` section: Qlib's report, positions, risk analysis
     report.png           learning curves and the cumulative daily IC of the test segment
 
 A run that was interrupted resumes from its last checkpoint when started again with the same
@@ -107,6 +108,10 @@ def train(cfg: Mapping[str, Any], out_dir: str | Path, *, verbose: bool = True) 
         "seconds": {"data": round(t_data, 2), "fit": round(t_fit, 2)},
         "samples": {"test": int(len(per_seed))},
     }
+    if cfg.get("backtest"):  # PortAnaRecord: TopK-dropout backtest of the (first seed's) scores
+        from qjax.backtest.record import record_backtest
+
+        metrics.update(record_backtest(cfg["backtest"], per_seed.iloc[:, 0], cfg["data"], out, summary))
     per_seed.to_parquet(out / "predictions.parquet")
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     write_report(out / "report.png", evals, per_seed.iloc[:, 0], label, cfg["model"]["name"], summary)
