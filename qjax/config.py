@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import copy
 import datetime as _dt
+import difflib
 import re
 from pathlib import Path
 from typing import Any, Mapping
 
 import yaml
+
+from qjax.errors import ConfigError
 
 SECTIONS = ("data", "handler", "dataset", "model", "train", "backtest")
 REQUIRED = ("data", "handler", "dataset", "model")
@@ -47,8 +50,40 @@ def parse_yaml(text: str):
     return yaml.load(text, Loader=_Loader)
 
 
-class ConfigError(ValueError):
-    """A run configuration that cannot be used; the message says what to change."""
+# The keys each section reads. A key no code reads is an error (a typo would otherwise run
+# silently with the default), and so is a key that only another data source reads.
+DATA_KEYS = {
+    "generated": ("n_instruments", "n_days", "start", "seed"),
+    "qlib": ("provider_uri", "instruments"),
+    "csv": ("path", "column_map", "date_col", "instrument_col"),
+    "parquet": ("path", "column_map", "date_col", "instrument_col"),
+}
+HANDLER_KEYS = ("name", "start_time", "end_time", "fit_start_time", "fit_end_time",
+                "infer_processors", "learn_processors", "process_type")
+DATASET_KEYS = ("class", "segments", "step_len")
+MODEL_KEYS = ("name", "kwargs")
+TRAIN_KEYS = ("seeds",)
+SEGMENT_NAMES = ("train", "valid", "test", "pretrain", "pretrain_validation")
+
+
+def closest(name: str, candidates) -> str:
+    """`` (did you mean 'x'?)`` for the candidate nearest to ``name``, or ''."""
+    match = difflib.get_close_matches(str(name), [str(c) for c in candidates], n=1, cutoff=0.6)
+    return f" (did you mean {match[0]!r}?)" if match else ""
+
+
+def check_keys(where: str, mapping: Mapping, allowed, elsewhere: Mapping[str, str] = {}) -> None:
+    """Raise for a key of ``mapping`` not in ``allowed``; ``elsewhere`` explains keys that
+    belong to another setting (``{key: "is read only when ..."}``)."""
+    for key in mapping:
+        if key in allowed:
+            continue
+        if key in elsewhere:
+            raise ConfigError(f"{where}.{key} {elsewhere[key]}; remove it")
+        raise ConfigError(
+            f"unknown key {where}.{key}{closest(key, [*allowed, *elsewhere])}; {where} accepts "
+            f"{', '.join(sorted(allowed))}"
+        )
 
 
 def load(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> dict:
@@ -95,15 +130,28 @@ def validate(cfg: Mapping[str, Any]) -> dict:
     cfg = copy.deepcopy(dict(cfg))
     unknown = sorted(set(cfg) - set(SECTIONS))
     if unknown:
-        raise ConfigError(f"unknown config section(s) {unknown}; allowed: {', '.join(SECTIONS)}")
+        hint = closest(unknown[0], SECTIONS)
+        raise ConfigError(
+            f"unknown config section(s) {unknown}{hint}; allowed: {', '.join(SECTIONS)}"
+        )
     for name in REQUIRED:
         if not isinstance(cfg.get(name), dict):
             raise ConfigError(f"config needs a {name!r} section (a mapping); see configs/lstm_alpha360.yaml")
-    cfg.setdefault("train", {})
+    if cfg.setdefault("train", {}) is None:
+        cfg["train"] = {}
+    if not isinstance(cfg["train"], dict):
+        raise ConfigError("the 'train' section must be a mapping (e.g. train: {seeds: [0, 1]})")
 
     source = cfg["data"].get("source", "generated")
     if source not in SOURCES:
-        raise ConfigError(f"data.source must be one of {', '.join(SOURCES)}, got {source!r}")
+        raise ConfigError(
+            f"data.source must be one of {', '.join(SOURCES)}, got {source!r}"
+            f"{closest(source, SOURCES)}"
+        )
+    _check_data(cfg["data"], source)
+    check_keys("handler", cfg["handler"], HANDLER_KEYS)
+    check_keys("model", cfg["model"], MODEL_KEYS)
+    check_keys("train", cfg["train"], TRAIN_KEYS)
     if source == "qlib" and not cfg["data"].get("provider_uri"):
         raise ConfigError("data.source 'qlib' needs data.provider_uri (a Qlib data directory)")
     if source in ("csv", "parquet") and not cfg["data"].get("path"):
@@ -112,12 +160,27 @@ def validate(cfg: Mapping[str, Any]) -> dict:
     if cfg["handler"].get("name") not in ("Alpha360", "Alpha158"):
         raise ConfigError(f"handler.name must be Alpha360 or Alpha158, got {cfg['handler'].get('name')!r}")
 
+    if cfg["handler"].get("process_type", "append") not in ("append", "independent"):
+        raise ConfigError(
+            f"handler.process_type must be append or independent, got "
+            f"{cfg['handler']['process_type']!r}"
+        )
     dataset = cfg["dataset"]
     if dataset.get("class", "Dataset") not in ("Dataset", "TSDataset"):
         raise ConfigError(f"dataset.class must be Dataset or TSDataset, got {dataset.get('class')!r}")
+    check_keys("dataset", dataset, DATASET_KEYS if dataset.get("class") == "TSDataset"
+               else DATASET_KEYS[:2], {"step_len": "is read only when dataset.class is TSDataset"})
+    if "step_len" in dataset:
+        _positive_int(dataset["step_len"], "dataset.step_len")
     segments = dataset.get("segments")
     if not isinstance(segments, dict) or "train" not in segments:
         raise ConfigError("dataset.segments must map names to [start, end]; a 'train' segment is required")
+    for name in segments:
+        if name not in SEGMENT_NAMES:  # a misspelt 'valid' would silently drop model selection
+            raise ConfigError(
+                f"unknown segment dataset.segments.{name}{closest(name, SEGMENT_NAMES)}; "
+                f"segments are {', '.join(SEGMENT_NAMES)}"
+            )
     for name, span in segments.items():
         if not isinstance(span, (list, tuple)) or len(span) != 2:
             raise ConfigError(f"dataset.segments.{name} must be [start, end], got {span!r}")
@@ -132,8 +195,15 @@ def validate(cfg: Mapping[str, Any]) -> dict:
     if not isinstance(model.setdefault("kwargs", {}), dict):
         raise ConfigError("model.kwargs must be a mapping of the Qlib wrapper's keyword arguments")
     seeds = cfg["train"].get("seeds")
-    if seeds is not None and (not isinstance(seeds, list) or not all(isinstance(s, int) for s in seeds)):
-        raise ConfigError(f"train.seeds must be a list of integers, got {seeds!r}")
+    if seeds is not None and (
+        not isinstance(seeds, list) or not seeds
+        or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)
+    ):
+        raise ConfigError(
+            f"train.seeds must be a non-empty list of non-negative integers, got {seeds!r}"
+        )
+    if seeds is not None and len(set(seeds)) != len(seeds):
+        raise ConfigError(f"train.seeds lists a seed twice ({seeds}); each seed trains one replica")
     if "backtest" in cfg:
         from qjax.backtest.record import check_section
 
@@ -142,6 +212,32 @@ def validate(cfg: Mapping[str, Any]) -> dict:
         except (ValueError, TypeError) as err:
             raise ConfigError(f"backtest: {err}") from err
     return cfg
+
+
+def _check_data(data: Mapping[str, Any], source: str) -> None:
+    allowed = ("source", *DATA_KEYS[source])
+    elsewhere = {
+        key: f"is read only when data.source is {' or '.join(sources)} (it is {source!r})"
+        for key, sources in _sources_by_key().items()
+        if key not in allowed
+    }
+    check_keys("data", data, allowed, elsewhere)
+    for key in ("n_instruments", "n_days"):
+        if key in data:
+            _positive_int(data[key], f"data.{key}")
+
+
+def _sources_by_key() -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for source, keys in DATA_KEYS.items():
+        for key in keys:
+            out.setdefault(key, []).append(source)
+    return out
+
+
+def _positive_int(value: Any, where: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{where} must be a positive integer, got {value!r}")
 
 
 def _iso(value: Any, where: str) -> str:
