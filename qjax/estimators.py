@@ -32,6 +32,7 @@ from flax import traverse_util
 from qjax import models
 from qjax.data.dataset import Dataset, TSDataset
 from qjax.data.samples import Samples, qlib_legacy_day_groups, with_keyword_inputs
+from qjax.model_checks import check_flat_layout, check_model_kwargs
 from qjax.train import FitResult, LossFn, Plateau, TrainConfig, fit, predict
 from qjax.train.objectives import SparsityRegularisedMSE, TabNetPretrainObjective
 
@@ -661,13 +662,11 @@ class Estimator:
     """
 
     def __init__(self, spec: ModelSpec, **kwargs: Any):
-        accepted = set(spec.defaults) | set(QJAX_EXTRAS) | set(spec.ts_defaults)
-        unknown = sorted(set(kwargs) - accepted)
-        if unknown:
-            raise TypeError(
-                f"{spec.name}: unknown keyword argument(s) {unknown}; {spec.qlib_class} accepts "
-                f"{sorted(spec.defaults)} (qjax adds {sorted(QJAX_EXTRAS)})"
-            )
+        check_model_kwargs(
+            spec.name, spec.qlib_class, kwargs,
+            accepted=set(spec.defaults) | set(QJAX_EXTRAS) | set(spec.ts_defaults),
+            documented=sorted(spec.defaults), extras=sorted(QJAX_EXTRAS), defaults=spec.defaults,
+        )
         self.spec = spec
         self.user_kwargs = dict(kwargs)
         self.module: nn.Module | None = None
@@ -706,6 +705,8 @@ class Estimator:
             valid, _ = self._samples(dataset, "valid", kw.get("valid_key", "learn"), label=True)
         if self.spec.check_input is not None:
             self.spec.check_input(kw, _input_shape(train))
+        if not is_ts:
+            check_flat_layout(self.spec.name, kw, _feature_names(dataset))
         module = models.get(self.spec.name)(**self.spec.module_kwargs(kw, is_ts))
         config = TrainConfig(**(self.spec.train_kwargs or _epoch_loop_train)(kw))
         init_variables = self.spec.init_variables(kw) if self.spec.init_variables else None
@@ -728,6 +729,20 @@ class Estimator:
         )
         self.kwargs, self.module, self.config, self.result, self._is_ts = kw, module, config, result, is_ts
         return self
+
+    def preflight(self, dataset: Dataset) -> None:
+        """The checks ``fit`` makes before training, without building samples (cheap): run
+        them before committing to a long job. Raises what ``fit`` would raise."""
+        is_ts = _is_ts(dataset)
+        kw = self.spec.resolve(self.user_kwargs, is_ts)
+        names = _feature_names(dataset)
+        if self.spec.check_input is not None:
+            shape = (1, dataset.step_len, len(names)) if is_ts else (1, len(names))
+            self.spec.check_input(kw, shape)
+        if not is_ts:
+            check_flat_layout(self.spec.name, kw, names)
+        self.spec.module_kwargs(kw, is_ts)
+        TrainConfig(**(self.spec.train_kwargs or _epoch_loop_train)(kw))
 
     def predict(self, dataset: Dataset, segment: str = "test") -> pd.Series | pd.DataFrame:
         """Predictions indexed (datetime, instrument): a Series, or one column per seed."""
@@ -784,6 +799,11 @@ def _is_ts(dataset) -> bool:
     if isinstance(dataset, Dataset):
         return False
     raise TypeError(f"expected a qjax.data.Dataset or TSDataset, got {type(dataset).__name__}")
+
+
+def _feature_names(dataset: Dataset) -> list[str]:
+    columns = dataset.handler.fetch(slice(None, None), col_set="feature", data_key="learn").columns
+    return [str(c[-1]) if isinstance(c, tuple) else str(c) for c in columns]
 
 
 def _input_shape(samples: Samples) -> tuple[int, ...]:
