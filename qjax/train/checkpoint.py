@@ -4,20 +4,24 @@ Each checkpoint (step = evaluation index) holds the full state (params, batch st
 and plateau state, rng, best variables, early-stopping counters) and, as JSON, the run's
 history and a fingerprint of its setup. Orbax writes into a temporary directory and renames it
 when complete, so a process killed at any moment (even ``kill -9`` during a save) leaves the
-previous checkpoint intact. Resuming restores the latest complete checkpoint and replays the
-remaining epochs with the same compiled programs and the saved rng, which gives the same final
-parameters as an uninterrupted run.
+previous checkpoint intact. Resuming restores the latest readable checkpoint (a corrupted one
+is set aside with a warning naming it) and replays the remaining epochs with the same compiled
+programs and the saved rng, which gives the same final parameters as an uninterrupted run. The
+JSON also holds the run's elapsed seconds, so a resumed run reports its whole training time.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import warnings
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
 
+from qjax.errors import CheckpointError
 from qjax.train.state import FitState
 
 History = dict[str, list]
@@ -28,39 +32,78 @@ class RunCheckpoints:
 
     def __init__(self, directory: str | os.PathLike, fingerprint: dict[str, Any], resume: bool):
         self.fingerprint = json.loads(json.dumps(fingerprint))  # as it reads back from JSON
+        self.directory = os.path.abspath(directory)
         self.manager = ocp.CheckpointManager(
             os.path.abspath(directory),
             options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True),
         )
         if self.manager.latest_step() is not None and not resume:
-            raise ValueError(
+            raise CheckpointError(
                 f"checkpoint_dir {str(directory)!r} already holds checkpoints of a run; pass "
                 "resume=True to continue it, or use an empty directory"
             )
 
-    def restore(self, target: FitState) -> tuple[FitState, History] | None:
-        """The latest checkpoint restored into ``target``'s structure and shardings, or None."""
-        step = self.manager.latest_step()
-        if step is None:
-            return None
+    def restore(self, target: FitState) -> tuple[FitState, History, float] | None:
+        """The newest readable checkpoint restored into ``target``'s structure and shardings
+        (with its history and the run's elapsed seconds so far), or None without checkpoints.
+
+        A checkpoint that cannot be read (truncated or corrupted files) is moved aside to
+        ``corrupt-<step>`` with a warning naming it, and the next older one is tried.
+        """
+        steps = sorted(self.manager.all_steps(), reverse=True)
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
-        restored = self.manager.restore(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()
-            ),
-        )
-        saved = restored.meta["fingerprint"]
+        bad: list[str] = []
+        for step in steps:
+            try:
+                restored = self.manager.restore(
+                    step,
+                    args=ocp.args.Composite(
+                        state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()
+                    ),
+                )
+                meta = restored.meta
+                if not isinstance(meta, dict) or not {"fingerprint", "history"} <= set(meta):
+                    raise ValueError("its metadata lacks the fingerprint or the history")
+            except Exception as err:  # noqa: BLE001 - any unreadable checkpoint is skipped
+                path = os.path.join(self.directory, str(step))
+                bad.append(f"{path} ({type(err).__name__}: {_first_line(err)})")
+                self._set_aside(step)
+                continue
+            if bad:
+                warnings.warn(
+                    f"skipped unreadable checkpoint(s) {'; '.join(bad)}; resuming from the "
+                    f"intact checkpoint of epoch {step + 1}",
+                    stacklevel=3,
+                )
+            self._check_fingerprint(meta["fingerprint"])
+            return restored.state, meta["history"], float(meta.get("elapsed_seconds", 0.0))
+        if bad:
+            raise CheckpointError(
+                f"no checkpoint in {self.directory} can be read: {'; '.join(bad)}. They were "
+                "moved aside (corrupt-<step>); run again to start over, or restore a backup"
+            )
+        return None
+
+    def _check_fingerprint(self, saved: dict) -> None:
         if saved != self.fingerprint:
             changed = sorted(k for k in self.fingerprint if saved.get(k) != self.fingerprint[k])
-            raise ValueError(
+            raise CheckpointError(
                 f"cannot resume: the checkpoint was written with a different {', '.join(changed)}; "
                 "use the original settings or a new checkpoint_dir"
             )
-        return restored.state, restored.meta["history"]
 
-    def save(self, epoch: int, state: FitState, history: History) -> None:
-        meta = {"fingerprint": self.fingerprint, "history": history}
+    def _set_aside(self, step: int) -> None:
+        """Rename a broken step so that Orbax no longer lists it and the step can be rewritten."""
+        source = os.path.join(self.directory, str(step))
+        target = os.path.join(self.directory, f"corrupt-{step}")
+        if os.path.exists(target):
+            shutil.rmtree(target)
+        os.replace(source, target)
+        self.manager.reload()
+
+    def save(self, epoch: int, state: FitState, history: History, elapsed_seconds: float) -> None:
+        meta = {"fingerprint": self.fingerprint, "history": history,
+                "elapsed_seconds": float(elapsed_seconds)}
         self.manager.save(
             epoch,
             args=ocp.args.Composite(
@@ -71,3 +114,8 @@ class RunCheckpoints:
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0][:200] if text else "unreadable"

@@ -25,6 +25,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import sys
+import time
 import warnings
 from typing import Any, Callable, Sequence
 
@@ -35,6 +37,7 @@ import numpy as np
 import optax
 
 from qjax.data.samples import Samples
+from qjax.errors import Interrupted, TrainingDiverged
 from qjax.train import batching
 from qjax.train.batching import Segment, gather
 from qjax.train.checkpoint import RunCheckpoints
@@ -244,6 +247,10 @@ class FitResult:
     best_epoch: np.ndarray  # [S] evaluation index of the best score; -1 if it never improved
     best_score: np.ndarray  # [S] best validation score (NaN without validation)
     history: dict[str, np.ndarray]  # per evaluation and replica [n_evals, S]; NaN once stopped
+    epochs_run: np.ndarray | None = None  # [S] evaluations each replica ran (stops freeze it)
+    early_stopped: np.ndarray | None = None  # [S] early stopping triggered
+    resumed_from: int = 0  # evaluations restored from a checkpoint (0: a fresh run)
+    earlier_seconds: float = 0.0  # wall time of the earlier parts of a resumed run, as saved
 
     def replica(self, index: int = 0) -> Variables:
         """The best variables of one seed, ready for ``module.apply`` or :func:`predict`."""
@@ -289,6 +296,7 @@ def fit(
         a Qlib recorder); metrics hold one value per seed.
       verbose: show a progress bar.
     """
+    started = time.perf_counter()
     seeds = _check_seeds(config.seed if seeds is None else seeds)
     loss_fn = supervised_mse if loss_fn is None else loss_fn
     parallel = data_parallel(devices)
@@ -301,6 +309,7 @@ def fit(
 
     history: dict[str, list] = {}
     checkpoints = None
+    earlier_seconds = 0.0  # training time of earlier parts of a resumed run
     if checkpoint_dir is not None:
         fingerprint = {
             "config": config.to_dict(),
@@ -312,11 +321,14 @@ def fit(
         checkpoints = RunCheckpoints(checkpoint_dir, fingerprint, resume)
         restored = checkpoints.restore(state) if resume else None
         if restored is not None:
-            state, history = restored
+            state, history, earlier_seconds = restored
 
     done = len(history.get("lr", []))
+    if done and verbose:
+        _say(f"resuming from epoch {done + 1} ({done} of {config.n_evaluations} done)")
     stopped = np.asarray(jax.device_get(state.stopped))
     progress = Progress(config.n_evaluations, done, verbose)
+    epoch = done
     try:
         for epoch in range(done, config.n_evaluations):
             if stopped.all():
@@ -326,14 +338,18 @@ def fit(
                 state, train_seg, valid_seg, trainer=trainer, n_steps=n_steps
             )
             metrics = jax.device_get(metrics)
+            _check_finite(metrics, stopped, epoch, seeds)  # before the epoch is checkpointed
             progress.update(metrics, stopped, np.asarray(jax.device_get(state.best_score)))
             stopped = metrics.pop("stopped")
             for name, values in metrics.items():
                 history.setdefault(name, []).append(np.asarray(values).tolist())
             if checkpoints is not None:
-                checkpoints.save(epoch, state, history)
+                elapsed = earlier_seconds + time.perf_counter() - started
+                checkpoints.save(epoch, state, history, elapsed)
             if on_epoch is not None:
                 on_epoch(epoch, metrics)
+    except KeyboardInterrupt:
+        raise Interrupted(epoch + 1, resumable=checkpoints is not None) from None
     finally:
         progress.close()
         if checkpoints is not None:
@@ -345,7 +361,13 @@ def fit(
         best_epoch=np.asarray(jax.device_get(state.best_epoch)),
         best_score=np.asarray(jax.device_get(state.best_score)),
         history={name: np.asarray(values, np.float32) for name, values in history.items()},
+        epochs_run=np.asarray(jax.device_get(state.epoch)),
+        early_stopped=np.asarray(jax.device_get(state.stopped)),
+        resumed_from=done,
+        earlier_seconds=earlier_seconds,
     )
+    if verbose and result.early_stopped.any():
+        _say(_stop_summary(result, config.early_stop))
     if valid is not None and (result.best_epoch < 0).any():
         warnings.warn(
             "the validation score never improved (NaN on every evaluation?) for seeds "
@@ -456,6 +478,46 @@ def _select(condition: jax.Array, if_true: Any, if_false: Any) -> Any:
 
 def _round_up(value: int, multiple: int) -> int:
     return -(-value // multiple) * multiple
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _stop_summary(result: FitResult, patience: int) -> str:
+    """"early-stopped at epoch N (best epoch B)", per seed when there are several."""
+    parts = [
+        f"epoch {int(run)} (best epoch {int(best) + 1})"
+        for run, best in zip(result.epochs_run, result.best_epoch)
+    ]
+    reason = f"no validation improvement in {patience} epochs"
+    if len(parts) == 1:
+        return f"early-stopped at {parts[0]}: {reason}"
+    seeds = [
+        f"seed {seed} at {part}" if stopped else f"seed {seed} ran all epochs"
+        for seed, part, stopped in zip(result.seeds, parts, result.early_stopped)
+    ]
+    return f"early-stopped ({reason}): {'; '.join(seeds)}"
+
+
+def _check_finite(metrics: dict, stopped_before: np.ndarray, epoch: int, seeds) -> None:
+    """Raise :class:`TrainingDiverged` if an active replica's training loss is NaN/inf.
+
+    Once it is, the parameters are too, and every later epoch would be wasted. A non-finite
+    validation loss is not an error: as in Qlib, that epoch just does not count as an improvement.
+    """
+    active = ~np.asarray(stopped_before, bool)
+    values = np.asarray(metrics["train_loss"], np.float64).reshape(-1)
+    broken = active & ~np.isfinite(values)
+    if broken.any():
+        bad_seeds = [int(seed) for seed, b in zip(seeds, broken) if b]
+        raise TrainingDiverged(
+            f"the training loss became {values[broken][0]} at epoch {epoch + 1} (seeds "
+            f"{bad_seeds}); the run stopped and this epoch was not saved. NaN or inf in the "
+            "features or labels is the usual cause (no Fillna processor, inf in the data): "
+            "qjax.data.checks.nonfinite_report(dataset) lists the columns; otherwise lower lr",
+            epoch=epoch + 1,
+        )
 
 
 def _check_seeds(seeds: int | Sequence[int]) -> tuple[int, ...]:
