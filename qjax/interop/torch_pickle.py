@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import collections
 import pickle
+import struct
 import zipfile
+import zlib
 from os import PathLike
 from typing import BinaryIO
 
 import numpy as np
+
+from qjax.errors import CheckpointError
 
 _STORAGE_DTYPES = {
     "FloatStorage": np.float32,
@@ -33,7 +37,7 @@ _STORAGE_DTYPES = {
 class _StorageType:
     def __init__(self, name: str):
         if name not in _STORAGE_DTYPES:
-            raise ValueError(f"unsupported torch storage type {name!r} in checkpoint")
+            raise CheckpointError(f"unsupported torch storage type {name!r} in checkpoint")
         self.name = name
 
 
@@ -94,25 +98,63 @@ def read_torch_state_dict(path: str | PathLike | BinaryIO) -> dict[str, np.ndarr
     """Load a torch ``state_dict`` saved with ``torch.save`` as ``{name: numpy array}``.
 
     Works for tensors saved on any device (e.g. Qlib's pretrained ``cuda:0`` pickles) and does
-    not import torch. Legacy (pre-1.6, non-zip) checkpoints are rejected with a clear error.
+    not import torch. Legacy (pre-1.6, non-zip) checkpoints, truncated and corrupted files raise
+    :class:`~qjax.errors.CheckpointError` (a ``ValueError``) saying which it is.
     """
     try:
         archive = zipfile.ZipFile(path)
-    except zipfile.BadZipFile as err:
-        raise ValueError(
+    # a damaged zip directory can also fail to decode names or sizes
+    except (zipfile.BadZipFile, ValueError, EOFError, struct.error, NotImplementedError) as err:
+        if _starts_like_zip(path):
+            raise CheckpointError(
+                f"{path!r} is a truncated or corrupted torch checkpoint (its zip directory is "
+                "unreadable); copy or download it again"
+            ) from err
+        raise CheckpointError(
             f"{path!r} is not a torch zip checkpoint; re-save it with torch>=1.6 "
             "(torch.save(state_dict, f)) or load it with torch"
         ) from err
-    with archive:
-        pkl_names = [n for n in archive.namelist() if n.endswith("/data.pkl")]
-        if not pkl_names:
-            raise ValueError(f"{path!r} has no data.pkl: not a torch checkpoint")
-        prefix = pkl_names[0][: -len("/data.pkl")]
-        with archive.open(pkl_names[0]) as f:
-            try:
-                obj = _StateDictUnpickler(f, archive, prefix).load()
-            except pickle.UnpicklingError as err:
-                raise ValueError(f"{path!r}: {err}") from err
+    try:
+        with archive:
+            obj = _load_state_dict(archive, path)
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, KeyError, IndexError, RuntimeError,
+            NotImplementedError, struct.error, ValueError, pickle.UnpicklingError) as err:
+        if isinstance(err, CheckpointError):
+            raise
+        raise CheckpointError(
+            f"{path!r} is a corrupted torch checkpoint ({type(err).__name__}: {err}); copy or "
+            "download it again"
+        ) from err
     if not isinstance(obj, dict):
-        raise ValueError(f"{path!r} holds a {type(obj).__name__}, not a state_dict")
+        raise CheckpointError(f"{path!r} holds a {type(obj).__name__}, not a state_dict")
     return {str(k): np.asarray(v) for k, v in obj.items()}
+
+
+def _load_state_dict(archive: zipfile.ZipFile, path) -> object:
+    pkl_names = [n for n in archive.namelist() if n.endswith("/data.pkl")]
+    if not pkl_names:
+        raise CheckpointError(f"{path!r} has no data.pkl: not a torch checkpoint")
+    prefix = pkl_names[0][: -len("/data.pkl")]
+    with archive.open(pkl_names[0]) as f:
+        try:
+            return _StateDictUnpickler(f, archive, prefix).load()
+        except pickle.UnpicklingError as err:
+            if "which a plain state_dict does not contain" in str(err):
+                raise CheckpointError(f"{path!r}: {err}") from err
+            raise
+
+
+def _starts_like_zip(path) -> bool:
+    """A zip's first bytes are a local file header; legacy torch pickles start otherwise."""
+    try:
+        if hasattr(path, "read"):
+            position = path.tell()
+            path.seek(0)
+            head = path.read(4)
+            path.seek(position)
+        else:
+            with open(path, "rb") as file:
+                head = file.read(4)
+    except (OSError, ValueError):
+        return False
+    return head == b"PK\x03\x04"
