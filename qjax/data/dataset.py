@@ -103,10 +103,28 @@ class Dataset:
     def _empty_error(self, name: str, col_set: Any, data_key: str, what: str = "rows") -> ValueError:
         start, end = self.segments[name]
         data = self.handler.fetch(slice(None, None), col_set=col_set, data_key=data_key)
+        raw = self._raw_rows(start, end) if data_key != "raw" else 0
+        if raw:
+            processors = getattr(self.handler, f"{data_key}_processors", None) or []
+            named = ", ".join(type(p).__name__ for p in processors) or "the processors"
+            return ValueError(
+                f"segment {name!r} ({start.date()}..{end.date()}) has {raw} rows in the raw data "
+                f"but none left in the {data_key!r} data: {named} removed them all. With "
+                "DropnaLabel that means every label in the segment is NaN (a label needs future "
+                "prices, so the last days of the data have none); end the segment earlier or "
+                "check the label"
+            )
         return ValueError(
             f"segment {name!r} ({start.date()}..{end.date()}) has no {what} in the {data_key!r} "
             f"data, which spans {_date_range(data)}; move the segment into the data's range"
         )
+
+    def _raw_rows(self, start: pd.Timestamp, end: pd.Timestamp) -> int:
+        try:
+            return len(self.handler.fetch(slice(start, end), level="datetime", col_set="__all",
+                                          data_key="raw"))
+        except (KeyError, ValueError, TypeError):  # a handler without a raw frame
+            return 0
 
     def _prepare_one(self, name: str, col_set: Any, data_key: str) -> pd.DataFrame:
         start, end = self._segment(name)

@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from qjax.errors import DataError
+
 STANDARD_FIELDS = ("open", "high", "low", "close", "volume", "vwap", "factor")
 OPTIONAL_FIELDS = frozenset({"vwap", "factor"})  # loaded when present, never required
 
@@ -47,16 +49,17 @@ def load_ohlcv(
         with float32 columns: the listed fields found in the input. Other columns are dropped.
 
     Raises:
-        ValueError: empty input, unknown file type, missing columns, unparseable dates, missing
-            instruments, non-numeric or infinite field values, duplicated (date, instrument).
+        DataError (a ValueError): empty input, unknown file type, missing columns, unparseable
+            dates, missing instruments, non-numeric or infinite field values, duplicated
+            (date, instrument).
         FileNotFoundError: ``source`` is a path that does not exist.
     """
     fields = _check_fields(fields)
     if date_col == instrument_col:
-        raise ValueError(f"date_col and instrument_col are both {date_col!r}; they must name two columns")
+        raise DataError(f"date_col and instrument_col are both {date_col!r}; they must name two columns")
     frame = _read(source)
     if len(frame) == 0:
-        raise ValueError("the OHLCV input has no rows; expected one row per (date, instrument)")
+        raise DataError("the OHLCV input has no rows; expected one row per (date, instrument)")
     frame = _rename(frame, column_map)
 
     wanted = [f for f in fields if f in frame.columns or f not in OPTIONAL_FIELDS]
@@ -74,9 +77,9 @@ def load_ohlcv(
 def _check_fields(fields: Sequence[str]) -> list[str]:
     fields = [fields] if isinstance(fields, str) else list(fields)
     if not fields or not all(isinstance(f, str) for f in fields):
-        raise ValueError(f"fields must be a non-empty sequence of column names, got {fields!r}")
+        raise DataError(f"fields must be a non-empty sequence of column names, got {fields!r}")
     if len(set(fields)) != len(fields):
-        raise ValueError(f"fields lists a column twice: {fields}")
+        raise DataError(f"fields lists a column twice: {fields}")
     return fields
 
 
@@ -93,7 +96,7 @@ def _read(source) -> pd.DataFrame:
     elif name.endswith(_PARQUET_SUFFIXES):
         reader = pd.read_parquet
     else:
-        raise ValueError(
+        raise DataError(
             f"unknown file type for {path.name!r}: load_ohlcv reads {', '.join(_CSV_SUFFIXES)} and "
             f"{', '.join(_PARQUET_SUFFIXES)} files; for anything else read it with pandas and pass "
             "the DataFrame"
@@ -107,15 +110,15 @@ def _rename(frame: pd.DataFrame, column_map: Mapping[str, str] | None) -> pd.Dat
     if column_map is None:
         return frame
     if not isinstance(column_map, Mapping):
-        raise ValueError(f"column_map must be a dict {{user column: qjax name}}, got {type(column_map).__name__}")
+        raise DataError(f"column_map must be a dict {{user column: qjax name}}, got {type(column_map).__name__}")
     unknown = [k for k in column_map if k not in frame.columns]
     if unknown:
-        raise ValueError(f"column_map renames columns that are not in the input: {unknown}; "
+        raise DataError(f"column_map renames columns that are not in the input: {unknown}; "
                          f"available columns: {list(frame.columns)}")
     renamed = frame.rename(columns=dict(column_map))
     clashes = renamed.columns[renamed.columns.duplicated()].unique().tolist()
     if clashes:
-        raise ValueError(f"after applying column_map, these column names appear twice: {clashes}; "
+        raise DataError(f"after applying column_map, these column names appear twice: {clashes}; "
                          "drop or rename the original columns first")
     return renamed
 
@@ -136,7 +139,7 @@ def _require_columns(frame: pd.DataFrame, required: list[str], column_map) -> No
         hints.append(f"name a column for {unresolved} with column_map={{'<your column>': '<qjax name>'}} "
                      "(e.g. {'Name': 'instrument'}), or set date_col= / instrument_col=, or leave an "
                      "unavailable field out of fields=")
-    raise ValueError(f"OHLCV input is missing required columns {missing}; available columns: "
+    raise DataError(f"OHLCV input is missing required columns {missing}; available columns: "
                      f"{available}. To fix, {'; and '.join(hints)}.")
 
 
@@ -152,22 +155,26 @@ def _parse_dates(column: pd.Series, name: str) -> pd.DatetimeIndex:
         parsed = pd.to_datetime(column, errors="coerce")
     bad = (parsed.isna() & column.notna()).to_numpy()
     if bad.any():
-        raise ValueError(f"column {name!r} has {bad.sum()} values that are not dates, e.g. "
+        raise DataError(f"column {name!r} has {bad.sum()} values that are not dates, e.g. "
                          f"{_examples(column, bad)}; fix them or convert the column with "
                          "pd.to_datetime(..., format=...) before loading")
     missing = column.isna().to_numpy()
     if missing.any():
-        raise ValueError(f"column {name!r} has {missing.sum()} empty dates; drop those rows before loading")
+        raise DataError(f"column {name!r} has {missing.sum()} empty dates; drop those rows before loading")
     dates = pd.DatetimeIndex(parsed)
     if dates.tz is not None:
         dates = dates.tz_localize(None)  # keep the local wall-clock date
-    return dates.astype("datetime64[ns]")
+    try:
+        return dates.astype("datetime64[ns]")
+    except (pd.errors.OutOfBoundsDatetime, OverflowError) as err:
+        raise DataError(f"column {name!r} has dates outside 1677..2262, the range pandas "
+                        f"timestamps hold ({err}); fix or drop those rows") from err
 
 
 def _parse_instruments(column: pd.Series, name: str) -> pd.Index:
     missing = column.isna().to_numpy()
     if missing.any():
-        raise ValueError(f"column {name!r} has {missing.sum()} empty instrument names; drop those rows "
+        raise DataError(f"column {name!r} has {missing.sum()} empty instrument names; drop those rows "
                          "before loading")
     return pd.Index(column.astype(str).to_numpy(), dtype=str)
 
@@ -176,7 +183,7 @@ def _reject_duplicates(index: pd.MultiIndex, date_col: str, instrument_col: str)
     duplicated = index.duplicated(keep=False)
     if duplicated.any():
         examples = ", ".join(f"({d.date()}, {i})" for d, i in index[duplicated].unique()[:3])
-        raise ValueError(f"{duplicated.sum()} rows share a (date, instrument) pair with another row, e.g. "
+        raise DataError(f"{duplicated.sum()} rows share a (date, instrument) pair with another row, e.g. "
                          f"{examples}; keep one row per pair, e.g. "
                          f"frame.drop_duplicates(subset=[{date_col!r}, {instrument_col!r}])")
 
@@ -188,12 +195,12 @@ def _parse_field(column: pd.Series, name: str) -> np.ndarray:
         numeric = pd.to_numeric(column, errors="coerce")
         bad = (numeric.isna() & column.notna()).to_numpy()
         if bad.any():
-            raise ValueError(f"column {name!r} has {bad.sum()} non-numeric values, e.g. "
+            raise DataError(f"column {name!r} has {bad.sum()} non-numeric values, e.g. "
                              f"{_examples(column, bad)}; clean them (or replace them with NaN) before loading")
     with np.errstate(over="ignore"):  # overflow to inf is reported just below
         values = numeric.to_numpy(dtype=np.float32, na_value=np.nan)
     n_inf = int(np.isinf(values).sum())
     if n_inf:
-        raise ValueError(f"column {name!r} has {n_inf} infinite values (or values beyond float32 range); "
+        raise DataError(f"column {name!r} has {n_inf} infinite values (or values beyond float32 range); "
                          "replace them with NaN or drop those rows before loading")
     return values

@@ -1,0 +1,72 @@
+"""Messages about the data that say what really happened: processors that removed a whole
+segment, and the columns holding NaN/inf."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from qjax.data.checks import nonfinite_columns, nonfinite_report, reject_infinite
+from qjax.data.dataset import Dataset, TSDataset
+from qjax.data.handler import DataHandler
+from qjax.data.processors import DropnaLabel
+from qjax.errors import DataError
+
+DATES = pd.bdate_range("2020-01-01", periods=30)
+
+
+def frame(seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    index = pd.MultiIndex.from_product([DATES, ["A", "B", "C"]], names=["datetime", "instrument"])
+    cols = pd.MultiIndex.from_tuples([("feature", "f1"), ("feature", "f2"), ("label", "y")])
+    return pd.DataFrame(rng.standard_normal((len(index), 3)), index=index, columns=cols)
+
+
+SEGMENTS = {"train": ("2020-01-01", "2020-01-21"), "valid": ("2020-01-22", "2020-01-31"),
+            "test": ("2020-02-03", "2020-02-11")}
+
+
+@pytest.mark.parametrize("kind", [Dataset, TSDataset])
+def test_dropna_label_removing_every_train_label_is_named_as_the_cause(kind):
+    data = frame()
+    train = data.index.get_level_values("datetime") <= pd.Timestamp("2020-01-21")
+    data.loc[train, ("label", "y")] = np.nan  # e.g. a label expression that is NaN there
+    args = {"step_len": 3} if kind is TSDataset else {}
+    dataset = kind(DataHandler(data, learn_processors=[DropnaLabel()]), SEGMENTS, **args)
+    with pytest.raises(ValueError, match=r"segment 'train' .* has 45 rows in the raw data but none "
+                       r"left in the 'learn' data: DropnaLabel removed them all") as err:
+        dataset.prepare("train", col_set=["feature", "label"], data_key="learn")
+    assert "move the segment into the data's range" not in str(err.value)
+
+
+def test_a_segment_outside_the_data_still_says_so():
+    dataset = Dataset(DataHandler(frame(), learn_processors=[DropnaLabel()]),
+                      {**SEGMENTS, "test": ("2021-01-01", "2021-02-01")})
+    with pytest.raises(ValueError, match="move the segment into the data's range"):
+        dataset.prepare("test", col_set="feature", data_key="infer")
+
+
+def test_nonfinite_report_names_segments_columns_and_counts():
+    data = frame()
+    data.iloc[[0, 3, 6], 1] = np.nan  # f2, train dates
+    data.iloc[2, 0] = np.inf  # f1, train
+    data.iloc[-1, 2] = -np.inf  # label, test
+    data.iloc[-4, 2] = np.nan  # label NaN: masked by the loss, not reported by default
+    dataset = Dataset(DataHandler(data), SEGMENTS)
+    assert nonfinite_columns(data) == {"f1": (0, 1), "f2": (3, 0), "y": (1, 1)}
+    report = nonfinite_report(dataset, ["train", "valid", "test"])
+    assert report.splitlines() == [
+        "segment 'train' features: f1 (1 inf), f2 (3 NaN)",
+        "segment 'test' labels: y (1 inf)",
+    ]
+    assert nonfinite_report(Dataset(DataHandler(frame()), SEGMENTS)) == ""
+
+
+def test_inf_in_a_training_segment_is_rejected_before_training():
+    data = frame()
+    data.iloc[40, 2] = np.inf  # a label on a train date
+    dataset = Dataset(DataHandler(data), SEGMENTS)
+    with pytest.raises(DataError, match=r"segment 'train' labels: y\. Replace them with NaN"):
+        reject_infinite(dataset)
+    reject_infinite(dataset, ["valid"])  # the valid segment is clean
