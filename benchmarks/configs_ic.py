@@ -71,10 +71,18 @@ def report(results: dict[str, dict], meta: dict) -> str:
         wall = "–" if r.get("wall_s") is None else f"{r['wall_s']:.0f}"  # "–": read back
         lines.append(
             f"| {name} | {r['model']} | {t['IC']:.4f} | {t['ICIR']:.3f} | {t['Rank IC']:.4f} | "
-            f"{t['Rank ICIR']:.3f} | {', '.join(str(e + 1) for e in r['best_epoch'])} | "
+            f"{t['Rank ICIR']:.3f} | {', '.join(_best_epochs(r))} | "
             f"{r['epochs_run']} | {r['seconds']['fit']:.0f} |" + (f" {wall} |" if with_wall else "")
         )
     return "\n".join(lines) + "\n"
+
+
+def _best_epochs(result: dict) -> list[str]:
+    """1-based best epochs; results written before metrics.json said "best_epoch_1based" held
+    0-based "best_epoch"."""
+    if "best_epoch_1based" in result:
+        return ["–" if e is None else str(e) for e in result["best_epoch_1based"]]
+    return [str(e + 1) for e in result["best_epoch"]]
 
 
 def main(argv: list[str] | None = None) -> int:

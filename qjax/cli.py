@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
 from pathlib import Path
 
@@ -46,19 +45,51 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     use_compilation_cache(args.compilation_cache)
     out = Path(args.out or Path("runs") / Path(args.config).stem)
-    if args.overwrite and out.exists():
-        shutil.rmtree(out)
+    return _train(cfg, out, args)
+
+
+def _train(cfg: dict, out: Path, args: argparse.Namespace) -> int:
+    """Run the workflow; every expected failure is one line on stderr and an exit code:
+    2 bad input (config, data, output directory), 1 the run failed (diverged, unreadable
+    checkpoint, I/O), 130 interrupted."""
+    import warnings
 
     from qjax import workflow
+    from qjax.errors import Interrupted, QjaxError, RunDirError, TrainingDiverged
 
+    default_format, warnings.formatwarning = warnings.formatwarning, _one_line_warning
     try:
-        metrics = workflow.train(cfg, out, verbose=not args.quiet)
-    except (config_lib.ConfigError, ValueError, KeyError, TypeError, FileNotFoundError) as err:
-        print(f"qjax: {type(err).__name__}: {err}", file=sys.stderr)
+        metrics = workflow.train(cfg, out, verbose=not args.quiet, overwrite=args.overwrite)
+    except Interrupted as stop:
+        hint = "run the same command again to resume" if stop.resumable else "start it again"
+        print(f"\nqjax: interrupted at epoch {stop.epoch}; {hint}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("\nqjax: interrupted before training started; run the same command again",
+              file=sys.stderr)
+        return 130
+    except TrainingDiverged as err:
+        print(f"qjax: training stopped: {err}", file=sys.stderr)
+        return 1
+    except RunDirError as err:
+        print(f"qjax: output directory: {err}", file=sys.stderr)
         return 2
+    except (QjaxError, ValueError, KeyError, TypeError, FileNotFoundError) as err:
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"qjax: {type(err).__name__}: {message}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        print(f"qjax: {err.strerror or err}: {err.filename or out}", file=sys.stderr)
+        return 1
+    finally:
+        warnings.formatwarning = default_format
     print(workflow.format_table(metrics))
     print(f"run directory: {out}")
     return 0
+
+
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    return f"qjax: warning: {message}\n"
 
 
 def use_compilation_cache(path: str) -> None:

@@ -2,10 +2,13 @@
 
 This is what ``qjax train CONFIG.yaml`` executes. The run directory receives::
 
+    .qjax-run            marks a directory qjax created; --overwrite deletes no other
     config.yaml          the resolved configuration (overrides applied)
     checkpoints/         Orbax checkpoints (latest train state, best parameters)
     predictions.parquet  test-segment scores indexed (datetime, instrument)
     metrics.json         IC, ICIR, Rank IC, Rank ICIR on the test segment, training summary
+                         (epochs numbered from 1; null where a value is undefined, e.g. IC of
+                         a one-instrument universe)
     backtest/            with a ``backtest:`` section: Qlib's report, positions, risk analysis
     report.png           learning curves and the cumulative daily IC of the test segment
 
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -24,7 +28,10 @@ import numpy as np
 import pandas as pd
 
 from qjax import config as config_lib
+from qjax import rundir
+from qjax.data.checks import nonfinite_report, reject_infinite
 from qjax.data.dataset import Dataset, TSDataset
+from qjax.errors import TrainingDiverged
 from qjax.data.handler import DataHandler
 from qjax.estimators import estimator
 from qjax.train.metrics import ic_series, signal_metrics
@@ -75,36 +82,61 @@ def build_dataset(cfg: Mapping[str, Any]) -> Dataset:
     return Dataset(handler, segments)
 
 
-def train(cfg: Mapping[str, Any], out_dir: str | Path, *, verbose: bool = True) -> dict:
-    """Run a validated config into ``out_dir`` and return the metrics written to metrics.json."""
-    out = Path(out_dir)
+def train(cfg: Mapping[str, Any], out_dir: str | Path, *, verbose: bool = True,
+          overwrite: bool = False) -> dict:
+    """Run a config into ``out_dir`` and return the metrics written to metrics.json.
+
+    Everything that can be checked is checked before the output directory is touched and
+    before training: the config's keys, the model's keywords, ``out_dir`` (see
+    :mod:`qjax.rundir`), every segment against the data, inf in the training data.
+    ``overwrite`` replaces a previous qjax run in ``out_dir`` (only after those checks).
+    """
+    cfg = config_lib.validate(cfg)
+    if "test" not in cfg["dataset"]["segments"]:
+        raise config_lib.ConfigError("dataset.segments needs a 'test' segment: the run scores it")
+    model = estimator(cfg["model"]["name"], **_model_kwargs(cfg))  # checks the keywords
+    plan = rundir.plan(out_dir, cfg, overwrite)
+    out = plan.out
     checkpoint_dir = out / "checkpoints"
-    resume = _prepare_out_dir(out, cfg)
-    config_lib.dump(cfg, out / "config.yaml")
 
     t0 = time.perf_counter()
     dataset = build_dataset(cfg)
+    check_dataset(dataset)
+    model.preflight(dataset)
     t_data = time.perf_counter() - t0
-    model = estimator(cfg["model"]["name"], **_model_kwargs(cfg))
+    rundir.prepare(plan, cfg)
+
     evals: dict = {}
     seeds = cfg["train"].get("seeds")
     t0 = time.perf_counter()
-    model.fit(dataset, evals_result=evals, checkpoint_dir=str(checkpoint_dir.resolve()),
-              resume=resume, seeds=seeds, verbose=verbose)
-    t_fit = time.perf_counter() - t0
+    try:
+        model.fit(dataset, evals_result=evals, checkpoint_dir=str(checkpoint_dir.resolve()),
+                  resume=plan.resume, seeds=seeds, verbose=verbose)
+    except TrainingDiverged as err:
+        raise _diagnosed(err, dataset) from None
+    finally:
+        rundir.settle(plan)
+    result = model.result
+    t_fit = time.perf_counter() - t0 + result.earlier_seconds
 
     scores = model.predict(dataset, "test")
     label = dataset.label("test")
     per_seed = scores.to_frame() if isinstance(scores, pd.Series) else scores
     test_metrics = {col: signal_metrics(per_seed[col], label) for col in per_seed.columns}
     summary = _summarise(test_metrics)
+    stopped = result.early_stopped if result.early_stopped is not None else ()
     metrics = {
         "model": cfg["model"]["name"],
         "test": summary,
         "test_per_seed": test_metrics if len(test_metrics) > 1 else None,
-        "best_epoch": model.result.best_epoch.tolist(),
-        "best_valid_score": model.result.best_score.tolist(),
-        "epochs_run": int(len(model.result.history.get("lr", []))),
+        # Epochs are numbered from 1 everywhere qjax reports them (table, logs, this file).
+        "best_epoch_1based": [int(e) + 1 if e >= 0 else None for e in result.best_epoch],
+        "best_valid_score": result.best_score.tolist(),
+        "epochs_run": int(len(result.history.get("lr", []))),
+        "early_stopped_at_epoch": [
+            int(n) if s else None for n, s in zip(result.epochs_run, stopped)
+        ] if len(stopped) else None,
+        "resumed_from_epoch": result.resumed_from + 1 if result.resumed_from else None,
         "seconds": {"data": round(t_data, 2), "fit": round(t_fit, 2)},
         "samples": {"test": int(len(per_seed))},
     }
@@ -113,9 +145,57 @@ def train(cfg: Mapping[str, Any], out_dir: str | Path, *, verbose: bool = True) 
 
         metrics.update(record_backtest(cfg["backtest"], per_seed.iloc[:, 0], cfg["data"], out, summary))
     per_seed.to_parquet(out / "predictions.parquet")
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    write_report(out / "report.png", evals, per_seed.iloc[:, 0], label, cfg["model"]["name"], summary)
-    return metrics
+    (out / "metrics.json").write_text(json.dumps(_json_safe(metrics), indent=2, allow_nan=False))
+    write_report(out / "report.png", evals, per_seed, label, cfg["model"]["name"])
+    return _json_safe(metrics)
+
+
+def check_dataset(dataset: Dataset) -> None:
+    """Before any training: every segment has rows in the data it is read from, the training
+    data holds no inf, and the test segment has several instruments per day (IC needs them)."""
+    for name in dataset.segments:
+        if name == "test":  # predicted from the inference data, scored on the raw labels
+            Dataset._prepare_one(dataset, name, "feature", "infer")
+        else:
+            Dataset._prepare_one(dataset, name, "label", "learn")
+    reject_infinite(dataset, [n for n in dataset.segments if n != "test"])
+    test = Dataset._prepare_one(dataset, "test", "feature", "infer")
+    per_day = test.groupby(level="datetime").size()
+    if int(per_day.max()) < 2:
+        warnings.warn(
+            "the test segment has one instrument per day, so its daily IC (a correlation across "
+            "instruments) is undefined; IC, ICIR, Rank IC and Rank ICIR will be null. Use a "
+            "universe of several instruments",
+            stacklevel=3,
+        )
+
+
+def _diagnosed(err: TrainingDiverged, dataset: Dataset) -> TrainingDiverged:
+    """The engine's error with the dataset's NaN/inf columns named."""
+    found = nonfinite_report(dataset, [n for n in dataset.segments if n != "test"])
+    head = str(err).split(" NaN or inf in the features")[0]
+    if found:
+        cause = (f"{head} The training data holds non-finite values:\n  "
+                 + found.replace("\n", "\n  ")
+                 + "\nAdd a Fillna processor for NaN features (e.g. infer_processors: "
+                 "- {class: Fillna, kwargs: {fields_group: feature}}), or clean the data.")
+    else:
+        cause = (f"{head} The data holds no NaN/inf features, so the optimisation diverged: "
+                 "lower lr.")
+    return TrainingDiverged(cause + " The last good checkpoint is kept.", epoch=err.epoch)
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN/inf become null (JSON has no NaN); containers are copied."""
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return float(value) if np.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
 
 
 def _model_kwargs(cfg: Mapping[str, Any]) -> dict:
@@ -145,45 +225,61 @@ def _summarise(per_seed: dict[str, dict[str, float]]) -> dict[str, Any]:
     return out
 
 
-def _prepare_out_dir(out: Path, cfg: Mapping[str, Any]) -> bool:
-    """Create ``out``; return True when it holds an interrupted run of this same config."""
-    saved = out / "config.yaml"
-    if not saved.exists():
-        out.mkdir(parents=True, exist_ok=True)
-        return False
-    previous = config_lib.validate(config_lib.parse_yaml(saved.read_text()))
-    if previous != config_lib.validate(cfg):
-        raise config_lib.ConfigError(
-            f"{out} holds a run of a different configuration; choose another --out directory "
-            "or pass --overwrite to discard it"
-        )
-    return (out / "checkpoints").exists()
+def curve_lines(evals: Mapping[str, Any], seeds: list[str]) -> list[tuple[str, np.ndarray]]:
+    """(legend label, per-epoch scores) of every learning curve: train and valid of each seed.
+
+    ``evals`` holds one score per epoch (one seed) or one list per epoch (several seeds); a
+    seed that stopped early reads NaN afterwards, which leaves its line short.
+    """
+    lines = []
+    for name in ("train", "valid"):
+        values = np.asarray(evals.get(name, []), dtype=float)
+        if not values.size:
+            continue
+        values = values.reshape(len(values), -1)
+        for column in range(values.shape[1]):
+            label = name if values.shape[1] == 1 else f"{name} {seeds[column]}"
+            lines.append((label, values[:, column]))
+    return lines
 
 
-def write_report(path: Path, evals: Mapping[str, Any], pred: pd.Series, label: pd.Series,
-                 title: str, summary: Mapping[str, float]) -> None:
-    """Learning curves and the cumulative daily IC of the test predictions, as a PNG."""
+def ic_lines(per_seed: pd.DataFrame, label: pd.Series) -> list[tuple[str, pd.Series]]:
+    """(legend label, cumulative daily IC) for each seed's IC and Rank IC; every label's mean
+    is that line's own mean daily IC ("n/a" where IC is undefined)."""
+    lines = []
+    several = per_seed.shape[1] > 1
+    for column in per_seed.columns:
+        ic, rank_ic = ic_series(per_seed[column], label)
+        for name, series in (("IC", ic), ("Rank IC", rank_ic)):
+            mean = series.mean()
+            shown = f"{mean:.4f}" if np.isfinite(mean) else "n/a"
+            prefix = f"{column} " if several else ""
+            lines.append((f"{prefix}{name} (mean {shown})", series.fillna(0).cumsum()))
+    return lines
+
+
+def write_report(path: Path, evals: Mapping[str, Any], per_seed: pd.DataFrame | pd.Series,
+                 label: pd.Series, title: str) -> None:
+    """Learning curves and the cumulative daily IC of the test predictions, as a PNG; every
+    seed has its own lines and every legend entry describes the line it labels."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import matplotlib.ticker
 
-    ic, rank_ic = ic_series(pred, label)
+    per_seed = per_seed.to_frame() if isinstance(per_seed, pd.Series) else per_seed
     fig, (ax_curve, ax_ic) = plt.subplots(1, 2, figsize=(12, 4.2))
-    for name in ("train", "valid"):
-        values = np.asarray(evals.get(name, []), dtype=float)
-        if values.size:
-            values = values if values.ndim == 1 else values[:, 0]
-            ax_curve.plot(np.arange(1, len(values) + 1), values, label=name)
+    for name, values in curve_lines(evals, [str(c) for c in per_seed.columns]):
+        ax_curve.plot(np.arange(1, len(values) + 1), values, label=name)
     ax_curve.set(title=f"{title}: score per epoch (higher is better)", xlabel="epoch", ylabel="score")
     ax_curve.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-    ax_curve.legend()
+    ax_curve.legend(fontsize="small")
     ax_curve.grid(alpha=0.3)
-    ax_ic.plot(ic.index, ic.fillna(0).cumsum(), label=f"IC (mean {summary['IC']:.4f})")
-    ax_ic.plot(rank_ic.index, rank_ic.fillna(0).cumsum(), label=f"Rank IC (mean {summary['Rank IC']:.4f})")
+    for name, series in ic_lines(per_seed, label):
+        ax_ic.plot(series.index, series, label=name, linestyle="--" if "Rank" in name else "-")
     ax_ic.set(title="test segment: cumulative daily IC", xlabel="date")
-    ax_ic.legend()
+    ax_ic.legend(fontsize="small")
     ax_ic.grid(alpha=0.3)
     fig.autofmt_xdate()
     fig.tight_layout()
@@ -196,12 +292,12 @@ def format_table(metrics: Mapping[str, Any]) -> str:
     test = metrics["test"]
     rows = [("model", metrics["model"])]
     for name in ("IC", "ICIR", "Rank IC", "Rank ICIR"):
-        value = f"{test[name]:.4f}"
-        if f"{name} std" in test:
+        value = _number(test[name])
+        if test.get(f"{name} std") is not None:
             value += f" ± {test[f'{name} std']:.4f}"
         rows.append((f"test {name}", value))
     rows += [
-        ("best epoch", ", ".join(str(e + 1) for e in metrics["best_epoch"])),
+        ("best epoch", ", ".join(_number(e) for e in metrics["best_epoch_1based"])),
         ("epochs run", str(metrics["epochs_run"])),
         ("fit seconds", f"{metrics['seconds']['fit']:.1f}"),
         ("test samples", str(metrics["samples"]["test"])),
@@ -209,3 +305,9 @@ def format_table(metrics: Mapping[str, Any]) -> str:
     width = max(len(k) for k, _ in rows)
     line = "-" * (width + 3 + max(len(str(v)) for _, v in rows))
     return "\n".join([line] + [f"{k:<{width}} | {v}" for k, v in rows] + [line])
+
+
+def _number(value: Any) -> str:
+    if value is None:
+        return "n/a"
+    return str(value) if isinstance(value, int) else f"{value:.4f}"

@@ -1,0 +1,252 @@
+"""`qjax train` as a new user meets it: bad input, damaged or foreign directories, divergence,
+Ctrl-C, one-stock universes. Each case ends in one clear line and an exit code, never in a
+traceback, a silent wrong answer or lost work (docs/reliability.md lists them)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from qjax import cli, rundir, workflow
+from qjax.data.market import generate_market
+from qjax.train import engine
+
+REPO = Path(__file__).resolve().parents[2]
+CONFIG = str(REPO / "configs" / "lstm_alpha360.yaml")
+TINY = [
+    "--set", "data.n_instruments=12", "--set", "data.n_days=200",
+    "--set", "handler.fit_end_time=2015-06-30",
+    "--set", "dataset.segments.train=[2015-01-05, 2015-06-30]",
+    "--set", "dataset.segments.valid=[2015-07-01, 2015-08-14]",
+    "--set", "dataset.segments.test=[2015-08-17, 2015-09-30]",
+    "--set", "model.kwargs.hidden_size=8", "--set", "model.kwargs.batch_size=64",
+    "--set", "model.kwargs.n_epochs=2",
+]
+NO_FILLNA = ["--set", "handler.infer_processors=[]"]
+
+
+def train(out: Path, *extra: str) -> int:
+    return cli.main(["train", CONFIG, "--out", str(out), "--quiet", *TINY, *extra])
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory) -> Path:
+    """One completed tiny run; tests work on copies of it."""
+    out = tmp_path_factory.mktemp("finished") / "run"
+    assert train(out) == 0
+    return out
+
+
+def copy_of(run: Path, tmp_path: Path) -> Path:
+    target = tmp_path / "run"
+    shutil.copytree(run, target)
+    return target
+
+
+def snapshot(directory: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(directory)): p.read_bytes()
+            for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+# -- 2. data loss ------------------------------------------------------------------------------
+
+def test_overwrite_never_deletes_a_directory_qjax_did_not_create(tmp_path, capsys):
+    foreign = tmp_path / "mine"
+    (foreign / "sub").mkdir(parents=True)
+    (foreign / "important.txt").write_text("keep me")
+    (foreign / "sub" / "notes.md").write_text("and me")
+    before = snapshot(foreign)
+    assert train(foreign, "--overwrite") == 2
+    assert "qjax did not create" in capsys.readouterr().err
+    assert snapshot(foreign) == before
+    assert train(foreign) == 2  # nor is it written into without --overwrite
+    assert snapshot(foreign) == before
+
+
+def test_a_legacy_run_without_the_marker_is_not_overwritten(finished_run, tmp_path, capsys):
+    legacy = copy_of(finished_run, tmp_path)
+    (legacy / rundir.MARKER).unlink()
+    before = snapshot(legacy)
+    assert train(legacy, "--overwrite", "--set", "model.kwargs.n_epochs=3") == 2
+    assert "--overwrite refuses to delete" in capsys.readouterr().err
+    assert snapshot(legacy) == before
+
+
+@pytest.mark.parametrize("bad", [
+    ["--set", "handler.fit_end_tme=2015-06-30"],  # a config typo
+    ["--set", "model.name=lstmm"],  # an unknown model
+    ["--set", "model.kwargs.hidden_size=0"],  # a bad keyword value
+    ["--set", "dataset.segments.test=[2019-01-02, 2019-03-01]"],  # a segment outside the data
+    ["--set", "model.kwargs.d_feat=12"],  # a d_feat that scrambles Alpha360's days
+    ["--set", "model.kwargs.batch_size=100000"],  # found by fit, after the directory was set up
+    ["--set", "model.kwargs.optimizer=adamm"],  # found when the train config is built
+    ["--set", "train.seeds=[0, 0]"],  # a seed twice
+])
+def test_overwrite_keeps_the_old_run_when_the_new_config_is_invalid(finished_run, tmp_path,
+                                                                     capsys, bad):
+    run = copy_of(finished_run, tmp_path)
+    before = snapshot(run)
+    assert train(run, "--overwrite", *bad) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("qjax: ") and "Traceback" not in err
+    assert snapshot(run) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # no backup left behind
+
+
+def test_overwrite_replaces_a_marked_run_after_validation(finished_run, tmp_path):
+    run = copy_of(finished_run, tmp_path)
+    (run / "stale.txt").write_text("from the old run")
+    assert train(run, "--overwrite", "--set", "model.kwargs.n_epochs=1") == 0
+    assert not (run / "stale.txt").exists() and (run / rundir.MARKER).is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # the old run is gone
+    assert json.loads((run / "metrics.json").read_text())["epochs_run"] == 1
+
+
+def test_out_naming_a_file_or_a_read_only_directory_is_a_clear_error(tmp_path, capsys,
+                                                                      monkeypatch):
+    existing = tmp_path / "file.txt"
+    existing.write_text("x")
+    assert train(existing) == 2
+    assert "is an existing file, not a directory" in capsys.readouterr().err
+    assert existing.read_text() == "x"
+
+    # (Tests may run as root, which writes anywhere: the permission check is simulated.)
+    read_only = tmp_path / "ro"
+    read_only.mkdir()
+    monkeypatch.setattr(rundir.os, "access", lambda path, mode: Path(path) != read_only)
+    assert train(read_only) == 2
+    assert f"--out {str(read_only)!r} is not writable" in capsys.readouterr().err
+    assert train(read_only / "new") == 2
+    assert "is not writable" in capsys.readouterr().err
+
+
+# -- 3. silent wrong answers / 5. blocked work ------------------------------------------------
+
+def test_nan_features_stop_the_run_naming_the_columns_and_a_fixed_rerun_is_not_blocked(
+        tmp_path, capsys):
+    out = tmp_path / "run"
+    assert train(out, *NO_FILLNA) == 1
+    err = capsys.readouterr().err
+    assert "qjax: training stopped: the training loss became nan at epoch 1" in err
+    assert "segment 'train' features: CLOSE59 (" in err and "NaN)" in err
+    assert "Add a Fillna processor" in err and "Traceback" not in err
+    assert not (out / "metrics.json").exists()
+    assert not rundir.has_checkpoints(out)
+    # The corrected config (a different one) reruns in the same directory without --overwrite.
+    assert train(out) == 0
+    assert (out / "metrics.json").exists()
+
+
+def test_a_one_stock_universe_warns_and_writes_null_ic(tmp_path, capsys):
+    market = generate_market(n_instruments=3, n_days=200, seed=0)
+    one = market.xs("SIM0000", level="instrument", drop_level=False).reset_index()
+    path = tmp_path / "one.parquet"
+    one.rename(columns={"datetime": "date"}).to_parquet(path)
+    out = tmp_path / "run"
+    with pytest.warns(UserWarning, match="one instrument per day, so its daily IC"):
+        code = cli.main([
+            "train", CONFIG, "--out", str(out), "--quiet", *TINY,
+            "--set", "data={source: parquet, path: " + str(path) + "}",
+            "--set", "model.kwargs.batch_size=16", "--set", "model.kwargs.n_epochs=1",
+        ])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    text = (out / "metrics.json").read_text()
+    metrics = json.loads(text)  # valid JSON: no bare NaN
+    assert "NaN" not in text
+    assert metrics["test"] == {"IC": None, "ICIR": None, "Rank IC": None, "Rank ICIR": None}
+    assert "test IC        | n/a" in captured.out
+
+
+def test_metrics_json_numbers_epochs_from_1_like_the_table(finished_run, capsys):
+    metrics = json.loads((finished_run / "metrics.json").read_text())
+    history = np.asarray(json.loads(
+        (finished_run / "checkpoints" / "1" / "meta" / "metadata").read_text())["history"][
+            "valid_score"], float).reshape(-1)
+    assert metrics["best_epoch_1based"] == [int(np.nanargmax(history)) + 1]
+    assert "best_epoch" not in metrics  # the 0-based key is gone, not silently reinterpreted
+    table = workflow.format_table(metrics)
+    assert f"best epoch     | {metrics['best_epoch_1based'][0]}" in table
+
+
+# -- 4. Ctrl-C, 6. what a resumed run reports ------------------------------------------------
+
+def test_ctrl_c_prints_one_line_and_the_rerun_resumes_and_counts_all_time(tmp_path, capsys,
+                                                                          monkeypatch):
+    out = tmp_path / "run"
+    real, calls = engine._run_epoch, []
+
+    def interrupted_at_epoch_2(state, train, valid, *, trainer, n_steps):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(state, train, valid, trainer=trainer, n_steps=n_steps)
+
+    monkeypatch.setattr(engine, "_run_epoch", interrupted_at_epoch_2)
+    assert cli.main(["train", CONFIG, "--out", str(out), *TINY]) == 130
+    err = capsys.readouterr().err
+    assert "qjax: interrupted at epoch 2; run the same command again to resume" in err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
+    monkeypatch.undo()
+
+    assert cli.main(["train", CONFIG, "--out", str(out), *TINY]) == 0
+    assert "resuming from epoch 2 (1 of 2 done)" in capsys.readouterr().err
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["resumed_from_epoch"] == 2
+    last = json.loads((out / "checkpoints" / "1" / "meta" / "metadata").read_text())
+    # the last checkpoint's elapsed time includes the first part; fit seconds include it all
+    first_part = json.loads((out / "checkpoints" / "0" / "meta" / "metadata").read_text())
+    assert last["elapsed_seconds"] > first_part["elapsed_seconds"] > 0
+    assert metrics["seconds"]["fit"] >= round(last["elapsed_seconds"], 2)
+
+
+# -- 6. the multi-seed report -----------------------------------------------------------------
+
+def test_report_lines_show_every_seed_with_its_own_mean():
+    evals = {"train": [[-1.0, -1.1], [-0.9, np.nan]], "valid": [[-1.2, -1.3], [-1.1, np.nan]]}
+    curves = workflow.curve_lines(evals, ["seed_0", "seed_1"])
+    assert [name for name, _ in curves] == [
+        "train seed_0", "train seed_1", "valid seed_0", "valid seed_1"]
+    np.testing.assert_array_equal(curves[3][1], [-1.3, np.nan])
+
+    rng = np.random.default_rng(5)
+    index = pd.MultiIndex.from_product(
+        [pd.bdate_range("2020-01-01", periods=6), list("ABCDE")], names=["datetime", "instrument"])
+    label = pd.Series(rng.standard_normal(len(index)), index=index)
+    per_seed = pd.DataFrame({"seed_0": label + 0.1 * rng.standard_normal(len(index)),
+                             "seed_1": -label}, index=index)
+    lines = dict(workflow.ic_lines(per_seed, label))
+    assert len(lines) == 4
+    # each legend's mean is its own line's mean daily IC: the last cumulative value / days
+    for name, series in lines.items():
+        mean = float(name.split("mean ")[1].rstrip(")"))
+        assert series.iloc[-1] / len(series) == pytest.approx(mean, abs=5e-5), name
+    assert any(name.startswith("seed_1 IC (mean -1.0000") for name in lines)
+
+
+# -- the checks reject nothing that is right ----------------------------------------------------
+
+SPANS = {"train": ["2015-01-05", "2015-05-29"], "pretrain": ["2015-01-05", "2015-05-29"],
+         "valid": ["2015-06-01", "2015-06-30"], "pretrain_validation": ["2015-06-01", "2015-06-30"],
+         "test": ["2015-07-01", "2015-07-31"]}
+
+
+@pytest.mark.parametrize("path", sorted(p.name for p in (REPO / "configs").glob("*.yaml")
+                                        if "csi300" not in p.name))
+def test_every_shipped_config_passes_the_checks_before_training(path):
+    from qjax import config as config_lib
+    from qjax.estimators import estimator
+
+    cfg = config_lib.load(REPO / "configs" / path)
+    cfg["data"].update(n_instruments=8, n_days=160)
+    cfg["handler"].update(fit_start_time="2015-01-05", fit_end_time="2015-05-29")
+    cfg["dataset"]["segments"] = {name: SPANS[name] for name in cfg["dataset"]["segments"]}
+    cfg = config_lib.validate(cfg)
+    dataset = workflow.build_dataset(cfg)
+    workflow.check_dataset(dataset)
+    estimator(cfg["model"]["name"], **workflow._model_kwargs(cfg)).preflight(dataset)
