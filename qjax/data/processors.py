@@ -44,6 +44,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import importlib
+import difflib
 import inspect
 import warnings
 from collections.abc import Mapping, Sequence
@@ -597,7 +598,10 @@ def _resolve_class(name: Any, module_path: str | None) -> type:
     if name in PROCESSORS and (module_path is None or module_path.startswith("qlib.")):
         return PROCESSORS[name]
     if module_path is None:
-        raise KeyError(f"unknown processor {name!r}; available: {sorted(PROCESSORS)}")
+        raise KeyError(
+            f"unknown processor {name!r}{_closest(name, PROCESSORS)}; available: "
+            f"{sorted(PROCESSORS)}"
+        )
     module = importlib.import_module(module_path)
     if not hasattr(module, name):
         raise KeyError(f"module {module_path!r} has no processor class {name!r}")
@@ -638,5 +642,13 @@ def build_processor(spec: Any, fit_start_time: Any = None, fit_end_time: Any = N
             )
     bad = [k for k in kwargs if k not in params and not any(p.kind == p.VAR_KEYWORD for p in params.values())]
     if bad:
-        raise TypeError(f"{cls.__name__} got unknown argument(s) {bad}; it takes {list(params)}")
+        raise TypeError(
+            f"{cls.__name__} got unknown argument(s) {bad}{_closest(bad[0], params)}; it takes "
+            f"{list(params)}"
+        )
     return cls(**kwargs)
+
+
+def _closest(name: str, candidates) -> str:
+    match = difflib.get_close_matches(str(name), [str(c) for c in candidates], n=1, cutoff=0.6)
+    return f" (did you mean {match[0]!r}?)" if match else ""

@@ -70,3 +70,13 @@ def test_inf_in_a_training_segment_is_rejected_before_training():
     with pytest.raises(DataError, match=r"segment 'train' labels: y\. Replace them with NaN"):
         reject_infinite(dataset)
     reject_infinite(dataset, ["valid"])  # the valid segment is clean
+
+
+def test_a_mistyped_processor_or_argument_suggests_the_name():
+    from qjax.data.processors import build_processor
+
+    message = r"unknown processor 'DropnaLabl' \(did you mean 'DropnaLabel'\?\)"
+    with pytest.raises(KeyError, match=message):
+        build_processor({"class": "DropnaLabl"})
+    with pytest.raises(TypeError, match=r"\['fields_grop'\] \(did you mean 'fields_group'\?\)"):
+        build_processor({"class": "Fillna", "kwargs": {"fields_grop": "feature"}})
