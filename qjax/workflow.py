@@ -225,8 +225,9 @@ def _summarise(per_seed: dict[str, dict[str, float]]) -> dict[str, Any]:
     return out
 
 
-def curve_lines(evals: Mapping[str, Any], seeds: list[str]) -> list[tuple[str, np.ndarray]]:
-    """(legend label, per-epoch scores) of every learning curve: train and valid of each seed.
+def curve_lines(evals: Mapping[str, Any], seeds: list[str]) -> list[tuple[str, np.ndarray, int]]:
+    """(legend label, per-epoch scores, seed position) of every learning curve: train and
+    valid of each seed.
 
     ``evals`` holds one score per epoch (one seed) or one list per epoch (several seeds); a
     seed that stopped early reads NaN afterwards, which leaves its line short.
@@ -239,22 +240,22 @@ def curve_lines(evals: Mapping[str, Any], seeds: list[str]) -> list[tuple[str, n
         values = values.reshape(len(values), -1)
         for column in range(values.shape[1]):
             label = name if values.shape[1] == 1 else f"{name} {seeds[column]}"
-            lines.append((label, values[:, column]))
+            lines.append((label, values[:, column], column))
     return lines
 
 
-def ic_lines(per_seed: pd.DataFrame, label: pd.Series) -> list[tuple[str, pd.Series]]:
-    """(legend label, cumulative daily IC) for each seed's IC and Rank IC; every label's mean
-    is that line's own mean daily IC ("n/a" where IC is undefined)."""
+def ic_lines(per_seed: pd.DataFrame, label: pd.Series) -> list[tuple[str, pd.Series, int]]:
+    """(legend label, cumulative daily IC, seed position) for each seed's IC and Rank IC;
+    every label's mean is that line's own mean daily IC ("n/a" where IC is undefined)."""
     lines = []
     several = per_seed.shape[1] > 1
-    for column in per_seed.columns:
+    for position, column in enumerate(per_seed.columns):
         ic, rank_ic = ic_series(per_seed[column], label)
         for name, series in (("IC", ic), ("Rank IC", rank_ic)):
             mean = series.mean()
             shown = f"{mean:.4f}" if np.isfinite(mean) else "n/a"
             prefix = f"{column} " if several else ""
-            lines.append((f"{prefix}{name} (mean {shown})", series.fillna(0).cumsum()))
+            lines.append((f"{prefix}{name} (mean {shown})", series.fillna(0).cumsum(), position))
     return lines
 
 
@@ -270,14 +271,17 @@ def write_report(path: Path, evals: Mapping[str, Any], per_seed: pd.DataFrame | 
 
     per_seed = per_seed.to_frame() if isinstance(per_seed, pd.Series) else per_seed
     fig, (ax_curve, ax_ic) = plt.subplots(1, 2, figsize=(12, 4.2))
-    for name, values in curve_lines(evals, [str(c) for c in per_seed.columns]):
-        ax_curve.plot(np.arange(1, len(values) + 1), values, label=name)
+    # one colour per seed; the line style tells train from valid and IC from Rank IC
+    for name, values, seed in curve_lines(evals, [str(c) for c in per_seed.columns]):
+        ax_curve.plot(np.arange(1, len(values) + 1), values, label=name, color=f"C{seed % 10}",
+                      linestyle=":" if name.startswith("train") else "-")
     ax_curve.set(title=f"{title}: score per epoch (higher is better)", xlabel="epoch", ylabel="score")
     ax_curve.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax_curve.legend(fontsize="small")
     ax_curve.grid(alpha=0.3)
-    for name, series in ic_lines(per_seed, label):
-        ax_ic.plot(series.index, series, label=name, linestyle="--" if "Rank" in name else "-")
+    for name, series, seed in ic_lines(per_seed, label):
+        ax_ic.plot(series.index, series, label=name, color=f"C{seed % 10}",
+                   linestyle="--" if "Rank" in name else "-")
     ax_ic.set(title="test segment: cumulative daily IC", xlabel="date")
     ax_ic.legend(fontsize="small")
     ax_ic.grid(alpha=0.3)

@@ -210,8 +210,8 @@ def test_ctrl_c_prints_one_line_and_the_rerun_resumes_and_counts_all_time(tmp_pa
 def test_report_lines_show_every_seed_with_its_own_mean():
     evals = {"train": [[-1.0, -1.1], [-0.9, np.nan]], "valid": [[-1.2, -1.3], [-1.1, np.nan]]}
     curves = workflow.curve_lines(evals, ["seed_0", "seed_1"])
-    assert [name for name, _ in curves] == [
-        "train seed_0", "train seed_1", "valid seed_0", "valid seed_1"]
+    assert [(name, seed) for name, _, seed in curves] == [
+        ("train seed_0", 0), ("train seed_1", 1), ("valid seed_0", 0), ("valid seed_1", 1)]
     np.testing.assert_array_equal(curves[3][1], [-1.3, np.nan])
 
     rng = np.random.default_rng(5)
@@ -220,7 +220,9 @@ def test_report_lines_show_every_seed_with_its_own_mean():
     label = pd.Series(rng.standard_normal(len(index)), index=index)
     per_seed = pd.DataFrame({"seed_0": label + 0.1 * rng.standard_normal(len(index)),
                              "seed_1": -label}, index=index)
-    lines = dict(workflow.ic_lines(per_seed, label))
+    found = workflow.ic_lines(per_seed, label)
+    assert [seed for _, _, seed in found] == [0, 0, 1, 1]
+    lines = {name: series for name, series, _ in found}
     assert len(lines) == 4
     # each legend's mean is its own line's mean daily IC: the last cumulative value / days
     for name, series in lines.items():
