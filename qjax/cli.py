@@ -64,8 +64,8 @@ def _train(cfg: dict, out: Path, args: argparse.Namespace) -> int:
         hint = "run the same command again to resume" if stop.resumable else "start it again"
         print(f"\nqjax: interrupted at epoch {stop.epoch}; {hint}", file=sys.stderr)
         return 130
-    except KeyboardInterrupt:
-        print("\nqjax: interrupted before training started; run the same command again",
+    except KeyboardInterrupt:  # before training, or while predicting after it
+        print("\nqjax: interrupted; run the same command again (finished epochs are kept)",
               file=sys.stderr)
         return 130
     except TrainingDiverged as err:

@@ -73,7 +73,13 @@ def plan(out: str | os.PathLike, cfg: Mapping[str, Any], overwrite: bool) -> Pla
         return Plan(out, "replace")
     if not has_checkpoints(out):
         return Plan(out, "reuse")  # a run that stopped before its first checkpoint
-    if _saved_config(saved) != config_lib.validate(cfg):
+    previous = _saved_config(saved)
+    if previous is None:
+        raise RunDirError(
+            f"{saved} cannot be read, so qjax cannot tell whether the checkpoints beside it "
+            "belong to this configuration; pass --overwrite to replace the run, or another --out"
+        )
+    if previous != config_lib.validate(cfg):
         raise RunDirError(
             f"{out} holds a run of a different configuration; choose another --out directory "
             "or pass --overwrite to discard it"

@@ -252,3 +252,21 @@ def test_every_shipped_config_passes_the_checks_before_training(path):
     dataset = workflow.build_dataset(cfg)
     workflow.check_dataset(dataset)
     estimator(cfg["model"]["name"], **workflow._model_kwargs(cfg)).preflight(dataset)
+
+
+def test_an_unreadable_saved_config_is_named(finished_run, tmp_path, capsys):
+    run = copy_of(finished_run, tmp_path)
+    (run / "config.yaml").write_text("data: [unclosed")
+    assert train(run) == 2
+    assert "config.yaml cannot be read" in capsys.readouterr().err
+
+
+def test_the_python_api_checks_the_layout_before_training(tmp_path):
+    from qjax import config as config_lib
+    from qjax.errors import ConfigError
+    from qjax.estimators import estimator
+
+    cfg = config_lib.load(CONFIG, [item for item in TINY if item != "--set"])
+    dataset = workflow.build_dataset(cfg)
+    with pytest.raises(ConfigError, match=r"d_feat=12, but the 360 feature columns are 6 fields"):
+        estimator("lstm", d_feat=12, n_epochs=1).fit(dataset, verbose=False)
