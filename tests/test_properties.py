@@ -148,3 +148,57 @@ def test_load_ohlcv_returns_a_clean_panel_or_raises_a_data_error(frame):
     assert all(panel[c].dtype == np.float32 for c in panel.columns)
     assert not np.isinf(panel.to_numpy()).any()
     assert {"open", "high", "low", "close", "volume"} <= set(panel.columns)
+
+
+# -- handler and dataset over random panels ------------------------------------------------------
+
+value = st.one_of(st.floats(-5, 5), st.sampled_from([float("nan"), float("inf"), -float("inf")]))
+DAYS = pd.bdate_range("2020-01-01", periods=12)
+
+
+@st.composite
+def panels_and_segments(draw):
+    n_inst = draw(st.integers(1, 4))
+    pairs = [(d, f"I{k}") for d in DAYS for k in range(n_inst)]
+    keep = draw(st.lists(st.booleans(), min_size=len(pairs), max_size=len(pairs)))
+    rows = [pair for pair, kept in zip(pairs, keep) if kept] or pairs[:1]
+    index = pd.MultiIndex.from_tuples(rows, names=["datetime", "instrument"])
+    # mostly clean values with a few NaN/inf, so that both outcomes occur
+    clean = draw(st.booleans())
+    cells = draw(st.lists(st.floats(-5, 5) if clean else st.one_of(st.floats(-5, 5), value),
+                          min_size=3 * len(rows), max_size=3 * len(rows)))
+    columns = pd.MultiIndex.from_tuples([("feature", "f1"), ("feature", "f2"), ("label", "y")])
+    frame = pd.DataFrame(np.asarray(cells).reshape(len(rows), 3), index=index, columns=columns)
+    if draw(st.booleans()):  # segments inside the data
+        cuts = [0, draw(st.integers(3, 6)), draw(st.integers(7, 9)), 11]
+    else:
+        cuts = sorted(draw(st.lists(st.integers(-2, 14), min_size=4, max_size=4)))
+    day = lambda i: str((DAYS[0] + pd.offsets.BDay(i)).date())  # noqa: E731
+    segments = {"train": [day(cuts[0]), day(cuts[1])], "valid": [day(cuts[1] + 1), day(cuts[2])],
+                "test": [day(cuts[2] + 1), day(cuts[3])]}
+    return frame, segments
+
+
+@FAST
+@given(panels_and_segments())
+def test_handler_and_dataset_checks_accept_a_trainable_dataset_or_raise_a_qjax_error(case):
+    from qjax.data.dataset import Dataset
+    from qjax.data.handler import DataHandler
+    from qjax.workflow import check_dataset
+
+    frame, segments = case
+    try:
+        handler = DataHandler(frame, infer_processors=[{"class": "Fillna",
+                                                         "kwargs": {"fields_group": "feature"}}],
+                              learn_processors=["DropnaLabel"])
+        dataset = Dataset(handler, segments)
+        check_dataset(dataset)
+    except QjaxError as err:
+        assert str(err)
+        return
+    # Accepted: the training segments hold rows, and only finite features and labels.
+    for name in ("train", "valid"):
+        samples, _ = dataset.samples(name)
+        assert samples.size > 0
+        assert np.isfinite(np.asarray(samples.features)).all()
+        assert np.isfinite(np.asarray(samples.labels)).all()

@@ -21,6 +21,7 @@ import pandas as pd
 
 from qjax.data.samples import Samples, tabular_samples
 from qjax.data.windows import WindowSampler, check_fillna_type, check_step_len
+from qjax.errors import DataError
 
 Segment = tuple[pd.Timestamp, pd.Timestamp]
 
@@ -44,23 +45,23 @@ def _as_date(value: Any, name: str, which: str) -> pd.Timestamp:
     try:
         date = pd.Timestamp(value)
     except (TypeError, ValueError) as err:
-        raise ValueError(f"segment {name!r}: {which} date {value!r} is not a date ({err})") from err
+        raise DataError(f"segment {name!r}: {which} date {value!r} is not a date ({err})") from err
     if date is pd.NaT:
-        raise ValueError(f"segment {name!r}: {which} date {value!r} is not a date")
+        raise DataError(f"segment {name!r}: {which} date {value!r} is not a date")
     return date
 
 
 def validate_segments(segments: Mapping[str, Sequence[Any]]) -> dict[str, Segment]:
     """Parse ``{name: (start, end)}`` into Timestamps and check it (see :data:`SEGMENT_ROLES`)."""
     if not isinstance(segments, Mapping) or not segments:
-        raise ValueError("segments must be a non-empty {name: (start, end)} dict")
+        raise DataError("segments must be a non-empty {name: (start, end)} dict")
     parsed: dict[str, Segment] = {}
     for name, seg in segments.items():
         if isinstance(seg, (str, bytes)) or not isinstance(seg, Sequence) or len(seg) != 2:
-            raise ValueError(f"segment {name!r} must be a (start, end) pair of dates, got {seg!r}")
+            raise DataError(f"segment {name!r} must be a (start, end) pair of dates, got {seg!r}")
         start, end = _as_date(seg[0], name, "start"), _as_date(seg[1], name, "end")
         if start > end:
-            raise ValueError(
+            raise DataError(
                 f"segment {name!r} starts after it ends ({start.date()} > {end.date()}); "
                 "swap the dates"
             )
@@ -72,7 +73,7 @@ def validate_segments(segments: Mapping[str, Sequence[Any]]) -> dict[str, Segmen
                 continue
             (a0, a1), (b0, b1) = parsed[a], parsed[b]
             if a0 <= b1 and b0 <= a1:
-                raise ValueError(
+                raise DataError(
                     f"segments {a!r} ({a0.date()}..{a1.date()}) and {b!r} ({b0.date()}..{b1.date()}) "
                     "overlap; make them disjoint"
                 )
@@ -100,21 +101,21 @@ class Dataset:
             raise KeyError(f"unknown segment {name!r}; the dataset has {list(self.segments)}")
         return self.segments[name]
 
-    def _empty_error(self, name: str, col_set: Any, data_key: str, what: str = "rows") -> ValueError:
+    def _empty_error(self, name: str, col_set: Any, data_key: str, what: str = "rows") -> DataError:
         start, end = self.segments[name]
         data = self.handler.fetch(slice(None, None), col_set=col_set, data_key=data_key)
         raw = self._raw_rows(start, end) if data_key != "raw" else 0
         if raw:
             processors = getattr(self.handler, f"{data_key}_processors", None) or []
             named = ", ".join(type(p).__name__ for p in processors) or "the processors"
-            return ValueError(
+            return DataError(
                 f"segment {name!r} ({start.date()}..{end.date()}) has {raw} rows in the raw data "
                 f"but none left in the {data_key!r} data: {named} removed them all. With "
                 "DropnaLabel that means every label in the segment is NaN (a label needs future "
                 "prices, so the last days of the data have none); end the segment earlier or "
                 "check the label"
             )
-        return ValueError(
+        return DataError(
             f"segment {name!r} ({start.date()}..{end.date()}) has no {what} in the {data_key!r} "
             f"data, which spans {_date_range(data)}; move the segment into the data's range"
         )
@@ -146,7 +147,7 @@ class Dataset:
         (also on a :class:`TSDataset`, whose ``prepare`` gives windows instead of rows)."""
         labels = Dataset._prepare_one(self, segment, "label", data_key)
         if labels.shape[1] != 1:
-            raise ValueError(f"one label column expected, got {list(labels.columns)}; select a single label")
+            raise DataError(f"one label column expected, got {list(labels.columns)}; select a single label")
         return labels.iloc[:, 0]
 
     def samples(self, segment: str, data_key: str = "learn",
@@ -157,7 +158,7 @@ class Dataset:
             df = self.prepare(segment, col_set=["feature", "label"], data_key=data_key)
             y = df["label"]
             if y.shape[1] != 1:
-                raise ValueError(
+                raise DataError(
                     f"one label column expected, got {list(y.columns)}; select a single label"
                 )
             x, y = df["feature"].to_numpy(np.float32), y.to_numpy(np.float32)[:, 0]
@@ -187,7 +188,7 @@ class TSDataset(Dataset):
         data = self.handler.fetch(slice(None, None), col_set="__all", data_key="infer")
         dates = sorted(pd.DatetimeIndex(data.index.get_level_values("datetime")).unique())
         if not dates:
-            raise ValueError("the handler's data has no rows, so there are no trading days")
+            raise DataError("the handler's data has no rows, so there are no trading days")
         return dates
 
     def _extended_start(self, start: pd.Timestamp) -> pd.Timestamp:

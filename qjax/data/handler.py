@@ -25,6 +25,7 @@ from typing import Any
 import pandas as pd
 
 from qjax.data.processors import Processor, build_processor
+from qjax.errors import DataError
 
 __all__ = ["DataHandler"]
 
@@ -36,16 +37,16 @@ def _validated(data: pd.DataFrame) -> pd.DataFrame:
     if not isinstance(data, pd.DataFrame):
         raise TypeError(f"DataHandler needs a pandas DataFrame, got {type(data).__name__}")
     if data.shape[0] == 0 or data.shape[1] == 0:
-        raise ValueError(f"DataHandler got an empty frame (shape {data.shape}); load some data first")
+        raise DataError(f"DataHandler got an empty frame (shape {data.shape}); load some data first")
     columns = data.columns
     if not isinstance(columns, pd.MultiIndex) or columns.nlevels != 2:
-        raise ValueError(
+        raise DataError(
             "DataHandler needs two-level columns ('feature', name) / ('label', name); got "
             f"{columns.nlevels}-level columns {list(columns[:3])}..."
         )
     groups = list(dict.fromkeys(columns.get_level_values(0)))
     if "feature" not in groups:
-        raise ValueError(f"DataHandler needs a 'feature' column group; the frame has groups {groups}")
+        raise DataError(f"DataHandler needs a 'feature' column group; the frame has groups {groups}")
     index = data.index
     if not isinstance(index, pd.MultiIndex) or tuple(index.names) != INDEX_NAMES:
         fix = (
@@ -53,21 +54,21 @@ def _validated(data: pd.DataFrame) -> pd.DataFrame:
             if tuple(index.names) == INDEX_NAMES[::-1]
             else "set them with df.rename_axis(['datetime', 'instrument'])"
         )
-        raise ValueError(f"DataHandler needs an index named {INDEX_NAMES}, got {tuple(index.names)}; {fix}")
+        raise DataError(f"DataHandler needs an index named {INDEX_NAMES}, got {tuple(index.names)}; {fix}")
     if not pd.api.types.is_datetime64_any_dtype(index.levels[0].dtype):
-        raise ValueError(
+        raise DataError(
             f"the 'datetime' index level has dtype {index.levels[0].dtype}, not datetime64; "
             "convert it with pd.to_datetime"
         )
     non_numeric = [col for col, dtype in data.dtypes.items() if not pd.api.types.is_numeric_dtype(dtype)]
     if non_numeric:
-        raise ValueError(f"DataHandler needs numeric columns; these are not: {non_numeric[:10]}")
+        raise DataError(f"DataHandler needs numeric columns; these are not: {non_numeric[:10]}")
     if not index.is_monotonic_increasing:
         data = data.sort_index()
     duplicated = data.index.duplicated()
     if duplicated.any():
         example = data.index[duplicated.argmax()]
-        raise ValueError(
+        raise DataError(
             f"the frame has {int(duplicated.sum())} duplicated (datetime, instrument) rows, e.g. {example}; "
             "drop them with df[~df.index.duplicated()]"
         )
@@ -115,7 +116,7 @@ class DataHandler:
         shared_processors: Sequence[Any] = (),
     ):
         if process_type not in (self.PTYPE_A, self.PTYPE_I):
-            raise ValueError(f"process_type={process_type!r} must be {self.PTYPE_A!r} or {self.PTYPE_I!r}")
+            raise DataError(f"process_type={process_type!r} must be {self.PTYPE_A!r} or {self.PTYPE_I!r}")
         self.process_type = process_type
         self.fit_start_time = fit_start_time
         self.fit_end_time = fit_end_time
@@ -124,7 +125,7 @@ class DataHandler:
             procs = [build_processor(spec, fit_start_time, fit_end_time) for spec in specs]
             for proc in procs:
                 if kind != "learn_processors" and not proc.is_for_infer():
-                    raise ValueError(
+                    raise DataError(
                         f"{type(proc).__name__} is not usable for inference, so it cannot be one of the "
                         f"{kind}; move it to learn_processors"
                     )
@@ -180,7 +181,7 @@ def _select_columns(df: pd.DataFrame, col_set: str | list[str]) -> pd.DataFrame:
 def _select_rows(df: pd.DataFrame, selector: Any, level: str | int | None) -> pd.DataFrame:
     if isinstance(selector, (tuple, list)) and level is not None:
         if not 1 <= len(selector) <= 3:
-            raise ValueError(
+            raise DataError(
                 f"a list/tuple selector is read as slice(*selector) and needs 1-3 items, got {len(selector)}; "
                 "pass a pd.Index to select a set of labels"
             )
@@ -192,7 +193,7 @@ def _select_rows(df: pd.DataFrame, selector: Any, level: str | int | None) -> pd
             raise KeyError(f"level={level!r} is not an index level; use one of {list(df.index.names)}")
         level = df.index.names.index(level)
     elif level not in (0, 1):
-        raise ValueError(f"level={level!r} must be 'datetime', 'instrument', 0, 1 or None")
+        raise DataError(f"level={level!r} must be 'datetime', 'instrument', 0, 1 or None")
     everything = slice(None, None)
     if isinstance(selector, slice) and selector == everything:
         return df.copy(deep=False)

@@ -43,8 +43,8 @@ from __future__ import annotations
 
 import abc
 import contextlib
-import importlib
 import difflib
+import importlib
 import inspect
 import warnings
 from collections.abc import Mapping, Sequence
@@ -52,6 +52,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from qjax.errors import DataError
 
 __all__ = [
     "NotFittedError",
@@ -97,7 +99,7 @@ def _group_positions(df: pd.DataFrame, group: str | None, who: str) -> np.ndarra
     if group is None:
         return np.arange(df.shape[1])
     if not isinstance(df.columns, pd.MultiIndex):
-        raise ValueError(
+        raise DataError(
             f"{who}: fields_group={group!r} needs two-level columns such as ('feature', name), "
             f"but the frame has single-level columns; pass fields_group=None or a two-level frame"
         )
@@ -187,7 +189,7 @@ def _fit_window(df: pd.DataFrame, start: Any, end: Any, who: str) -> pd.DataFram
         window = df[dates.isin(unique[lo:hi])]
     if window.shape[0] == 0:
         span = f"{dates.min()} .. {dates.max()}" if len(dates) else "nothing (empty frame)"
-        raise ValueError(
+        raise DataError(
             f"{who}: fit window [fit_start_time={start}, fit_end_time={end}] selects no rows; "
             f"the data covers {span}. Choose fit dates inside the data."
         )
@@ -201,7 +203,7 @@ def _column_names(columns: pd.Index, mask: np.ndarray, limit: int = 5) -> str:
 
 
 def _raise_inf(who: str, columns: pd.Index, mask: np.ndarray, where: str) -> None:
-    raise ValueError(
+    raise DataError(
         f"{who}: infinite values {where} in column(s) {_column_names(columns, mask)}; they would turn "
         f"finite data into NaN. Put ProcessInf before {who} (it replaces inf by the day's mean)."
     )
@@ -356,7 +358,7 @@ class TanhProcess(Processor):
 
     def __call__(self, df: pd.DataFrame) -> pd.DataFrame:
         if not isinstance(df.columns, pd.MultiIndex):
-            raise ValueError("TanhProcess needs two-level columns such as ('feature', name)")
+            raise DataError("TanhProcess needs two-level columns such as ('feature', name)")
         names = pd.Index(df.columns.get_level_values(1).astype(str))
         positions = np.flatnonzero(~names.str.contains("LABEL", regex=False))
         block = _float_block(df, positions)
@@ -504,7 +506,7 @@ class CSZScoreNorm(Processor):
 
     def __init__(self, fields_group: str | list[str] | None = None, method: str = "zscore"):
         if method not in self._METHODS:
-            raise ValueError(f"CSZScoreNorm: method={method!r} is not one of {list(self._METHODS)}")
+            raise DataError(f"CSZScoreNorm: method={method!r} is not one of {list(self._METHODS)}")
         self.fields_group = fields_group
         self.method = method
 
@@ -624,7 +626,7 @@ def build_processor(spec: Any, fit_start_time: Any = None, fit_end_time: Any = N
         raise TypeError(f"cannot build a processor from {spec!r}: give an instance, a class name or a dict")
     unknown = set(spec) - {"class", "kwargs", "module_path"}
     if "class" not in spec or unknown:
-        raise ValueError(
+        raise DataError(
             f"processor spec {dict(spec)!r} must have a 'class' key and only 'kwargs'/'module_path' besides"
         )
     cls = _resolve_class(spec["class"], spec.get("module_path"))
@@ -636,7 +638,7 @@ def build_processor(spec: Any, fit_start_time: Any = None, fit_end_time: Any = N
                 kwargs[name] = value
         missing = [name for name in _FIT_TIMES if name not in kwargs and params[name].default is inspect._empty]
         if missing:
-            raise ValueError(
+            raise DataError(
                 f"{cls.__name__} needs {missing}: set them in its kwargs or pass "
                 f"fit_start_time/fit_end_time to the handler"
             )

@@ -38,19 +38,20 @@ import pandas as pd
 from jax import lax
 
 from qjax.data.samples import Samples, day_numbers
+from qjax.errors import DataError
 
 FILL_TYPES: tuple[str, ...] = ("ffill+bfill", "ffill", "none")
 
 
 def check_fillna_type(fillna_type: str) -> str:
     if fillna_type not in FILL_TYPES:
-        raise ValueError(f"fillna_type={fillna_type!r} is not one of {FILL_TYPES}")
+        raise DataError(f"fillna_type={fillna_type!r} is not one of {FILL_TYPES}")
     return fillna_type
 
 
 def check_step_len(step_len: int) -> int:
     if isinstance(step_len, bool) or not isinstance(step_len, (int, np.integer)) or step_len < 1:
-        raise ValueError(f"step_len must be a positive int, got {step_len!r}")
+        raise DataError(f"step_len must be a positive int, got {step_len!r}")
     return int(step_len)
 
 
@@ -135,13 +136,13 @@ def build_panel(data: pd.DataFrame, step_len: int) -> PanelTables:
     if not isinstance(data.index, pd.MultiIndex) or not {"datetime", "instrument"} <= set(
         data.index.names
     ):
-        raise ValueError(
+        raise DataError(
             "data needs a (datetime, instrument) MultiIndex, got index levels "
             f"{list(getattr(data.index, 'names', [data.index.name]))}"
         )
     if data.index.has_duplicates:
         dup = data.index[data.index.duplicated()][0]
-        raise ValueError(f"duplicate (datetime, instrument) row {dup}; each pair must appear once")
+        raise DataError(f"duplicate (datetime, instrument) row {dup}; each pair must appear once")
     row_dates = pd.DatetimeIndex(data.index.get_level_values("datetime"))
     row_insts = data.index.get_level_values("instrument")
     row_day, dates = pd.factorize(row_dates, sort=True)
@@ -149,7 +150,7 @@ def build_panel(data: pd.DataFrame, step_len: int) -> PanelTables:
     try:
         values = data.to_numpy(dtype=np.float32)
     except (TypeError, ValueError) as err:
-        raise ValueError(f"data columns must be numeric to build windows: {err}") from err
+        raise DataError(f"data columns must be numeric to build windows: {err}") from err
 
     pad = step_len - 1
     n_days, n_inst = len(dates), len(instruments)
@@ -217,7 +218,7 @@ class WindowSampler:
     def _filter_mask(self, flt_data, index: pd.MultiIndex) -> np.ndarray:
         if isinstance(flt_data, pd.DataFrame):
             if flt_data.shape[1] != 1:
-                raise ValueError(f"flt_data must have one column, got {list(flt_data.columns)}")
+                raise DataError(f"flt_data must have one column, got {list(flt_data.columns)}")
             flt_data = flt_data.iloc[:, 0]
         flt = flt_data.reorder_levels(index.names) if flt_data.index.names != index.names else flt_data
         keep = flt.reindex(index).fillna(False).astype(bool).to_numpy()
@@ -280,7 +281,7 @@ class WindowSampler:
         if len(self.label_cols) == 0:
             return np.full(len(self), np.nan, np.float32)
         if len(self.label_cols) > 1:
-            raise ValueError(
+            raise DataError(
                 f"one label column expected, got {list(self.columns[self.label_cols])}; "
                 "select a single label in the handler"
             )
