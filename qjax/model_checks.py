@@ -108,7 +108,9 @@ def time_layout(names: Sequence[str]) -> tuple[int, int] | None:
             blocks[-1][1].append(lag)
         else:
             blocks.append((field, [lag]))
-    if not blocks or len({field for field, _ in blocks}) != len(blocks):
+    # Two fields at least: one numbered run of columns ("f0".."f359") is as likely a plain
+    # numbering as one field's lags.
+    if len(blocks) < 2 or len({field for field, _ in blocks}) != len(blocks):
         return None
     lags = blocks[0][1]
     if len(lags) < 2 or any(block_lags != lags for _, block_lags in blocks):

@@ -80,6 +80,7 @@ def test_alpha360_layout_is_6_fields_by_60_days_and_alpha158_has_none():
     assert time_layout(["A2", "A1", "B1", "B2"]) is None  # different lag order: no layout
     assert time_layout(["A1", "B1"]) is None  # one step is no time axis
     assert time_layout(["x", "y"]) is None
+    assert time_layout([f"f{i}" for i in range(360)]) is None  # a numbering, not one field's lags
 
 
 @pytest.mark.parametrize("d_feat", [1, 5, 12, 60, 360])
