@@ -65,7 +65,7 @@ class RunCheckpoints:
                 if not isinstance(meta, dict) or not {"fingerprint", "history"} <= set(meta):
                     raise ValueError("its metadata lacks the fingerprint or the history")
             except Exception as err:  # noqa: BLE001 - any unreadable checkpoint is skipped
-                path = os.path.join(self.directory, str(step))
+                path = _broken_json(os.path.join(self.directory, str(step)))
                 bad.append(f"{path} ({type(err).__name__}: {_first_line(err)})")
                 self._set_aside(step)
                 continue
@@ -114,6 +114,21 @@ class RunCheckpoints:
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
+
+
+def _broken_json(step_dir: str) -> str:
+    """The first unparseable JSON metadata file of a checkpoint, else the checkpoint itself."""
+    for root, _, files in sorted(os.walk(step_dir)):
+        for name in sorted(files):
+            if name not in ("metadata", "_CHECKPOINT_METADATA", "_METADATA"):
+                continue
+            path = os.path.join(root, name)
+            try:
+                with open(path, encoding="utf-8") as file:
+                    json.load(file)
+            except (OSError, ValueError):
+                return path
+    return step_dir
 
 
 def _first_line(err: BaseException) -> str:
