@@ -89,6 +89,9 @@ def check_keys(where: str, mapping: Mapping, allowed, elsewhere: Mapping[str, st
 def load(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> dict:
     """Read a YAML config, apply ``key.sub=value`` overrides, validate and return it."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{str(path)!r} is a directory; give a YAML config file, e.g. "
+                          "configs/lstm_alpha360.yaml")
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist; see configs/ for examples")
     try:

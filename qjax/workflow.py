@@ -94,6 +94,7 @@ def train(cfg: Mapping[str, Any], out_dir: str | Path, *, verbose: bool = True,
     cfg = config_lib.validate(cfg)
     if "test" not in cfg["dataset"]["segments"]:
         raise config_lib.ConfigError("dataset.segments needs a 'test' segment: the run scores it")
+    _warn_about_look_ahead(cfg)
     model = estimator(cfg["model"]["name"], **_model_kwargs(cfg))  # checks the keywords
     plan = rundir.plan(out_dir, cfg, overwrite)
     out = plan.out
@@ -148,6 +149,19 @@ def train(cfg: Mapping[str, Any], out_dir: str | Path, *, verbose: bool = True,
     (out / "metrics.json").write_text(json.dumps(_json_safe(metrics), indent=2, allow_nan=False))
     write_report(out / "report.png", evals, per_seed, label, cfg["model"]["name"])
     return _json_safe(metrics)
+
+
+def _warn_about_look_ahead(cfg: Mapping[str, Any]) -> None:
+    """Processors fitted on dates after the train segment see validation or test data."""
+    fit_end = cfg["handler"].get("fit_end_time")
+    train_end = cfg["dataset"]["segments"]["train"][1]
+    if fit_end is not None and pd.Timestamp(fit_end) > pd.Timestamp(train_end):
+        warnings.warn(
+            f"handler.fit_end_time {fit_end} is after the train segment's end {train_end}: the "
+            "normalising processors are fitted on later (validation/test) data, a look-ahead "
+            "that flatters the test metrics; set fit_end_time to the train end",
+            stacklevel=3,
+        )
 
 
 def check_dataset(dataset: Dataset) -> None:

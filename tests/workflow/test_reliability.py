@@ -270,3 +270,17 @@ def test_the_python_api_checks_the_layout_before_training(tmp_path):
     dataset = workflow.build_dataset(cfg)
     with pytest.raises(ConfigError, match=r"d_feat=12, but the 360 feature columns are 6 fields"):
         estimator("lstm", d_feat=12, n_epochs=1).fit(dataset, verbose=False)
+
+
+def test_a_fit_window_reaching_past_the_train_segment_warns_of_look_ahead(tmp_path, capsys):
+    message = "fit_end_time 2015-09-30 is after the train segment's end"
+    with pytest.warns(UserWarning, match=message):
+        # hidden_size=0 ends the run before training; the warning came first
+        assert train(tmp_path / "run", "--set", "handler.fit_end_time=2015-09-30",
+                     "--set", "model.kwargs.hidden_size=0") == 2
+    assert "hidden_size must be a positive integer" in capsys.readouterr().err
+
+
+def test_a_directory_given_as_the_config_is_named(tmp_path, capsys):
+    assert cli.main(["train", str(tmp_path)]) == 2
+    assert "is a directory; give a YAML config file" in capsys.readouterr().err
