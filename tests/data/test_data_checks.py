@@ -16,7 +16,7 @@ from qjax.errors import DataError
 DATES = pd.bdate_range("2020-01-01", periods=30)
 
 
-def frame(seed: int = 0) -> pd.DataFrame:
+def frame(seed: int) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
     index = pd.MultiIndex.from_product([DATES, ["A", "B", "C"]], names=["datetime", "instrument"])
     cols = pd.MultiIndex.from_tuples([("feature", "f1"), ("feature", "f2"), ("label", "y")])
@@ -28,8 +28,8 @@ SEGMENTS = {"train": ("2020-01-01", "2020-01-21"), "valid": ("2020-01-22", "2020
 
 
 @pytest.mark.parametrize("kind", [Dataset, TSDataset])
-def test_dropna_label_removing_every_train_label_is_named_as_the_cause(kind):
-    data = frame()
+def test_dropna_label_removing_every_train_label_is_named_as_the_cause(kind, seed):
+    data = frame(seed)
     train = data.index.get_level_values("datetime") <= pd.Timestamp("2020-01-21")
     data.loc[train, ("label", "y")] = np.nan  # e.g. a label expression that is NaN there
     args = {"step_len": 3} if kind is TSDataset else {}
@@ -40,15 +40,15 @@ def test_dropna_label_removing_every_train_label_is_named_as_the_cause(kind):
     assert "move the segment into the data's range" not in str(err.value)
 
 
-def test_a_segment_outside_the_data_still_says_so():
-    dataset = Dataset(DataHandler(frame(), learn_processors=[DropnaLabel()]),
+def test_a_segment_outside_the_data_still_says_so(seed):
+    dataset = Dataset(DataHandler(frame(seed), learn_processors=[DropnaLabel()]),
                       {**SEGMENTS, "test": ("2021-01-01", "2021-02-01")})
     with pytest.raises(ValueError, match="move the segment into the data's range"):
         dataset.prepare("test", col_set="feature", data_key="infer")
 
 
-def test_nonfinite_report_names_segments_columns_and_counts():
-    data = frame()
+def test_nonfinite_report_names_segments_columns_and_counts(seed):
+    data = frame(seed)
     data.iloc[[0, 3, 6], 1] = np.nan  # f2, train dates
     data.iloc[2, 0] = np.inf  # f1, train
     data.iloc[-1, 2] = -np.inf  # label, test
@@ -60,11 +60,11 @@ def test_nonfinite_report_names_segments_columns_and_counts():
         "segment 'train' features: f1 (1 inf), f2 (3 NaN)",
         "segment 'test' labels: y (1 inf)",
     ]
-    assert nonfinite_report(Dataset(DataHandler(frame()), SEGMENTS)) == ""
+    assert nonfinite_report(Dataset(DataHandler(frame(seed)), SEGMENTS)) == ""
 
 
-def test_inf_in_a_training_segment_is_rejected_before_training():
-    data = frame()
+def test_inf_in_a_training_segment_is_rejected_before_training(seed):
+    data = frame(seed)
     data.iloc[40, 2] = np.inf  # a label on a train date
     dataset = Dataset(DataHandler(data), SEGMENTS)
     with pytest.raises(DataError, match=r"segment 'train' labels: y\. Replace them with NaN"):

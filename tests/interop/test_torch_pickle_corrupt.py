@@ -12,9 +12,9 @@ from qjax.errors import CheckpointError, QjaxError
 from qjax.interop import read_torch_state_dict
 
 
-@pytest.fixture(scope="module")
-def saved(torch):
-    generator = torch.Generator().manual_seed(0)
+@pytest.fixture
+def saved(torch, seed):
+    generator = torch.Generator().manual_seed(seed)
     state = {"w": torch.randn(40, 30, generator=generator), "b": torch.arange(30.0)}
     buffer = io.BytesIO()
     torch.save(state, buffer)

@@ -15,8 +15,10 @@ from qjax.train import TrainConfig, engine, fit
 CONFIG = TrainConfig(n_epochs=4, lr=0.01, batch_size=40, early_stop=10)
 
 
-def data():
-    return panel(seed=21), panel(n_days=8, seed=22)
+@pytest.fixture
+def data(seed):
+    """Train and valid samples drawn from this test's seed (the mechanisms hold for any draw)."""
+    return panel(seed=seed), panel(n_days=8, seed=seed + 1)
 
 
 def steps(directory: Path) -> list[int]:
@@ -35,26 +37,27 @@ def poison_epoch(monkeypatch, at: int, make):
     monkeypatch.setattr(engine, "_run_epoch", run)
 
 
-def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch,
+                                                                      data):
     directory = tmp_path / "ckpt"
     poison_epoch(monkeypatch, 3, lambda m: {**m, "train_loss": m["train_loss"] * jnp.nan})
     with pytest.raises(TrainingDiverged,
                        match=r"training loss became nan at epoch 3 \(seeds \[0\]\)") as err:
-        fit(TinyMLP(), *data(), CONFIG, checkpoint_dir=directory, verbose=False)
+        fit(TinyMLP(), *data, CONFIG, checkpoint_dir=directory, verbose=False)
     assert err.value.epoch == 3
     assert steps(directory) == [0, 1]  # epoch 3 (step 2) was never saved
     monkeypatch.undo()
 
     # The kept checkpoint resumes to the result of a run that never diverged.
-    resumed = fit(TinyMLP(), *data(), CONFIG, checkpoint_dir=directory, resume=True,
+    resumed = fit(TinyMLP(), *data, CONFIG, checkpoint_dir=directory, resume=True,
                   verbose=False)
-    reference = fit(TinyMLP(), *data(), CONFIG, verbose=False)
+    reference = fit(TinyMLP(), *data, CONFIG, verbose=False)
     assert resumed.resumed_from == 2
     assert max_abs_diff(resumed.variables, reference.variables) == 0.0
 
 
-def test_nan_features_and_inf_labels_stop_at_the_first_epoch():
-    train, valid = data()
+def test_nan_features_and_inf_labels_stop_at_the_first_epoch(data):
+    train, valid = data
     nan_x = train.replace(features=train.features.at[5, 2].set(jnp.nan))
     with pytest.raises(TrainingDiverged, match="training loss became nan at epoch 1"):
         fit(TinyMLP(), nan_x, valid, CONFIG, verbose=False)
@@ -69,15 +72,17 @@ def test_nan_features_and_inf_labels_stop_at_the_first_epoch():
     assert result.best_epoch.tolist() == [-1]
 
 
-def test_a_stopped_replica_reading_nan_is_not_divergence():
+def test_a_stopped_replica_reading_nan_is_not_divergence(data):
     # Stopped replicas report NaN metrics by design; early_stop=1 stops seeds at different epochs.
-    config = TrainConfig(n_epochs=6, lr=0.05, batch_size=40, early_stop=1)
-    result = fit(TinyMLP(), *data(), config, seeds=[0, 1, 2], verbose=False)
-    assert result.early_stopped.any()
+    config = TrainConfig(n_epochs=40, lr=0.05, batch_size=40, early_stop=1)
+    result = fit(TinyMLP(), *data, config, seeds=[0, 1, 2, 3], verbose=False)
+    n_run = len(result.history["train_loss"])
+    # some replica stopped while another went on, so NaN metrics were seen: no error
+    assert (result.epochs_run < n_run).any(), result.epochs_run
 
 
-def _checkpointed_run(directory: Path):
-    return fit(TinyMLP(), *data(), CONFIG, checkpoint_dir=directory, verbose=False)
+def _checkpointed_run(directory: Path, data):
+    return fit(TinyMLP(), *data, CONFIG, checkpoint_dir=directory, verbose=False)
 
 
 def _garble(path: Path) -> None:
@@ -85,23 +90,23 @@ def _garble(path: Path) -> None:
         file.write_bytes(b"\x00garbage" * 3)
 
 
-def test_a_corrupted_latest_checkpoint_falls_back_to_the_newest_intact_one(tmp_path):
+def test_a_corrupted_latest_checkpoint_falls_back_to_the_newest_intact_one(tmp_path, data):
     directory = tmp_path / "ckpt"
-    reference = _checkpointed_run(directory)
+    reference = _checkpointed_run(directory, data)
     assert steps(directory) == [2, 3]
     _garble(directory / "3" / "state")
     message = r"skipped unreadable checkpoint\(s\) .*ckpt/3/state/_METADATA .*epoch 3"
     with pytest.warns(UserWarning, match=message):
-        resumed = fit(TinyMLP(), *data(), CONFIG, checkpoint_dir=directory, resume=True,
+        resumed = fit(TinyMLP(), *data, CONFIG, checkpoint_dir=directory, resume=True,
                       verbose=False)
     assert resumed.resumed_from == 3  # restored step 2 (3 epochs done), replayed epoch 4
     assert max_abs_diff(resumed.variables, reference.variables) == 0.0
     assert (directory / "corrupt-3").is_dir() and steps(directory) == [2, 3]
 
 
-def test_truncated_metadata_of_the_only_checkpoint_names_the_file(tmp_path):
+def test_truncated_metadata_of_the_only_checkpoint_names_the_file(tmp_path, data):
     directory = tmp_path / "ckpt"
-    _checkpointed_run(directory)
+    _checkpointed_run(directory, data)
     for step in steps(directory)[:-1]:
         import shutil
 
@@ -110,11 +115,11 @@ def test_truncated_metadata_of_the_only_checkpoint_names_the_file(tmp_path):
     meta.write_text(meta.read_text()[:40])
     with pytest.raises(CheckpointError,
                        match=r"no checkpoint in .*ckpt can be read: .*ckpt/3/meta/metadata "):
-        fit(TinyMLP(), *data(), CONFIG, checkpoint_dir=directory, resume=True, verbose=False)
+        fit(TinyMLP(), *data, CONFIG, checkpoint_dir=directory, resume=True, verbose=False)
 
 
 def test_ctrl_c_becomes_interrupted_with_the_epoch_and_the_run_resumes(tmp_path, monkeypatch,
-                                                                       capsys):
+                                                                       capsys, data):
     directory = tmp_path / "ckpt"
 
     def interrupt(metrics):
@@ -122,20 +127,20 @@ def test_ctrl_c_becomes_interrupted_with_the_epoch_and_the_run_resumes(tmp_path,
 
     poison_epoch(monkeypatch, 3, interrupt)
     with pytest.raises(Interrupted) as stop:
-        fit(TinyMLP(), *data(), CONFIG, checkpoint_dir=directory, verbose=False)
+        fit(TinyMLP(), *data, CONFIG, checkpoint_dir=directory, verbose=False)
     assert stop.value.epoch == 3 and stop.value.resumable
     assert isinstance(stop.value, KeyboardInterrupt)  # code that catches Ctrl-C still does
     monkeypatch.undo()
 
-    resumed = fit(TinyMLP(), *data(), CONFIG, checkpoint_dir=directory, resume=True)
+    resumed = fit(TinyMLP(), *data, CONFIG, checkpoint_dir=directory, resume=True)
     assert "resuming from epoch 3 (2 of 4 done)" in capsys.readouterr().err
     # The first part's time (until its last checkpoint) is carried over.
     assert resumed.earlier_seconds > 0
 
 
-def test_early_stopping_is_announced_with_the_epoch(capsys):
+def test_early_stopping_is_announced_with_the_epoch(capsys, data):
     config = TrainConfig(n_epochs=30, lr=0.05, batch_size=40, early_stop=2)
-    result = fit(TinyMLP(), *data(), config)
+    result = fit(TinyMLP(), *data, config)
     stopped_at = int(result.epochs_run[0])
     assert result.early_stopped[0] and stopped_at < 30
     err = capsys.readouterr().err

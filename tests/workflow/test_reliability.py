@@ -207,14 +207,14 @@ def test_ctrl_c_prints_one_line_and_the_rerun_resumes_and_counts_all_time(tmp_pa
 
 # -- 6. the multi-seed report -----------------------------------------------------------------
 
-def test_report_lines_show_every_seed_with_its_own_mean():
+def test_report_lines_show_every_seed_with_its_own_mean(seed):
     evals = {"train": [[-1.0, -1.1], [-0.9, np.nan]], "valid": [[-1.2, -1.3], [-1.1, np.nan]]}
     curves = workflow.curve_lines(evals, ["seed_0", "seed_1"])
     assert [(name, seed) for name, _, seed in curves] == [
         ("train seed_0", 0), ("train seed_1", 1), ("valid seed_0", 0), ("valid seed_1", 1)]
     np.testing.assert_array_equal(curves[3][1], [-1.3, np.nan])
 
-    rng = np.random.default_rng(5)
+    rng = np.random.default_rng(seed)
     index = pd.MultiIndex.from_product(
         [pd.bdate_range("2020-01-01", periods=6), list("ABCDE")], names=["datetime", "instrument"])
     label = pd.Series(rng.standard_normal(len(index)), index=index)
