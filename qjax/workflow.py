@@ -167,15 +167,14 @@ def _warn_about_look_ahead(cfg: Mapping[str, Any]) -> None:
 def check_dataset(dataset: Dataset) -> None:
     """Before any training: every segment has rows in the data it is read from, the training
     data holds no inf, and the test segment has several instruments per day (IC needs them)."""
+    test = None
     for name in dataset.segments:
         if name == "test":  # predicted from the inference data, scored on the raw labels
-            Dataset._prepare_one(dataset, name, "feature", "infer")
+            test = Dataset._prepare_one(dataset, name, "feature", "infer")
         else:
             Dataset._prepare_one(dataset, name, "label", "learn")
     reject_infinite(dataset, [n for n in dataset.segments if n != "test"])
-    test = Dataset._prepare_one(dataset, "test", "feature", "infer")
-    per_day = test.groupby(level="datetime").size()
-    if int(per_day.max()) < 2:
+    if test is not None and int(test.groupby(level="datetime").size().max()) < 2:
         warnings.warn(
             "the test segment has one instrument per day, so its daily IC (a correlation across "
             "instruments) is undefined; IC, ICIR, Rank IC and Rank ICIR will be null. Use a "
