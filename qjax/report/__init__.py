@@ -1,0 +1,59 @@
+"""A run's report: PNG figures and one self-contained HTML page that collects them.
+
+``write_report(run_dir)`` (run by ``qjax train`` and ``qjax report RUN_DIR``) writes
+``report/*.png`` and ``report.html`` from the run directory's files; see :mod:`.artifacts`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from qjax.report.artifacts import RunArtifacts, load_run, save_report_inputs
+
+__all__ = ["RunArtifacts", "load_run", "save_report_inputs", "write_report"]
+
+
+def write_report(run_dir: str | Path) -> Path:
+    """Build the figures and the page for a finished run; return the HTML page's path."""
+    from qjax.report import analysis, curves, page, portfolio, signal
+    from qjax.report.artifacts import describe
+
+    run = load_run(run_dir)
+    folder = Path(run_dir) / "report"
+    folder.mkdir(exist_ok=True)
+    figures = []
+    n = len(run.seeds)
+    seeds = f"{n} seeds" if n > 1 else "one seed"
+    if run.evals:
+        png = curves.learning_curves(run.evals, run.metrics.get("best_epoch") or [],
+                                     folder / "learning_curves.png")
+        figures.append(("Learning curves", png, f"Train and valid score per epoch ({seeds}); "
+                        "the star marks the epoch whose parameters were kept."))
+    if run.label is not None:
+        ic, rank_ic = analysis.daily_ic(run.scores, run.label)
+        figures.append(("Information coefficient", signal.ic_daily(
+            ic, rank_ic, folder / "ic_daily.png"), "Daily cross-sectional IC (Pearson) and "
+            "Rank IC (Spearman) of the test scores against the raw label."))
+        figures.append(("IC by month and its distribution", signal.ic_distribution(
+            ic, rank_ic, folder / "ic_distribution.png"), "Monthly mean IC and Rank IC; "
+            "histogram of the daily IC."))
+        groups = [analysis.group_returns(run.scores[c], run.label) for c in run.scores]
+        figures.append(("Return by score quantile", signal.group_returns(
+            groups, folder / "group_returns.png"), "Each day the scored stocks are split into "
+            "five equal groups by score (G1 highest); the mean label return of each group."))
+        autocorr = pd.DataFrame({c: analysis.score_autocorr(run.scores[c]) for c in run.scores})
+        figures.append(("Long-short and score autocorrelation", signal.long_short(
+            groups, autocorr, folder / "long_short.png"), "Long-short = G1 − G5, long-average "
+            "= G1 − the day's mean; autocorrelation of the score's daily rank with the "
+            "previous day's."))
+    if run.portfolio is not None:
+        scored_by = f"the first seed's scores ({run.seeds[0]})" if n > 1 else "the test scores"
+        figures.append(("Backtest", portfolio.backtest(
+            run.portfolio, run.benchmark, scored_by, folder / "backtest.png"),
+            "Qlib's report_graph quantities: returns are summed, not compounded; the shaded "
+            "span is the largest drawdown of the excess return with cost."))
+    title, subtitle = describe(run)
+    return page.write_page(Path(run_dir) / "report.html", title, subtitle,
+                           page.metric_tables(run.metrics), figures, run.notes)

@@ -1,0 +1,111 @@
+"""A finished run's files, read back for the report (``qjax report RUN_DIR``).
+
+``qjax train`` writes two files for the report next to its usual outputs: ``labels.parquet``
+(the test segment's raw label, indexed like the predictions) and ``evals.json`` (the per-epoch
+train/valid scores). Runs written before them still get the figures their files allow.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import pandas as pd
+
+LABELS_FILE = "labels.parquet"
+EVALS_FILE = "evals.json"
+
+
+@dataclass(frozen=True)
+class RunArtifacts:
+    """What the report draws from. ``scores`` has one column per seed."""
+
+    name: str
+    config: Mapping[str, Any]
+    metrics: Mapping[str, Any]
+    scores: pd.DataFrame
+    label: pd.Series | None = None
+    evals: Mapping[str, np.ndarray] = field(default_factory=dict)  # name -> [epochs, seeds]
+    portfolio: pd.DataFrame | None = None  # backtest/report.csv (Qlib's report_normal)
+    benchmark: str | None = None
+    notes: tuple[str, ...] = ()
+
+    @property
+    def seeds(self) -> list[str]:
+        return [str(c) for c in self.scores.columns]
+
+
+def save_report_inputs(out_dir: str | Path, evals: Mapping[str, Any], label: pd.Series) -> None:
+    """Write the two files the report needs beyond a run's other outputs."""
+    out = Path(out_dir)
+    label.rename("label").to_frame().to_parquet(out / LABELS_FILE)
+    payload = {k: np.asarray(v, dtype=float).tolist() for k, v in evals.items()}
+    (out / EVALS_FILE).write_text(json.dumps(payload) + "\n")
+
+
+def load_run(run_dir: str | Path) -> RunArtifacts:
+    """Read a run directory (raises FileNotFoundError naming the missing file and the fix)."""
+    from qjax import config as config_lib
+
+    run = Path(run_dir)
+    if not run.is_dir():
+        raise FileNotFoundError(f"{run} is not a directory; pass the --out directory of a "
+                                "finished `qjax train` run")
+    for name in ("config.yaml", "metrics.json", "predictions.parquet"):
+        if not (run / name).exists():
+            raise FileNotFoundError(f"{run / name} is missing: {run} is not a finished run "
+                                    "(run `qjax train` to completion first)")
+    notes = []
+    cfg = config_lib.parse_yaml((run / "config.yaml").read_text())
+    scores = pd.read_parquet(run / "predictions.parquet")
+    label = None
+    if (run / LABELS_FILE).exists():
+        label = pd.read_parquet(run / LABELS_FILE).iloc[:, 0]
+    else:
+        notes.append(f"no {LABELS_FILE} (a run from an older qjax): IC and quantile-group "
+                     "figures are left out")
+    evals = {}
+    if (run / EVALS_FILE).exists():
+        for key, values in json.loads((run / EVALS_FILE).read_text()).items():
+            arr = np.asarray(values, dtype=float)
+            evals[key] = arr[:, None] if arr.ndim == 1 else arr
+    portfolio, benchmark = None, None
+    if (run / "backtest" / "report.csv").exists():
+        portfolio = pd.read_csv(run / "backtest" / "report.csv", index_col=0, parse_dates=True)
+        info = run / "backtest" / "port_analysis.json"
+        if info.exists():
+            benchmark = json.loads(info.read_text()).get("benchmark")
+    return RunArtifacts(name=run.resolve().name, config=cfg,
+                        metrics=json.loads((run / "metrics.json").read_text()), scores=scores,
+                        label=label, evals=evals, portfolio=portfolio, benchmark=benchmark,
+                        notes=tuple(notes))
+
+
+def describe(run: RunArtifacts) -> tuple[str, str]:
+    """The report's title and subtitle: config, model and handler; universe, dates, seeds."""
+    cfg = run.config
+    model = cfg.get("model", {}).get("name", run.metrics.get("model", "?"))
+    handler = cfg.get("handler", {}).get("name", "")
+    data = cfg.get("data", {})
+    source = data.get("source", "generated")
+    if source == "qlib":
+        universe = f"{data.get('instruments', 'csi300')} (Qlib data)"
+    elif source == "generated":
+        universe = f"generated market, {data.get('n_instruments', '?')} instruments"
+    else:
+        universe = f"{Path(str(data.get('path', source))).name}"
+    segments = cfg.get("dataset", {}).get("segments", {})
+    dates = "  ".join(f"{k} {_day(v[0])} – {_day(v[1])}" for k, v in segments.items()
+                      if isinstance(v, (list, tuple)) and len(v) == 2)
+    seeds = cfg.get("train", {}).get("seeds") or [cfg.get("model", {}).get("kwargs", {})
+                                                   .get("seed", 0)]
+    seed_text = f"seed {seeds[0]}" if len(seeds) == 1 else f"{len(seeds)} seeds {seeds}"
+    title = f"{run.name}: {model} on {handler}" if handler else f"{run.name}: {model}"
+    return title, f"{universe} · {dates} · {seed_text}"
+
+
+def _day(value: Any) -> str:
+    return pd.Timestamp(str(value)).strftime("%Y-%m-%d")

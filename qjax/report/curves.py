@@ -1,0 +1,40 @@
+"""Learning curves: the train and valid score per epoch, with the best epoch marked."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import matplotlib.ticker
+import numpy as np
+import pandas as pd
+
+from qjax.report import style
+
+
+def learning_curves(evals: Mapping[str, np.ndarray], best_epoch: Sequence[int],
+                    path: str | Path) -> Path:
+    """``evals``: name -> [epochs, seeds] scores (higher is better); ``best_epoch``: per seed,
+    0-based, as metrics.json stores it."""
+    with style.figure(height=3.4) as (fig, (ax,)):
+        colors = {"train": style.COLORS["main"], "valid": style.COLORS["second"]}
+        for name, values in evals.items():
+            frame = pd.DataFrame(values, index=np.arange(1, len(values) + 1))
+            style.spread(ax, frame, name, colors.get(name, style.COLORS["third"]))
+        valid = evals.get("valid")
+        for seed, epoch in enumerate(best_epoch):
+            if valid is None or not 0 <= epoch < len(valid):
+                continue
+            value = valid[epoch, min(seed, valid.shape[1] - 1)]
+            label = (f"best epoch {epoch + 1} (valid {value:.4f})" if len(best_epoch) == 1
+                     else "best epoch of each seed" if seed == 0 else None)
+            ax.plot([epoch + 1], [value], marker="*", markersize=13, linestyle="none",
+                    color=style.COLORS["best"], zorder=5, label=label)
+            if len(best_epoch) == 1:
+                ax.axvline(epoch + 1, color=style.COLORS["best"], linestyle="--",
+                           linewidth=0.9, alpha=0.7)
+        ax.set(title="Learning curves: score per epoch (higher is better)", xlabel="epoch",
+               ylabel="score")
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        ax.legend(loc="best")
+        return style.save(fig, path)
