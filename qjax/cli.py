@@ -29,6 +29,8 @@ def main(argv: list[str] | None = None) -> int:
              "(default: $QJAX_COMPILATION_CACHE or ~/.cache/qjax/xla; 'off' disables it)")
 
     commands.add_parser("models", help="list the model names")
+    report = commands.add_parser("report", help="rebuild a run's report.html and report/*.png")
+    report.add_argument("run_dir", help="the --out directory of a finished `qjax train` run")
 
     args = parser.parse_args(argv)
     if args.command == "models":
@@ -37,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
         for name, spec in sorted(SPECS.items()):
             print(f"{name:<12} {spec.qlib_class}")
         return 0
+    if args.command == "report":
+        return _report(args.run_dir)
 
     try:
         cfg = config_lib.load(args.config, args.overrides)
@@ -90,6 +94,17 @@ def _train(cfg: dict, out: Path, args: argparse.Namespace) -> int:
 
 def _one_line_warning(message, category, filename, lineno, line=None) -> str:
     return f"qjax: warning: {message}\n"
+
+
+def _report(run_dir: str) -> int:
+    from qjax.report import write_report
+
+    try:
+        print(f"report: {write_report(run_dir)}")
+    except (FileNotFoundError, ValueError) as err:
+        print(f"qjax: {err}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def use_compilation_cache(path: str) -> None:

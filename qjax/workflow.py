@@ -10,7 +10,8 @@ This is what ``qjax train CONFIG.yaml`` executes. The run directory receives::
                          (epochs numbered from 1; null where a value is undefined, e.g. IC of
                          a one-instrument universe)
     backtest/            with a ``backtest:`` section: Qlib's report, positions, risk analysis
-    report.png           learning curves and the cumulative daily IC of the test segment
+    labels.parquet       the test segment's raw label; evals.json: per-epoch train/valid scores
+    report.html          the report (qjax.report): report/*.png embedded in one page
 
 A run that was interrupted resumes from its last checkpoint when started again with the same
 configuration and output directory.
@@ -34,7 +35,7 @@ from qjax.data.dataset import Dataset, TSDataset
 from qjax.errors import TrainingDiverged
 from qjax.data.handler import DataHandler
 from qjax.estimators import estimator
-from qjax.train.metrics import ic_series, signal_metrics
+from qjax.train.metrics import signal_metrics
 
 
 def load_market(data_cfg: Mapping[str, Any]) -> pd.DataFrame:
@@ -147,7 +148,10 @@ def train(cfg: Mapping[str, Any], out_dir: str | Path, *, verbose: bool = True,
         metrics.update(record_backtest(cfg["backtest"], per_seed.iloc[:, 0], cfg["data"], out, summary))
     per_seed.to_parquet(out / "predictions.parquet")
     (out / "metrics.json").write_text(json.dumps(_json_safe(metrics), indent=2, allow_nan=False))
-    write_report(out / "report.png", evals, per_seed, label, cfg["model"]["name"])
+    from qjax.report import save_report_inputs, write_report
+
+    save_report_inputs(out, evals, label)
+    write_report(out)
     return _json_safe(metrics)
 
 
@@ -236,72 +240,6 @@ def _summarise(per_seed: dict[str, dict[str, float]]) -> dict[str, Any]:
     if len(frame) > 1:
         out.update({f"{name} std": float(frame[name].std()) for name in frame.columns})
     return out
-
-
-def curve_lines(evals: Mapping[str, Any], seeds: list[str]) -> list[tuple[str, np.ndarray, int]]:
-    """(legend label, per-epoch scores, seed position) of every learning curve: train and
-    valid of each seed.
-
-    ``evals`` holds one score per epoch (one seed) or one list per epoch (several seeds); a
-    seed that stopped early reads NaN afterwards, which leaves its line short.
-    """
-    lines = []
-    for name in ("train", "valid"):
-        values = np.asarray(evals.get(name, []), dtype=float)
-        if not values.size:
-            continue
-        values = values.reshape(len(values), -1)
-        for column in range(values.shape[1]):
-            label = name if values.shape[1] == 1 else f"{name} {seeds[column]}"
-            lines.append((label, values[:, column], column))
-    return lines
-
-
-def ic_lines(per_seed: pd.DataFrame, label: pd.Series) -> list[tuple[str, pd.Series, int]]:
-    """(legend label, cumulative daily IC, seed position) for each seed's IC and Rank IC;
-    every label's mean is that line's own mean daily IC ("n/a" where IC is undefined)."""
-    lines = []
-    several = per_seed.shape[1] > 1
-    for position, column in enumerate(per_seed.columns):
-        ic, rank_ic = ic_series(per_seed[column], label)
-        for name, series in (("IC", ic), ("Rank IC", rank_ic)):
-            mean = series.mean()
-            shown = f"{mean:.4f}" if np.isfinite(mean) else "n/a"
-            prefix = f"{column} " if several else ""
-            lines.append((f"{prefix}{name} (mean {shown})", series.fillna(0).cumsum(), position))
-    return lines
-
-
-def write_report(path: Path, evals: Mapping[str, Any], per_seed: pd.DataFrame | pd.Series,
-                 label: pd.Series, title: str) -> None:
-    """Learning curves and the cumulative daily IC of the test predictions, as a PNG; every
-    seed has its own lines and every legend entry describes the line it labels."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import matplotlib.ticker
-
-    per_seed = per_seed.to_frame() if isinstance(per_seed, pd.Series) else per_seed
-    fig, (ax_curve, ax_ic) = plt.subplots(1, 2, figsize=(12, 4.2))
-    # one colour per seed; the line style tells train from valid and IC from Rank IC
-    for name, values, seed in curve_lines(evals, [str(c) for c in per_seed.columns]):
-        ax_curve.plot(np.arange(1, len(values) + 1), values, label=name, color=f"C{seed % 10}",
-                      linestyle=":" if name.startswith("train") else "-")
-    ax_curve.set(title=f"{title}: score per epoch (higher is better)", xlabel="epoch", ylabel="score")
-    ax_curve.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-    ax_curve.legend(fontsize="small")
-    ax_curve.grid(alpha=0.3)
-    for name, series, seed in ic_lines(per_seed, label):
-        ax_ic.plot(series.index, series, label=name, color=f"C{seed % 10}",
-                   linestyle="--" if "Rank" in name else "-")
-    ax_ic.set(title="test segment: cumulative daily IC", xlabel="date")
-    ax_ic.legend(fontsize="small")
-    ax_ic.grid(alpha=0.3)
-    fig.autofmt_xdate()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def format_table(metrics: Mapping[str, Any]) -> str:

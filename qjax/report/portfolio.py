@@ -53,6 +53,6 @@ def backtest(report: pd.DataFrame, benchmark: str | None, scored_by: str,
         for ax in axes:
             style.zero_line(ax)
             style.percent_axis(ax)
-            ax.legend(loc="upper left", ncols=3)
+            style.legend_on_top(ax, ncols=3)
         style.date_axis(turnover)
         return style.save(fig, path)

@@ -31,16 +31,14 @@ def ic_daily(ic: pd.DataFrame, rank_ic: pd.DataFrame, path: str | Path) -> Path:
             top.plot(rolling.index, rolling, color=style.COLORS[color],
                      label=f"{name}, 20-day mean (overall {frame.mean(axis=1).mean():.4f})")
         style.zero_line(top)
-        low, high = top.get_ylim()
-        top.set_ylim(low, high + 0.35 * (high - low))  # room for the legend above the bars
         top.set(title=f"Daily IC on the test segment{_seed_note(n)}", ylabel="IC")
-        top.legend(loc="upper left", ncols=3)
+        style.legend_on_top(top, ncols=3)
         for frame, name, color in ((ic, "IC", "main"), (rank_ic, "Rank IC", "second")):
             style.spread(bottom, frame.fillna(0).cumsum(), f"cumulative {name}",
                          style.COLORS[color])
         style.zero_line(bottom)
         bottom.set(title="Cumulative IC (sum of daily values)", ylabel="cumulative IC")
-        bottom.legend(loc="upper left")
+        bottom.legend(loc="best")
         style.date_axis(bottom)
         return style.save(fig, path)
 
@@ -73,9 +71,9 @@ def ic_distribution(ic: pd.DataFrame, rank_ic: pd.DataFrame, path: str | Path) -
                        color=style.COLORS["bad"], label=f"normal fit (sd {std:.3f})")
         right.axvline(mean, color="black", linestyle="--", linewidth=0.9,
                       label=f"mean {mean:.4f}")
-        seeds = "" if n == 1 else f", all {n} seeds' days pooled"
+        seeds = "" if n == 1 else f", {n} seeds' days pooled"
         right.set(title=f"Daily IC histogram{seeds}", xlabel="IC", ylabel="density")
-        right.legend(loc="upper left")
+        style.legend_on_top(right, rows=2)
         return style.save(fig, path)
 
 
@@ -98,7 +96,7 @@ def group_returns(groups: list[pd.DataFrame], path: str | Path) -> Path:
         style.percent_axis(left)
         left.set(title=f"Cumulative label return by score quantile{_seed_note(n)}",
                  ylabel="cumulative return (sum)")
-        left.legend(loc="upper left", ncols=2)
+        style.legend_on_top(left, rows=4, ncols=2)
         style.date_axis(left)
 
         per_seed = np.array([[g[c].mean() for c in names] for g in groups])  # [seeds, groups]
@@ -109,8 +107,8 @@ def group_returns(groups: list[pd.DataFrame], path: str | Path) -> Path:
         right.set_xticks(np.arange(len(names)), [f"G{i + 1}" for i in range(len(names))])
         style.zero_line(right)
         style.percent_axis(right, decimals=2)
-        bars = "" if n == 1 else f"\nbars: mean of {n} seeds, whiskers: seed min–max"
-        right.set(title=f"Mean daily label return by group{bars}",
+        bars = "" if n == 1 else f"\n(mean of {n} seeds; whiskers: seed min–max)"
+        right.set(title=f"Mean daily return by group{bars}",
                   xlabel="score quantile (G1 = highest)", ylabel="mean daily return")
         return style.save(fig, path)
 
@@ -131,12 +129,12 @@ def long_short(groups: list[pd.DataFrame], autocorr: pd.DataFrame, path: str | P
         pooled = "" if n == 1 else f", {n} seeds pooled"
         left.set(title=f"Daily long-short and long-average return{pooled}",
                  xlabel="daily return", ylabel="days")
-        left.legend(loc="upper left")
+        style.legend_on_top(left, rows=2)
         style.spread(right, autocorr, "rank autocorrelation, lag 1", style.COLORS["third"])
         mean = float(autocorr.mean(axis=1).mean())
         right.axhline(mean, color="black", linestyle="--", linewidth=0.9,
                       label=f"mean {mean:.3f}")
         right.set(title="Score autocorrelation (turnover proxy)", ylabel="correlation")
-        right.legend(loc="lower left")
+        style.legend_on_top(right, rows=2, ncols=2)
         style.date_axis(right)
         return style.save(fig, path)

@@ -71,6 +71,13 @@ def ordered_colors(n: int) -> list:
     return [matplotlib.colormaps["plasma"](v) for v in np.linspace(0.0, 0.85, n)]
 
 
+def legend_on_top(ax, rows: int = 1, **kwargs) -> None:
+    """An upper-left legend above the data: the y range grows so no line runs under it."""
+    low, high = ax.get_ylim()
+    ax.set_ylim(low, high + (0.12 * rows + 0.06) * (high - low))
+    ax.legend(loc="upper left", **kwargs)
+
+
 def zero_line(ax) -> None:
     ax.axhline(0.0, color="black", linewidth=0.7, alpha=0.6, zorder=1)
 
