@@ -41,7 +41,7 @@ def test_train_writes_a_complete_run_with_a_positive_test_ic(tmp_path, capsys):
     assert metrics["test"]["IC"] > 0.02
     pred = pd.read_parquet(out / "predictions.parquet")
     assert pred.index.names == ["datetime", "instrument"] and len(pred) == metrics["samples"]["test"]
-    assert (out / "report.png").stat().st_size > 10_000
+    assert (out / "report.html").stat().st_size > 100_000
     assert (out / "config.yaml").exists() and any((out / "checkpoints").iterdir())
 
     # Same command again: the finished run is found and nothing is retrained.

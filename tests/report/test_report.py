@@ -1,0 +1,124 @@
+"""The report's numbers against independent computations, and the files it writes."""
+
+from __future__ import annotations
+
+import base64
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+from synthetic_run import write_synthetic_run
+
+from qjax.report import analysis, load_run, write_report
+
+FIGURES = ["learning_curves.png", "ic_daily.png", "ic_distribution.png", "group_returns.png",
+           "long_short.png", "backtest.png"]
+
+
+def _index(days, names):
+    return pd.MultiIndex.from_product([pd.to_datetime(days), names],
+                                      names=["datetime", "instrument"])
+
+
+def test_quantile_groups_follow_qlib_slicing():
+    # 7 stocks, 3 groups: each day 7 // 3 = 2 per group from the top; the lowest score is
+    # left out (Qlib's x[len//N*i : len//N*(i+1)]). Day 2 has a NaN score, dropped first.
+    index = _index(["2021-01-04", "2021-01-05"], list("ABCDEFG"))
+    score = pd.Series([7, 6, 5, 4, 3, 2, 1, 1, 2, np.nan, 4, 5, 6, 7], index=index, dtype=float)
+    label = pd.Series([.07, .06, .05, .04, .03, .02, .01,
+                       .10, .20, .30, .40, .50, .60, .70], index=index)
+    got = analysis.group_returns(score, label, n_groups=3)
+    # day 1 order A..G: groups {A,B} {C,D} {E,F}; G left out.
+    # day 2 scored G,F,E,D,B,A (C has no score): 6 // 3 = 2: {G,F} {E,D} {B,A}.
+    expected = pd.DataFrame({"Group1": [.065, .65], "Group2": [.045, .45], "Group3": [.025, .15]},
+                            index=pd.to_datetime(["2021-01-04", "2021-01-05"]))
+    day_mean = [np.mean([.07, .06, .05, .04, .03, .02, .01]), np.mean([.1, .2, .3, .4, .5, .6, .7])]
+    expected["long-short"] = expected["Group1"] - expected["Group3"]
+    expected["long-average"] = expected["Group1"] - day_mean
+    pd.testing.assert_frame_equal(got, expected, check_names=False, check_freq=False,
+                                  rtol=1e-12, atol=1e-15)
+
+
+def test_daily_ic_autocorr_and_monthly_mean_match_scipy(seed):
+    rng = np.random.default_rng(seed)
+    days = pd.bdate_range("2021-01-28", periods=6)
+    index = _index(days, [f"S{i}" for i in range(9)])
+    scores = pd.DataFrame({"seed_0": rng.normal(size=len(index)),
+                           "seed_1": rng.normal(size=len(index))}, index=index)
+    label = pd.Series(rng.normal(size=len(index)), index=index)
+    ic, rank_ic = analysis.daily_ic(scores, label)
+    for col in scores:
+        for day in days:
+            s, y = scores[col].xs(day, level="datetime"), label.xs(day, level="datetime")
+            assert ic.loc[day, col] == pytest.approx(stats.pearsonr(s, y)[0], abs=1e-12), seed
+            assert rank_ic.loc[day, col] == pytest.approx(stats.spearmanr(s, y)[0],
+                                                          abs=1e-12), seed
+    month = analysis.monthly_mean(ic["seed_0"])
+    january = ic["seed_0"][ic.index.month == 1].mean()
+    assert list(month.index) == [pd.Timestamp("2021-01-01"), pd.Timestamp("2021-02-01")]
+    assert month.iloc[0] == pytest.approx(january, abs=1e-12), seed
+
+    score = scores["seed_0"]
+    auto = analysis.score_autocorr(score)
+    assert np.isnan(auto.iloc[0])  # no previous score on the first day
+    wide = score.unstack("instrument")
+    for today, yesterday in zip(days[1:], days[:-1]):
+        want = stats.spearmanr(wide.loc[today], wide.loc[yesterday])[0]
+        assert auto.loc[today] == pytest.approx(want, abs=1e-12), seed
+
+
+def test_portfolio_curves_sum_returns_and_measure_drawdown_from_the_peak():
+    days = pd.bdate_range("2021-03-01", periods=4)
+    report = pd.DataFrame({"return": [.01, -.02, .005, .02], "cost": [.001, 0, 0, .001],
+                           "bench": [0, .01, 0, 0], "turnover": [1, .2, .2, .3]}, index=days)
+    curves = analysis.portfolio_curves(report)
+    np.testing.assert_allclose(curves["cum_ex_return_wo_cost"], [.01, -.02, -.015, .005])
+    np.testing.assert_allclose(curves["cum_ex_return_w_cost"], [.009, -.021, -.016, .003])
+    np.testing.assert_allclose(curves["cum_ex_return_w_cost_mdd"], [0, -.03, -.025, -.006],
+                               atol=1e-15)
+    assert analysis.drawdown_span(curves["cum_ex_return_w_cost"]) == (days[0], days[1])
+
+
+@pytest.mark.parametrize("n_seeds", [1, 3])
+def test_report_writes_every_figure_into_one_self_contained_page(tmp_path, seed, n_seeds):
+    run = tmp_path / "lstm_small"
+    write_synthetic_run(run, seed, n_seeds=n_seeds)
+    page_path = write_report(run)
+    page = page_path.read_text()
+    assert page_path == run / "report.html"
+    for name in FIGURES:
+        png = (run / "report" / name).read_bytes()
+        assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000, name
+        assert base64.b64encode(png).decode() in page, f"{name} is not embedded"
+        assert f"alt='{name}'" in page
+    # Self-contained: every image is inline data, nothing is fetched from elsewhere.
+    assert re.findall(r"src='([a-z]+):", page) == ["data"] * len(FIGURES)
+    title = re.search(r"<h1>(.*?)</h1>", page).group(1)
+    subtitle = re.search(r"<p class='sub'>(.*?)</p>", page).group(1)
+    assert "lstm_small" in title and "lstm" in title and "Alpha158" in title
+    assert "generated market, 23 instruments" in subtitle
+    assert "test 2020-01-02 – 2020-06-30" in subtitle
+    assert ("seed 0" if n_seeds == 1 else f"{n_seeds} seeds [0, 1, 2]") in subtitle
+    assert "0.3000" in page and "equal-weighted universe mean" in page  # metrics tables
+    if n_seeds > 1:
+        assert "Per seed" in page and "<td>seed_2</td><td>0.33</td>" in page
+
+
+def test_report_of_a_run_without_labels_or_backtest_says_what_is_missing(tmp_path, seed):
+    run = tmp_path / "old"
+    write_synthetic_run(run, seed, n_seeds=1, backtest=False)
+    (run / "labels.parquet").unlink()
+    page = write_report(run).read_text()
+    assert sorted(p.name for p in (run / "report").iterdir()) == ["learning_curves.png"]
+    assert "no labels.parquet" in page
+    assert load_run(run).label is None
+
+
+def test_report_of_a_directory_that_is_not_a_run_is_refused_clearly(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a directory"):
+        write_report(tmp_path / "missing")
+    with pytest.raises(FileNotFoundError, match="metrics.json is missing"):
+        (tmp_path / "config.yaml").write_text("model: {name: lstm}\n")
+        write_report(tmp_path)
