@@ -14,6 +14,38 @@ from qjax.report.artifacts import RunArtifacts, load_run, save_report_inputs
 
 __all__ = ["RunArtifacts", "load_run", "save_report_inputs", "write_report"]
 
+# file -> (section heading, caption)
+SECTIONS = {
+    "learning_curves.png": (
+        "Learning curves",
+        "Train and valid score per epoch; the star marks the epoch whose parameters were kept.",
+    ),
+    "ic_daily.png": (
+        "Information coefficient",
+        ("Daily cross-sectional IC (Pearson) and Rank IC (Spearman) of the test scores against "
+        "the raw label."),
+    ),
+    "ic_distribution.png": (
+        "IC by month and its distribution",
+        "Monthly mean IC and Rank IC; histogram of the daily IC.",
+    ),
+    "group_returns.png": (
+        "Return by score quantile",
+        ("Each day the scored stocks are split into five equal groups by score (G1 highest); "
+        "the mean label return of each group."),
+    ),
+    "long_short.png": (
+        "Long-short and score autocorrelation",
+        ("Long-short = G1 − G5, long-average = G1 − the day's mean; autocorrelation of the "
+        "score's daily rank with the previous day's."),
+    ),
+    "backtest.png": (
+        "Backtest",
+        ("Qlib's report_graph quantities: returns are summed, not compounded; the shaded span "
+        "is the largest drawdown of the excess return with cost."),
+    ),
+}
+
 
 def write_report(run_dir: str | Path) -> Path:
     """Build the figures and the page for a finished run; return the HTML page's path."""
@@ -23,37 +55,24 @@ def write_report(run_dir: str | Path) -> Path:
     run = load_run(run_dir)
     folder = Path(run_dir) / "report"
     folder.mkdir(exist_ok=True)
-    figures = []
-    n = len(run.seeds)
-    seeds = f"{n} seeds" if n > 1 else "one seed"
+    pngs = []
     if run.evals:
-        png = curves.learning_curves(run.evals, run.metrics.get("best_epoch") or [],
-                                     folder / "learning_curves.png")
-        figures.append(("Learning curves", png, f"Train and valid score per epoch ({seeds}); "
-                        "the star marks the epoch whose parameters were kept."))
+        best = run.metrics.get("best_epoch") or []
+        pngs.append(curves.learning_curves(run.evals, best, folder / "learning_curves.png"))
     if run.label is not None:
         ic, rank_ic = analysis.daily_ic(run.scores, run.label)
-        figures.append(("Information coefficient", signal.ic_daily(
-            ic, rank_ic, folder / "ic_daily.png"), "Daily cross-sectional IC (Pearson) and "
-            "Rank IC (Spearman) of the test scores against the raw label."))
-        figures.append(("IC by month and its distribution", signal.ic_distribution(
-            ic, rank_ic, folder / "ic_distribution.png"), "Monthly mean IC and Rank IC; "
-            "histogram of the daily IC."))
+        pngs.append(signal.ic_daily(ic, rank_ic, folder / "ic_daily.png"))
+        pngs.append(signal.ic_distribution(ic, rank_ic, folder / "ic_distribution.png"))
         groups = [analysis.group_returns(run.scores[c], run.label) for c in run.scores]
-        figures.append(("Return by score quantile", signal.group_returns(
-            groups, folder / "group_returns.png"), "Each day the scored stocks are split into "
-            "five equal groups by score (G1 highest); the mean label return of each group."))
+        pngs.append(signal.group_returns(groups, folder / "group_returns.png"))
         autocorr = pd.DataFrame({c: analysis.score_autocorr(run.scores[c]) for c in run.scores})
-        figures.append(("Long-short and score autocorrelation", signal.long_short(
-            groups, autocorr, folder / "long_short.png"), "Long-short = G1 − G5, long-average "
-            "= G1 − the day's mean; autocorrelation of the score's daily rank with the "
-            "previous day's."))
+        pngs.append(signal.long_short(groups, autocorr, folder / "long_short.png"))
     if run.portfolio is not None:
-        scored_by = f"the first seed's scores ({run.seeds[0]})" if n > 1 else "the test scores"
-        figures.append(("Backtest", portfolio.backtest(
-            run.portfolio, run.benchmark, scored_by, folder / "backtest.png"),
-            "Qlib's report_graph quantities: returns are summed, not compounded; the shaded "
-            "span is the largest drawdown of the excess return with cost."))
+        traded = f"the first seed's scores ({run.seeds[0]})" if len(run.seeds) > 1 else \
+            "the test scores"
+        pngs.append(portfolio.backtest(run.portfolio, run.benchmark, traded,
+                                       folder / "backtest.png"))
+    figures = [(*SECTIONS[png.name][:1], png, SECTIONS[png.name][1]) for png in pngs]
     title, subtitle = describe(run)
     return page.write_page(Path(run_dir) / "report.html", title, subtitle,
                            page.metric_tables(run.metrics), figures, run.notes)

@@ -8,9 +8,10 @@ train/valid scores). Runs written before them still get the figures their files 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -98,7 +99,7 @@ def describe(run: RunArtifacts) -> tuple[str, str]:
     else:
         universe = f"{Path(str(data.get('path', source))).name}"
     segments = cfg.get("dataset", {}).get("segments", {})
-    dates = "  ".join(f"{k} {_day(v[0])} – {_day(v[1])}" for k, v in segments.items()
+    dates = "; ".join(f"{k} {_day(v[0])} – {_day(v[1])}" for k, v in segments.items()
                       if isinstance(v, (list, tuple)) and len(v) == 2)
     seeds = cfg.get("train", {}).get("seeds") or [cfg.get("model", {}).get("kwargs", {})
                                                    .get("seed", 0)]

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import base64
 import html
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 CSS = """
 body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1240px;
@@ -70,15 +71,19 @@ def metric_tables(metrics: Mapping[str, Any]) -> list[str]:
         names = ["IC", "ICIR", "Rank IC", "Rank ICIR"]
         out.append(table("Per seed", [(s, *(v.get(n) for n in names)) for s, v in
                                       per_seed.items()], header=["seed", *names]))
+    # The backtest trades the first seed's scores; say so where seed means sit beside it.
+    traded = f" (backtest of {next(iter(per_seed))}'s scores)" if per_seed else ""
     seven = metrics.get("seven_columns")
     if seven:
-        out.append(table("Qlib's benchmark columns", list(seven.items())))
+        ic_note = "; IC columns: seed means" if per_seed else ""
+        out.append(table(f"Qlib's benchmark columns{traded[:-1]}{ic_note})" if per_seed
+                         else "Qlib's benchmark columns", list(seven.items())))
     bt = metrics.get("backtest")
     if bt:
         names = ("mean", "std", "annualized_return", "information_ratio", "max_drawdown")
         rows = [(kind.replace("_", " "), *(bt.get(f"{kind}.{n}") for n in names))
                 for kind in ("excess_return_without_cost", "excess_return_with_cost")]
-        out.append(table(f"Risk analysis (benchmark: {bt.get('benchmark', '?')})", rows,
+        out.append(table(f"Risk analysis{traded} against {bt.get('benchmark', '?')}", rows,
                          header=["", *(n.replace("_", " ") for n in names)]))
     return out
 

@@ -89,7 +89,7 @@ def group_returns(groups: list[pd.DataFrame], path: str | Path) -> Path:
         for name, color in zip(names, colors):
             left.plot(mean.index, mean[name].fillna(0).cumsum(), color=color, label=name)
         left.plot(mean.index, mean["long-short"].fillna(0).cumsum(), color="black",
-                  linestyle="--", label="long-short (G1 − G%d)" % len(names))
+                  linestyle="--", label=f"long-short (G1 − G{len(names)})")
         left.plot(mean.index, mean["long-average"].fillna(0).cumsum(), color="black",
                   linestyle=":", label="long-average (G1 − mean)")
         style.zero_line(left)

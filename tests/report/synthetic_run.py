@@ -31,10 +31,11 @@ def write_synthetic_run(out: Path, seed: int, n_seeds: int = 2, n_days: int = 12
     save_report_inputs(out, {k: v[:, 0] if n_seeds == 1 else v for k, v in evals.items()}, label)
     seeds = list(range(n_seeds))
     (out / "config.yaml").write_text(
-        "data: {source: generated, n_instruments: %d}\nhandler: {name: Alpha158}\n"
+        f"data: {{source: generated, n_instruments: {n_instruments}}}\n"
+        "handler: {name: Alpha158}\n"
         "dataset:\n  segments:\n    train: [2019-01-02, 2019-06-28]\n"
         "    valid: [2019-07-01, 2019-12-31]\n    test: [2020-01-02, 2020-06-30]\n"
-        "model: {name: lstm, kwargs: {seed: 0}}\ntrain: {seeds: %s}\n" % (n_instruments, seeds))
+        f"model: {{name: lstm, kwargs: {{seed: 0}}}}\ntrain: {{seeds: {seeds}}}\n")
     metrics = {"model": "lstm", "test": {"IC": 0.3, "ICIR": 2.0, "Rank IC": 0.28,
                                          "Rank ICIR": 1.9},
                "best_epoch": [6 + s for s in seeds], "epochs_run": epochs,
@@ -45,8 +46,9 @@ def write_synthetic_run(out: Path, seed: int, n_seeds: int = 2, n_days: int = 12
     if backtest:
         ret = rng.normal(0.001, 0.01, n_days)
         bench = rng.normal(0.0003, 0.01, n_days)
-        report = pd.DataFrame({"account": 1e8, "return": ret, "turnover": rng.uniform(0, 0.3, n_days),
-                               "cost": rng.uniform(0, 5e-4, n_days), "bench": bench}, index=days)
+        report = pd.DataFrame({"account": 1e8, "return": ret, "bench": bench,
+                               "turnover": rng.uniform(0, 0.3, n_days),
+                               "cost": rng.uniform(0, 5e-4, n_days)}, index=days)
         report.index.name = "datetime"
         (out / "backtest").mkdir(exist_ok=True)
         report.to_csv(out / "backtest" / "report.csv")

@@ -99,7 +99,7 @@ def test_report_writes_every_figure_into_one_self_contained_page(tmp_path, seed,
     subtitle = re.search(r"<p class='sub'>(.*?)</p>", page).group(1)
     assert "lstm_small" in title and "lstm" in title and "Alpha158" in title
     assert "generated market, 23 instruments" in subtitle
-    assert "test 2020-01-02 – 2020-06-30" in subtitle
+    assert "; test 2020-01-02 – 2020-06-30" in subtitle
     assert ("seed 0" if n_seeds == 1 else f"{n_seeds} seeds [0, 1, 2]") in subtitle
     assert "0.3000" in page and "equal-weighted universe mean" in page  # metrics tables
     if n_seeds > 1:
