@@ -49,30 +49,30 @@ SECTIONS = {
 
 def write_report(run_dir: str | Path) -> Path:
     """Build the figures and the page for a finished run; return the HTML page's path."""
-    from qjax.report import analysis, curves, page, portfolio, signal
+    from qjax.report import analysis, curves, page, portfolio, signal, style
     from qjax.report.artifacts import describe
 
     run = load_run(run_dir)
     folder = Path(run_dir) / "report"
     folder.mkdir(exist_ok=True)
-    pngs = []
+    figures = {}  # file name -> Figure, in page order
     if run.evals:
         best = run.metrics.get("best_epoch") or []
-        pngs.append(curves.learning_curves(run.evals, best, folder / "learning_curves.png"))
+        figures["learning_curves.png"] = curves.learning_curves(run.evals, best)
     if run.label is not None:
         ic, rank_ic = analysis.daily_ic(run.scores, run.label)
-        pngs.append(signal.ic_daily(ic, rank_ic, folder / "ic_daily.png"))
-        pngs.append(signal.ic_distribution(ic, rank_ic, folder / "ic_distribution.png"))
+        figures["ic_daily.png"] = signal.ic_daily(ic, rank_ic)
+        figures["ic_distribution.png"] = signal.ic_distribution(ic, rank_ic)
         groups = [analysis.group_returns(run.scores[c], run.label) for c in run.scores]
-        pngs.append(signal.group_returns(groups, folder / "group_returns.png"))
+        figures["group_returns.png"] = signal.group_returns(groups)
         autocorr = pd.DataFrame({c: analysis.score_autocorr(run.scores[c]) for c in run.scores})
-        pngs.append(signal.long_short(groups, autocorr, folder / "long_short.png"))
+        figures["long_short.png"] = signal.long_short(groups, autocorr)
     if run.portfolio is not None:
         traded = f"the first seed's scores ({run.seeds[0]})" if len(run.seeds) > 1 else \
             "the test scores"
-        pngs.append(portfolio.backtest(run.portfolio, run.benchmark, traded,
-                                       folder / "backtest.png"))
-    figures = [(*SECTIONS[png.name][:1], png, SECTIONS[png.name][1]) for png in pngs]
+        figures["backtest.png"] = portfolio.backtest(run.portfolio, run.benchmark, traded)
+    sections = [(SECTIONS[name][0], style.save(fig, folder / name), SECTIONS[name][1])
+                for name, fig in figures.items()]
     title, subtitle = describe(run)
     return page.write_page(Path(run_dir) / "report.html", title, subtitle,
-                           page.metric_tables(run.metrics), figures, run.notes)
+                           page.metric_tables(run.metrics), sections, run.notes)

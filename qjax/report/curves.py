@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 import matplotlib.ticker
 import numpy as np
 import pandas as pd
+from matplotlib.figure import Figure
 
 from qjax.report import style
 
 
-def learning_curves(evals: Mapping[str, np.ndarray], best_epoch: Sequence[int],
-                    path: str | Path) -> Path:
+def learning_curves(evals: Mapping[str, np.ndarray], best_epoch: Sequence[int]) -> Figure:
     """``evals``: name -> [epochs, seeds] scores (higher is better); ``best_epoch``: per seed,
     0-based, as metrics.json stores it."""
     with style.figure(height=3.4) as (fig, (ax,)):
@@ -37,4 +36,4 @@ def learning_curves(evals: Mapping[str, np.ndarray], best_epoch: Sequence[int],
                ylabel="score")
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.legend(loc="best")
-        return style.save(fig, path)
+        return fig

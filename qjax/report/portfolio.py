@@ -3,15 +3,13 @@ the benchmark with and without cost, the excess return's drawdown, and daily tur
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pandas as pd
+from matplotlib.figure import Figure
 
 from qjax.report import analysis, style
 
 
-def backtest(report: pd.DataFrame, benchmark: str | None, scored_by: str,
-             path: str | Path) -> Path:
+def backtest(report: pd.DataFrame, benchmark: str | None, scored_by: str) -> Figure:
     """``report``: the daily portfolio report (Qlib's report_normal columns); ``scored_by``:
     whose scores were traded (the backtest runs on one seed)."""
     curves = analysis.portfolio_curves(report)
@@ -55,4 +53,4 @@ def backtest(report: pd.DataFrame, benchmark: str | None, scored_by: str,
             style.percent_axis(ax)
             style.legend_on_top(ax, ncols=3)
         style.date_axis(turnover)
-        return style.save(fig, path)
+        return fig

@@ -7,10 +7,9 @@ legend is computed over the same seeds as the line it labels.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
+from matplotlib.figure import Figure
 
 from qjax.report import analysis, style
 
@@ -19,7 +18,7 @@ def _seed_note(n: int) -> str:
     return "" if n == 1 else f" (mean of {n} seeds)"
 
 
-def ic_daily(ic: pd.DataFrame, rank_ic: pd.DataFrame, path: str | Path) -> Path:
+def ic_daily(ic: pd.DataFrame, rank_ic: pd.DataFrame) -> Figure:
     """Top: daily IC bars and a 20-day mean of IC and Rank IC; bottom: cumulative IC."""
     n = ic.shape[1]
     with style.figure(2, 1, height=6.0, sharex=True) as (fig, (top, bottom)):
@@ -40,10 +39,10 @@ def ic_daily(ic: pd.DataFrame, rank_ic: pd.DataFrame, path: str | Path) -> Path:
         bottom.set(title="Cumulative IC (sum of daily values)", ylabel="cumulative IC")
         bottom.legend(loc="best")
         style.date_axis(bottom)
-        return style.save(fig, path)
+        return fig
 
 
-def ic_distribution(ic: pd.DataFrame, rank_ic: pd.DataFrame, path: str | Path) -> Path:
+def ic_distribution(ic: pd.DataFrame, rank_ic: pd.DataFrame) -> Figure:
     """Left: monthly mean IC and Rank IC; right: histogram of the daily IC with a normal fit."""
     n = ic.shape[1]
     with style.figure(1, 2, height=3.6, width_ratios=[1.6, 1]) as (fig, (left, right)):
@@ -74,10 +73,10 @@ def ic_distribution(ic: pd.DataFrame, rank_ic: pd.DataFrame, path: str | Path) -
         seeds = "" if n == 1 else f", {n} seeds' days pooled"
         right.set(title=f"Daily IC histogram{seeds}", xlabel="IC", ylabel="density")
         style.legend_on_top(right, rows=2)
-        return style.save(fig, path)
+        return fig
 
 
-def group_returns(groups: list[pd.DataFrame], path: str | Path) -> Path:
+def group_returns(groups: list[pd.DataFrame]) -> Figure:
     """``groups``: per seed, :func:`analysis.group_returns`. Left: cumulative return of each
     group and of long-short; right: mean daily return by group with the seeds' range."""
     n = len(groups)
@@ -110,10 +109,10 @@ def group_returns(groups: list[pd.DataFrame], path: str | Path) -> Path:
         bars = "" if n == 1 else f"\n(mean of {n} seeds; whiskers: seed min–max)"
         right.set(title=f"Mean daily return by group{bars}",
                   xlabel="score quantile (G1 = highest)", ylabel="mean daily return")
-        return style.save(fig, path)
+        return fig
 
 
-def long_short(groups: list[pd.DataFrame], autocorr: pd.DataFrame, path: str | Path) -> Path:
+def long_short(groups: list[pd.DataFrame], autocorr: pd.DataFrame) -> Figure:
     """Left: histograms of the daily long-short and long-average returns; right: the daily
     autocorrelation of the score's rank (lag 1)."""
     n = len(groups)
@@ -137,4 +136,4 @@ def long_short(groups: list[pd.DataFrame], autocorr: pd.DataFrame, path: str | P
         right.set(title="Score autocorrelation (turnover proxy)", ylabel="correlation")
         style.legend_on_top(right, rows=2, ncols=2)
         style.date_axis(right)
-        return style.save(fig, path)
+        return fig

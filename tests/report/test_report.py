@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats
-from synthetic_run import write_synthetic_run
 
-from qjax.report import analysis, load_run, write_report
+from qjax.report import analysis, load_run, signal, write_report
+from tests.report.synthetic_run import write_synthetic_run
 
 FIGURES = ["learning_curves.png", "ic_daily.png", "ic_distribution.png", "group_returns.png",
            "long_short.png", "backtest.png"]
@@ -122,3 +122,27 @@ def test_report_of_a_directory_that_is_not_a_run_is_refused_clearly(tmp_path):
     with pytest.raises(FileNotFoundError, match="metrics.json is missing"):
         (tmp_path / "config.yaml").write_text("model: {name: lstm}\n")
         write_report(tmp_path)
+
+
+def test_ic_legends_describe_the_lines_they_label(seed):
+    # Qlib-style bug guarded here: a legend quoting the seed-mean IC beside one seed's curve.
+    rng = np.random.default_rng(seed)
+    days = pd.bdate_range("2022-01-03", periods=60)
+    ic = pd.DataFrame(rng.normal(0.05, 0.1, (60, 3)), index=days, columns=["a", "b", "c"])
+    rank_ic = ic + 0.01
+    top, bottom = signal.ic_daily(ic, rank_ic).axes
+    lines = {line.get_label(): line for line in top.get_lines()}
+    seed_mean = sum(ic[c] for c in ic) / 3
+    overall = float(np.mean([ic[c].mean() for c in ic]))
+    rolled = lines[f"IC, 20-day mean (overall {overall:.4f})"].get_ydata()
+    want = seed_mean.rolling(20, min_periods=5).mean().to_numpy()
+    np.testing.assert_allclose(rolled, want, rtol=1e-12, err_msg=f"seed {seed}")
+    cumulative = {line.get_label(): line.get_ydata() for line in bottom.get_lines()}
+    np.testing.assert_allclose(cumulative["cumulative IC: mean of 3 seeds"],
+                               sum(ic[c].cumsum() for c in ic) / 3, rtol=1e-12)
+    legend = [t.get_text() for t in bottom.get_legend().get_texts()]
+    assert "cumulative IC: seed min–max" in legend
+
+    single = signal.ic_daily(ic[["a"]], rank_ic[["a"]]).axes[1]
+    assert "cumulative IC" in [line.get_label() for line in single.get_lines()]
+    np.testing.assert_allclose(single.get_lines()[0].get_ydata(), ic["a"].cumsum(), rtol=1e-12)
