@@ -56,6 +56,7 @@ def write_report(run_dir: str | Path) -> Path:
     folder = Path(run_dir) / "report"
     folder.mkdir(exist_ok=True)
     figures = {}  # file name -> Figure, in page order
+    notes = list(run.notes)
     if run.evals:
         best = run.metrics.get("best_epoch") or []
         figures["learning_curves.png"] = curves.learning_curves(run.evals, best)
@@ -64,9 +65,13 @@ def write_report(run_dir: str | Path) -> Path:
         figures["ic_daily.png"] = signal.ic_daily(ic, rank_ic)
         figures["ic_distribution.png"] = signal.ic_distribution(ic, rank_ic)
         groups = [analysis.group_returns(run.scores[c], run.label) for c in run.scores]
-        figures["group_returns.png"] = signal.group_returns(groups)
-        autocorr = pd.DataFrame({c: analysis.score_autocorr(run.scores[c]) for c in run.scores})
-        figures["long_short.png"] = signal.long_short(groups, autocorr)
+        if all(g.empty for g in groups):
+            notes.append("fewer than 5 scored stocks on every day: no quantile-group figures")
+        else:
+            figures["group_returns.png"] = signal.group_returns(groups)
+            autocorr = pd.DataFrame({c: analysis.score_autocorr(run.scores[c])
+                                     for c in run.scores})
+            figures["long_short.png"] = signal.long_short(groups, autocorr)
     if run.portfolio is not None:
         traded = f"the first seed's scores ({run.seeds[0]})" if len(run.seeds) > 1 else \
             "the test scores"
@@ -75,4 +80,4 @@ def write_report(run_dir: str | Path) -> Path:
                 for name, fig in figures.items()]
     title, subtitle = describe(run)
     return page.write_page(Path(run_dir) / "report.html", title, subtitle,
-                           page.metric_tables(run.metrics), sections, run.notes)
+                           page.metric_tables(run.metrics), sections, notes)

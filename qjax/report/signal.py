@@ -58,7 +58,7 @@ def ic_distribution(ic: pd.DataFrame, rank_ic: pd.DataFrame) -> Figure:
                         rotation=30, ha="right")
         style.zero_line(left)
         left.set(title=f"Monthly mean IC{_seed_note(n)}", ylabel="IC")
-        left.legend(loc="best")
+        style.legend_on_top(left, ncols=2)
 
         values = style.finite(ic.to_numpy().ravel())
         mean, std = float(values.mean()), float(values.std(ddof=1)) if values.size > 1 else 0.0
@@ -118,11 +118,14 @@ def long_short(groups: list[pd.DataFrame], autocorr: pd.DataFrame) -> Figure:
     n = len(groups)
     stacked = pd.concat(groups)
     with style.figure(1, 2, height=3.4) as (fig, (left, right)):
-        for name, color in (("long-short", "main"), ("long-average", "second")):
-            values = style.finite(stacked[name])
+        pair = {name: style.finite(stacked[name]) for name in ("long-short", "long-average")}
+        both = np.concatenate(list(pair.values()))
+        # One set of bins, so the two histograms compare bar for bar.
+        bins = np.histogram_bin_edges(both, bins=min(40, max(5, both.size // 6))) \
+            if both.size else 10
+        for (name, values), color in zip(pair.items(), ("main", "second")):
             if values.size:
-                left.hist(values, bins=min(30, max(5, values.size // 4)), alpha=0.5,
-                          color=style.COLORS[color],
+                left.hist(values, bins=bins, alpha=0.5, color=style.COLORS[color],
                           label=f"{name} (mean {values.mean():.2%}/day)")
         style.percent_axis(left, axis="x")
         pooled = "" if n == 1 else f", {n} seeds pooled"

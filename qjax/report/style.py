@@ -73,6 +73,8 @@ def ordered_colors(n: int) -> list:
 
 def legend_on_top(ax, rows: int = 1, **kwargs) -> None:
     """An upper-left legend above the data: the y range grows so no line runs under it."""
+    if not ax.get_legend_handles_labels()[0]:
+        return
     low, high = ax.get_ylim()
     ax.set_ylim(low, high + (0.12 * rows + 0.06) * (high - low))
     ax.legend(loc="upper left", **kwargs)

@@ -146,3 +146,12 @@ def test_ic_legends_describe_the_lines_they_label(seed):
     single = signal.ic_daily(ic[["a"]], rank_ic[["a"]]).axes[1]
     assert "cumulative IC" in [line.get_label() for line in single.get_lines()]
     np.testing.assert_allclose(single.get_lines()[0].get_ydata(), ic["a"].cumsum(), rtol=1e-12)
+
+
+def test_report_of_too_few_stocks_for_quantile_groups_says_so(tmp_path, seed):
+    run = tmp_path / "narrow"
+    write_synthetic_run(run, seed, n_seeds=2, n_days=5, n_instruments=4)
+    page = write_report(run).read_text()
+    assert "fewer than 5 scored stocks" in page
+    assert not (run / "report" / "group_returns.png").exists()
+    assert (run / "report" / "ic_daily.png").exists()
