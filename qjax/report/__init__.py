@@ -58,10 +58,13 @@ def write_report(run_dir: str | Path) -> Path:
     figures = {}  # file name -> Figure, in page order
     notes = list(run.notes)
     if run.evals:
-        best = run.metrics.get("best_epoch") or []
-        figures["learning_curves.png"] = curves.learning_curves(run.evals, best)
-    if run.label is not None:
-        ic, rank_ic = analysis.daily_ic(run.scores, run.label)
+        figures["learning_curves.png"] = curves.learning_curves(run.evals, run.best_epochs)
+    ic, rank_ic = analysis.daily_ic(run.scores, run.label) if run.label is not None else (None,
+                                                                                           None)
+    if ic is not None and ic.isna().all().all():
+        notes.append("the daily IC is undefined on every test day (fewer than two instruments "
+                     "with a score and a label): no IC or quantile-group figures")
+    elif ic is not None:
         figures["ic_daily.png"] = signal.ic_daily(ic, rank_ic)
         figures["ic_distribution.png"] = signal.ic_distribution(ic, rank_ic)
         groups = [analysis.group_returns(run.scores[c], run.label) for c in run.scores]

@@ -38,13 +38,22 @@ class RunArtifacts:
     def seeds(self) -> list[str]:
         return [str(c) for c in self.scores.columns]
 
+    @property
+    def best_epochs(self) -> list[int | None]:
+        """Per seed, numbered from 1 (None: no valid score); older runs stored them from 0."""
+        if "best_epoch_1based" in self.metrics:
+            return list(self.metrics["best_epoch_1based"] or [])
+        return [e + 1 for e in self.metrics.get("best_epoch") or []]
+
 
 def save_report_inputs(out_dir: str | Path, evals: Mapping[str, Any], label: pd.Series) -> None:
     """Write the two files the report needs beyond a run's other outputs."""
     out = Path(out_dir)
     label.rename("label").to_frame().to_parquet(out / LABELS_FILE)
-    payload = {k: np.asarray(v, dtype=float).tolist() for k, v in evals.items()}
-    (out / EVALS_FILE).write_text(json.dumps(payload) + "\n")
+    # A seed that stopped early reads NaN afterwards; JSON has no NaN, so it is stored as null.
+    payload = {k: np.where(np.isfinite(a := np.asarray(v, dtype=float)), a, None).tolist()
+               for k, v in evals.items()}
+    (out / EVALS_FILE).write_text(json.dumps(payload, allow_nan=False) + "\n")
 
 
 def load_run(run_dir: str | Path) -> RunArtifacts:

@@ -12,25 +12,28 @@ from matplotlib.figure import Figure
 from qjax.report import style
 
 
-def learning_curves(evals: Mapping[str, np.ndarray], best_epoch: Sequence[int]) -> Figure:
-    """``evals``: name -> [epochs, seeds] scores (higher is better); ``best_epoch``: per seed,
-    0-based, as metrics.json stores it."""
+def learning_curves(evals: Mapping[str, np.ndarray],
+                    best_epoch: Sequence[int | None]) -> Figure:
+    """``evals``: name -> [epochs, seeds] scores (higher is better, NaN after a seed stopped);
+    ``best_epoch``: per seed, numbered from 1 (None: the seed has none)."""
     with style.figure(height=3.4) as (fig, (ax,)):
         colors = {"train": style.COLORS["main"], "valid": style.COLORS["second"]}
         for name, values in evals.items():
             frame = pd.DataFrame(values, index=np.arange(1, len(values) + 1))
             style.spread(ax, frame, name, colors.get(name, style.COLORS["third"]))
         valid = evals.get("valid")
+        marked = False
         for seed, epoch in enumerate(best_epoch):
-            if valid is None or not 0 <= epoch < len(valid):
+            if valid is None or epoch is None or not 1 <= epoch <= len(valid):
                 continue
-            value = valid[epoch, min(seed, valid.shape[1] - 1)]
-            label = (f"best epoch {epoch + 1} (valid {value:.4f})" if len(best_epoch) == 1
-                     else "best epoch of each seed" if seed == 0 else None)
-            ax.plot([epoch + 1], [value], marker="*", markersize=13, linestyle="none",
+            value = valid[epoch - 1, min(seed, valid.shape[1] - 1)]
+            label = (f"best epoch {epoch} (valid {value:.4f})" if len(best_epoch) == 1
+                     else None if marked else "best epoch of each seed")
+            ax.plot([epoch], [value], marker="*", markersize=13, linestyle="none",
                     color=style.COLORS["best"], zorder=5, label=label)
+            marked = True
             if len(best_epoch) == 1:
-                ax.axvline(epoch + 1, color=style.COLORS["best"], linestyle="--",
+                ax.axvline(epoch, color=style.COLORS["best"], linestyle="--",
                            linewidth=0.9, alpha=0.7)
         ax.set(title="Learning curves: score per epoch (higher is better)", xlabel="epoch",
                ylabel="score")

@@ -58,9 +58,13 @@ def metric_tables(metrics: Mapping[str, Any]) -> list[str]:
     for name in ("IC", "ICIR", "Rank IC", "Rank ICIR"):
         if name in test:
             std = test.get(f"{name} std")
-            rows.append((name, f"{test[name]:.4f}" + (f" ± {std:.4f}" if std is not None else "")))
-    if metrics.get("best_epoch") is not None:
-        rows.append(("best epoch", ", ".join(str(e + 1) for e in metrics["best_epoch"])))
+            rows.append((name, _fixed(test[name]) + (f" ± {_fixed(std)}" if std is not None
+                                                     else "")))
+    best = metrics.get("best_epoch_1based")
+    if best is None and metrics.get("best_epoch") is not None:  # runs before 1-based numbering
+        best = [e + 1 for e in metrics["best_epoch"]]
+    if best is not None:
+        rows.append(("best epoch", ", ".join("n/a" if e is None else str(e) for e in best)))
     if "epochs_run" in metrics:
         rows.append(("epochs run", metrics["epochs_run"]))
     if "samples" in metrics:
@@ -88,7 +92,11 @@ def metric_tables(metrics: Mapping[str, Any]) -> list[str]:
     return out
 
 
+def _fixed(value: Any) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
 def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}" if abs(value) >= 1e-3 or value == 0 else f"{value:.3e}"
-    return "" if value is None else str(value)
+    return "n/a" if value is None else str(value)

@@ -38,7 +38,7 @@ def write_synthetic_run(out: Path, seed: int, n_seeds: int = 2, n_days: int = 12
         f"model: {{name: lstm, kwargs: {{seed: 0}}}}\ntrain: {{seeds: {seeds}}}\n")
     metrics = {"model": "lstm", "test": {"IC": 0.3, "ICIR": 2.0, "Rank IC": 0.28,
                                          "Rank ICIR": 1.9},
-               "best_epoch": [6 + s for s in seeds], "epochs_run": epochs,
+               "best_epoch_1based": [7 + s for s in seeds], "epochs_run": epochs,
                "samples": {"test": len(index)}}
     if n_seeds > 1:
         metrics["test_per_seed"] = {n: {"IC": 0.31 + 0.01 * i, "ICIR": 2.0, "Rank IC": 0.28,

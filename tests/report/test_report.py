@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from qjax.report import analysis, load_run, signal, write_report
+from qjax.report import analysis, curves, load_run, signal, write_report
 from tests.report.synthetic_run import write_synthetic_run
 
 FIGURES = ["learning_curves.png", "ic_daily.png", "ic_distribution.png", "group_returns.png",
@@ -155,3 +155,18 @@ def test_report_of_too_few_stocks_for_quantile_groups_says_so(tmp_path, seed):
     assert "fewer than 5 scored stocks" in page
     assert not (run / "report" / "group_returns.png").exists()
     assert (run / "report" / "ic_daily.png").exists()
+
+
+def test_learning_curves_star_each_seeds_best_valid_epoch(seed):
+    rng = np.random.default_rng(seed)
+    valid = rng.normal(size=(9, 3))
+    valid[6:, 2] = np.nan  # the third seed stopped after six epochs
+    best = [int(np.nanargmax(valid[:, s])) + 1 for s in range(3)]
+    ax = curves.learning_curves({"valid": valid}, best).axes[0]
+    stars = [(x, y) for line in ax.get_lines() if line.get_marker() == "*"
+             for x, y in zip(line.get_xdata(), line.get_ydata())]
+    assert stars == [(b, np.nanmax(valid[:, s])) for s, b in enumerate(best)], seed
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels.count("best epoch of each seed") == 1
+    mean = {ln.get_label(): ln for ln in ax.get_lines()}["valid: mean of 3 seeds"].get_ydata()
+    np.testing.assert_allclose(mean, np.nanmean(valid, axis=1), rtol=1e-12)

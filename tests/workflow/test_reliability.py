@@ -161,6 +161,7 @@ def test_a_one_stock_universe_warns_and_writes_null_ic(tmp_path, capsys):
     assert "NaN" not in text
     assert metrics["test"] == {"IC": None, "ICIR": None, "Rank IC": None, "Rank ICIR": None}
     assert "test IC        | n/a" in captured.out
+    assert "daily IC is undefined on every test day" in (out / "report.html").read_text()
 
 
 def test_metrics_json_numbers_epochs_from_1_like_the_table(finished_run, capsys):
@@ -208,27 +209,34 @@ def test_ctrl_c_prints_one_line_and_the_rerun_resumes_and_counts_all_time(tmp_pa
 # -- 6. the multi-seed report -----------------------------------------------------------------
 
 def test_report_lines_show_every_seed_with_its_own_mean(seed):
-    evals = {"train": [[-1.0, -1.1], [-0.9, np.nan]], "valid": [[-1.2, -1.3], [-1.1, np.nan]]}
-    curves = workflow.curve_lines(evals, ["seed_0", "seed_1"])
-    assert [(name, seed) for name, _, seed in curves] == [
-        ("train seed_0", 0), ("train seed_1", 1), ("valid seed_0", 0), ("valid seed_1", 1)]
-    np.testing.assert_array_equal(curves[3][1], [-1.3, np.nan])
+    from qjax.report import curves, signal
+
+    # seed_1 stopped early: its scores read NaN afterwards; the mean line uses the seeds it has
+    evals = {"train": np.array([[-1.0, -1.1], [-0.9, np.nan]]),
+             "valid": np.array([[-1.2, -1.3], [-1.1, np.nan]])}
+    ax = curves.learning_curves(evals, [2, 1]).axes[0]
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    np.testing.assert_allclose(lines["train: mean of 2 seeds"].get_ydata(), [-1.05, -0.9])
+    np.testing.assert_allclose(lines["valid: mean of 2 seeds"].get_ydata(), [-1.25, -1.1])
+    stars = [(x, y) for line in ax.get_lines() if line.get_marker() == "*"
+             for x, y in zip(line.get_xdata(), line.get_ydata())]
+    assert stars == [(2, -1.1), (1, -1.3)]  # each seed's own best epoch and valid score
 
     rng = np.random.default_rng(seed)
     index = pd.MultiIndex.from_product(
         [pd.bdate_range("2020-01-01", periods=6), list("ABCDE")], names=["datetime", "instrument"])
     label = pd.Series(rng.standard_normal(len(index)), index=index)
-    per_seed = pd.DataFrame({"seed_0": label + 0.1 * rng.standard_normal(len(index)),
-                             "seed_1": -label}, index=index)
-    found = workflow.ic_lines(per_seed, label)
-    assert [seed for _, _, seed in found] == [0, 0, 1, 1]
-    lines = {name: series for name, series, _ in found}
-    assert len(lines) == 4
-    # each legend's mean is its own line's mean daily IC: the last cumulative value / days
-    for name, series in lines.items():
-        mean = float(name.split("mean ")[1].rstrip(")"))
-        assert series.iloc[-1] / len(series) == pytest.approx(mean, abs=5e-5), name
-    assert any(name.startswith("seed_1 IC (mean -1.0000") for name in lines)
+    ic = pd.DataFrame({"seed_0": label + 0.1 * rng.standard_normal(len(index)), "seed_1": -label},
+                      index=index).groupby(level="datetime").apply(
+        lambda day: day.corrwith(label.loc[day.index]))
+    top, bottom = signal.ic_daily(ic, ic).axes
+    # the legend's mean is the mean of the two seeds' mean IC, the mean line's own mean
+    overall = (ic["seed_0"].mean() + ic["seed_1"].mean()) / 2
+    assert f"IC, 20-day mean (overall {overall:.4f})" in [ln.get_label() for ln in top.get_lines()]
+    cumulative = {ln.get_label(): ln.get_ydata() for ln in bottom.get_lines()}
+    mean_line = cumulative["cumulative IC: mean of 2 seeds"]
+    assert mean_line[-1] / len(mean_line) == pytest.approx(overall, abs=1e-12)
+    assert ic["seed_1"].max() == pytest.approx(-1.0)  # seed_1 scores -label: IC exactly -1
 
 
 # -- the checks reject nothing that is right ----------------------------------------------------
