@@ -14,7 +14,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="qjax", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    train = commands.add_parser("train", help="train a model from a YAML config")
+    train = commands.add_parser("train", aliases=["run"], help="train a model from a YAML config "
+                                "(qjax's or Qlib's workflow_config_*.yaml, which qjax translates)")
     train.add_argument("config", help="a YAML run config, e.g. configs/lstm_alpha360.yaml")
     train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config value, e.g. --set model.kwargs.lr=2e-4 (repeatable)")
@@ -43,7 +44,9 @@ def main(argv: list[str] | None = None) -> int:
         return _report(args.run_dir)
 
     try:
-        cfg = config_lib.load(args.config, args.overrides)
+        from qjax.qlib_workflow import load_any
+
+        cfg = load_any(args.config, args.overrides)
     except config_lib.ConfigError as err:
         print(f"qjax: config error: {err}", file=sys.stderr)
         return 2
