@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import copy
 import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import yaml
 
@@ -62,8 +63,10 @@ HANDLER_KEYS = ("instruments", "start_time", "end_time", "fit_start_time", "fit_
 # Qlib's handler defaults (qlib.contrib.data.handler) where a YAML leaves a key out.
 DEFAULT_LEARN = [{"class": "DropnaLabel"},
                  {"class": "CSZScoreNorm", "kwargs": {"fields_group": "label"}}]
-DEFAULT_INFER = {"Alpha360": [{"class": "ProcessInf"}, {"class": "ZScoreNorm"}, {"class": "Fillna"}],
-                 "Alpha158": []}
+DEFAULT_INFER = {
+    "Alpha360": [{"class": "ProcessInf"}, {"class": "ZScoreNorm"}, {"class": "Fillna"}],
+    "Alpha158": [],
+}
 DEFAULT_INSTRUMENTS = "csi500"
 # The label qjax computes; Qlib's YAMLs spell it with spaces.
 LABEL = "Ref($close,-2)/Ref($close,-1)-1"

@@ -115,8 +115,8 @@ def test_translation_keeps_what_qlib_reads(path, qlib_dir):
     if is_ts:
         assert cfg["dataset"]["step_len"] == task["dataset"]["kwargs"]["step_len"]
     # Model kwargs as Qlib passes them (its reader's floats), apart from the test's overrides.
-    overridden = {"n_epochs", "max_steps", "pretrain_n_epochs", "model_path", "stock2concept",
-                  "stock_index"}
+    overridden = {item.split("=")[0].rsplit(".", 1)[1] for item in tiny(qlib_dir, raw)
+                  if item.startswith("task.model.kwargs.")}
     expected_kwargs = {k: v for k, v in (task["model"].get("kwargs") or {}).items()
                        if k not in overridden}
     got = {k: v for k, v in cfg["model"]["kwargs"].items() if k not in overridden}
