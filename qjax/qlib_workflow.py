@@ -245,7 +245,7 @@ def _model(section: Any, is_ts: bool) -> dict:
     if cls not in MODEL_CLASSES:
         raise ConfigError(f"task.model.class {cls!r} is not supported; supported: {supported}")
     name, flat_module, ts_module = MODEL_CLASSES[cls]
-    module = path or (ts_module if is_ts else flat_module)
+    module = path or (ts_module if is_ts and ts_module else flat_module)
     if module not in (flat_module, ts_module):
         modules = " or ".join(m for m in (flat_module, ts_module) if m)
         raise ConfigError(
