@@ -212,3 +212,13 @@ def test_qjax_run_trains_a_qlib_workflow_for_one_epoch(name, qlib_dir, tmp_path,
     assert days.min() >= pd.Timestamp("2015-11-02") and days.max() <= pd.Timestamp("2015-12-29")
     report = pd.read_csv(out / "backtest" / "report.csv", index_col=0, parse_dates=True)
     assert report.index.min() >= pd.Timestamp("2015-11-02") and len(report) > 20
+
+
+def test_qjax_train_recognises_a_qlib_workflow_and_stops_before_work(tmp_path, monkeypatch,
+                                                                     capsys):
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.qlib data here
+    path = next(p for p in YAMLS if p.stem == "workflow_config_lstm_Alpha360")
+    assert cli.main(["train", str(path), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "qlib_init.provider_uri" in err and "unknown config section" not in err
+    assert not (tmp_path / "run").exists()
