@@ -694,8 +694,13 @@ class Estimator:
         seeds: Sequence[int] | None = None,
         verbose: bool = True,
         reweighter: Any = None,
+        init_variables: Callable | None = None,
     ) -> "Estimator":
-        """Train on the "train" segment, early-stop on "valid" (if the dataset has one)."""
+        """Train on the "train" segment, early-stop on "valid" (if the dataset has one).
+
+        ``init_variables`` maps each replica's fresh variables to its starting ones (a warm
+        start, e.g. a previous rolling window's best variables); it replaces the model's own.
+        """
         is_ts = _is_ts(dataset)
         kw = self.spec.resolve(self.user_kwargs, is_ts)
         self.kwargs = kw
@@ -709,11 +714,13 @@ class Estimator:
             check_flat_layout(self.spec.name, kw, _feature_names(dataset))
         module = models.get(self.spec.name)(**self.spec.module_kwargs(kw, is_ts))
         config = TrainConfig(**(self.spec.train_kwargs or _epoch_loop_train)(kw))
+        warm_start = init_variables
         init_variables = self.spec.init_variables(kw) if self.spec.init_variables else None
         self.pretrain_result = None
         if self.spec.pretrain is not None:
             pretrained, self.pretrain_result = self.spec.pretrain(kw, dataset, module, verbose)
             init_variables = pretrained or init_variables
+        init_variables = warm_start or init_variables
         result = fit(
             module,
             train,

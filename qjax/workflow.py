@@ -23,7 +23,7 @@ import json
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import pandas as pd
@@ -84,13 +84,16 @@ def build_dataset(cfg: Mapping[str, Any]) -> Dataset:
 
 
 def train(cfg: Mapping[str, Any], out_dir: str | Path, *, verbose: bool = True,
-          overwrite: bool = False) -> dict:
+          overwrite: bool = False, init_variables: Callable | None = None,
+          on_fitted: Callable[[Any], None] | None = None) -> dict:
     """Run a config into ``out_dir`` and return the metrics written to metrics.json.
 
     Everything that can be checked is checked before the output directory is touched and
     before training: the config's keys, the model's keywords, ``out_dir`` (see
     :mod:`qjax.rundir`), every segment against the data, inf in the training data.
     ``overwrite`` replaces a previous qjax run in ``out_dir`` (only after those checks).
+    ``init_variables`` warm-starts the model (see ``Estimator.fit``); ``on_fitted(model)`` is
+    called with the fitted estimator (``qjax rolling`` keeps its best variables).
     """
     cfg = config_lib.validate(cfg)
     if "test" not in cfg["dataset"]["segments"]:
@@ -113,11 +116,13 @@ def train(cfg: Mapping[str, Any], out_dir: str | Path, *, verbose: bool = True,
     t0 = time.perf_counter()
     try:
         model.fit(dataset, evals_result=evals, checkpoint_dir=str(checkpoint_dir.resolve()),
-                  resume=plan.resume, seeds=seeds, verbose=verbose)
+                  resume=plan.resume, seeds=seeds, verbose=verbose, init_variables=init_variables)
     except TrainingDiverged as err:
         raise _diagnosed(err, dataset) from None
     finally:
         rundir.settle(plan)
+    if on_fitted is not None:
+        on_fitted(model)
     result = model.result
     t_fit = time.perf_counter() - t0 + result.earlier_seconds
 
