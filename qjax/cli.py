@@ -29,6 +29,22 @@ def main(argv: list[str] | None = None) -> int:
         help="keep compiled XLA programs here so that a repeated run skips compilation "
              "(default: $QJAX_COMPILATION_CACHE or ~/.cache/qjax/xla; 'off' disables it)")
 
+    rolling = commands.add_parser("rolling", help="retrain on windows shifted through the test "
+                                  "segment (Qlib's RollingGen); one backtest over all of it")
+    rolling.add_argument("config", help="a qjax config or Qlib workflow YAML")
+    rolling.add_argument("--step", type=int, required=True, help="trading days per window")
+    rolling.add_argument("--rtype", choices=("sliding", "expanding"), default="expanding",
+                         help="sliding: the train segment moves; expanding (Qlib's default): "
+                         "its start stays")
+    rolling.add_argument("--warm-start", action="store_true",
+                         help="start each window from the previous window's best variables")
+    rolling.add_argument("--set", dest="overrides", action="append", default=[],
+                         metavar="KEY=VALUE", help="override a config value (repeatable)")
+    rolling.add_argument("--out", help="output directory (default: runs/<config name>-rolling)")
+    rolling.add_argument("--quiet", action="store_true", help="no progress bar")
+    rolling.add_argument("--compilation-cache", metavar="DIR", default=train.get_default(
+        "compilation_cache"), help="as for train")
+
     commands.add_parser("models", help="list the model names")
     report = commands.add_parser("report", help="rebuild a run's report.html and report/*.png")
     report.add_argument("run_dir", help="the --out directory of a finished `qjax train` run")
@@ -51,6 +67,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"qjax: config error: {err}", file=sys.stderr)
         return 2
     use_compilation_cache(args.compilation_cache)
+    if args.command == "rolling":
+        from qjax.rolling import main as rolling_main
+
+        out = Path(args.out or Path("runs") / f"{Path(args.config).stem}-rolling")
+        return rolling_main(cfg, out, args)
     out = Path(args.out or Path("runs") / Path(args.config).stem)
     return _train(cfg, out, args)
 
