@@ -225,3 +225,43 @@ def test_windows_2_and_3_start_from_the_previous_windows_variables(rolled):
     import jax
 
     assert jax.tree.structure(first) == jax.tree.structure(second)
+
+
+@pytest.fixture(scope="module")
+def qlib_market(tmp_path_factory) -> Path:
+    from qjax.data.qlib_writer import write_qlib_binary
+    from tests.workflow.test_qlib_workflow import MARKET_SEED, N_INSTRUMENTS
+
+    root = tmp_path_factory.mktemp("qlib_market")
+    panel = generate_market(n_instruments=N_INSTRUMENTS, n_days=260, start="2015-01-05",
+                            seed=MARKET_SEED)
+    codes = sorted(set(panel.index.get_level_values("instrument")))
+    write_qlib_binary(panel, root, markets={"csi300": codes, "csi500": codes})
+    return root
+
+
+def test_qjax_rolling_runs_a_qlib_workflow_file_unchanged(qlib_market, tmp_path, capsys):
+    import numpy as np
+
+    from qjax import qlib_workflow
+    from tests.workflow.test_qlib_workflow import tiny
+
+    path = REPO / "tests" / "workflow" / "qlib_yamls" / "GRU" / "workflow_config_gru_Alpha360.yaml"
+    out = tmp_path / "roll"
+    argv = ["rolling", str(path), "--step", "25", "--out", str(out), "--quiet",
+            "--compilation-cache", "off"]
+    for item in tiny(qlib_market, qlib_workflow.read(path)):
+        argv += ["--set", item]
+    assert cli.main(argv) == 0, capsys.readouterr().err
+    printed = capsys.readouterr().out
+    # Expanding (Qlib's default): the train segment keeps its start and grows by 25 days.
+    cal = pd.DatetimeIndex((qlib_market / "calendars" / "day.txt").read_text().split())
+    day = lambda d, shift=0: f"{cal[cal.get_loc(pd.Timestamp(d)) + shift]:%Y-%m-%d}"  # noqa: E731
+    assert (f"window 1/2: train 2015-03-02..2015-08-31 test 2015-11-02..{day('2015-11-02', 24)}"
+            in printed)
+    assert (f"window 2/2: train 2015-03-02..{day('2015-08-31', 25)} "
+            f"test {day('2015-11-02', 25)}..2015-12-29" in printed)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert all(np.isfinite(v) for v in metrics["seven_columns"].values()), metrics
+    days = pd.read_parquet(out / "predictions.parquet").index.get_level_values("datetime")
+    assert days.min() == pd.Timestamp("2015-11-02") and days.max() == pd.Timestamp("2015-12-29")
