@@ -282,7 +282,10 @@ def run(cfg: Mapping[str, Any], out_dir: str | Path, *, step: int, rtype: str = 
                 f"test {test[0]}..{test[1]}")
         if is_finished(directory, wcfg):
             log(f"{head}: finished earlier, skipped")
-            summaries.append({"window": k + 1, "segments": window, "skipped": True})
+            done = json.loads((directory / "metrics.json").read_text())
+            summaries.append({"window": k + 1, "segments": window, "skipped": True,
+                              "test": done.get("test"),
+                              "best_epoch_1based": done.get("best_epoch_1based")})
             continue
         log(head)
         previous = window_dir(out, k) / WARM_START_DIR
