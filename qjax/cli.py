@@ -38,6 +38,8 @@ def main(argv: list[str] | None = None) -> int:
                          "its start stays")
     rolling.add_argument("--warm-start", action="store_true",
                          help="start each window from the previous window's best variables")
+    rolling.add_argument("--trunc-days", type=int, metavar="N", help="end the train and valid "
+                         "segments N trading days before each test start (Qlib's trunc_days)")
     rolling.add_argument("--set", dest="overrides", action="append", default=[],
                          metavar="KEY=VALUE", help="override a config value (repeatable)")
     rolling.add_argument("--out", help="output directory (default: runs/<config name>-rolling)")

@@ -60,15 +60,26 @@ def _day(cal: pd.DatetimeIndex, idx: int | None) -> pd.Timestamp | None:
 
 
 def qlib_segments(segments: Mapping[str, Sequence[Any]], calendar: Sequence[Any], step: int,
-                  rtype: str = "expanding") -> list[dict[str, tuple]]:
-    """The windows' segments exactly as Qlib's ``RollingGen(step, rtype).generate`` makes them
-    on ``calendar`` (a day past the calendar is None, as in Qlib; no ``trunc_days``)."""
+                  rtype: str = "expanding", trunc_days: int | None = None
+                  ) -> list[dict[str, tuple]]:
+    """The windows' segments exactly as Qlib's ``RollingGen(step, rtype, trunc_days=...)``
+    makes them on ``calendar`` (a day past the calendar is None, as in Qlib).
+
+    ``trunc_days``: the other segments end at least that many trading days before the test
+    start, so that no training label looks into the test period (Qlib's rolling uses the
+    label horizon + 1)."""
     cal = pd.DatetimeIndex(calendar)
     aligned = {k: (_day(cal, _start_idx(cal, s)), _day(cal, _end_idx(cal, e)))
                for k, (s, e) in segments.items()}
     test_end = min(pd.Timestamp(segments["test"][1]), cal[-1])
     first = _start_idx(cal, aligned["test"][0])
     aligned["test"] = (_day(cal, first), _day(cal, first + step - 1))
+    if trunc_days is not None:
+        last = first - trunc_days
+        if last <= 0:
+            raise RollingError(f"--trunc-days {trunc_days} leaves no data before the test start")
+        aligned = {k: v if k == "test" else tuple(
+            _day(cal, min(_start_idx(cal, d), last)) for d in v) for k, v in aligned.items()}
     windows = [aligned]
     while True:
         shifted = {}
@@ -87,7 +98,7 @@ def qlib_segments(segments: Mapping[str, Sequence[Any]], calendar: Sequence[Any]
 
 
 def plan_windows(segments: Mapping[str, Sequence[Any]], calendar: Sequence[Any], step: int,
-                 rtype: str) -> list[dict[str, list[str]]]:
+                 rtype: str, trunc_days: int | None = None) -> list[dict[str, list[str]]]:
     """The windows qjax trains: Qlib's segments with each test segment clipped to the config's
     test end (so they tile it), as ISO dates. Raises :class:`RollingError` on bad input."""
     if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step <= 0:
@@ -96,6 +107,8 @@ def plan_windows(segments: Mapping[str, Sequence[Any]], calendar: Sequence[Any],
         raise RollingError(f"--rtype must be one of {', '.join(RTYPES)}, got {rtype!r}")
     if "test" not in segments:
         raise RollingError("dataset.segments needs a 'test' segment: rolling cuts it into windows")
+    if trunc_days is not None and (isinstance(trunc_days, bool) or trunc_days < 0):
+        raise RollingError(f"--trunc-days must be a non-negative number, got {trunc_days!r}")
     cal = pd.DatetimeIndex(calendar)
     test_start, test_end = (pd.Timestamp(d) for d in segments["test"])
     if test_start > cal[-1] or test_end < cal[0] or test_end < test_start:
@@ -103,6 +116,12 @@ def plan_windows(segments: Mapping[str, Sequence[Any]], calendar: Sequence[Any],
             f"the test segment {test_start:%Y-%m-%d}..{test_end:%Y-%m-%d} has no trading day in "
             f"the data ({cal[0]:%Y-%m-%d}..{cal[-1]:%Y-%m-%d}); set dataset.segments.test inside it"
         )
+    for name, (s, e) in segments.items():
+        if name != "test" and (pd.Timestamp(e) < cal[0] or pd.Timestamp(s) > cal[-1]):
+            raise RollingError(
+                f"the {name} segment {s}..{e} falls outside the data ({cal[0]:%Y-%m-%d}.."
+                f"{cal[-1]:%Y-%m-%d}); set dataset.segments.{name} inside it"
+            )
     n_test = _end_idx(cal, test_end) - _start_idx(cal, test_start) + 1
     if step >= n_test:
         raise RollingError(
@@ -112,7 +131,7 @@ def plan_windows(segments: Mapping[str, Sequence[Any]], calendar: Sequence[Any],
         )
     end = cal[_end_idx(cal, test_end)]  # the last trading day of the test segment
     out = []
-    for window in qlib_segments(segments, cal, step, rtype):
+    for window in qlib_segments(segments, cal, step, rtype, trunc_days):
         lo, hi = window["test"]
         window = dict(window, test=(lo, end if hi is None else min(hi, end)))
         for name, (s, e) in window.items():
@@ -252,7 +271,7 @@ def _check_out(out: Path, plan: Mapping[str, Any]) -> None:
 
 
 def run(cfg: Mapping[str, Any], out_dir: str | Path, *, step: int, rtype: str = "expanding",
-        warm: bool = False, verbose: bool = True,
+        warm: bool = False, trunc_days: int | None = None, verbose: bool = True,
         log: Callable[[str], None] = print) -> dict:
     """Train every window into ``out_dir`` and evaluate their joined test predictions; return
     the metrics written to ``out_dir/metrics.json``. Bad input raises before any training."""
@@ -263,11 +282,11 @@ def run(cfg: Mapping[str, Any], out_dir: str | Path, *, step: int, rtype: str = 
     cfg = config_lib.validate(cfg)
     estimator(cfg["model"]["name"], **workflow._model_kwargs(cfg))  # checks the keywords
     calendar = trading_calendar(cfg["data"])
-    windows = plan_windows(cfg["dataset"]["segments"], calendar, step, rtype)
+    windows = plan_windows(cfg["dataset"]["segments"], calendar, step, rtype, trunc_days)
     configs = [window_config(cfg, w, calendar, k * step, rtype) for k, w in enumerate(windows)]
     out = Path(out_dir)
     plan = {"config": cfg, "step": int(step), "rtype": rtype, "warm_start": bool(warm),
-            "windows": windows}
+            "trunc_days": trunc_days, "windows": windows}
     _check_out(out, plan)
     out.mkdir(parents=True, exist_ok=True)
     (out / PLAN_FILE).write_text(json.dumps(plan, indent=2, default=str) + "\n")
@@ -308,7 +327,8 @@ def run(cfg: Mapping[str, Any], out_dir: str | Path, *, step: int, rtype: str = 
     summary = workflow._summarise(per_seed)
     metrics = {
         "model": cfg["model"]["name"],
-        "rolling": {"step": int(step), "rtype": rtype, "warm_start": bool(warm), "windows": n},
+        "rolling": {"step": int(step), "rtype": rtype, "warm_start": bool(warm),
+                    "trunc_days": trunc_days, "windows": n},
         "test": summary,
         "test_per_seed": per_seed if len(per_seed) > 1 else None,
         "samples": {"test": int(len(scores))},
@@ -358,7 +378,7 @@ def main(cfg: Mapping[str, Any], out: Path, args: Any) -> int:
     default_format, warnings.formatwarning = warnings.formatwarning, _one_line_warning
     try:
         metrics = run(cfg, out, step=args.step, rtype=args.rtype, warm=args.warm_start,
-                      verbose=not args.quiet)
+                      trunc_days=args.trunc_days, verbose=not args.quiet)
     except (Interrupted, KeyboardInterrupt):
         return fail("interrupted; run the same command again: finished windows are skipped "
                     "and the interrupted one resumes from its checkpoint", 130)

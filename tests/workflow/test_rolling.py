@@ -39,9 +39,9 @@ backtest:
     exchange_kwargs: {limit_threshold: 0.095, deal_price: close, open_cost: 0.0005,
                       close_cost: 0.0015, min_cost: 5}
 """
-# Qlib-style segments for the arithmetic tests: unaligned dates (weekends), a None train start.
+# Qlib-style segments for the arithmetic tests: unaligned dates (weekends).
 SEGMENTS = {
-    "train": ("2015-01-03", "2015-06-30"),
+    "train": ("2015-01-10", "2015-06-30"),  # not day 0: Qlib's truncate refuses index 0
     "valid": ("2015-07-01", "2015-08-30"),
     "test": ("2015-09-05", "2015-12-20"),
 }
@@ -69,21 +69,23 @@ def qlib_calendar_dir(qlib, tmp_path_factory):
         qlib.init(provider_uri=previous[0], region=previous[1], kernels=1)
 
 
+@pytest.mark.parametrize("trunc_days", [None, 3, 45])
 @pytest.mark.parametrize("rtype", ["expanding", "sliding"])
 @pytest.mark.parametrize("step", [1, 7, 20, 50])
-def test_windows_equal_qlib_rolling_gen(qlib_calendar_dir, rtype, step):
+def test_windows_equal_qlib_rolling_gen(qlib_calendar_dir, rtype, step, trunc_days):
     from qlib.data import D
     from qlib.workflow.task.gen import RollingGen
 
     task = {"dataset": {"kwargs": {"segments": dict(SEGMENTS)}}}
-    made = RollingGen(step=step, rtype=rtype, ds_extra_mod_func=None).generate(task)
+    made = RollingGen(step=step, rtype=rtype, ds_extra_mod_func=None,
+                      trunc_days=trunc_days).generate(task)
     expected = [t["dataset"]["kwargs"]["segments"] for t in made]
     calendar = D.calendar(freq="day")
-    got = rolling.qlib_segments(SEGMENTS, calendar, step, rtype)
+    got = rolling.qlib_segments(SEGMENTS, calendar, step, rtype, trunc_days)
     assert len(got) == len(expected) > 1
     assert got == expected
     # qjax trains the same windows, the last test segment clipped to the config's test end.
-    planned = rolling.plan_windows(SEGMENTS, calendar, step, rtype)
+    planned = rolling.plan_windows(SEGMENTS, calendar, step, rtype, trunc_days)
     for mine, theirs in zip(planned, expected):
         for name, (start, end) in theirs.items():
             if name == "test":  # the test segment's last trading day: Friday 2015-12-18
@@ -100,11 +102,12 @@ def test_windows_equal_qlib_rolling_gen(qlib_calendar_dir, rtype, step):
         (200, SEGMENTS, "leaves no window"),
         (5, dict(SEGMENTS, test=("2016-03-01", "2016-06-01")), "no trading day in the data"),
         (5, dict(SEGMENTS, train=("2014-01-01", "2014-06-30")), "outside the data"),
+        (5, dict(SEGMENTS, test=("2015-01-06", "2015-03-01")), "leaves no data before"),
     ],
 )
 def test_bad_rolling_requests_are_refused(step, segments, message):
     with pytest.raises(rolling.RollingError, match=message):
-        rolling.plan_windows(segments, _calendar(), step, "sliding")
+        rolling.plan_windows(segments, _calendar(), step, "sliding", trunc_days=3)
 
 
 def test_cli_refuses_a_bad_step_before_creating_anything(tmp_path, capsys):
