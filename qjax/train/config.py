@@ -9,6 +9,7 @@ its evaluation protocol, the full re-evaluation of the train set every epoch).
 from __future__ import annotations
 
 import dataclasses
+import enum
 import math
 import numbers
 from typing import Any, Mapping
@@ -17,7 +18,30 @@ OPTIMIZERS = ("adam", "gd")
 METRICS = ("loss", "ic")
 # Qlib spells the -MSE score "" or "loss" (and ALSTM_ts also "mse").
 METRIC_ALIASES = {"": "loss", "mse": "loss"}
-BATCHINGS = ("shuffle", "daily", "steps")
+
+
+class Batching(str, enum.Enum):
+    """How training batches are drawn (see :class:`TrainConfig`); compares equal to its name."""
+
+    SHUFFLE = "shuffle"  # a fresh permutation per epoch, full batches of batch_size
+    DAILY = "daily"  # one batch per trading day, padded, with a row mask for the module
+    STEPS = "steps"  # DNNModelPytorch: max_steps batches drawn with replacement
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def daily(self) -> bool:
+        """Every batch (training, evaluation, prediction) is one day of a cross-section."""
+        return self is Batching.DAILY
+
+    @property
+    def by_steps(self) -> bool:
+        """Evaluations come every ``eval_steps`` steps rather than every epoch."""
+        return self is Batching.STEPS
+
+
+BATCHINGS = tuple(mode.value for mode in Batching)
 EVAL_PROTOCOLS = ("exact", "qlib")
 
 
@@ -95,7 +119,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     clip_value: float | None = 3.0
     metric: str = "loss"
-    batching: str = "shuffle"
+    batching: Batching | str = Batching.SHUFFLE
     max_steps: int = 300
     eval_steps: int = 20
     eval_train: bool = False
@@ -136,6 +160,7 @@ class TrainConfig:
             f"one of {METRICS} (Qlib's '' and 'mse' mean 'loss')",
         )
         _check(self.batching in BATCHINGS, "batching", self.batching, f"one of {BATCHINGS}")
+        object.__setattr__(self, "batching", Batching(self.batching))
         _set_int(self, "max_steps", minimum=1)
         _set_int(self, "eval_steps", minimum=1)
         _check(
@@ -180,7 +205,7 @@ class TrainConfig:
     @property
     def n_evaluations(self) -> int:
         """Evaluations (= epochs, or ``eval_steps`` periods in "steps" mode) of a full run."""
-        if self.batching == "steps":
+        if self.batching.by_steps:
             return -(-self.max_steps // self.eval_steps)
         return self.n_epochs
 

@@ -41,13 +41,14 @@ from qjax.errors import Interrupted, TrainingDiverged
 from qjax.train import batching
 from qjax.train.batching import Segment, gather
 from qjax.train.checkpoint import RunCheckpoints
-from qjax.train.config import TrainConfig
+from qjax.train.config import Batching, TrainConfig
 from qjax.train.losses import (
     Batch,
     LossFn,
     Variables,
     apply_model,
     batch_loss,
+    is_supervised,
     supervised_mse,
 )
 from qjax.train.metrics import daily_ic
@@ -88,12 +89,12 @@ class Trainer:
 
     @property
     def daily(self) -> bool:
-        return self.config.batching == "daily"
+        return self.config.batching.daily
 
     @property
     def mean_of_batch_means(self) -> bool:
         """Qlib's epoch-loop evaluation; DNNModelPytorch ("steps") uses the whole-set mean."""
-        return self.config.eval_protocol == "qlib" and self.config.batching != "steps"
+        return self.config.eval_protocol == "qlib" and not self.config.batching.by_steps
 
     # -- initialisation -------------------------------------------------------------------
 
@@ -143,9 +144,9 @@ class Trainer:
 
     def train_plan(self, key: jax.Array, data: Segment, n_steps: int | None):
         config = self.config
-        if config.batching == "daily":
+        if config.batching.daily:
             return batching.by_day(data.days, key if config.shuffle_days else None)
-        if config.batching == "steps":
+        if config.batching.by_steps:
             return batching.with_replacement(key, data.size, config.batch_size, n_steps)
         return batching.shuffled(key, data.size, config.batch_size)
 
@@ -333,7 +334,7 @@ def fit(
         for epoch in range(done, config.n_evaluations):
             if stopped.all():
                 break
-            n_steps = config.steps_in_period(epoch) if config.batching == "steps" else None
+            n_steps = config.steps_in_period(epoch) if config.batching.by_steps else None
             state, metrics = _run_epoch(
                 state, train_seg, valid_seg, trainer=trainer, n_steps=n_steps
             )
@@ -546,11 +547,11 @@ def _prepare_segments(
     loss_fn: LossFn,
     parallel: DataParallel,
 ) -> tuple[Segment, Segment | None]:
-    supervised = loss_fn is supervised_mse
+    supervised = is_supervised(loss_fn)  # only a supervised objective needs labels
     _check_samples(train, "train", supervised)
     if valid is not None:
         _check_samples(valid, "valid", supervised)
-    if config.batching == "daily":
+    if config.batching.daily:
         width = config.daily_width
         if width is None:  # one width for both segments: one padded shape, one compilation
             counts = [np.bincount(np.asarray(s.day)).max() for s in (train, valid) if s is not None]
@@ -561,12 +562,12 @@ def _prepare_segments(
         ]
     else:
         parallel.check_divides(config.batch_size, "batch_size")
-        if config.batching == "shuffle" and config.batch_size > train.size:
+        if config.batching is Batching.SHUFFLE and config.batch_size > train.size:
             raise ValueError(
                 f"batch_size={config.batch_size} exceeds the {train.size} train samples, so an "
                 "epoch has no full batch; lower batch_size"
             )
-        if config.eval_protocol == "qlib" and config.batching == "shuffle":
+        if config.eval_protocol == "qlib" and config.batching is Batching.SHUFFLE:
             for name, s in (("train", train), ("valid", valid)):
                 if s is not None and config.batch_size > s.size:
                     raise ValueError(

@@ -12,6 +12,9 @@ counts) or the way Qlib does (mean of per-batch ratios), and lets padded rows (`
 drop out of both. Supervised regression with NaN-masked, sample-weighted MSE is the default
 (:func:`supervised_mse`); self-supervised pretraining is just another objective passed to
 ``fit``.
+
+An objective that learns from the labels says so with an attribute ``supervised = True``; the
+engine then refuses a segment whose labels are all NaN before it compiles anything.
 """
 
 from __future__ import annotations
@@ -40,6 +43,8 @@ class LossOutput(NamedTuple):
 
 
 class LossFn(Protocol):
+    supervised: bool  # optional: True if the objective learns from the labels (default False)
+
     def __call__(
         self, apply_fn: ApplyFn, variables: Variables, batch: Batch, rng: jax.Array, train: bool
     ) -> LossOutput: ...
@@ -98,3 +103,11 @@ def supervised_mse(
     pred, batch_stats = apply_model(apply_fn, variables, batch, rng, train)
     total, count = masked_squared_error(pred, batch["y"], batch["w"], batch["mask"])
     return LossOutput(total, count, batch_stats, pred)
+
+
+supervised_mse.supervised = True
+
+
+def is_supervised(loss_fn: LossFn) -> bool:
+    """Whether ``loss_fn`` declares that it learns from the labels (``supervised = True``)."""
+    return bool(getattr(loss_fn, "supervised", False))

@@ -412,6 +412,24 @@ def test_bad_inputs_raise_clear_errors():
         fit(TwoOutputs(), data, None, config, verbose=False)
 
 
+class _OwnSupervisedObjective:
+    """A supervised objective that is not ``supervised_mse`` (as TabNet's paper MSE is)."""
+
+    supervised = True
+
+    def __call__(self, apply_fn, variables, batch, rng, train):
+        return supervised_mse(apply_fn, variables, batch, rng, train)
+
+
+def test_the_all_nan_label_check_follows_what_the_objective_declares():
+    unlabelled = panel(n_days=4, n_inst=5, nan_labels=1.0)
+    config = TrainConfig(n_epochs=1, batch_size=10)
+    with pytest.raises(ValueError, match="every train label is NaN"):
+        fit(TinyMLP(), unlabelled, None, config, loss_fn=_OwnSupervisedObjective(), verbose=False)
+    undeclared = _OwnSupervisedObjective().__call__  # declares nothing: no check, it trains
+    assert fit(TinyMLP(), unlabelled, None, config, loss_fn=undeclared, verbose=False).seeds == (0,)
+
+
 class TwoOutputs(nn.Module):
     @nn.compact
     def __call__(self, x, train: bool = False):
