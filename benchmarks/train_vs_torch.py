@@ -826,7 +826,7 @@ def main(argv=None) -> None:
 
     for name in args.e2e_models:
         case = CASES[name]
-        if case.qlib_wrapper is None or name not in qjax.estimators.SPECS:
+        if case.qlib_wrapper is None or name not in qjax.estimators.wrappers():
             results["skipped"][f"e2e {name}"] = case.note or "no Qlib wrapper or qjax estimator for it"
             continue
         print(f"[e2e] {name} ...", file=sys.stderr, flush=True)

@@ -53,10 +53,10 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     if args.command == "models":
-        from qjax.estimators import SPECS
+        from qjax.estimators import wrappers
 
-        for name, spec in sorted(SPECS.items()):
-            print(f"{name:<12} {spec.qlib_class}")
+        for name, model in sorted(wrappers().items()):
+            print(f"{name:<12} {model.spec.qlib_class}")
         return 0
     if args.command == "report":
         return _report(args.run_dir)

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from qjax import config
-from qjax.estimators import SPECS
+from qjax.estimators import wrappers
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
 
@@ -13,7 +13,7 @@ CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
 def test_shipped_configs_are_valid_and_name_known_models(path):
     cfg = config.load(path)
-    assert cfg["model"]["name"] in SPECS or cfg["model"]["name"] == "tabnet"
+    assert cfg["model"]["name"] in wrappers()
     assert set(cfg["dataset"]["segments"]) >= {"train", "valid", "test"}
 
 

@@ -10,7 +10,7 @@ import pytest
 
 import qjax
 from qjax.data import DataHandler, Dataset, TSDataset, generate_concepts, generate_market, handler_frame
-from qjax.estimators import SPECS
+from qjax.estimators import wrappers
 from tests.conftest import require
 
 # qjax spec -> Qlib wrapper classes whose keyword arguments and defaults it mirrors
@@ -29,7 +29,7 @@ QLIB_WRAPPERS = {
     "general": [("pytorch_general_nn", "GeneralPTNN")],
     "tabnet": [("pytorch_tabnet", "TabnetModel")],
 }
-# Deliberate differences, each documented in qjax/estimators.py.
+# Deliberate differences, each documented in the model's home (qjax/models/<family>/wrapper.py).
 # rnn_type: Qlib's ALSTM YAMLs pass it and the wrapper swallows it in **kwargs.
 QJAX_ONLY = {"alstm": {"honour_rnn_type", "rnn_type"}, "gats": {"daily_batch"}, "krnn": {"layout"}, "tabnet": {"paper", "lambda_sparse"}}
 CHANGED_DEFAULTS = {("hist", "metric"): "ic"}  # Qlib's default "" raises in HIST.metric_fn
@@ -38,9 +38,7 @@ CHANGED_DEFAULTS = {("hist", "metric"): "ic"}  # Qlib's default "" raises in HIS
 @pytest.mark.parity
 @pytest.mark.parametrize("name", sorted(QLIB_WRAPPERS))
 def test_keyword_arguments_and_defaults_equal_qlib_wrappers(name):
-    if name not in SPECS:
-        pytest.skip(f"{name} has no estimator spec in this build")
-    spec = SPECS[name]
+    spec = wrappers()[name].spec
     for module_name, class_name in QLIB_WRAPPERS[name]:
         module = require(f"qlib.contrib.model.{module_name}")
         params = inspect.signature(getattr(module, class_name).__init__).parameters
@@ -121,8 +119,6 @@ TINY = {
 
 @pytest.mark.parametrize("name", sorted(TINY))
 def test_each_model_trains_and_its_loss_falls(name, request):
-    if name not in SPECS:
-        pytest.skip(f"{name} has no estimator spec in this build")
     fixture, kwargs = TINY[name]
     dataset = request.getfixturevalue(fixture)
     if name == "hist":

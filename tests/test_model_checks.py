@@ -8,11 +8,12 @@ import pytest
 import qjax
 from qjax.data.features import feature_names
 from qjax.errors import ConfigError, UnknownKeywordError
-from qjax.estimators import SPECS
+from qjax.estimators import wrappers
 from qjax.model_checks import check_feature_layout, time_layout
 
 DROPOUT_KEYWORDS = sorted(
-    (name, key) for name, spec in SPECS.items() for key in spec.defaults if "dropout" in key
+    (name, key) for name, model in wrappers().items() for key in model.spec.defaults
+    if "dropout" in key
 )
 
 

@@ -1,67 +1,113 @@
-"""Registry of model classes by name: ``qjax.models.get("lstm")``."""
+"""The one registry of models, read by ``qjax.models.get``, ``qjax.interop.from_qlib``,
+``qjax.estimator`` and ``qjax models``.
+
+Every model family has one home, a package ``qjax.models.<family>`` holding its Flax network(s)
+(``network.py``), its Qlib weight converter (``qlib.py``) and its Qlib wrapper spec
+(``wrapper.py``). The home's ``MODELS`` tuple of :class:`Model` entries ties the three together
+under a name; this registry is the union of those tuples (plus whatever a user registers).
+Homes are imported on first use, so ``import qjax.models`` stays light.
+"""
 
 from __future__ import annotations
 
-import importlib
-from typing import Callable
+import dataclasses
+from typing import TYPE_CHECKING, Any, Callable
 
 import flax.linen as nn
 
-_MODELS: dict[str, type[nn.Module]] = {}
+if TYPE_CHECKING:  # the spec module imports the training engine; the registry must not
+    from qjax.models.spec import ModelSpec
 
-# name -> module that registers it on import (lazy, so `import qjax` stays light).
-_PROVIDERS = {
-    "mlp": "qjax.models.mlp",
-    "lstm": "qjax.models.rnn",
-    "gru": "qjax.models.rnn",
-    "alstm": "qjax.models.alstm",
-    "transformer": "qjax.models.transformer",
-    "localformer": "qjax.models.transformer",
-    "gats": "qjax.models.gats",
-    "tabnet": "qjax.models.tabnet",
-    "krnn": "qjax.models.krnn",
-    "sfm": "qjax.models.sfm",
-    "hist": "qjax.models.hist",
-    "tcn": "qjax.models.tcn",
-    "general": "qjax.models.general",
-}
+# fn(state_dict, **torch_module_kwargs) -> (module, variables)
+Converter = Callable[..., tuple[Any, dict]]
 
 
-def register(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
-    """Class decorator adding a Flax module to the registry under ``name``."""
+@dataclasses.dataclass(frozen=True)
+class Model:
+    """One registered model: its network and, where it has them, its converter and wrapper."""
+
+    name: str
+    network: type[nn.Module]
+    spec: ModelSpec | None = None  # the Qlib wrapper behind qjax.estimator(name)
+    convert: Converter | None = None  # Qlib weights behind qjax.interop.from_qlib(name)
+
+
+def _homes() -> tuple:
+    from qjax.models import (
+        alstm, gats, general, hist, krnn, mlp, rnn, sfm, tabnet, tcn, transformer,
+    )
+
+    return (mlp, rnn, alstm, transformer, gats, tabnet, krnn, sfm, hist, tcn, general)
+
+
+_REGISTERED: dict[str, Model] = {}  # user registrations; they override a home's entry
+_FROM_HOMES: dict[str, Model] = {}
+
+
+def models() -> dict[str, Model]:
+    """Every registered model by name."""
+    if not _FROM_HOMES:
+        entries = {entry.name: entry for home in _homes() for entry in home.MODELS}
+        _FROM_HOMES.update(entries)
+    return {**_FROM_HOMES, **_REGISTERED}
+
+
+def model(name: str) -> Model:
+    """The :class:`Model` registered as ``name`` (case-insensitive)."""
+    key = str(name).lower()
+    table = models()
+    if key not in table:
+        raise KeyError(
+            f"unknown model name {name!r}; available: {', '.join(sorted(table))}. "
+            "Register a custom module with qjax.models.register(name) or use the "
+            "'general' adapter with an import path."
+        )
+    return table[key]
+
+
+def register(
+    name: str, *, spec: ModelSpec | None = None, convert: Converter | None = None
+) -> Callable[[type[nn.Module]], type[nn.Module]]:
+    """Class decorator registering a Flax module as ``name``: one place for a new model.
+
+    ``spec`` (a :class:`qjax.models.spec.ModelSpec`) makes it a ``qjax.estimator(name)``;
+    ``convert`` makes it a ``qjax.interop.from_qlib(name, ...)`` target.
+    """
 
     def wrap(cls: type[nn.Module]) -> type[nn.Module]:
-        _MODELS[name.lower()] = cls
+        _REGISTERED[name.lower()] = Model(name.lower(), cls, spec=spec, convert=convert)
         return cls
+
+    return wrap
+
+
+def unregister(name: str) -> None:
+    """Remove a user registration (a home's entry comes back if it had one)."""
+    _REGISTERED.pop(str(name).lower(), None)
+
+
+def register_converter(name: str) -> Callable[[Converter], Converter]:
+    """Decorator adding ``fn(state_dict, **module_kwargs) -> (module, variables)`` to the
+    registered model ``name`` (its network is the class of the module ``fn`` returns)."""
+
+    def wrap(fn: Converter) -> Converter:
+        key = name.lower()
+        entry = models().get(key)
+        if entry is None:
+            raise KeyError(
+                f"register the model {name!r} (qjax.models.register) before its converter"
+            )
+        _REGISTERED[key] = dataclasses.replace(entry, convert=fn)
+        return fn
 
     return wrap
 
 
 def get(name: str) -> type[nn.Module]:
     """Return the Flax module class registered as ``name`` (case-insensitive)."""
-    key = str(name).lower()
-    if key not in _MODELS and key in _PROVIDERS:
-        try:
-            importlib.import_module(_PROVIDERS[key])
-        except ModuleNotFoundError as err:
-            if err.name != _PROVIDERS[key]:
-                raise
-    if key not in _MODELS:
-        raise KeyError(
-            f"unknown model name {name!r}; available: {', '.join(names())}. "
-            "Register a custom module with qjax.models.register(name) or use the "
-            "'general' adapter with an import path."
-        )
-    return _MODELS[key]
+    return model(name).network
 
 
 def names() -> list[str]:
     """Names of every model that can be built in this installation."""
-    for key, provider in _PROVIDERS.items():
-        if key not in _MODELS:
-            try:
-                importlib.import_module(provider)
-            except ModuleNotFoundError as err:
-                if err.name != provider:
-                    raise
-    return sorted(_MODELS)
+    return sorted(models())

@@ -134,3 +134,18 @@ def _broken_json(step_dir: str) -> str:
 def _first_line(err: BaseException) -> str:
     text = str(err).strip().splitlines()
     return text[0][:200] if text else "unreadable"
+
+
+def save_variables(path: str | os.PathLike, variables: Any) -> None:
+    """Write a pytree of arrays (e.g. a module's variables) as an Orbax checkpoint directory at
+    ``path``, replacing what is there (as a torch ``save`` replaces a file)."""
+    with ocp.StandardCheckpointer() as checkpointer:
+        checkpointer.save(os.path.abspath(path), jax.device_get(variables), force=True)
+
+
+def load_variables(path: str | os.PathLike, like: Any = None) -> Any:
+    """Read what :func:`save_variables` wrote; ``like`` (a pytree of arrays or shapes) fixes the
+    structure, shapes and dtypes to restore into."""
+    target = None if like is None else jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+    with ocp.StandardCheckpointer() as checkpointer:
+        return checkpointer.restore(os.path.abspath(path), target)

@@ -85,6 +85,29 @@ def jax_output_and_grads(module, variables, x, y, *extra_inputs, **apply_kwargs)
     return out, g_x, g_params
 
 
+def assert_matches_qlib(
+    torch, net, name: str, module, variables, shape: tuple[int, ...], converter_kwargs: dict,
+    seed: int = 1, floor_fraction: float = 1e-3,
+) -> None:
+    """The parity check most models share, on a standard normal input of ``shape`` and target.
+
+    Output within 1e-5 and the input gradient within 1e-4 of the reference's scale; every
+    parameter gradient within 1e-4 (:func:`assert_trees_close`, ``floor_fraction``), the torch
+    gradients mapped with the converter ``name`` and its ``converter_kwargs``.
+    """
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(shape).astype(np.float32)
+    y = rng.standard_normal(shape[0]).astype(np.float32)
+    t_out, t_gx, t_grads = torch_output_and_grads(torch, net, x, y)
+    j_out, j_gx, j_grads = jax_output_and_grads(module, variables, x, y)
+
+    assert j_out.shape == (shape[0],)
+    assert rel_err(j_out, t_out) <= 1e-5, f"output (seed {seed})"
+    assert rel_err(j_gx, t_gx) <= 1e-4, f"input gradient (seed {seed})"
+    want_grads = qlib_grads_as_params(name, t_grads, **converter_kwargs)
+    assert_trees_close(j_grads, want_grads, 1e-4, floor_fraction=floor_fraction)
+
+
 def qlib_grads_as_params(name: str, torch_grads: dict, **module_kwargs) -> dict:
     """Torch gradients (a state dict of them) in qjax's ``params`` layout.
 

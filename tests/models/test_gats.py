@@ -10,19 +10,17 @@ import pytest
 from conftest import require
 from qjax.interop import read_torch_state_dict
 from qjax.interop.qlib import from_qlib
-from qjax.interop.qlib.gats import load_base_weights
+from qjax.models.gats.qlib import load_base_weights
 from qjax.models import get
 from qjax.models.gats import GATModel
 from tests.models.parity import (
+    assert_matches_qlib,
     assert_trees_close,
     init_shapes,
-    jax_output_and_grads,
     load_base_like_qlib,
     param_count,
-    qlib_grads_as_params,
     random_rnn_state_dict,
     rel_err,
-    torch_output_and_grads,
     torch_param_count,
 )
 
@@ -46,18 +44,8 @@ def test_matches_qlib_forward_and_gradients(torch, qlib_module, d_feat, shape, b
     net = require(qlib_module).GATModel(**kwargs)
     module, variables = from_qlib("gats", net.state_dict(), **kwargs)
     assert isinstance(module, get("gats"))
-
-    rng = np.random.default_rng(seed + 1)
-    x = rng.standard_normal(shape).astype(np.float32)
-    y = rng.standard_normal(shape[0]).astype(np.float32)
-    t_out, t_gx, t_grads = torch_output_and_grads(torch, net, x, y)
-    j_out, j_gx, j_grads = jax_output_and_grads(module, variables, x, y)
-
-    assert j_out.shape == (shape[0],)
-    assert rel_err(j_out, t_out) <= 1e-5
-    assert rel_err(j_gx, t_gx) <= 1e-4
-    want_grads = qlib_grads_as_params("gats", t_grads, **kwargs)
-    assert_trees_close(j_grads, want_grads, 1e-4, floor_fraction=TRANSFORMATION_BIAS_FLOOR)
+    assert_matches_qlib(torch, net, "gats", module, variables, shape, kwargs, seed=seed + 1,
+                        floor_fraction=TRANSFORMATION_BIAS_FLOOR)
 
 
 @pytest.mark.parametrize("d_feat,expected", [(6, 60_225), (20, 63_809)])  # QLIB_REFERENCE §9

@@ -16,9 +16,9 @@ import pytest
 from conftest import require
 from qjax.interop import read_torch_state_dict
 from qjax.interop.qlib import from_qlib
-from qjax.interop.qlib.gats import load_base_weights
+from qjax.models.gats.qlib import load_base_weights
 from qjax.models import get
-from qjax.models.hist import HISTModel, hidden_concept_matrix
+from qjax.models.hist.network import HISTModel, hidden_concept_matrix
 from tests.models.parity import (
     assert_trees_close,
     init_shapes,

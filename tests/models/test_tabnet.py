@@ -15,7 +15,7 @@ import pytest
 from conftest import require
 from qjax.interop.qlib import from_qlib
 from qjax.models import get
-from qjax.models.tabnet import (
+from qjax.models.tabnet.network import (
     TabNet,
     TabNetFinetune,
     TabNetPretrainer,

@@ -1,0 +1,101 @@
+"""TCN: Locus-Lab temporal convolutional network, as used by Qlib's ``TCNModel``.
+
+Port of ``qlib/contrib/model/tcn.py`` + ``pytorch_tcn.py`` / ``pytorch_tcn_ts.py``. Level l is
+a residual block of two causal convolutions with dilation 2^l: torch pads both ends by
+(k-1)·d and chomps the tail, which equals padding only the past, done here directly.
+
+Layout: convolutions run channels-last ([N, T, C], XLA's native layout), so input goes through
+:func:`qjax.models.layers.as_sequence`: a 2-D input is Qlib's flat feature-major vector
+([N, num_input*T], reshaped [N, F, T] by Qlib's non-ts module) and a 3-D input is the [N, T, F]
+window every qjax dataset yields. Qlib's ts module instead takes [N, F, T] and its ``predict``
+forgets to transpose (quirk #3, silent because d_feat = step_len = 20 in the Alpha158
+benchmark); qjax always feeds [N, T, F], so training and prediction agree.
+
+Weight normalisation (``torch.nn.utils.weight_norm``, dim 0): w = g · v / ‖v‖ with the norm over
+(in, k) per output channel. Qlib's N(0, 0.01) re-init of conv1/conv2 writes to the derived
+``weight``, which weight_norm recomputes from g and v, so it has no effect (quirk #9); the
+effective init reproduced here is torch's default Conv1d init of v with g = ‖v‖. The 1x1
+``downsample`` conv is not weight-normed and does get N(0, 0.01).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from qjax.models.layers import Linear, as_sequence, conv1d, uniform_init
+
+
+class WeightNormCausalConv(nn.Module):
+    """Causal dilated Conv1d with weight normalisation on [N, T, C_in] -> [N, T, features].
+
+    Parameters: ``weight_v`` [kernel_size, C_in, features] (torch's [out, in, k] transposed),
+    ``weight_g`` [features] (torch's [out, 1, 1]) and ``bias`` [features].
+    """
+
+    features: int
+    kernel_size: int
+    dilation: int
+
+    @nn.compact
+    def __call__(self, x):
+        in_channels = x.shape[-1]
+        bound = 1.0 / math.sqrt(in_channels * self.kernel_size)
+        v = self.param("weight_v", uniform_init(bound), (self.kernel_size, in_channels, self.features))
+        # g starts at ‖v‖, so the initial effective weight is v itself (as weight_norm does).
+        g = self.param("weight_g", lambda _key: jnp.sqrt(jnp.sum(v * v, axis=(0, 1))))
+        bias = self.param("bias", uniform_init(bound), (self.features,))
+        kernel = v * (g / jnp.sqrt(jnp.sum(v * v, axis=(0, 1))))
+        y = conv1d(x, kernel, ((self.kernel_size - 1) * self.dilation, 0), self.dilation)
+        return y + bias
+
+
+class TemporalBlock(nn.Module):
+    """Two weight-normed causal convs with ReLU + dropout, plus a (1x1-projected) residual."""
+
+    n_outputs: int
+    kernel_size: int
+    dilation: int
+    dropout: float
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        out = x
+        for name in ("conv1", "conv2"):
+            out = WeightNormCausalConv(self.n_outputs, self.kernel_size, self.dilation, name=name)(out)
+            out = nn.Dropout(self.dropout, deterministic=not train)(nn.relu(out))
+        residual = x
+        if x.shape[-1] != self.n_outputs:
+            residual = Linear(self.n_outputs, kernel_init=nn.initializers.normal(0.01), name="downsample")(x)
+        return nn.relu(out + residual)
+
+
+class TCNModel(nn.Module):
+    """Qlib ``TCNModel``: [N, num_input*T] or [N, T, num_input] -> [N] ([N, output_size] if > 1).
+
+    ``num_channels`` lists the output channels of each level (Qlib: ``[n_chans] * num_layers``).
+    Parameters: ``network_{l}/{conv1,conv2,downsample}`` and ``linear`` (C_last -> output_size).
+    """
+
+    num_input: int
+    output_size: int
+    num_channels: Sequence[int]
+    kernel_size: int
+    dropout: float
+
+    def __post_init__(self):
+        # YAML/JSON configs give a list; a tuple keeps the module hashable (usable as a static arg).
+        object.__setattr__(self, "num_channels", tuple(int(c) for c in self.num_channels))
+        super().__post_init__()
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        out = as_sequence(x, self.num_input)  # [N, T, F], channels-last
+        for level, channels in enumerate(self.num_channels):
+            block = TemporalBlock(channels, self.kernel_size, 2**level, self.dropout, name=f"network_{level}")
+            out = block(out, train=train)
+        y = Linear(self.output_size, name="linear")(out[:, -1, :])
+        return y[:, 0] if self.output_size == 1 else y
