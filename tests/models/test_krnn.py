@@ -9,15 +9,7 @@ from conftest import require
 
 from qjax.interop.qlib import from_qlib
 from qjax.models.krnn import KRNNModel
-from tests.models.parity import (
-    assert_trees_close,
-    jax_output_and_grads,
-    param_count,
-    qlib_grads_as_params,
-    rel_err,
-    torch_output_and_grads,
-    torch_param_count,
-)
+from tests.models.parity import assert_matches_qlib, param_count, rel_err, torch_param_count
 
 N = 24
 BENCH = dict(fea_dim=6, cnn_dim=8, cnn_kernel_size=3, rnn_dim=8, rnn_dups=2, rnn_layers=2, dropout=0.0)
@@ -44,16 +36,7 @@ def torch_krnn(torch, seed, **kwargs):
 def test_matches_qlib_forward_and_gradients(torch, kwargs, shape, seed):
     net = torch_krnn(torch, 0, **kwargs)
     module, variables = from_qlib("krnn", net.state_dict(), **kwargs)
-    rng = np.random.default_rng(seed + 1)
-    x = rng.standard_normal(shape).astype(np.float32)
-    y = rng.standard_normal(N).astype(np.float32)
-    t_out, t_gx, t_grads = torch_output_and_grads(torch, net, x, y)
-    j_out, j_gx, j_grads = jax_output_and_grads(module, variables, x, y)
-
-    assert j_out.shape == (N,)
-    assert rel_err(j_out, t_out) <= 1e-5
-    assert rel_err(j_gx, t_gx) <= 1e-4
-    assert_trees_close(j_grads, qlib_grads_as_params("krnn", t_grads, **kwargs), 1e-4)
+    assert_matches_qlib(torch, net, "krnn", module, variables, shape, kwargs, seed=seed + 1)
 
 
 @pytest.mark.parity

@@ -11,14 +11,11 @@ from conftest import require
 from qjax.interop.qlib import from_qlib
 from qjax.models import get
 from tests.models.parity import (
-    assert_trees_close,
-    jax_output_and_grads,
+    assert_matches_qlib,
     numpy_state,
     param_count,
-    qlib_grads_as_params,
     random_rnn_state_dict,
     rel_err,
-    torch_output_and_grads,
     torch_param_count,
 )
 
@@ -42,18 +39,8 @@ def test_matches_qlib_forward_gradients_and_param_count(
     net = getattr(require(qlib_module), cls)(d_feat=d_feat, hidden_size=64, num_layers=2)
     module, variables = from_qlib(name, numpy_state(net), d_feat=d_feat, hidden_size=64, num_layers=2)
     assert isinstance(module, get(name))
-
-    rng = np.random.default_rng(seed + 1)
-    x = rng.standard_normal(shape).astype(np.float32)
-    y = rng.standard_normal(N).astype(np.float32)
-    t_out, t_gx, t_grads = torch_output_and_grads(torch, net, x, y)
-    j_out, j_gx, j_grads = jax_output_and_grads(module, variables, x, y)
-
-    assert j_out.shape == (N,)
-    assert rel_err(j_out, t_out) <= 1e-5
-    assert rel_err(j_gx, t_gx) <= 1e-4
-    want_grads = qlib_grads_as_params(name, t_grads, d_feat=d_feat, hidden_size=64, num_layers=2)
-    assert_trees_close(j_grads, want_grads, 1e-4)
+    kwargs = dict(d_feat=d_feat, hidden_size=64, num_layers=2)
+    assert_matches_qlib(torch, net, name, module, variables, shape, kwargs, seed=seed + 1)
     assert param_count(variables["params"]) == torch_param_count(net) == expected_count
 
 

@@ -12,13 +12,10 @@ from qjax.interop.qlib import from_qlib
 from qjax.models import get
 from qjax.models.sfm import SFM_Model
 from tests.models.parity import (
-    assert_trees_close,
+    assert_matches_qlib,
     init_shapes,
-    jax_output_and_grads,
     param_count,
-    qlib_grads_as_params,
     rel_err,
-    torch_output_and_grads,
     torch_param_count,
 )
 
@@ -35,17 +32,7 @@ def test_matches_qlib_forward_and_gradients(torch, qlib_sfm, seed):
     net = qlib_sfm.SFM_Model(**kwargs).eval()
     module, variables = from_qlib("sfm", net.state_dict(), **kwargs)
     assert isinstance(module, get("sfm"))
-
-    rng = np.random.default_rng(seed + 1)
-    x = rng.standard_normal((16, 6 * 15)).astype(np.float32)
-    y = rng.standard_normal(16).astype(np.float32)
-    t_out, t_gx, t_grads = torch_output_and_grads(torch, net, x, y)
-    j_out, j_gx, j_grads = jax_output_and_grads(module, variables, x, y)
-    assert j_out.shape == (16,)
-    assert rel_err(j_out, t_out) <= 1e-5
-    assert rel_err(j_gx, t_gx) <= 1e-4
-    want_grads = qlib_grads_as_params("sfm", t_grads, **kwargs)
-    assert_trees_close(j_grads, want_grads, 1e-4)
+    assert_matches_qlib(torch, net, "sfm", module, variables, (16, 6 * 15), kwargs, seed=seed + 1)
 
 
 @pytest.mark.parity
