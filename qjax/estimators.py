@@ -10,7 +10,10 @@ dataset decides between the flat (``Dataset``) and the window (``TSDataset``) va
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import flax.linen as nn
@@ -26,11 +29,13 @@ from qjax.models.registry import Model
 from qjax.model_checks import check_flat_layout, check_model_kwargs
 from qjax.models.spec import QJAX_EXTRAS, ModelSpec
 from qjax.train import FitResult, TrainConfig, fit, predict
+from qjax.train.checkpoint import load_variables, save_variables
 from qjax.train.config import Batching
 
 
 class Estimator:
-    """A Qlib-compatible model: ``fit(dataset)`` then ``predict(dataset, segment)``.
+    """A Qlib-compatible model: ``fit(dataset)`` then ``predict(dataset, segment)``; ``save``
+    writes a fitted one and :func:`load` reads it back.
 
     After ``fit``: ``module`` (the Flax network), ``variables`` (best parameters of the first
     seed), ``result`` (:class:`qjax.train.FitResult`, every seed), ``config``, ``kwargs`` (the
@@ -155,6 +160,34 @@ class Estimator:
         columns = [f"seed_{s}" for s in self.result.seeds]
         return pd.DataFrame(pred.T, index=index, columns=columns)
 
+    def save(self, directory: str | os.PathLike) -> Path:
+        """Write the fitted model to ``directory``: every seed's best variables as an Orbax
+        checkpoint (``variables/``) and, as JSON (``estimator.json``), the model name, its keyword
+        arguments, the dataset kind and the fit's scores and history. :func:`load` reads it."""
+        self._require_fit()
+        result = self.result
+        meta = {
+            "name": self.model.name,
+            "kwargs": self.user_kwargs,
+            "is_ts": self._is_ts,
+            "seeds": list(result.seeds),
+            "best_epoch": np.asarray(result.best_epoch).tolist(),
+            "best_score": np.asarray(result.best_score).tolist(),
+            "history": {name: np.asarray(v).tolist() for name, v in result.history.items()},
+        }
+        try:
+            text = json.dumps(meta, indent=1)
+        except TypeError as err:
+            raise TypeError(
+                f"cannot save {self!r}: its keyword arguments must be JSON data (numbers, "
+                f"strings, lists, dicts) ({err}); pass e.g. HIST's stock2concept as .npy paths"
+            ) from None
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        save_variables(directory / "variables", result.variables)
+        (directory / "estimator.json").write_text(text)
+        return directory
+
     def _require_fit(self) -> None:
         if self.result is None:
             raise RuntimeError("call fit(dataset) before predict")
@@ -197,6 +230,42 @@ def _input_shape(samples: Samples) -> tuple[int, ...]:
     x = jax.eval_shape(lambda: samples.take(samples.features, np.zeros(1, np.int32)))
     x = x["x"] if isinstance(x, dict) else x
     return tuple(x.shape)
+
+
+def load(directory: str | os.PathLike) -> Estimator:
+    """The fitted :class:`Estimator` that :meth:`Estimator.save` wrote to ``directory``."""
+    directory = Path(directory)
+    meta_path = directory / "estimator.json"
+    if not meta_path.is_file():
+        raise FileNotFoundError(
+            f"{directory} holds no saved estimator (no estimator.json); write one with "
+            "Estimator.save(directory)"
+        )
+    meta = json.loads(meta_path.read_text())
+    model = estimator(meta["name"], **_tuples(meta["kwargs"]))
+    spec, is_ts = model.spec, bool(meta["is_ts"])
+    kw = spec.resolve(model.user_kwargs, is_ts)
+    variables = load_variables(directory / "variables")
+    model.kwargs, model._is_ts = kw, is_ts
+    model.module = model.model.network(**spec.module_kwargs(kw, is_ts))
+    model.config = TrainConfig(**spec.train_config_fields(kw))
+    model.result = FitResult(
+        variables=jax.tree.map(jnp.asarray, variables),
+        seeds=tuple(meta["seeds"]),
+        best_epoch=np.asarray(meta["best_epoch"]),
+        best_score=np.asarray(meta["best_score"], np.float32),
+        history={name: np.asarray(v, np.float32) for name, v in meta["history"].items()},
+    )
+    return model
+
+
+def _tuples(value: Any) -> Any:
+    """JSON lists back to the tuples they were (module fields must be hashable)."""
+    if isinstance(value, dict):
+        return {key: _tuples(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return tuple(_tuples(item) for item in value)
+    return value
 
 
 def wrappers() -> dict[str, Model]:

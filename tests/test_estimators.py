@@ -184,3 +184,23 @@ def test_gats_legacy_daily_batch_uses_qlib_ts_pseudo_days(alpha158_windows, alph
         qjax.estimator("gats", daily_batch="qlib_legacy", d_feat=6, n_epochs=1).fit(alpha360, verbose=False)
     with pytest.raises(ValueError, match="daily_batch='days'"):
         qjax.estimator("gats", daily_batch="days", d_feat=8, n_epochs=1).fit(alpha158_windows, verbose=False)
+
+
+def test_a_saved_estimator_loads_and_predicts_the_same(alpha360, tmp_path):
+    model = qjax.estimator("mlp", pt_model_kwargs={"input_dim": 360, "layers": [16]}, max_steps=20,
+                           eval_steps=10, batch_size=256, optimizer="adam", lr=3e-3, seed=0)
+    model.fit(alpha360, seeds=[0, 1], verbose=False)
+    loaded = qjax.estimators.load(model.save(tmp_path / "mlp"))
+    assert loaded.config == model.config and loaded.result.seeds == (0, 1)
+    pd.testing.assert_frame_equal(loaded.predict(alpha360, "test"), model.predict(alpha360, "test"))
+    np.testing.assert_array_equal(loaded.result.history["valid_loss"], model.result.history["valid_loss"])
+    with pytest.raises(FileNotFoundError, match="no saved estimator"):
+        qjax.estimators.load(tmp_path)
+
+
+def test_saving_needs_json_keyword_arguments(alpha360, tmp_path):
+    model = qjax.estimator("hist", d_feat=6, hidden_size=8, n_epochs=1,
+                           stock2concept=generate_concepts(n_instruments=24, seed=3))
+    model.fit(alpha360, verbose=False)
+    with pytest.raises(TypeError, match="must be JSON data.*stock2concept as .npy paths"):
+        model.save(tmp_path / "hist")
