@@ -34,7 +34,17 @@ class Model:
 
 def _homes() -> tuple:
     from qjax.models import (
-        alstm, gats, general, hist, krnn, mlp, rnn, sfm, tabnet, tcn, transformer,
+        alstm,
+        gats,
+        general,
+        hist,
+        krnn,
+        mlp,
+        rnn,
+        sfm,
+        tabnet,
+        tcn,
+        transformer,
     )
 
     return (mlp, rnn, alstm, transformer, gats, tabnet, krnn, sfm, hist, tcn, general)

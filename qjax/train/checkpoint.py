@@ -36,6 +36,7 @@ class RunCheckpoints:
         self.manager = ocp.CheckpointManager(
             os.path.abspath(directory),
             options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True),
+            item_names=("state", "meta"),  # named up front: orbax < 0.7 needs it for Composite
         )
         if self.manager.latest_step() is not None and not resume:
             raise CheckpointError(

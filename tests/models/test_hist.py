@@ -12,12 +12,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from conftest import require
+
 from qjax.interop import read_torch_state_dict
 from qjax.interop.qlib import from_qlib
-from qjax.models.gats.qlib import load_base_weights
 from qjax.models import get
+from qjax.models.gats.qlib import load_base_weights
 from qjax.models.hist.network import HISTModel, hidden_concept_matrix
 from tests.models.parity import (
     assert_trees_close,

@@ -26,7 +26,15 @@ from qjax.models.spec import (
     epoch_loop_train,
 )
 from qjax.models.tabnet.objectives import SparsityRegularisedMSE, TabNetPretrainObjective
-from qjax.models.tabnet.wrapper import TABNET, FlatInputs, FrozenHead, SparsityPenalty
+from qjax.models.tabnet.network import TabNetFinetune
+from qjax.models.tabnet.pretrain import PretrainStage, with_encoder
+from qjax.models.tabnet.wrapper import (
+    TABNET,
+    FlatInputs,
+    FrozenHead,
+    Pretraining,
+    SparsityPenalty,
+)
 from qjax.train import TrainConfig
 from qjax.train.config import Batching, Plateau
 from qjax.train.losses import is_supervised
@@ -143,6 +151,28 @@ def test_tabnet_frozen_head_and_sparsity_penalty_follow_paper():
     assert penalty == SparsityRegularisedMSE(0.25)
     # The engine's all-NaN-label check reads what an objective declares.
     assert is_supervised(penalty) and not is_supervised(TabNetPretrainObjective(0.3))
+
+
+def test_tabnet_pretraining_stage_keeps_the_pretrainers_names_and_feeds_the_encoder():
+    assert Pretraining().pretrain({"pretrain": False}, None, None, False) == (None, None)
+    no_segments = type("NoPretrainSegments", (), {"segments": {"train": None}})()
+    with pytest.raises(KeyError, match="pretrain=True needs the dataset segments"):
+        Pretraining().pretrain({"pretrain": True}, no_segments, None, False)
+
+    module = TabNetFinetune(inp_dim=4, out_dim=4, n_d=4, n_a=4, n_steps=1, n_shared=1, n_ind=1,
+                            vbs=8)
+    stage = PretrainStage(module.pretrainer())
+    shapes = jax.eval_shape(stage.init, jax.random.PRNGKey(SEED), jnp.ones((8, 4)))
+    # nn.share_scope: the encoder's variables are named as in the fine-tuning model's "model"
+    # (flax < 0.10 nested them under "pretrainer", and the copy below would find nothing).
+    assert set(shapes["params"]) == {"encoder", "decoder"}
+    fine = module.init(jax.random.PRNGKey(SEED), jnp.ones((8, 4)))
+    assert jax.tree.structure(shapes["params"]["encoder"]) == jax.tree.structure(
+        fine["params"]["model"])
+    encoder = {"params": {"marker": 1}}
+    started = with_encoder(fine, encoder)
+    assert started["params"]["model"] == {"marker": 1}
+    assert started["params"]["fc"] is fine["params"]["fc"]
 
 
 def test_a_spec_folds_its_adapters_in_order_and_refuses_two_objectives():
