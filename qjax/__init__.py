@@ -13,7 +13,7 @@ import importlib
 __version__ = "0.1.0"
 __all__ = ["data", "estimator", "interop", "models", "train"]
 
-_SUBMODULES = {"data", "interop", "models", "train", "estimators", "workflow", "config", "errors"}
+_SUBMODULES = {"data", "interop", "models", "train", "estimators", "workflow", "run_config", "errors"}
 
 
 def estimator(name: str, **kwargs):

@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from qjax import config as config_lib
+from qjax import run_config
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         from qjax.qlib_workflow import load_any
 
         cfg = load_any(args.config, args.overrides)
-    except config_lib.ConfigError as err:
+    except run_config.ConfigError as err:
         print(f"qjax: config error: {err}", file=sys.stderr)
         return 2
     use_compilation_cache(args.compilation_cache)

@@ -12,7 +12,7 @@ import math
 import re
 from typing import Any, Iterable, Mapping, Sequence
 
-from qjax.config import closest
+from qjax.run_config import closest
 from qjax.errors import ConfigError, UnknownKeywordError
 
 # Layer sizes, counts and step budgets: a network or a run with zero of them is meaningless.

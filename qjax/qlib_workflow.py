@@ -1,7 +1,7 @@
 """Qlib workflow YAMLs (what ``qrun`` reads), unchanged, translated into a qjax run config.
 
 ``qjax run workflow_config_lstm_Alpha360.yaml`` reads Qlib's file, maps each part onto the
-sections of :mod:`qjax.config` and runs :func:`qjax.workflow.train`::
+sections of :mod:`qjax.run_config` and runs :func:`qjax.workflow.train`::
 
     qlib_init.provider_uri, region       -> data: {source: qlib, provider_uri}  (region: cn)
     task.dataset.kwargs.handler          -> handler (Alpha360 | Alpha158, times, processors)
@@ -28,8 +28,8 @@ from typing import Any
 
 import yaml
 
-from qjax import config as config_lib
-from qjax.config import ConfigError
+from qjax import run_config
+from qjax.run_config import ConfigError
 
 # Qlib wrapper class -> (qjax model name, flat module, window module or None).
 MODEL_CLASSES: dict[str, tuple[str, str, str | None]] = {
@@ -91,13 +91,13 @@ def read(path: str | Path, overrides: Sequence[str] = ()) -> dict:
     if not path.is_file():
         raise ConfigError(f"workflow file {str(path)!r} does not exist")
     try:
-        raw = config_lib.parse_yaml(path.read_text())
+        raw = run_config.parse_yaml(path.read_text())
     except yaml.YAMLError as err:
         raise ConfigError(f"{path} is not valid YAML: {err}") from err
     if not is_qlib_workflow(raw):
         raise ConfigError(f"{path} is not a Qlib workflow file (it has no 'task' section)")
     for item in overrides:
-        config_lib.apply_override(raw, item)
+        run_config.apply_override(raw, item)
     return raw
 
 
@@ -111,12 +111,12 @@ def load_any(path: str | Path, overrides: Sequence[str] = ()) -> dict:
     path = Path(path)
     if path.is_file():
         try:
-            raw = config_lib.parse_yaml(path.read_text())
+            raw = run_config.parse_yaml(path.read_text())
         except yaml.YAMLError:
-            raw = None  # config_lib.load reports it
+            raw = None  # run_config.load reports it
         if is_qlib_workflow(raw):
             return load(path, overrides)
-    return config_lib.load(path, overrides)
+    return run_config.load(path, overrides)
 
 
 def translate(workflow: Mapping[str, Any]) -> dict:
@@ -143,7 +143,7 @@ def translate(workflow: Mapping[str, Any]) -> dict:
     if backtest is not None:
         cfg["backtest"] = backtest
     try:
-        cfg = config_lib.validate(cfg)
+        cfg = run_config.validate(cfg)
     except ConfigError as err:
         raise ConfigError(f"the translated workflow is not valid: {err}") from err
     _check_model_kwargs(cfg["model"])

@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from qjax import config as config_lib
+from qjax import run_config
 
 RTYPES = ("sliding", "expanding")
 PLAN_FILE = "rolling.json"
@@ -178,7 +178,7 @@ def window_config(cfg: Mapping[str, Any], window: Mapping[str, list[str]],
     if handler.get("end_time") is not None and pd.Timestamp(handler["end_time"]) < \
             pd.Timestamp(test_end):
         handler["end_time"] = test_end
-    return config_lib.validate(out)
+    return run_config.validate(out)
 
 
 # -- warm start ---------------------------------------------------------------------------------
@@ -246,8 +246,8 @@ def is_finished(directory: Path, cfg: Mapping[str, Any]) -> bool:
             and saved.is_file()):
         return False
     try:
-        return config_lib.validate(config_lib.parse_yaml(saved.read_text())) == cfg
-    except (OSError, ValueError, config_lib.yaml.YAMLError):
+        return run_config.validate(run_config.parse_yaml(saved.read_text())) == cfg
+    except (OSError, ValueError, run_config.yaml.YAMLError):
         return False
 
 
@@ -279,7 +279,7 @@ def run(cfg: Mapping[str, Any], out_dir: str | Path, *, step: int, rtype: str = 
     from qjax.estimators import estimator
     from qjax.train.metrics import signal_metrics
 
-    cfg = config_lib.validate(cfg)
+    cfg = run_config.validate(cfg)
     estimator(cfg["model"]["name"], **workflow._model_kwargs(cfg))  # checks the keywords
     calendar = trading_calendar(cfg["data"])
     windows = plan_windows(cfg["dataset"]["segments"], calendar, step, rtype, trunc_days)
@@ -344,7 +344,7 @@ def run(cfg: Mapping[str, Any], out_dir: str | Path, *, step: int, rtype: str = 
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=False))
     from qjax.report import save_report_inputs, write_report
 
-    config_lib.dump(cfg, out / "config.yaml")  # the report's title reads it
+    run_config.dump(cfg, out / "config.yaml")  # the report's title reads it
     save_report_inputs(out, {}, label)
     write_report(out)
     return metrics

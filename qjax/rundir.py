@@ -16,7 +16,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Mapping
 
-from qjax import config as config_lib
+from qjax import run_config
 from qjax.errors import RunDirError
 
 MARKER = ".qjax-run"
@@ -79,7 +79,7 @@ def plan(out: str | os.PathLike, cfg: Mapping[str, Any], overwrite: bool) -> Pla
             f"{saved} cannot be read, so qjax cannot tell whether the checkpoints beside it "
             "belong to this configuration; pass --overwrite to replace the run, or another --out"
         )
-    if previous != config_lib.validate(cfg):
+    if previous != run_config.validate(cfg):
         raise RunDirError(
             f"{out} holds a run of a different configuration; choose another --out directory "
             "or pass --overwrite to discard it"
@@ -89,8 +89,8 @@ def plan(out: str | os.PathLike, cfg: Mapping[str, Any], overwrite: bool) -> Pla
 
 def _saved_config(path: Path) -> dict | None:
     try:
-        return config_lib.validate(config_lib.parse_yaml(path.read_text()))
-    except (OSError, ValueError, config_lib.yaml.YAMLError):
+        return run_config.validate(run_config.parse_yaml(path.read_text()))
+    except (OSError, ValueError, run_config.yaml.YAMLError):
         return None  # unreadable: a different configuration as far as resuming goes
 
 
@@ -109,7 +109,7 @@ def prepare(plan: Plan, cfg: Mapping[str, Any]) -> None:
             shutil.rmtree(out / "checkpoints", ignore_errors=True)
         out.mkdir(parents=True, exist_ok=True)
         (out / MARKER).write_text(json.dumps({"created_by": "qjax train"}) + "\n")
-        config_lib.dump(cfg, out / "config.yaml")
+        run_config.dump(cfg, out / "config.yaml")
     except OSError as err:
         settle(plan)  # put a replaced run back
         raise RunDirError(f"cannot write the run directory {str(out)!r}: {err.strerror or err}; "

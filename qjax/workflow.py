@@ -28,7 +28,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import pandas as pd
 
-from qjax import config as config_lib
+from qjax import run_config
 from qjax import rundir
 from qjax.data.checks import nonfinite_report, reject_infinite
 from qjax.data.dataset import Dataset, TSDataset
@@ -95,9 +95,9 @@ def train(cfg: Mapping[str, Any], out_dir: str | Path, *, verbose: bool = True,
     ``init_variables`` warm-starts the model (see ``Estimator.fit``); ``on_fitted(model)`` is
     called with the fitted estimator (``qjax rolling`` keeps its best variables).
     """
-    cfg = config_lib.validate(cfg)
+    cfg = run_config.validate(cfg)
     if "test" not in cfg["dataset"]["segments"]:
-        raise config_lib.ConfigError("dataset.segments needs a 'test' segment: the run scores it")
+        raise run_config.ConfigError("dataset.segments needs a 'test' segment: the run scores it")
     _warn_about_look_ahead(cfg)
     model = estimator(cfg["model"]["name"], **_model_kwargs(cfg))  # checks the keywords
     plan = rundir.plan(out_dir, cfg, overwrite)
@@ -226,7 +226,7 @@ def _model_kwargs(cfg: Mapping[str, Any]) -> dict:
     if kwargs.get("stock2concept") == "generated":
         data_cfg = cfg["data"]
         if data_cfg.get("source", "generated") != "generated":
-            raise config_lib.ConfigError(
+            raise run_config.ConfigError(
                 "stock2concept: generated needs data.source generated; for Qlib data pass the "
                 "paths of qlib_csi300_stock2concept.npy and stock_index"
             )

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from qjax import config
+from qjax import run_config
 from qjax.errors import ConfigError, QjaxError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,18 +41,18 @@ TS_CONFIG = REPO / "configs" / "gru_alpha158.yaml"
 )
 def test_a_mistyped_or_misplaced_key_is_an_error_naming_the_fix(override, message):
     with pytest.raises(ConfigError, match=message):
-        config.load(CONFIG, [override])
+        run_config.load(CONFIG, [override])
 
 
 def test_a_mistyped_section_suggests_the_section():
     with pytest.raises(ConfigError, match=r"\['handlr'\] \(did you mean 'handler'\?\)"):
-        config.validate({"handlr": {}, **config.load(CONFIG)})
+        run_config.validate({"handlr": {}, **run_config.load(CONFIG)})
 
 
 def test_ts_dataset_accepts_step_len_and_checks_it():
-    assert config.load(TS_CONFIG, ["dataset.step_len=10"])["dataset"]["step_len"] == 10
+    assert run_config.load(TS_CONFIG, ["dataset.step_len=10"])["dataset"]["step_len"] == 10
     with pytest.raises(ConfigError, match="dataset.step_len must be a positive integer"):
-        config.load(TS_CONFIG, ["dataset.step_len=0"])
+        run_config.load(TS_CONFIG, ["dataset.step_len=0"])
 
 
 def test_config_errors_are_qjax_errors_and_value_errors():
@@ -62,4 +62,4 @@ def test_config_errors_are_qjax_errors_and_value_errors():
 
 def test_every_shipped_config_is_valid():
     for path in sorted((REPO / "configs").glob("*.yaml")):
-        config.load(path)
+        run_config.load(path)

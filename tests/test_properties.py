@@ -17,12 +17,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import qjax
-from qjax import config
+from qjax import run_config
 from qjax.data.sources import STANDARD_FIELDS, load_ohlcv
 from qjax.errors import QjaxError
 
 REPO = Path(__file__).resolve().parents[1]
-BASE = config.load(REPO / "configs" / "lstm_alpha360.yaml")
+BASE = run_config.load(REPO / "configs" / "lstm_alpha360.yaml")
 FAST = settings(max_examples=150, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow])
 
@@ -45,7 +45,7 @@ def mutated_configs(draw):
     """The shipped LSTM config with 1-4 random edits: set, add or delete a key anywhere."""
     cfg = copy.deepcopy(BASE)
     for _ in range(draw(st.integers(1, 4))):
-        section = draw(st.sampled_from(config.SECTIONS)) if draw(st.integers(0, 9)) else draw(key)
+        section = draw(st.sampled_from(run_config.SECTIONS)) if draw(st.integers(0, 9)) else draw(key)
         path = [section, *draw(st.lists(key, min_size=1, max_size=2))]
         if section == "dataset" and draw(st.booleans()):
             path = ["dataset", "segments", draw(key)]
@@ -61,19 +61,19 @@ def mutated_configs(draw):
 
 def _no_unknown_key_survives(cfg: dict) -> None:
     source = cfg["data"].get("source", "generated")
-    assert set(cfg["data"]) <= {"source", *config.DATA_KEYS[source]}
-    assert set(cfg["handler"]) <= set(config.HANDLER_KEYS)
-    assert set(cfg["dataset"]) <= set(config.DATASET_KEYS)
-    assert set(cfg["model"]) <= set(config.MODEL_KEYS)
-    assert set(cfg["train"]) <= set(config.TRAIN_KEYS)
-    assert set(cfg["dataset"]["segments"]) <= set(config.SEGMENT_NAMES)
+    assert set(cfg["data"]) <= {"source", *run_config.DATA_KEYS[source]}
+    assert set(cfg["handler"]) <= set(run_config.HANDLER_KEYS)
+    assert set(cfg["dataset"]) <= set(run_config.DATASET_KEYS)
+    assert set(cfg["model"]) <= set(run_config.MODEL_KEYS)
+    assert set(cfg["train"]) <= set(run_config.TRAIN_KEYS)
+    assert set(cfg["dataset"]["segments"]) <= set(run_config.SEGMENT_NAMES)
 
 
 @FAST
 @given(mutated_configs())
 def test_config_validation_accepts_or_raises_config_error(cfg):
     try:
-        valid = config.validate(cfg)
+        valid = run_config.validate(cfg)
     except QjaxError as err:
         assert str(err), "an error without a message"
         return

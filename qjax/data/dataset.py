@@ -23,7 +23,7 @@ from qjax.data.samples import Samples, tabular_samples
 from qjax.data.windows import WindowSampler, check_fillna_type, check_step_len
 from qjax.errors import DataError
 
-Segment = tuple[pd.Timestamp, pd.Timestamp]
+DateRange = tuple[pd.Timestamp, pd.Timestamp]  # a segment's first and last day, both included
 
 # Segments with different roles must not share dates (that would leak test data into training
 # or model selection). TabNet's pretraining segments duplicate train/valid, so they share roles.
@@ -51,11 +51,11 @@ def _as_date(value: Any, name: str, which: str) -> pd.Timestamp:
     return date
 
 
-def validate_segments(segments: Mapping[str, Sequence[Any]]) -> dict[str, Segment]:
+def validate_segments(segments: Mapping[str, Sequence[Any]]) -> dict[str, DateRange]:
     """Parse ``{name: (start, end)}`` into Timestamps and check it (see :data:`SEGMENT_ROLES`)."""
     if not isinstance(segments, Mapping) or not segments:
         raise DataError("segments must be a non-empty {name: (start, end)} dict")
-    parsed: dict[str, Segment] = {}
+    parsed: dict[str, DateRange] = {}
     for name, seg in segments.items():
         if isinstance(seg, (str, bytes)) or not isinstance(seg, Sequence) or len(seg) != 2:
             raise DataError(f"segment {name!r} must be a (start, end) pair of dates, got {seg!r}")
@@ -96,7 +96,7 @@ class Dataset:
         segs = {k: (str(a.date()), str(b.date())) for k, (a, b) in self.segments.items()}
         return f"{type(self).__name__}(handler={self.handler!r}, segments={segs})"
 
-    def _segment(self, name: str) -> Segment:
+    def _segment(self, name: str) -> DateRange:
         if not isinstance(name, str) or name not in self.segments:
             raise KeyError(f"unknown segment {name!r}; the dataset has {list(self.segments)}")
         return self.segments[name]

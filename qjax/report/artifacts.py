@@ -58,7 +58,7 @@ def save_report_inputs(out_dir: str | Path, evals: Mapping[str, Any], label: pd.
 
 def load_run(run_dir: str | Path) -> RunArtifacts:
     """Read a run directory (raises FileNotFoundError naming the missing file and the fix)."""
-    from qjax import config as config_lib
+    from qjax import run_config
 
     run = Path(run_dir)
     if not run.is_dir():
@@ -69,7 +69,7 @@ def load_run(run_dir: str | Path) -> RunArtifacts:
             raise FileNotFoundError(f"{run / name} is missing: {run} is not a finished run "
                                     "(run `qjax train` to completion first)")
     notes = []
-    cfg = config_lib.parse_yaml((run / "config.yaml").read_text())
+    cfg = run_config.parse_yaml((run / "config.yaml").read_text())
     scores = pd.read_parquet(run / "predictions.parquet")
     label = None
     if (run / LABELS_FILE).exists():

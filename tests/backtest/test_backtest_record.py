@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from qjax import config as config_lib
+from qjax import run_config
 from qjax import workflow
 from qjax.backtest import port_analysis
 from qjax.backtest.market import market_from_panel
@@ -52,9 +52,9 @@ backtest:
 
 
 def test_train_with_a_backtest_section_writes_port_analysis(tmp_path):
-    cfg = config_lib.load(CONFIG, TINY)
-    cfg["backtest"] = config_lib.parse_yaml(PORT_ANALYSIS)
-    cfg = config_lib.validate(cfg)
+    cfg = run_config.load(CONFIG, TINY)
+    cfg["backtest"] = run_config.parse_yaml(PORT_ANALYSIS)
+    cfg = run_config.validate(cfg)
     out = tmp_path / "run"
     metrics = workflow.train(cfg, out, verbose=False)
     assert list(metrics["seven_columns"]) == [
@@ -103,7 +103,7 @@ def test_train_with_a_backtest_section_writes_port_analysis(tmp_path):
     ],
 )
 def test_bad_backtest_section_is_refused_before_training(section, message):
-    cfg = config_lib.load(CONFIG, TINY)
+    cfg = run_config.load(CONFIG, TINY)
     cfg["backtest"] = section
-    with pytest.raises(config_lib.ConfigError, match=message):
-        config_lib.validate(cfg)
+    with pytest.raises(run_config.ConfigError, match=message):
+        run_config.validate(cfg)

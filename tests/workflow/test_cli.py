@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from qjax import cli, workflow
-from qjax import config as config_lib
+from qjax import run_config
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = str(REPO / "configs" / "lstm_alpha360.yaml")
@@ -64,7 +64,7 @@ def test_train_scores_a_window_dataset_config(tmp_path):
                      "--set", "model.kwargs.n_epochs=2", "--set", "model.kwargs.lr=3e-3"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     pred = pd.read_parquet(out / "predictions.parquet")
-    cfg = config_lib.validate(config_lib.parse_yaml((out / "config.yaml").read_text()))
+    cfg = run_config.validate(run_config.parse_yaml((out / "config.yaml").read_text()))
     label = workflow.build_dataset(cfg).label("test")
     assert len(pred) == metrics["samples"]["test"] == len(label)
     assert pred.index.sort_values().equals(label.index.sort_values())

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from qjax import cli, qlib_workflow
-from qjax.config import ConfigError
+from qjax.run_config import ConfigError
 
 YAMLS = sorted((Path(__file__).parent / "qlib_yamls").glob("*/*.yaml"))
 MARKET_SEED = 0  # the generated market (fixed: the tests check translation, not statistics)
@@ -178,7 +178,7 @@ def test_what_qjax_does_not_implement_is_an_error_naming_it(override, message, q
     if override.startswith("task.record.1."):  # a list index: edit the record directly
         raw["task"]["record"][1]["kwargs"]["ana_long_short"] = True
     else:
-        from qjax.config import apply_override
+        from qjax.run_config import apply_override
 
         for item in override.split(";"):
             apply_override(raw, item)

@@ -249,14 +249,14 @@ SPANS = {"train": ["2015-01-05", "2015-05-29"], "pretrain": ["2015-01-05", "2015
 @pytest.mark.parametrize("path", sorted(p.name for p in (REPO / "configs").glob("*.yaml")
                                         if "csi300" not in p.name))
 def test_every_shipped_config_passes_the_checks_before_training(path):
-    from qjax import config as config_lib
+    from qjax import run_config
     from qjax.estimators import estimator
 
-    cfg = config_lib.load(REPO / "configs" / path)
+    cfg = run_config.load(REPO / "configs" / path)
     cfg["data"].update(n_instruments=8, n_days=160)
     cfg["handler"].update(fit_start_time="2015-01-05", fit_end_time="2015-05-29")
     cfg["dataset"]["segments"] = {name: SPANS[name] for name in cfg["dataset"]["segments"]}
-    cfg = config_lib.validate(cfg)
+    cfg = run_config.validate(cfg)
     dataset = workflow.build_dataset(cfg)
     workflow.check_dataset(dataset)
     estimator(cfg["model"]["name"], **workflow._model_kwargs(cfg)).preflight(dataset)
@@ -270,11 +270,11 @@ def test_an_unreadable_saved_config_is_named(finished_run, tmp_path, capsys):
 
 
 def test_the_python_api_checks_the_layout_before_training(tmp_path):
-    from qjax import config as config_lib
+    from qjax import run_config
     from qjax.errors import ConfigError
     from qjax.estimators import estimator
 
-    cfg = config_lib.load(CONFIG, [item for item in TINY if item != "--set"])
+    cfg = run_config.load(CONFIG, [item for item in TINY if item != "--set"])
     dataset = workflow.build_dataset(cfg)
     with pytest.raises(ConfigError, match=r"d_feat=12, but the 360 feature columns are 6 fields"):
         estimator("lstm", d_feat=12, n_epochs=1).fit(dataset, verbose=False)

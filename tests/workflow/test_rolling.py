@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from qjax import cli, rolling
-from qjax import config as config_lib
+from qjax import run_config
 from qjax.data.market import generate_market
 
 REPO = Path(__file__).resolve().parents[2]
@@ -124,8 +124,8 @@ def test_cli_refuses_a_bad_step_before_creating_anything(tmp_path, capsys):
 @pytest.fixture(scope="module")
 def rolled(tmp_path_factory):
     """A finished 3-window sliding rolling run with warm start and a backtest section."""
-    cfg = config_lib.load(CONFIG, TINY)
-    cfg["backtest"] = config_lib.parse_yaml(PORT_ANALYSIS)
+    cfg = run_config.load(CONFIG, TINY)
+    cfg["backtest"] = run_config.parse_yaml(PORT_ANALYSIS)
     out = tmp_path_factory.mktemp("rolling") / "out"
     lines: list[str] = []
     original, applied = rolling.warm_start, []

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from qjax import config
+from qjax import run_config
 from qjax.estimators import wrappers
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
@@ -12,7 +12,7 @@ CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
 def test_shipped_configs_are_valid_and_name_known_models(path):
-    cfg = config.load(path)
+    cfg = run_config.load(path)
     assert cfg["model"]["name"] in wrappers()
     assert set(cfg["dataset"]["segments"]) >= {"train", "valid", "test"}
 
@@ -20,7 +20,7 @@ def test_shipped_configs_are_valid_and_name_known_models(path):
 def test_override_sets_nested_values_parsed_as_yaml(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text(CONFIGS[0].read_text())
-    cfg = config.load(path, ["model.kwargs.lr=2e-4", "data.n_days=300", "train.seeds=[1, 2]"])
+    cfg = run_config.load(path, ["model.kwargs.lr=2e-4", "data.n_days=300", "train.seeds=[1, 2]"])
     assert cfg["model"]["kwargs"]["lr"] == 2e-4
     assert cfg["data"]["n_days"] == 300
     assert cfg["train"]["seeds"] == [1, 2]
@@ -48,12 +48,12 @@ def test_override_sets_nested_values_parsed_as_yaml(tmp_path):
 def test_malformed_configs_raise_a_clear_error(tmp_path, text, message):
     path = tmp_path / "bad.yaml"
     path.write_text(text)
-    with pytest.raises(config.ConfigError, match=message):
-        config.load(path)
+    with pytest.raises(run_config.ConfigError, match=message):
+        run_config.load(path)
 
 
 def test_bad_override_and_missing_file_are_clear_errors(tmp_path):
-    with pytest.raises(config.ConfigError, match="must look like section.key=value"):
-        config.load(CONFIGS[0], ["model.kwargs.lr"])
-    with pytest.raises(config.ConfigError, match="does not exist"):
-        config.load(tmp_path / "missing.yaml")
+    with pytest.raises(run_config.ConfigError, match="must look like section.key=value"):
+        run_config.load(CONFIGS[0], ["model.kwargs.lr"])
+    with pytest.raises(run_config.ConfigError, match="does not exist"):
+        run_config.load(tmp_path / "missing.yaml")
