@@ -14,9 +14,6 @@ from qjax.interop import from_qlib
 from qjax.models import registry
 from qjax.models.spec import EPOCH_LOOP, ModelSpec, SequenceInput
 
-SEED = 11
-
-
 class Toy(nn.Module):
     """A linear model on flat rows: enough to train."""
 
@@ -49,9 +46,9 @@ def toy():
     registry.unregister("toy")
 
 
-@pytest.fixture(scope="module")
-def dataset():
-    rng = np.random.default_rng(SEED)
+@pytest.fixture
+def dataset(seed):
+    rng = np.random.default_rng(seed)
     dates = pd.bdate_range("2020-01-01", periods=60)
     index = pd.MultiIndex.from_product([dates, [f"S{i}" for i in range(20)]],
                                        names=["datetime", "instrument"])
@@ -64,13 +61,13 @@ def dataset():
     return Dataset(DataHandler(frame), segments)
 
 
-def test_a_toy_model_registered_in_one_place_is_everywhere(toy, dataset):
+def test_a_toy_model_registered_in_one_place_is_everywhere(toy, dataset, seed):
     assert qjax.models.get("toy") is Toy
     assert "toy" in qjax.models.names() and "toy" in wrappers()
-    model = qjax.estimator("toy", d_feat=4, n_epochs=30, batch_size=100, lr=0.05, seed=SEED)
+    model = qjax.estimator("toy", d_feat=4, n_epochs=30, batch_size=100, lr=0.05, seed=seed)
     model.fit(dataset, verbose=False)
     loss = model.result.history["train_loss"][:, 0]
-    assert loss[-1] < 0.5 * loss[0], f"seed {SEED}: the toy's train loss did not fall: {loss}"
+    assert loss[-1] < 0.5 * loss[0], f"seed {seed}: the toy's train loss did not fall: {loss}"
     pred = model.predict(dataset, "test")
     assert isinstance(pred, pd.Series) and len(pred) == 12 * 20 and np.isfinite(pred).all()
 

@@ -40,7 +40,6 @@ from qjax.train.config import Batching, Plateau
 from qjax.train.losses import is_supervised
 from tests.models.parity import random_rnn_state_dict
 
-SEED = 5
 BASE = {"n_epochs": 3, "lr": 1e-3, "early_stop": 2, "optimizer": "adam", "metric": "", "seed": None,
         "loss": "mse", "eval_protocol": "exact", "eval_train": False, "eval_batch_size": None}
 
@@ -50,9 +49,9 @@ def _index(days: int, stocks: list[str]) -> pd.MultiIndex:
                                       names=["datetime", "instrument"])
 
 
-def _samples(days=3, stocks=("A", "B"), width=4):
+def _samples(seed, days=3, stocks=("A", "B"), width=4):
     index = _index(days, list(stocks))
-    x = np.random.default_rng(SEED).standard_normal((len(index), width)).astype(np.float32)
+    x = np.random.default_rng(seed).standard_normal((len(index), width)).astype(np.float32)
     return tabular_samples(x, np.zeros(len(index)), index), index
 
 
@@ -87,9 +86,9 @@ def test_mlp_input_width_must_equal_the_feature_columns():
         InputWidth().check_input({"pt_model_kwargs": {"input_dim": 360}}, (1, 158))
 
 
-def test_legacy_day_groups_only_when_asked():
+def test_legacy_day_groups_only_when_asked(seed):
     adapter = LegacyDayGroups()
-    samples, index = _samples(days=3, stocks=("A", "B"))
+    samples, index = _samples(seed, days=3, stocks=("A", "B"))
     assert adapter.samples({"daily_batch": "true_daily"}, "train", samples, index) is samples
     legacy = adapter.samples({"daily_batch": "qlib_legacy"}, "train", samples, index)
     # Instrument-major order A1 A2 A3 B1 B2 B3 cut into runs of 2 (samples per date): A's first
@@ -103,7 +102,7 @@ def test_legacy_day_groups_only_when_asked():
         adapter.check_input({"daily_batch": "days"}, (1, 20, 6))
 
 
-def test_pretrained_base_copies_a_saved_qlib_gru(torch, tmp_path):
+def test_pretrained_base_copies_a_saved_qlib_gru(torch, tmp_path, seed):
     state = random_rnn_state_dict("gru", d_feat=6, hidden=8, layers=2)  # seeded inside (0)
     path = tmp_path / "gru.pkl"
     torch.save({k: torch.tensor(v, dtype=torch.float32) for k, v in state.items()}, path)
@@ -111,7 +110,7 @@ def test_pretrained_base_copies_a_saved_qlib_gru(torch, tmp_path):
     assert PretrainedBase().init_variables({**kw, "model_path": None}) is None
     start = PretrainedBase().init_variables(kw)
     module = GATModel(d_feat=6, hidden_size=8, num_layers=2, base_model="GRU")
-    fresh = module.init(jax.random.PRNGKey(SEED), jnp.zeros((3, 6)))
+    fresh = module.init(jax.random.PRNGKey(seed), jnp.zeros((3, 6)))
     loaded = start(fresh)["params"]
     _, gru = from_qlib("gru", state, d_feat=6, hidden_size=8, num_layers=2)
     for group in ("rnn", "fc_out"):  # copied, as Qlib copies them
@@ -119,8 +118,8 @@ def test_pretrained_base_copies_a_saved_qlib_gru(torch, tmp_path):
     jax.tree.map(np.testing.assert_array_equal, loaded["fc"], fresh["params"]["fc"])  # kept
 
 
-def test_concept_inputs_give_each_sample_its_stocks_row():
-    samples, index = _samples(days=2, stocks=("A", "B"))
+def test_concept_inputs_give_each_sample_its_stocks_row(seed):
+    samples, index = _samples(seed, days=2, stocks=("A", "B"))
     table = pd.DataFrame([[1.0, 0.0], [0.0, 1.0]], index=["A", "B"])
     out = ConceptInputs().samples({"stock2concept": table, "stock_index": None}, "test", samples,
                                   index)
@@ -153,7 +152,7 @@ def test_tabnet_frozen_head_and_sparsity_penalty_follow_paper():
     assert is_supervised(penalty) and not is_supervised(TabNetPretrainObjective(0.3))
 
 
-def test_tabnet_pretraining_stage_keeps_the_pretrainers_names_and_feeds_the_encoder():
+def test_tabnet_pretraining_stage_keeps_the_pretrainers_names_and_feeds_the_encoder(seed):
     assert Pretraining().pretrain({"pretrain": False}, None, None, False) == (None, None)
     no_segments = type("NoPretrainSegments", (), {"segments": {"train": None}})()
     with pytest.raises(KeyError, match="pretrain=True needs the dataset segments"):
@@ -162,11 +161,11 @@ def test_tabnet_pretraining_stage_keeps_the_pretrainers_names_and_feeds_the_enco
     module = TabNetFinetune(inp_dim=4, out_dim=4, n_d=4, n_a=4, n_steps=1, n_shared=1, n_ind=1,
                             vbs=8)
     stage = PretrainStage(module.pretrainer())
-    shapes = jax.eval_shape(stage.init, jax.random.PRNGKey(SEED), jnp.ones((8, 4)))
+    shapes = jax.eval_shape(stage.init, jax.random.PRNGKey(seed), jnp.ones((8, 4)))
     # nn.share_scope: the encoder's variables are named as in the fine-tuning model's "model"
     # (flax < 0.10 nested them under "pretrainer", and the copy below would find nothing).
     assert set(shapes["params"]) == {"encoder", "decoder"}
-    fine = module.init(jax.random.PRNGKey(SEED), jnp.ones((8, 4)))
+    fine = module.init(jax.random.PRNGKey(seed), jnp.ones((8, 4)))
     assert jax.tree.structure(shapes["params"]["encoder"]) == jax.tree.structure(
         fine["params"]["model"])
     encoder = {"params": {"marker": 1}}
