@@ -24,9 +24,9 @@ import pandas as pd
 
 from qjax.data.dataset import Dataset, TSDataset
 from qjax.data.samples import Samples
+from qjax.model_checks import check_flat_layout, check_model_kwargs
 from qjax.models import registry
 from qjax.models.registry import Model
-from qjax.model_checks import check_flat_layout, check_model_kwargs
 from qjax.models.spec import QJAX_EXTRAS, ModelSpec
 from qjax.train import FitResult, TrainConfig, fit, predict
 from qjax.train.checkpoint import load_variables, save_variables

@@ -11,7 +11,8 @@ Homes are imported on first use, so ``import qjax.models`` stays light.
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import flax.linen as nn
 

@@ -15,7 +15,8 @@ loader workers). ``seed=None`` means seed 0, so runs are reproducible.
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 

@@ -14,6 +14,7 @@ from qjax.interop import from_qlib
 from qjax.models import registry
 from qjax.models.spec import EPOCH_LOOP, ModelSpec, SequenceInput
 
+
 class Toy(nn.Module):
     """A linear model on flat rows: enough to train."""
 

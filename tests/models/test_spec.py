@@ -25,8 +25,8 @@ from qjax.models.spec import (
     SequenceInput,
     epoch_loop_train,
 )
-from qjax.models.tabnet.objectives import SparsityRegularisedMSE, TabNetPretrainObjective
 from qjax.models.tabnet.network import TabNetFinetune
+from qjax.models.tabnet.objectives import SparsityRegularisedMSE, TabNetPretrainObjective
 from qjax.models.tabnet.pretrain import PretrainStage, with_encoder
 from qjax.models.tabnet.wrapper import (
     TABNET,

@@ -6,7 +6,8 @@ the one model registry; shared mapping helpers are in :mod:`qjax.interop.weights
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 

@@ -4,7 +4,7 @@ pretrained LSTM/GRU base, and Qlib GATs_ts's pseudo-days on request."""
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from collections.abc import Callable
 
 import jax.numpy as jnp
 import pandas as pd

@@ -14,7 +14,7 @@ With several seeds, pretraining runs once (seed ``seed``) and every replica fine
 from __future__ import annotations
 
 import functools
-from typing import Callable
+from collections.abc import Callable
 
 import flax.linen as nn
 import jax
