@@ -4,16 +4,28 @@
 the Flax networks, ``qjax.data`` the data side (generated market, Qlib binary data, Alpha158 /
 Alpha360, processors, datasets), ``qjax.train`` the one training engine and ``qjax.interop``
 the bridge to PyTorch and Qlib weights.
+
+Importing qjax gives JAX one CPU device per usable core (before JAX initialises), so that the
+engine can split a batch over the cores; ``QJAX_CPU_DEVICES=N|off`` or
+:func:`set_cpu_devices` choose otherwise, see :mod:`qjax.cpu_devices`.
 """
 
 from __future__ import annotations
 
 import importlib
 
-__version__ = "0.1.0"
-__all__ = ["data", "estimator", "interop", "models", "train"]
+from qjax.cpu_devices import apply_default as _apply_cpu_default
+from qjax.cpu_devices import set_cpu_devices
 
-_SUBMODULES = {"data", "interop", "models", "train", "estimators", "workflow", "run_config", "errors"}
+_apply_cpu_default()
+
+__version__ = "0.1.0"
+__all__ = ["data", "estimator", "interop", "models", "set_cpu_devices", "train"]
+
+_SUBMODULES = {
+    "data", "interop", "models", "train", "estimators", "workflow", "run_config", "errors",
+    "cpu_devices",
+}
 
 
 def estimator(name: str, **kwargs):

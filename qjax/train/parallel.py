@@ -65,6 +65,28 @@ class DataParallel:
             )
 
 
+# A CPU device's share of a batch must stay large enough that its matmuls stay efficient.
+MIN_ROWS_PER_CPU_DEVICE = 64
+
+
+def auto_devices(batch_rows: int | None) -> list[jax.Device]:
+    """The devices the engine splits a batch of ``batch_rows`` over when the caller names none.
+
+    Accelerators: every local device (the batch must divide evenly). XLA:CPU, where
+    :mod:`qjax.cpu_devices` makes one device per core: the most devices that split the batch
+    evenly into shares of at least :data:`MIN_ROWS_PER_CPU_DEVICE` rows, so a batch size that
+    does not divide keeps working on fewer devices. ``batch_rows=None`` (one padded day per
+    step, whose width the engine rounds up to the device count) uses every CPU device.
+    """
+    devices = jax.local_devices()
+    if devices[0].platform != "cpu" or batch_rows is None:
+        return devices
+    for count in range(len(devices), 1, -1):
+        if batch_rows % count == 0 and batch_rows // count >= MIN_ROWS_PER_CPU_DEVICE:
+            return devices[:count]
+    return devices[:1]
+
+
 def data_parallel(devices: Sequence[jax.Device] | None = None) -> DataParallel:
     """A data-parallel mesh over ``devices`` (default: all local devices)."""
     devices = list(jax.local_devices() if devices is None else devices)

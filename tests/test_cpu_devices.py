@@ -1,0 +1,104 @@
+"""The CPU device layout chosen at ``import qjax``, and 1 vs 2 devices training alike."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from qjax import cpu_devices
+
+SEED = 0
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _run(code: str, **env: str) -> subprocess.CompletedProcess:
+    """``code`` in a fresh interpreter with no inherited device-count settings."""
+    clean = {k: v for k, v in os.environ.items()
+             if k not in ("XLA_FLAGS", "JAX_NUM_CPU_DEVICES", "JAX_PLATFORMS", cpu_devices.ENV)}
+    clean["PYTHONPATH"] = os.pathsep.join(
+        [str(REPO), str(REPO / "tests" / "train"), os.environ.get("PYTHONPATH", "")]
+    )
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env={**clean, **env},
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_requested_count_and_user_choice():
+    assert cpu_devices.requested_count({}) == cpu_devices.usable_cores()
+    assert cpu_devices.requested_count({cpu_devices.ENV: "3"}) == 3
+    assert cpu_devices.requested_count({cpu_devices.ENV: "off"}) == 1
+    with pytest.raises(ValueError, match="QJAX_CPU_DEVICES='-2' is invalid"):
+        cpu_devices.requested_count({cpu_devices.ENV: "-2"})
+    assert cpu_devices.user_chose({"XLA_FLAGS": "--xla_force_host_platform_device_count=4"})
+    assert cpu_devices.user_chose({"JAX_NUM_CPU_DEVICES": "2"})
+    assert cpu_devices.user_chose({"JAX_PLATFORMS": "cuda"})
+    assert not cpu_devices.user_chose({"JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_cpu_foo"})
+    environ = {cpu_devices.ENV: "3", "XLA_FLAGS": "--xla_cpu_foo"}
+    assert cpu_devices.apply_default(environ) == 3
+    assert environ["XLA_FLAGS"] == "--xla_cpu_foo --xla_force_host_platform_device_count=3"
+    environ = {cpu_devices.ENV: "3", "XLA_FLAGS": "--xla_force_host_platform_device_count=5"}
+    assert cpu_devices.apply_default(environ) is None
+    assert environ["XLA_FLAGS"] == "--xla_force_host_platform_device_count=5"
+
+
+def test_import_qjax_sets_the_count_and_set_cpu_devices_fails_once_running():
+    done = _run(
+        """
+        import qjax, jax
+        from qjax.train.parallel import auto_devices
+        assert jax.device_count() == 3, jax.devices()
+        qjax.set_cpu_devices(3)  # the current count: accepted
+        try:
+            qjax.set_cpu_devices(2)
+        except RuntimeError as err:
+            assert "already initialised with 3" in str(err), err
+        else:
+            raise AssertionError("no error")
+        # the most devices that split the batch into shares of >= 64 rows
+        assert [len(auto_devices(n)) for n in (800, 801, 192, 128, 100, None)] == [2, 3, 3, 2, 1, 3]
+        print("OK")
+        """,
+        QJAX_CPU_DEVICES="3",
+    )
+    assert done.returncode == 0 and done.stdout.startswith("OK"), done.stdout + done.stderr
+    done = _run("import qjax, jax; assert jax.device_count() == 1; print('OK')",
+                QJAX_CPU_DEVICES="off")
+    assert done.returncode == 0, done.stdout + done.stderr
+    done = _run("import qjax", QJAX_CPU_DEVICES="many")
+    assert done.returncode != 0 and "QJAX_CPU_DEVICES='many' is invalid" in done.stderr
+
+
+def test_two_devices_train_like_one():
+    """Batches split over 2 CPU devices (with and without micro-batches): the same run up to
+    summation order. SGD and no dropout keep rounding noise from being amplified."""
+    done = _run(
+        f"""
+        import jax, numpy as np, qjax
+        from qjax.train import TrainConfig, fit, predict
+        from train_synthetic import TinyGRU, max_abs_diff, panel
+        from test_microbatch import TinyAttention
+
+        assert jax.device_count() == 2
+        one, two = jax.devices()[:1], jax.devices()
+        train, valid = panel(n_feat=20, seed={SEED}), panel(n_days=8, n_feat=20, seed={SEED + 1})
+        for micro in ("off", 8):
+            config = TrainConfig(n_epochs=3, lr=0.05, optimizer="gd", batch_size=32,
+                                 early_stop=5, micro_batch=micro)
+            runs = [fit(TinyAttention(), train, valid, config, devices=d, verbose=False)
+                    for d in (one, two)]
+            diff = max_abs_diff(runs[0].variables, runs[1].variables)
+            assert diff < 1e-5, (micro, diff)
+            np.testing.assert_allclose(runs[0].history["valid_loss"],
+                                       runs[1].history["valid_loss"], rtol=1e-5)
+        preds = [predict(TinyAttention(), runs[0].replica(0), valid, batch_size=64, devices=d)
+                 for d in (one, two)]
+        np.testing.assert_allclose(preds[0], preds[1], rtol=1e-5, atol=1e-6)
+        print("OK", diff)
+        """,
+        QJAX_CPU_DEVICES="2",
+    )
+    assert done.returncode == 0 and done.stdout.startswith("OK"), done.stdout + done.stderr
