@@ -109,6 +109,13 @@ class TrainConfig:
     ``eval_train=True`` re-evaluates the whole train set after every epoch, as Qlib does (off by
     default: it costs a forward pass over the train set and only feeds the logs). ``seed`` is
     the seed of a single-seed run (``fit(seeds=...)`` trains several).
+
+    ``micro_batch``: rows per micro-batch. A train step then walks its batch in chunks of this
+    many rows inside the compiled program and sums their gradients (the full batch's gradient up
+    to summation order, see :mod:`qjax.train.microbatch`); it must divide ``batch_size``.
+    ``None`` (or 0, "auto"): the engine chooses from the model's activation footprint; "off"
+    (or any value >= ``batch_size``): whole batches. Models with BatchNorm statistics and daily
+    batching are never split.
     """
 
     n_epochs: int = 200
@@ -130,6 +137,7 @@ class TrainConfig:
     lr_plateau: Plateau | None = None
     seed: int = 0
     frozen: tuple[str, ...] = ()
+    micro_batch: int | str | None = None
 
     def __post_init__(self):
         # Normalise Qlib's spellings so that equal configurations compare (and resume) equal.
@@ -201,6 +209,7 @@ class TrainConfig:
             "a tuple of top-level parameter names such as ('fc',)",
         )
         object.__setattr__(self, "frozen", tuple(frozen))  # hashable: the config is a jit static
+        object.__setattr__(self, "micro_batch", _micro_batch(self.micro_batch))
 
     @property
     def n_evaluations(self) -> int:
@@ -220,6 +229,18 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def _micro_batch(value: Any) -> int | str | None:
+    """``micro_batch`` as None (auto), "off" or a positive int (YAML may give "64")."""
+    text = str(value).strip().lower()
+    if value is None or text in ("0", "auto", "none", ""):
+        return None
+    if text == "off":
+        return "off"
+    ok = not isinstance(value, bool) and text.isdigit() and int(text) >= 1
+    _check(ok, "micro_batch", value, "rows per micro-batch (an int >= 1), None/'auto' or 'off'")
+    return int(text)
 
 
 def _check(ok: bool, name: str, value: Any, expected: str) -> None:

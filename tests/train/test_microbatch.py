@@ -1,0 +1,130 @@
+"""Micro-batches: a batch's gradient accumulated over chunks equals the full batch's."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from train_synthetic import CrossSection, TinyGRU, TinyMLP, max_abs_diff, panel
+
+from qjax.models.transformer import TransformerEncoderLayer
+from qjax.train import TrainConfig, fit, supervised_mse
+from qjax.train.losses import batch_loss
+from qjax.train.microbatch import accumulated_loss_and_grad, auto_chunks, chunks_for, footprint
+
+SEED = 0
+
+
+class TinyAttention(nn.Module):
+    """One post-LN encoder layer over [N, 5, 4] windows (batch-level ops: none)."""
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        h = nn.Dense(8)(x.reshape(x.shape[0], 5, -1))
+        h = TransformerEncoderLayer(8, 2, 0.0, dim_feedforward=16)(h, train)
+        return nn.Dense(1)(h[:, -1])
+
+
+def _batch(n, seed):
+    rng = np.random.default_rng(seed)
+    y = rng.normal(size=n)
+    y[rng.uniform(size=n) < 0.2] = np.nan  # NaN labels drop out of total and count
+    mask = rng.uniform(size=n) > 0.1  # padding rows too
+    return {
+        "x": jnp.asarray(rng.normal(size=(n, 20))),
+        "y": jnp.asarray(y),
+        "w": jnp.asarray(rng.uniform(0.5, 1.5, size=n)),
+        "mask": jnp.asarray(mask),
+        "kwargs": {},
+    }
+
+
+def _full_and_chunked(dtype, n_chunks):
+    module = TinyAttention()
+    batch = jax.tree.map(lambda a: a.astype(dtype) if a.dtype.kind == "f" else a, _batch(48, SEED))
+    params = module.init(jax.random.PRNGKey(SEED), batch["x"])["params"]
+    params = jax.tree.map(lambda a: a.astype(dtype), params)
+    key = jax.random.PRNGKey(1)
+
+    def objective(p, chunk, rng):
+        return supervised_mse(module.apply, {"params": p}, chunk, rng, True)
+
+    full = jax.value_and_grad(lambda p: batch_loss(objective(p, batch, key)))(params)
+    chunked = accumulated_loss_and_grad(objective, params, batch, key, n_chunks)
+    return full, chunked
+
+
+def _relative_error(a, b):
+    scale = max(float(jnp.max(jnp.abs(leaf))) for leaf in jax.tree.leaves(a))
+    return max_abs_diff(a, b) / scale
+
+
+@pytest.mark.parametrize("n_chunks", [2, 6, 48])
+def test_chunked_gradient_equals_full_batch_gradient(n_chunks):
+    with jax.enable_x64(True):
+        (loss64, grad64), (chunk_loss64, chunk_grad64) = _full_and_chunked(jnp.float64, n_chunks)
+        # In float64 only the summation order differs: agreement to ~1e-15 shows the
+        # accumulation (NaN labels, padding rows, weights, the count) is the exact formula.
+        assert abs(float(loss64 - chunk_loss64)) < 1e-12, (n_chunks, SEED)
+        assert _relative_error(grad64, chunk_grad64) < 1e-12, (n_chunks, SEED)
+        grad64 = jax.tree.map(np.asarray, grad64)
+    (loss32, grad32), (chunk_loss32, chunk_grad32) = _full_and_chunked(jnp.float32, n_chunks)
+    # float32: 48 rows summed in another order, eps 6e-8 per add -> well under 1e-5 relative.
+    assert abs(float(loss32 - chunk_loss32)) < 1e-5 * abs(float(loss32)), (n_chunks, SEED)
+    assert _relative_error(grad32, chunk_grad32) < 1e-5, (n_chunks, SEED)
+    # and the float32 gradient is the float64 one (so the test could tell a wrong formula)
+    assert _relative_error(grad64, jax.tree.map(np.asarray, chunk_grad32)) < 1e-4, SEED
+
+
+def test_fit_with_micro_batches_matches_whole_batches():
+    # No dropout: chunks draw their own dropout keys, so only a deterministic model compares.
+    # Plain SGD: the attention key bias has a true gradient of zero (softmax ignores a shift),
+    # and Adam would turn its float rounding noise into lr-sized steps.
+    train, valid = panel(n_feat=20, seed=SEED), panel(n_days=8, n_feat=20, seed=SEED + 1)
+    runs = {
+        micro: fit(
+            TinyAttention(), train, valid,
+            TrainConfig(
+                n_epochs=3, lr=0.05, optimizer="gd", batch_size=48, early_stop=5,
+                micro_batch=micro,
+            ),
+            seeds=[0, 1], verbose=False,
+        )
+        for micro in ("off", 12)
+    }
+    diff = max_abs_diff(runs["off"].variables, runs[12].variables)
+    assert diff < 1e-5, (diff, SEED)
+    np.testing.assert_allclose(
+        runs["off"].history["valid_loss"], runs[12].history["valid_loss"], rtol=1e-5
+    )
+
+
+def test_footprint_and_auto_chunks():
+    w = jnp.ones((100, 1000), jnp.float32)
+    x = jnp.ones((512, 100), jnp.float32)
+    widest, loops = footprint(lambda x: jnp.tanh(x @ w).sum(), x)
+    assert widest == 512 * 1000 * 4 and not loops
+    _, loops = footprint(lambda x: jax.lax.scan(lambda c, r: (c + r, None), x[0], x)[0], x)
+    assert loops
+    # 2 MB activation fits the 16 MiB budget; 1000x wider does not
+    assert auto_chunks(lambda x: jnp.tanh(x @ w).sum(), x, 512)[0] == 1
+    wide = jnp.ones((100, 100_000), jnp.float32)  # 400 kB per row -> 40 rows per 16 MiB
+    n, _ = auto_chunks(lambda x: jnp.tanh(x @ wide).sum(), x, 512, multiple=2)
+    assert n == 16, n  # 32-row chunks: the fewest chunks of <= 41 rows dividing 512
+    assert chunks_for(2048, 32, 2) == 64
+    assert chunks_for(48, 7, 2) == 8  # 6 rows: 7 does not divide, 6 is even
+
+
+def test_micro_batch_refuses_what_it_cannot_split():
+    train = panel(seed=SEED)
+    with pytest.raises(ValueError, match="BatchNorm"):
+        fit(TinyMLP(), train, None, TrainConfig(n_epochs=1, batch_size=48, micro_batch=12),
+            verbose=False)
+    with pytest.raises(ValueError, match="must divide batch_size=48"):
+        fit(TinyGRU(), train, None, TrainConfig(n_epochs=1, batch_size=48, micro_batch=10),
+            verbose=False, devices=jax.devices()[:1])
+    with pytest.raises(ValueError, match="daily"):
+        fit(CrossSection(), train, None, TrainConfig(n_epochs=1, batching="daily", micro_batch=4),
+            verbose=False)
