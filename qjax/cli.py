@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
 from qjax import run_config
+from qjax.compilation import default_cache_dir, use_compilation_cache  # noqa: F401 (re-export)
+from qjax.cpu_devices import set_cpu_devices
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,9 +26,13 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.add_argument(
         "--compilation-cache", metavar="DIR",
-        default=os.environ.get("QJAX_COMPILATION_CACHE", str(Path.home() / ".cache" / "qjax" / "xla")),
+        default=default_cache_dir(),
         help="keep compiled XLA programs here so that a repeated run skips compilation "
              "(default: $QJAX_COMPILATION_CACHE or ~/.cache/qjax/xla; 'off' disables it)")
+    train.add_argument(
+        "--cpu-devices", metavar="N", type=_positive_int, default=None,
+        help="XLA CPU devices to split each batch over (default: $QJAX_CPU_DEVICES or one per "
+             "usable core; 1 turns the split off); see qjax.cpu_devices")
 
     rolling = commands.add_parser("rolling", help="retrain on windows shifted through the test "
                                   "segment (Qlib's RollingGen); one backtest over all of it")
@@ -68,6 +73,12 @@ def main(argv: list[str] | None = None) -> int:
     except run_config.ConfigError as err:
         print(f"qjax: config error: {err}", file=sys.stderr)
         return 2
+    if args.cpu_devices is not None:
+        try:
+            set_cpu_devices(args.cpu_devices)
+        except RuntimeError as err:  # JAX already running (the CLI called from Python)
+            print(f"qjax: {err}", file=sys.stderr)
+            return 2
     use_compilation_cache(args.compilation_cache)
     if args.command == "rolling":
         from qjax.rolling import main as rolling_main
@@ -133,17 +144,10 @@ def _report(run_dir: str) -> int:
     return 0
 
 
-def use_compilation_cache(path: str) -> None:
-    """Turn on JAX's persistent compilation cache in ``path`` ("" or "off": leave it off).
-
-    A cache the process already configured is kept (the CLI also runs inside the test suite).
-    """
-    import jax
-
-    if not path or path.lower() == "off" or jax.config.jax_compilation_cache_dir:
-        return
-    jax.config.update("jax_compilation_cache_dir", str(Path(path).expanduser()))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive device count, got {text!r}")
+    return int(text)
 
 
 if __name__ == "__main__":  # pragma: no cover

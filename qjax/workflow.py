@@ -144,7 +144,8 @@ def train(cfg: Mapping[str, Any], out_dir: str | Path, *, verbose: bool = True,
             int(n) if s else None for n, s in zip(result.epochs_run, stopped)
         ] if len(stopped) else None,
         "resumed_from_epoch": result.resumed_from + 1 if result.resumed_from else None,
-        "seconds": {"data": round(t_data, 2), "fit": round(t_fit, 2)},
+        "seconds": {"data": round(t_data, 2), "fit": round(t_fit, 2),
+                    "compile": round(_compile_seconds(model), 2)},
         "samples": {"test": int(len(per_seed))},
     }
     if cfg.get("backtest"):  # PortAnaRecord: TopK-dropout backtest of the (first seed's) scores
@@ -247,6 +248,12 @@ def _summarise(per_seed: dict[str, dict[str, float]]) -> dict[str, Any]:
     return out
 
 
+def _compile_seconds(model) -> float:
+    """Compile seconds of the fit, a pre-training stage (TabNet) included."""
+    stages = [model.result, getattr(model, "pretrain_result", None)]
+    return sum(stage.compile_seconds for stage in stages if stage is not None)
+
+
 def format_table(metrics: Mapping[str, Any]) -> str:
     """The short table ``qjax train`` prints."""
     test = metrics["test"]
@@ -259,7 +266,9 @@ def format_table(metrics: Mapping[str, Any]) -> str:
     rows += [
         ("best epoch", ", ".join(_number(e) for e in metrics["best_epoch_1based"])),
         ("epochs run", str(metrics["epochs_run"])),
-        ("fit seconds", f"{metrics['seconds']['fit']:.1f}"),
+        ("fit seconds", f"{metrics['seconds']['fit']:.1f}"
+         + (f" (compiling {metrics['seconds']['compile']:.1f})"
+            if "compile" in metrics["seconds"] else "")),
         ("test samples", str(metrics["samples"]["test"])),
     ]
     width = max(len(k) for k, _ in rows)

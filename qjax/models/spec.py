@@ -45,6 +45,7 @@ QJAX_EXTRAS = {
     "eval_protocol": "exact",  # "qlib": mean of per-batch means, last partial batch dropped
     "eval_train": False,  # Qlib re-evaluates the whole train set every epoch
     "eval_batch_size": None,
+    "micro_batch": None,  # rows per micro-batch inside a train step; None = engine's choice
 }
 
 InitVariables = Callable[[dict], dict]  # fresh variables -> starting variables
@@ -137,7 +138,7 @@ class ModelSpec:
         fields = self.train_fields(kw)
         for adapter in self.adapters:
             fields = adapter.train_fields(kw, fields)
-        return fields
+        return {**fields, "micro_batch": kw.get("micro_batch")}
 
     def samples(self, kw: dict, segment: str, samples: Samples, index: pd.MultiIndex) -> Samples:
         for adapter in self.adapters:

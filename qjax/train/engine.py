@@ -36,9 +36,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from qjax.compilation import CompileClock, enable_default_cache
 from qjax.data.samples import Samples
 from qjax.errors import Interrupted, TrainingDiverged
-from qjax.train import batching
+from qjax.train import batching, microbatch
 from qjax.train.batching import Segment, gather
 from qjax.train.checkpoint import RunCheckpoints
 from qjax.train.config import Batching, TrainConfig
@@ -53,7 +54,7 @@ from qjax.train.losses import (
 )
 from qjax.train.metrics import daily_ic
 from qjax.train.optim import make_optimizer, make_plateau
-from qjax.train.parallel import DataParallel, data_parallel
+from qjax.train.parallel import DataParallel, auto_devices, data_parallel
 from qjax.train.progress import Progress
 from qjax.train.state import FitState, TrainState, as_variables, initial_fit_state
 
@@ -74,6 +75,7 @@ class Trainer:
     loss_fn: LossFn
     config: TrainConfig
     parallel: DataParallel
+    micro_batches: int = 1  # chunks per train batch (see qjax.train.microbatch)
 
     # Trainers compare equal when their settings do, so ``jit`` (which takes the trainer as a
     # static argument) reuses compiled programs across ``fit`` calls with the same setup.
@@ -130,17 +132,31 @@ class Trainer:
             out = self.loss_fn(self.module.apply, variables, batch, rng, True)
             return batch_loss(out), out
 
-        (loss, out), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
+        if self.micro_batches > 1:
+            loss, grads = self._chunked_loss_and_grad(state, batch, rng)
+            out = None
+        else:
+            (loss, out), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
         updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
         if state.plateau is not None:
             updates = optax.tree.scale(state.plateau.scale, updates)
         new_state = state.replace(
             step=state.step + 1,
             params=optax.apply_updates(state.params, updates),
-            batch_stats=state.batch_stats if out.batch_stats is None else out.batch_stats,
+            batch_stats=state.batch_stats if out is None or out.batch_stats is None
+            else out.batch_stats,
             opt_state=opt_state,
         )
         return new_state, loss
+
+    def _chunked_loss_and_grad(self, state: TrainState, batch: Batch, rng: jax.Array):
+        def objective(params, chunk, key):
+            variables = as_variables(params, state.batch_stats)
+            return self.loss_fn(self.module.apply, variables, chunk, key, True)
+
+        return microbatch.accumulated_loss_and_grad(
+            objective, state.params, batch, rng, self.micro_batches, self.parallel.split_batch
+        )
 
     def train_plan(self, key: jax.Array, data: Segment, n_steps: int | None):
         config = self.config
@@ -252,6 +268,9 @@ class FitResult:
     early_stopped: np.ndarray | None = None  # [S] early stopping triggered
     resumed_from: int = 0  # evaluations restored from a checkpoint (0: a fresh run)
     earlier_seconds: float = 0.0  # wall time of the earlier parts of a resumed run, as saved
+    compile_seconds: float = 0.0  # tracing + compiling (or loading from the cache) in this fit
+    n_devices: int = 1  # devices each batch was split over
+    micro_batches: int = 1  # chunks per train batch (1: whole batches)
 
     def replica(self, index: int = 0) -> Variables:
         """The best variables of one seed, ready for ``module.apply`` or :func:`predict`."""
@@ -291,22 +310,43 @@ def fit(
       evals_result: filled like Qlib's: ``"valid"`` the validation score per evaluation,
         ``"train"`` the train score if ``config.eval_train`` else minus the mean minibatch loss
         of the epoch. Floats for one seed, per-seed lists for several.
-      devices: devices to split every batch over (default: all local devices), see
-        :mod:`qjax.train.parallel`.
+      devices: devices to split every batch over (default: :func:`parallel.auto_devices`:
+        every accelerator, or as many CPU devices as split the batch evenly), see
+        :mod:`qjax.train.parallel` and :mod:`qjax.cpu_devices`.
       on_epoch: ``on_epoch(evaluation_index, metrics)`` after every evaluation (e.g. to log to
         a Qlib recorder); metrics hold one value per seed.
       verbose: show a progress bar.
     """
+    enable_default_cache()
+    with CompileClock.measure() as compiling:
+        result = _fit(
+            module, train, valid, config, seeds=seeds, loss_fn=loss_fn,
+            init_variables=init_variables, checkpoint_dir=checkpoint_dir, resume=resume,
+            devices=devices, on_epoch=on_epoch, verbose=verbose,
+        )
+    result = dataclasses.replace(result, compile_seconds=compiling["seconds"])
+    if evals_result is not None:
+        _fill_evals_result(evals_result, result.history, config.eval_train, len(result.seeds))
+    return result
+
+
+def _fit(
+    module, train, valid, config, *, seeds, loss_fn, init_variables, checkpoint_dir, resume,
+    devices, on_epoch, verbose,
+) -> FitResult:
     started = time.perf_counter()
     seeds = _check_seeds(config.seed if seeds is None else seeds)
     loss_fn = supervised_mse if loss_fn is None else loss_fn
-    parallel = data_parallel(devices)
+    daily = config.batching == "daily"
+    parallel = data_parallel(auto_devices(None if daily else config.batch_size)
+                             if devices is None else devices)
     train_seg, valid_seg = _prepare_segments(train, valid, config, loss_fn, parallel)
     trainer = Trainer(module, loss_fn, config, parallel)
     keys = parallel.replicate(jnp.stack([jax.random.PRNGKey(seed) for seed in seeds]))
     state = parallel.replicate(
         _init_replicas(keys, train_seg, trainer=trainer, init_variables=init_variables)
     )
+    trainer = dataclasses.replace(trainer, micro_batches=_micro_batches(trainer, train_seg, state))
 
     history: dict[str, list] = {}
     checkpoints = None
@@ -366,6 +406,8 @@ def fit(
         early_stopped=np.asarray(jax.device_get(state.stopped)),
         resumed_from=done,
         earlier_seconds=earlier_seconds,
+        n_devices=parallel.size,
+        micro_batches=trainer.micro_batches,
     )
     if verbose and result.early_stopped.any():
         _say(_stop_summary(result, config.early_stop))
@@ -374,10 +416,8 @@ def fit(
             "the validation score never improved (NaN on every evaluation?) for seeds "
             f"{[s for s, e in zip(seeds, result.best_epoch) if e < 0]}; they return their "
             "initial variables",
-            stacklevel=2,
+            stacklevel=3,
         )
-    if evals_result is not None:
-        _fill_evals_result(evals_result, result.history, config.eval_train, len(seeds))
     return result
 
 
@@ -399,7 +439,9 @@ def predict(
     """
     if samples.size == 0:
         raise ValueError("cannot predict on empty samples")
-    parallel = data_parallel(devices)
+    enable_default_cache()
+    parallel = data_parallel(auto_devices(None if daily else batch_size)
+                             if devices is None else devices)
     batch_size = _round_up(batch_size, parallel.size)
     data = parallel.replicate(batching.make_segment(samples, daily, multiple=parallel.size))
     preds = _predict(
@@ -465,6 +507,32 @@ def _predict(variables, data: Segment, *, module, batch_size, daily, per_seed, p
         return _scatter(preds, ids, mask, data.size)
 
     return _over_replicas(run, variables) if per_seed else run(variables)
+
+
+def _micro_batches(trainer: Trainer, train: Segment, state: FitState) -> int:
+    """Chunks per train batch for ``config.micro_batch`` (see :func:`microbatch.resolve`)."""
+    config = trainer.config
+    rows = config.batch_size
+    first = jax.tree.map(lambda leaf: leaf[0], state.train)
+
+    def forward(batch):
+        variables = as_variables(first.params, first.batch_stats)
+        return trainer.loss_fn(trainer.module.apply, variables, batch, _EVAL_KEY, True).total
+
+    def example():
+        ids, mask = jnp.zeros(rows, jnp.int32), jnp.ones(rows, bool)
+        return jax.eval_shape(lambda: gather(train.samples, ids, mask, False))
+
+    return microbatch.resolve(
+        config.micro_batch,
+        rows,
+        trainer.parallel.size,
+        daily=trainer.daily,
+        stateful=bool(jax.tree.leaves(first.batch_stats)),
+        default_objective=trainer.loss_fn is supervised_mse,
+        forward=forward,
+        example=example,
+    )
 
 
 def _scatter(values: jax.Array, ids: jax.Array, mask: jax.Array, n: int) -> jax.Array:
@@ -578,7 +646,7 @@ def _prepare_segments(
         segments = [None if s is None else batching.make_segment(s, False) for s in (train, valid)]
     train_seg, valid_seg = parallel.replicate(segments)
     if config.metric == "ic" and valid is None:
-        warnings.warn("metric='ic' has no effect without a valid segment", stacklevel=3)
+        warnings.warn("metric='ic' has no effect without a valid segment", stacklevel=4)
     return train_seg, valid_seg
 
 

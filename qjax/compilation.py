@@ -1,0 +1,99 @@
+"""Compilation: JAX's persistent compilation cache on by default, and compile seconds measured.
+
+A cold ``fit`` spends seconds tracing and compiling its programs, often more than a short run
+trains. JAX can keep compiled XLA programs on disk and reuse them in a later process; qjax turns
+that on the first time ``fit`` runs (and in the CLI), in ``$QJAX_COMPILATION_CACHE`` (default
+``~/.cache/qjax/xla``). ``QJAX_COMPILATION_CACHE=off`` leaves it off; a cache directory the
+process configured itself (``jax.config.update("jax_compilation_cache_dir", ...)``) is kept.
+
+:class:`CompileClock` adds up the seconds JAX spends tracing, lowering, compiling (or fetching a
+compiled program from the cache), read through ``jax.monitoring``; ``fit`` reports them as
+``FitResult.compile_seconds``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from pathlib import Path
+from typing import Iterator
+
+ENV = "QJAX_COMPILATION_CACHE"
+DEFAULT_DIR = Path.home() / ".cache" / "qjax" / "xla"
+# jax.monitoring events that together make a program's compile cost.
+COMPILE_EVENTS = (
+    "/jax/core/compile/jaxpr_trace_duration",
+    "/jax/core/compile/jaxpr_to_mlir_module_duration",
+    "/jax/core/compile/backend_compile_duration",
+    "/jax/compilation_cache/cache_retrieval_time_sec",
+)
+
+
+def default_cache_dir() -> str:
+    """``$QJAX_COMPILATION_CACHE`` or ``~/.cache/qjax/xla`` ("off" when opted out)."""
+    return os.environ.get(ENV, str(DEFAULT_DIR))
+
+
+def use_compilation_cache(path: str) -> None:
+    """Turn on JAX's persistent compilation cache in ``path`` ("" or "off": leave it off).
+
+    A cache the process already configured is kept (the CLI also runs inside the test suite).
+    """
+    import jax
+
+    if not path or path.lower() == "off" or jax.config.jax_compilation_cache_dir:
+        return
+    jax.config.update("jax_compilation_cache_dir", str(Path(path).expanduser()))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
+_default_done = False
+
+
+def enable_default_cache() -> None:
+    """The library default: :func:`use_compilation_cache` in :func:`default_cache_dir`, once."""
+    global _default_done
+    if not _default_done:
+        _default_done = True
+        use_compilation_cache(default_cache_dir())
+
+
+class CompileClock:
+    """Seconds of JAX compilation work in this process (all threads), as a running total."""
+
+    _lock = threading.Lock()
+    _seconds = 0.0
+    _registered = False
+
+    @classmethod
+    def total(cls) -> float:
+        cls._register()
+        return cls._seconds
+
+    @classmethod
+    @contextlib.contextmanager
+    def measure(cls) -> Iterator[dict]:
+        """``with CompileClock.measure() as got:`` -> ``got["seconds"]`` on exit."""
+        start = cls.total()
+        got: dict = {}
+        try:
+            yield got
+        finally:
+            got["seconds"] = cls._seconds - start
+
+    @classmethod
+    def _register(cls) -> None:
+        with cls._lock:
+            if cls._registered:
+                return
+            import jax.monitoring
+
+            jax.monitoring.register_event_duration_secs_listener(cls._on_event)
+            cls._registered = True
+
+    @classmethod
+    def _on_event(cls, event: str, duration: float, **_) -> None:
+        if event in COMPILE_EVENTS:
+            with cls._lock:
+                cls._seconds += duration
