@@ -108,11 +108,13 @@ def test_footprint_and_auto_chunks():
     assert widest == 512 * 1000 * 4 and not loops
     _, loops = footprint(lambda x: jax.lax.scan(lambda c, r: (c + r, None), x[0], x)[0], x)
     assert loops
-    # 2 MB activation fits the 16 MiB budget; 1000x wider does not
+    # a 2 MB activation fits the 8 MiB budget; 100x wider does not
     assert auto_chunks(lambda x: jnp.tanh(x @ w).sum(), x, 512)[0] == 1
-    wide = jnp.ones((100, 100_000), jnp.float32)  # 400 kB per row -> 40 rows per 16 MiB
+    wide = jnp.ones((100, 50_000), jnp.float32)  # 200 kB per row -> 41 rows per 8 MiB
     n, _ = auto_chunks(lambda x: jnp.tanh(x @ wide).sum(), x, 512, multiple=2)
     assert n == 16, n  # 32-row chunks: the fewest chunks of <= 41 rows dividing 512
+    wider = jnp.ones((100, 500_000), jnp.float32)  # 4 rows per budget: MIN_CHUNK_ROWS rules
+    assert auto_chunks(lambda x: jnp.tanh(x @ wider).sum(), x, 512)[0] == 16
     assert chunks_for(2048, 32, 2) == 64
     assert chunks_for(48, 7, 2) == 8  # 6 rows: 7 does not divide, 6 is even
 
