@@ -149,6 +149,8 @@ def auto_chunks(
     per_row = widest / batch_rows
     rows = max(MIN_CHUNK_ROWS, int(CACHE_BUDGET_BYTES // per_row))
     n = chunks_for(batch_rows, rows, multiple)
+    if batch_rows // n < min(MIN_CHUNK_ROWS, batch_rows):  # e.g. a prime batch size
+        return 1, f"no even split of {batch_rows} rows into chunks of >= {MIN_CHUNK_ROWS}"
     return n, f"widest activation {widest / 2**20:.1f} MiB -> {n} chunks"
 
 

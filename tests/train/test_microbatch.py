@@ -115,6 +115,8 @@ def test_footprint_and_auto_chunks():
     assert n == 16, n  # 32-row chunks: the fewest chunks of <= 41 rows dividing 512
     wider = jnp.ones((100, 500_000), jnp.float32)  # 4 rows per budget: MIN_CHUNK_ROWS rules
     assert auto_chunks(lambda x: jnp.tanh(x @ wider).sum(), x, 512)[0] == 16
+    x_prime = jnp.ones((509, 100), jnp.float32)  # a prime batch size: no useful split
+    assert auto_chunks(lambda x: jnp.tanh(x @ wide).sum(), x_prime, 509)[0] == 1
     assert chunks_for(2048, 32, 2) == 64
     assert chunks_for(48, 7, 2) == 8  # 6 rows: 7 does not divide, 6 is even
 
