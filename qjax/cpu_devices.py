@@ -68,21 +68,33 @@ def user_chose(environ: MutableMapping[str, str] = os.environ) -> bool:
     return bool(platforms) and "cpu" not in platforms.split(",")
 
 
-def apply_default(environ: MutableMapping[str, str] = os.environ) -> int | None:
-    """Set the CPU device count from ``$QJAX_CPU_DEVICES`` unless the user chose already.
-
-    Returns the count set, or None when nothing was changed. A bad ``$QJAX_CPU_DEVICES`` raises
-    ValueError. Harmless once JAX is running (the count then stays as it is).
-    """
+def default_xla_flags(environ: MutableMapping[str, str] = os.environ) -> str | None:
+    """The ``XLA_FLAGS`` :func:`apply_default` sets, or None where it leaves them alone (the
+    user chose, or one device is asked for). A bad ``$QJAX_CPU_DEVICES`` raises ValueError."""
     if user_chose(environ):
         return None
     count = requested_count(environ)
-    if count == 1:
+    return None if count == 1 else with_device_count(environ.get("XLA_FLAGS", ""), count)
+
+
+def apply_default(environ: MutableMapping[str, str] = os.environ) -> str | None:
+    """Set the CPU device count from ``$QJAX_CPU_DEVICES`` unless the user chose already.
+
+    Returns the ``XLA_FLAGS`` set, or None when nothing changed (also once JAX is running: the
+    count then stays as it is).
+    """
+    flags = default_xla_flags(environ)
+    if flags is None or _backends_initialised():
         return None
-    if _backends_initialised():
-        return None
-    _set_count(count, environ)
-    return count
+    environ["XLA_FLAGS"] = flags
+    _update_jax(flags)
+    return flags
+
+
+def with_device_count(xla_flags: str, count: int) -> str:
+    """``xla_flags`` with the host device count flag set to ``count`` (replacing one there)."""
+    kept = [flag for flag in xla_flags.split() if not flag.startswith(XLA_FLAG)]
+    return " ".join([*kept, f"{XLA_FLAG}={count}"])
 
 
 def set_cpu_devices(count: int) -> None:
@@ -104,16 +116,15 @@ def set_cpu_devices(count: int) -> None:
             f"cannot change to {count}; call qjax.set_cpu_devices({count}) (or set {ENV}={count}) "
             "before the first JAX computation, e.g. right after `import qjax`"
         )
-    _set_count(count, os.environ)
+    os.environ["XLA_FLAGS"] = with_device_count(os.environ.get("XLA_FLAGS", ""), count)
+    _update_jax(os.environ["XLA_FLAGS"])
 
 
-def _set_count(count: int, environ: MutableMapping[str, str]) -> None:
-    """Through ``XLA_FLAGS`` (read when the CPU backend starts), and JAX's own setting if JAX is
-    imported already (it takes precedence over the flag). The flag is also what a child process
-    inherits; a child that sets its own ``XLA_FLAGS`` replaces it."""
-    flags = [f for f in environ.get("XLA_FLAGS", "").split() if not f.startswith(XLA_FLAG)]
-    environ["XLA_FLAGS"] = " ".join([*flags, f"{XLA_FLAG}={count}"])
+def _update_jax(flags: str) -> None:
+    """Where JAX is imported already, set its own count too (it takes precedence over the flag,
+    which is what child processes inherit; a child setting its own ``XLA_FLAGS`` replaces it)."""
     if "jax" in sys.modules:
+        count = int(flags.rsplit(f"{XLA_FLAG}=", 1)[1].split()[0])
         sys.modules["jax"].config.update("jax_num_cpu_devices", count)
 
 

@@ -37,12 +37,14 @@ def test_requested_count_and_user_choice():
     assert cpu_devices.user_chose({"JAX_NUM_CPU_DEVICES": "2"})
     assert cpu_devices.user_chose({"JAX_PLATFORMS": "cuda"})
     assert not cpu_devices.user_chose({"JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_cpu_foo"})
-    environ = {cpu_devices.ENV: "3", "XLA_FLAGS": "--xla_cpu_foo"}
-    assert cpu_devices.apply_default(environ) == 3
-    assert environ["XLA_FLAGS"] == "--xla_cpu_foo --xla_force_host_platform_device_count=3"
-    environ = {cpu_devices.ENV: "3", "XLA_FLAGS": "--xla_force_host_platform_device_count=5"}
-    assert cpu_devices.apply_default(environ) is None
-    assert environ["XLA_FLAGS"] == "--xla_force_host_platform_device_count=5"
+    flags = cpu_devices.default_xla_flags({cpu_devices.ENV: "3", "XLA_FLAGS": "--xla_cpu_foo"})
+    assert flags == "--xla_cpu_foo --xla_force_host_platform_device_count=3"
+    user = {cpu_devices.ENV: "3", "XLA_FLAGS": "--xla_force_host_platform_device_count=5"}
+    assert cpu_devices.default_xla_flags(user) is None
+    assert cpu_devices.default_xla_flags({cpu_devices.ENV: "off"}) is None
+    assert cpu_devices.with_device_count(
+        "--a --xla_force_host_platform_device_count=5 --b", 2
+    ) == "--a --b --xla_force_host_platform_device_count=2"
 
 
 def test_import_qjax_sets_the_count_and_set_cpu_devices_fails_once_running():
