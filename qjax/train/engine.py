@@ -6,6 +6,9 @@ ONE compiled program: draw the batch plan from the state's rng, ``lax.scan`` ove
 fixed-shape batches, step ReduceLROnPlateau, and update the early-stopping bookkeeping and the
 best variables. The samples enter the program as arguments, the state is donated, and the host
 sees the program once per epoch (to read a handful of scalars, checkpoint and draw the bar).
+Each batch is split over the devices of a data-parallel mesh (:mod:`qjax.train.parallel`; on
+XLA:CPU one device per core, :mod:`qjax.cpu_devices`), and a train step may walk its batch in
+micro-batches whose gradients it sums (:mod:`qjax.train.microbatch`).
 
 Several seeds train as independent replicas of that program under ``jax.vmap``: every leaf of
 the state has a leading replica axis, each replica has its own initialisation, batch order,
