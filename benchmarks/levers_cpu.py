@@ -180,7 +180,8 @@ def report(record: dict) -> str:
             lines.append(f"| {name} | failed: {r['error']} |" + " |" * 11)
             continue
         s, i = r["train_speedup"], r["infer_speedup"]
-        micro = "–" if r["micro_rows"] is None else f"{r['micro_rows']}{'*' if r['micro_forced'] else ''}"
+        micro = "–" if r["micro_rows"] is None else str(r["micro_rows"])
+        micro += "*" if r["micro_forced"] else ""
         lines.append(
             f"| {name} | {r['torch_samples_per_s']:,.0f} | "
             + " | ".join(f"{s[v]:.2f}x" if v in s else "n/a" for v in VARIANTS)
@@ -191,7 +192,8 @@ def report(record: dict) -> str:
         "",
         "Epoch seconds (median; all repeats in the JSON) and first-call compile seconds:",
         "",
-        "| model | " + " | ".join(VARIANTS) + " | torch | compile s (" + ", ".join(VARIANTS) + ") |",
+        "| model | " + " | ".join(VARIANTS) + " | torch | compile s ("
+        + ", ".join(VARIANTS) + ") |",
         "|---|" + "---:|" * (len(VARIANTS) + 1) + "---|",
     ]
     for name, r in record["models"].items():

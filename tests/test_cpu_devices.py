@@ -12,7 +12,6 @@ import pytest
 
 from qjax import cpu_devices
 
-SEED = 0
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -74,7 +73,7 @@ def test_import_qjax_sets_the_count_and_set_cpu_devices_fails_once_running():
     assert done.returncode != 0 and "QJAX_CPU_DEVICES='many' is invalid" in done.stderr
 
 
-def test_two_devices_train_like_one():
+def test_two_devices_train_like_one(seed):
     """Batches split over 2 CPU devices (with and without micro-batches): the same run up to
     summation order. SGD and no dropout keep rounding noise from being amplified."""
     done = _run(
@@ -86,14 +85,14 @@ def test_two_devices_train_like_one():
 
         assert jax.device_count() == 2
         one, two = jax.devices()[:1], jax.devices()
-        train, valid = panel(n_feat=20, seed={SEED}), panel(n_days=8, n_feat=20, seed={SEED + 1})
+        train, valid = panel(n_feat=20, seed={seed}), panel(n_days=8, n_feat=20, seed={seed + 1})
         for micro in ("off", 8):
             config = TrainConfig(n_epochs=3, lr=0.05, optimizer="gd", batch_size=32,
                                  early_stop=5, micro_batch=micro)
             runs = [fit(TinyAttention(), train, valid, config, devices=d, verbose=False)
                     for d in (one, two)]
             diff = max_abs_diff(runs[0].variables, runs[1].variables)
-            assert diff < 1e-5, (micro, diff)
+            assert diff < 1e-5, (micro, diff, {seed})
             np.testing.assert_allclose(runs[0].history["valid_loss"],
                                        runs[1].history["valid_loss"], rtol=1e-5)
         preds = [predict(TinyAttention(), runs[0].replica(0), valid, batch_size=64, devices=d)

@@ -14,8 +14,6 @@ from qjax.train import TrainConfig, fit, supervised_mse
 from qjax.train.losses import batch_loss
 from qjax.train.microbatch import accumulated_loss_and_grad, auto_chunks, chunks_for, footprint
 
-SEED = 0
-
 
 class TinyAttention(nn.Module):
     """One post-LN encoder layer over [N, 5, 4] windows (batch-level ops: none)."""
@@ -41,10 +39,10 @@ def _batch(n, seed):
     }
 
 
-def _full_and_chunked(dtype, n_chunks):
+def _full_and_chunked(dtype, n_chunks, seed):
     module = TinyAttention()
-    batch = jax.tree.map(lambda a: a.astype(dtype) if a.dtype.kind == "f" else a, _batch(48, SEED))
-    params = module.init(jax.random.PRNGKey(SEED), batch["x"])["params"]
+    batch = jax.tree.map(lambda a: a.astype(dtype) if a.dtype.kind == "f" else a, _batch(48, seed))
+    params = module.init(jax.random.PRNGKey(seed), batch["x"])["params"]
     params = jax.tree.map(lambda a: a.astype(dtype), params)
     key = jax.random.PRNGKey(1)
 
@@ -62,27 +60,29 @@ def _relative_error(a, b):
 
 
 @pytest.mark.parametrize("n_chunks", [2, 6, 48])
-def test_chunked_gradient_equals_full_batch_gradient(n_chunks):
+def test_chunked_gradient_equals_full_batch_gradient(n_chunks, seed):
     with jax.enable_x64(True):
-        (loss64, grad64), (chunk_loss64, chunk_grad64) = _full_and_chunked(jnp.float64, n_chunks)
+        full, chunked = _full_and_chunked(jnp.float64, n_chunks, seed)
+        (loss64, grad64), (chunk_loss64, chunk_grad64) = full, chunked
         # In float64 only the summation order differs: agreement to ~1e-15 shows the
         # accumulation (NaN labels, padding rows, weights, the count) is the exact formula.
-        assert abs(float(loss64 - chunk_loss64)) < 1e-12, (n_chunks, SEED)
-        assert _relative_error(grad64, chunk_grad64) < 1e-12, (n_chunks, SEED)
+        assert abs(float(loss64 - chunk_loss64)) < 1e-12, (n_chunks, seed)
+        assert _relative_error(grad64, chunk_grad64) < 1e-12, (n_chunks, seed)
         grad64 = jax.tree.map(np.asarray, grad64)
-    (loss32, grad32), (chunk_loss32, chunk_grad32) = _full_and_chunked(jnp.float32, n_chunks)
+    full, chunked = _full_and_chunked(jnp.float32, n_chunks, seed)
+    (loss32, grad32), (chunk_loss32, chunk_grad32) = full, chunked
     # float32: 48 rows summed in another order, eps 6e-8 per add -> well under 1e-5 relative.
-    assert abs(float(loss32 - chunk_loss32)) < 1e-5 * abs(float(loss32)), (n_chunks, SEED)
-    assert _relative_error(grad32, chunk_grad32) < 1e-5, (n_chunks, SEED)
+    assert abs(float(loss32 - chunk_loss32)) < 1e-5 * abs(float(loss32)), (n_chunks, seed)
+    assert _relative_error(grad32, chunk_grad32) < 1e-5, (n_chunks, seed)
     # and the float32 gradient is the float64 one (so the test could tell a wrong formula)
-    assert _relative_error(grad64, jax.tree.map(np.asarray, chunk_grad32)) < 1e-4, SEED
+    assert _relative_error(grad64, jax.tree.map(np.asarray, chunk_grad32)) < 1e-4, seed
 
 
-def test_fit_with_micro_batches_matches_whole_batches():
+def test_fit_with_micro_batches_matches_whole_batches(seed):
     # No dropout: chunks draw their own dropout keys, so only a deterministic model compares.
     # Plain SGD: the attention key bias has a true gradient of zero (softmax ignores a shift),
     # and Adam would turn its float rounding noise into lr-sized steps.
-    train, valid = panel(n_feat=20, seed=SEED), panel(n_days=8, n_feat=20, seed=SEED + 1)
+    train, valid = panel(n_feat=20, seed=seed), panel(n_days=8, n_feat=20, seed=seed + 1)
     runs = {
         micro: fit(
             TinyAttention(), train, valid,
@@ -95,7 +95,7 @@ def test_fit_with_micro_batches_matches_whole_batches():
         for micro in ("off", 12)
     }
     diff = max_abs_diff(runs["off"].variables, runs[12].variables)
-    assert diff < 1e-5, (diff, SEED)
+    assert diff < 1e-5, (diff, seed)
     np.testing.assert_allclose(
         runs["off"].history["valid_loss"], runs[12].history["valid_loss"], rtol=1e-5
     )
@@ -121,8 +121,8 @@ def test_footprint_and_auto_chunks():
     assert chunks_for(48, 7, 2) == 8  # 6 rows: 7 does not divide, 6 is even
 
 
-def test_micro_batch_refuses_what_it_cannot_split():
-    train = panel(seed=SEED)
+def test_micro_batch_refuses_what_it_cannot_split(seed):
+    train = panel(seed=seed)
     with pytest.raises(ValueError, match="BatchNorm"):
         fit(TinyMLP(), train, None, TrainConfig(n_epochs=1, batch_size=48, micro_batch=12),
             verbose=False)
