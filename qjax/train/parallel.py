@@ -75,12 +75,15 @@ def auto_devices(batch_rows: int | None) -> list[jax.Device]:
     Accelerators: every local device (the batch must divide evenly). XLA:CPU, where
     :mod:`qjax.cpu_devices` makes one device per core: the most devices that split the batch
     evenly into shares of at least :data:`MIN_ROWS_PER_CPU_DEVICE` rows, so a batch size that
-    does not divide keeps working on fewer devices. ``batch_rows=None`` (one padded day per
-    step, whose width the engine rounds up to the device count) uses every CPU device.
+    does not divide keeps working on fewer devices. ``batch_rows=None`` (daily batches: one
+    padded day of ~300 stocks per step) stays on one CPU device: GATs trained 0.85x as fast on
+    two (``benchmarks/README.md``, levers); pass ``devices=`` to split anyway.
     """
     devices = jax.local_devices()
-    if devices[0].platform != "cpu" or batch_rows is None:
+    if devices[0].platform != "cpu":
         return devices
+    if batch_rows is None:
+        return devices[:1]
     for count in range(len(devices), 1, -1):
         if batch_rows % count == 0 and batch_rows // count >= MIN_ROWS_PER_CPU_DEVICE:
             return devices[:count]
