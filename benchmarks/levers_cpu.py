@@ -221,6 +221,7 @@ def main(argv=None) -> None:
     p.add_argument("--samples", type=int, default=4800, help="train samples (scaled per model)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--tag", default="", help="result name suffix: levers_cpu_<tag>.{md,json}")
     args = p.parse_args(argv)
     names = [m.strip().lower() for m in args.models.split(",") if m.strip()]
     unknown = sorted(set(names) - set(tvt.CASES))
@@ -268,8 +269,9 @@ def write(args, started, before, probe, models, torch, final: bool) -> str:
     text = report(record)
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "levers_cpu.md").write_text(text)
-        (args.out / "levers_cpu.json").write_text(json.dumps(record, indent=1, default=str) + "\n")
+        stem = "levers_cpu" + (f"_{args.tag}" if args.tag else "")
+        (args.out / f"{stem}.md").write_text(text)
+        (args.out / f"{stem}.json").write_text(json.dumps(record, indent=1, default=str) + "\n")
     return text
 
 

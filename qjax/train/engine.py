@@ -443,7 +443,7 @@ def predict(
     if samples.size == 0:
         raise ValueError("cannot predict on empty samples")
     enable_default_cache()
-    parallel = data_parallel(auto_devices(None if daily else batch_size)
+    parallel = data_parallel(auto_devices(batch_size, split_cpu=False)
                              if devices is None else devices)
     batch_size = _round_up(batch_size, parallel.size)
     data = parallel.replicate(batching.make_segment(samples, daily, multiple=parallel.size))

@@ -28,9 +28,10 @@ import jax.numpy as jnp
 from qjax.train.losses import Batch, LossOutput
 
 # Keep one chunk's widest activation under this many bytes (a quarter of the shared 32 MiB L3
-# of the 2-core AMD EPYC we measure on; a step holds several such buffers). Measured on that
-# machine (2 devices, under load): LSTM / GRU (batch 800) train 1.84x / 2.12x faster in chunks
-# of 100 rows, where this budget puts them; the Transformer (batch 2048) 2.6x in chunks of 32.
+# of the 2-core AMD EPYC we measure on; a step holds several such buffers). There it puts LSTM
+# at 100 rows per chunk, GRU/ALSTM at 160, TCN at 100 and the Transformer at 32, and one epoch
+# trains 1.17x / 0.98x / 1.75x / 1.53x / 2.43x as fast as with whole batches
+# (benchmarks/results/levers_cpu.md, one device).
 CACHE_BUDGET_BYTES = 8 * 2**20
 MIN_CHUNK_ROWS = 32  # below this, per-chunk loop overhead outweighs the cache gain
 
