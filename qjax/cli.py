@@ -51,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     rolling.add_argument("--quiet", action="store_true", help="no progress bar")
     rolling.add_argument("--compilation-cache", metavar="DIR", default=train.get_default(
         "compilation_cache"), help="as for train")
+    rolling.add_argument("--cpu-devices", metavar="N", type=_positive_int, default=None,
+                         help="as for train")
 
     commands.add_parser("models", help="list the model names")
     report = commands.add_parser("report", help="rebuild a run's report.html and report/*.png")
