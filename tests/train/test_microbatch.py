@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from train_synthetic import CrossSection, TinyGRU, TinyMLP, max_abs_diff, panel
 
-from qjax.models.transformer import TransformerEncoderLayer
+from qjax.models.transformer.network import TransformerEncoderLayer
 from qjax.train import TrainConfig, fit, supervised_mse
 from qjax.train.losses import batch_loss
 from qjax.train.microbatch import accumulated_loss_and_grad, auto_chunks, chunks_for, footprint
