@@ -40,9 +40,7 @@ class CudnnLSTM(nn.Module):
         n = x.shape[0]
         seq = x.reshape(n, self.d_feat, -1).transpose(0, 2, 1)  # feature-major row -> [N, T, F]
         sizes = (self.d_feat, self.hidden_size, self.num_layers)
-        weights = self.param(
-            "weights", lambda key: jax_rnn.init_lstm_weight(key, *sizes, False)
-        )
+        weights = self.param("weights", lambda key: jax_rnn.init_lstm_weight(key, *sizes, False))
         zeros = jnp.zeros((self.num_layers, n, self.hidden_size), seq.dtype)
         lengths = jnp.full((n,), seq.shape[1], jnp.int32)
         if self.reference:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import functools
 import json
 import math
 import os
@@ -37,7 +38,7 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 SEED_MODELS = ("lstm", "gru", "alstm", "transformer")
 # Seconds an item may take on an H100/H200 (compilation included); an item starts only if this
@@ -60,8 +61,16 @@ class Sizes:
 GPU_SIZES = Sizes(samples=25600, repeats=3, seeds=20, seed_epochs=2, seed_samples=25600)
 DRY_SIZES = Sizes(samples=64, repeats=1, seeds=2, seed_epochs=1, seed_samples=64, max_batch=32)
 # Dry run: small networks, so that compiling ~30 programs on two CPU cores stays short.
-DRY_KWARGS = {"hidden_size": 8, "d_model": 8, "num_layers": 1, "layers": (16,),
-              "output_dim": 4, "freq_dim": 3, "cnn_dim": 4, "rnn_dim": 4}
+DRY_KWARGS = {
+    "hidden_size": 8,
+    "d_model": 8,
+    "num_layers": 1,
+    "layers": (16,),
+    "output_dim": 4,
+    "freq_dim": 3,
+    "cnn_dim": 4,
+    "rnn_dim": 4,
+}
 
 
 # -- items -----------------------------------------------------------------------------------
@@ -80,6 +89,7 @@ class Item:
 
 def plan(models: list[str], seed_models: list[str], cudnn: bool, tvt) -> list[Item]:
     """The seed models first (throughput, then the seed job), the cuDNN LSTM, then the rest."""
+
     def throughput(name):
         daily = tvt.CASES[name].batching == "daily"
         return Item("throughput", name, BUDGET_S["throughput_daily" if daily else "throughput"])
@@ -110,7 +120,9 @@ def small_case(case, sizes: Sizes):
         torch_kwargs=shrink(case.torch_kwargs),
         qjax_kwargs=shrink(case.qjax_kwargs),
         batch_size=min(case.batch_size, sizes.max_batch),
-        predict_batch=None if case.predict_batch is None else min(case.predict_batch, sizes.max_batch),
+        predict_batch=None
+        if case.predict_batch is None
+        else min(case.predict_batch, sizes.max_batch),
     )
 
 
@@ -135,7 +147,9 @@ def seed_job(case, sizes: Sizes, device, watch, tvt) -> dict:
     def qjax_job():
         for start in range(0, len(seeds), chunk):
             part = seeds[start : start + chunk]
-            jax.block_until_ready(fit(module, samples, None, config, seeds=part, verbose=False).variables)
+            jax.block_until_ready(
+                fit(module, samples, None, config, seeds=part, verbose=False).variables
+            )
 
     def torch_job():  # what a loop over seeds of Qlib's `model.fit` trains
         for seed in seeds:
@@ -159,31 +173,42 @@ def seed_job(case, sizes: Sizes, device, watch, tvt) -> dict:
     rows = tvt.trained_samples(case, data.n) * sizes.seed_epochs * len(seeds)
     warm, torch_rate = rows / tvt.median(warm_s), rows / tvt.median(torch_s)
     return {
-        "seeds": len(seeds), "replicas_per_program": chunk, "epochs": sizes.seed_epochs,
+        "seeds": len(seeds),
+        "replicas_per_program": chunk,
+        "epochs": sizes.seed_epochs,
         "samples": data.n,
         "batch_size": case.batch_size,
-        "qjax_cold_s": cold_s, "qjax_compile_s": cold["compile_s"], "qjax_warm_s": warm_s,
-        "torch_s": torch_s, "qjax_compiles_timed": recompiles,
-        "qjax_seed_samples_per_s": warm, "qjax_cold_seed_samples_per_s": rows / cold_s,
+        "qjax_cold_s": cold_s,
+        "qjax_compile_s": cold["compile_s"],
+        "qjax_warm_s": warm_s,
+        "torch_s": torch_s,
+        "qjax_compiles_timed": recompiles,
+        "qjax_seed_samples_per_s": warm,
+        "qjax_cold_seed_samples_per_s": rows / cold_s,
         "torch_seed_samples_per_s": torch_rate,
-        "speedup": warm / torch_rate, "speedup_cold": (rows / cold_s) / torch_rate,
+        "speedup": warm / torch_rate,
+        "speedup_cold": (rows / cold_s) / torch_rate,
     }
 
 
 def cudnn_item(case, sizes: Sizes, device, watch, tvt, on_gpu: bool) -> dict:
     """Parity of the cuDNN and scan LSTMs with Qlib's module, then their engine throughput."""
+    import _cudnn_lstm as cl
     import jax
     import numpy as np
     import torch
 
-    import _cudnn_lstm as cl
     from qjax.interop import from_qlib
     from qjax.train import fit, predict
 
     if cl.jax_rnn is None:
         return {"skipped": f"jax {jax.__version__} has no jax.experimental.rnn"}
     kw = case.qjax_kwargs
-    sizes_kw = {"d_feat": kw["d_feat"], "hidden_size": kw["hidden_size"], "num_layers": kw["num_layers"]}
+    sizes_kw = {
+        "d_feat": kw["d_feat"],
+        "hidden_size": kw["hidden_size"],
+        "num_layers": kw["num_layers"],
+    }
     torch.manual_seed(0)
     net = tvt.load(case.torch_module)(**case.torch_kwargs).eval()
     state = {k: v.detach().cpu().numpy() for k, v in net.state_dict().items()}
@@ -194,7 +219,9 @@ def cudnn_item(case, sizes: Sizes, device, watch, tvt, on_gpu: bool) -> dict:
     scan_module, scan_vars = from_qlib("lstm", state, **sizes_kw)
     with jax.default_matmul_precision("highest"):
         outputs = {
-            "cudnn" if on_gpu else "lstm_ref": cudnn.apply(cl.variables_from_qlib(state, sizes_kw["num_layers"]), x),
+            "cudnn" if on_gpu else "lstm_ref": cudnn.apply(
+                cl.variables_from_qlib(state, sizes_kw["num_layers"]), x
+            ),
             "scan": scan_module.apply(scan_vars, x),
         }
     # float32 with the matmuls at full precision on both sides: 60 steps x 2 layers of
@@ -204,40 +231,58 @@ def cudnn_item(case, sizes: Sizes, device, watch, tvt, on_gpu: bool) -> dict:
     bad = {k: e for k, e in errors.items() if not e <= tolerance}
     if bad:
         raise AssertionError(f"LSTM outputs differ from Qlib's module by {bad} > {tolerance}")
-    result: dict[str, Any] = {"parity_max_abs_error": errors, "parity_tolerance": tolerance,
-                              "parity_batch": x.shape[0]}
-    if not on_gpu:
-        result["skipped"] = ("jax.experimental.rnn.lstm lowers on CUDA only; on this backend "
-                             "only the parity check ran (through lstm_ref)")
-        return result
-
+    result: dict[str, Any] = {
+        "parity_max_abs_error": errors,
+        "parity_tolerance": tolerance,
+        "parity_batch": x.shape[0],
+        "kernel": "jax.experimental.rnn.lstm (cuDNN)" if on_gpu else "lstm_ref",
+    }
+    if not on_gpu:  # the timing code still runs, on lstm_ref, so that it cannot rot
+        result["skipped"] = (
+            "jax.experimental.rnn.lstm lowers on CUDA only; on this backend "
+            "the parity check and the timing code ran through lstm_ref, "
+            "whose numbers say nothing about cuDNN"
+        )
     n = max(sizes.samples, case.batch_size)
     data = tvt.make_data(case, n, seed=0)
     samples = tvt.qjax_samples(case, data)
     config = tvt.train_config(case, data.n)
-    modules = {"scan": scan_module, "cudnn": cl.CudnnLSTM(**sizes_kw)}
+    modules = {"scan": scan_module, "cudnn": cl.CudnnLSTM(**sizes_kw, reference=not on_gpu)}
     rows = tvt.trained_samples(case, data.n)
     timings: dict[str, dict] = {}
     fitted = {}
-    for name, module in modules.items():  # compile both first
+    for name, module in modules.items():  # compile both first (train and predict programs)
         with watch.span() as got:
             fitted[name] = fit(module, samples, None, config, verbose=False)
-            jax.block_until_ready(fitted[name].variables)
+            predict(module, fitted[name].replica(0), samples, batch_size=case.batch_size)
         timings[name] = {"compile_s": got["compile_s"], "train_s": [], "infer_s": []}
-        predict(module, fitted[name].replica(0), samples, batch_size=case.batch_size)
+
+    def train(module):
+        jax.block_until_ready(fit(module, samples, None, config, verbose=False).variables)
+
     for _ in range(sizes.repeats):  # alternate
         for name, module in modules.items():
-            timings[name]["train_s"].append(tvt.timed(lambda: jax.block_until_ready(
-                fit(module, samples, None, config, verbose=False).variables)))
             variables = fitted[name].replica(0)
-            timings[name]["infer_s"].append(tvt.timed(
-                lambda: predict(module, variables, samples, batch_size=case.batch_size)))
+            timings[name]["train_s"].append(tvt.timed(functools.partial(train, module)))
+            timings[name]["infer_s"].append(
+                tvt.timed(
+                    functools.partial(
+                        predict, module, variables, samples, batch_size=case.batch_size
+                    )
+                )
+            )
     for name, t in timings.items():
         t["train_samples_per_s"] = rows / tvt.median(t["train_s"])
         t["infer_samples_per_s"] = data.n / tvt.median(t["infer_s"])
-    result.update(timings=timings, samples=data.n, batch_size=case.batch_size,
-                  train_speedup=timings["cudnn"]["train_samples_per_s"] / timings["scan"]["train_samples_per_s"],
-                  infer_speedup=timings["cudnn"]["infer_samples_per_s"] / timings["scan"]["infer_samples_per_s"])
+    result.update(
+        timings=timings,
+        samples=data.n,
+        batch_size=case.batch_size,
+        train_speedup=timings["cudnn"]["train_samples_per_s"]
+        / timings["scan"]["train_samples_per_s"],
+        infer_speedup=timings["cudnn"]["infer_samples_per_s"]
+        / timings["scan"]["infer_samples_per_s"],
+    )
     return result
 
 
@@ -249,7 +294,10 @@ def gpu_description() -> dict:
     try:
         text = subprocess.run(
             ["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
-            capture_output=True, text=True, timeout=20, check=True,
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=True,
         ).stdout
     except (OSError, subprocess.SubprocessError):
         return {}
@@ -267,7 +315,9 @@ def machine_description(torch) -> dict:
     info.update(gpu_description())
     info["jax_device_kind"] = jax.devices()[0].device_kind
     info["torch_cuda"] = torch.version.cuda
-    info["torch_cudnn"] = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
+    info["torch_cudnn"] = (
+        torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
+    )
     plugins = {}
     for dist in importlib.metadata.distributions():
         name = dist.metadata["Name"] or ""
@@ -306,7 +356,8 @@ def report(r: dict) -> str:
         f"Run {r['started']}, {r['elapsed_s']:.0f} s of a {r['budget_s']:.0f} s budget; state: "
         f"**{r['state']}**. Speed-up = qjax rate / torch rate (above 1: qjax is faster).",
         "",
-        "## Training and inference throughput (samples/s)", "",
+        "## Training and inference throughput (samples/s)",
+        "",
         "| model | qjax train | torch train | speed-up | qjax infer | torch infer | speed-up "
         "| qjax compile s |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
@@ -318,11 +369,13 @@ def report(r: dict) -> str:
         t, i = res["train"], res["infer"]
         lines.append(
             f"| {name} | {_n(t['qjax_samples_per_s'])} | {_n(t['torch_samples_per_s'])} | "
-            f"{_x(t['speedup'])} | {_n(i['qjax_samples_per_s'])} | {_n(i['torch_samples_per_s'])} | "
+            f"{_x(t['speedup'])} | {_n(i['qjax_samples_per_s'])} | "
+            f"{_n(i['torch_samples_per_s'])} | "
             f"{_x(i['speedup'])} | {t['qjax_compile_s'] + i['qjax_compile_s']:.1f} |"
         )
     lines += [
-        "", f"## The {sizes['seeds']}-seed job (seeds x samples/s; {sizes['seed_epochs']} epochs each)",
+        "",
+        f"## The {sizes['seeds']}-seed job (seeds x samples/s; {sizes['seed_epochs']} epochs each)",
         "",
         "qjax: one `fit(..., seeds=[...])`, the seeds as vmapped replicas of one compiled program; "
         "cold includes compilation. torch: one fit per seed, one after another.",
@@ -341,7 +394,11 @@ def report(r: dict) -> str:
             f"{_n(s['qjax_cold_seed_samples_per_s'])} ({s['qjax_compile_s']:.1f}) | "
             f"{_n(s['torch_seed_samples_per_s'])} | {_x(s['speedup'])} | {_x(s['speedup_cold'])} |"
         )
-    lines += ["", "## LSTM: cuDNN (`jax.experimental.rnn`) vs `lax.scan`, both in qjax's engine", ""]
+    lines += [
+        "",
+        "## LSTM: cuDNN (`jax.experimental.rnn`) vs `lax.scan`, both in qjax's engine",
+        "",
+    ]
     c = r["cudnn"].get("lstm")
     if c is None:
         lines.append("Not run.")
@@ -350,22 +407,34 @@ def report(r: dict) -> str:
     else:
         if "parity_max_abs_error" in c:
             errors = ", ".join(f"{k} {v:.1e}" for k, v in c["parity_max_abs_error"].items())
-            lines.append(f"Parity with Qlib's `LSTMModel` on one batch of {c['parity_batch']} "
-                         f"(max abs error, tolerance {c['parity_tolerance']:g}): {errors}.")
+            lines.append(
+                f"Parity with Qlib's `LSTMModel` on one batch of {c['parity_batch']} "
+                f"(max abs error, tolerance {c['parity_tolerance']:g}): {errors}."
+            )
         if "timings" in c:
             t = c["timings"]
-            lines += ["", "| path | train samples/s | infer samples/s | compile s |",
-                      "|---|---:|---:|---:|",
-                      *[f"| {k} | {_n(v['train_samples_per_s'])} | {_n(v['infer_samples_per_s'])} | "
-                        f"{v['compile_s']:.1f} |" for k, v in t.items()],
-                      "", f"cuDNN / scan: train {_x(c['train_speedup'])}, "
-                          f"inference {_x(c['infer_speedup'])}."]
+            lines += [
+                "",
+                "| path | train samples/s | infer samples/s | compile s |",
+                "|---|---:|---:|---:|",
+                *[
+                    f"| {'lax.scan' if k == 'scan' else c['kernel']} | "
+                    f"{_n(v['train_samples_per_s'])} | {_n(v['infer_samples_per_s'])} | "
+                    f"{v['compile_s']:.1f} |"
+                    for k, v in t.items()
+                ],
+                "",
+                f"{c['kernel']} / lax.scan: train {_x(c['train_speedup'])}, "
+                f"inference {_x(c['infer_speedup'])}.",
+            ]
         if "skipped" in c:
-            lines += ["", f"Timing skipped: {c['skipped']}."]
+            lines += ["", f"cuDNN timing skipped: {c['skipped']}."]
     if r["skipped"]:
         lines += ["", "## Skipped", "", *[f"- {k}: {v}" for k, v in r["skipped"].items()]]
     lines += [
-        "", "## Method", "",
+        "",
+        "## Method",
+        "",
         f"- Throughput: `train_vs_torch.run_case` with --samples {sizes['samples']} (scaled per "
         f"model as there), medians of {sizes['repeats']} alternating repeats; torch on "
         f"`{m.get('torch_device')}` with Qlib's per-batch `.to(device)` from host numpy arrays.",
@@ -373,12 +442,16 @@ def report(r: dict) -> str:
         f"{sizes['seed_repeats']} timed repeat(s) after a cold call.",
         "- JAX's allocator does not preallocate (`XLA_PYTHON_CLIENT_PREALLOCATE=false`), so torch "
         "and XLA share the device.",
-        "", "## Machine", "",
+        "",
+        "## Machine",
+        "",
         "- GPU: " + "; ".join(f"{g['name']} (driver {g['driver']}, {g['memory']})" for g in gpus),
         f"- JAX backend `{m['jax_backend']}` ({', '.join(m['jax_devices'])}); torch device "
         f"`{m.get('torch_device')}`, CUDA {m.get('torch_cuda')}, cuDNN {m.get('torch_cudnn')}",
-        f"- CPU: {m['cpu']}, {m['logical_cores']} logical cores, {m['ram_gib']} GiB RAM; {m['platform']}",
-        "- Versions: " + ", ".join(f"{k} {v}" for k, v in m["versions"].items())
+        f"- CPU: {m['cpu']}, {m['logical_cores']} logical cores, {m['ram_gib']} GiB RAM; "
+        f"{m['platform']}",
+        "- Versions: "
+        + ", ".join(f"{k} {v}" for k, v in m["versions"].items())
         + f", Python {m['python']}; JAX plugins {m.get('jax_plugins') or 'none'}",
         f"- Environment: {m['env'] or 'no threading/allocator variables set'}",
         "",
@@ -388,8 +461,10 @@ def report(r: dict) -> str:
 
 def write(record: dict, out: Path) -> None:
     stem = out / f"gpu_{record['machine_tag']}"
-    for suffix, text in ((".json", json.dumps(record, indent=1, default=str) + "\n"),
-                         (".md", report(record))):
+    for suffix, text in (
+        (".json", json.dumps(record, indent=1, default=str) + "\n"),
+        (".md", report(record)),
+    ):
         tmp = stem.with_suffix(suffix + ".tmp")
         tmp.write_text(text)
         tmp.replace(stem.with_suffix(suffix))  # never a half-written result file
@@ -416,14 +491,21 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, required=True, help="folder for gpu_<machine>.{md,json}")
     p.add_argument("--dry-run", action="store_true", help="tiny sizes, JAX and torch on the CPU")
-    p.add_argument("--deadline-at", type=float, default=None,
-                   help="unix time by which every item must be done (default: now + --budget-s)")
+    p.add_argument(
+        "--deadline-at",
+        type=float,
+        default=None,
+        help="unix time by which every item must be done (default: now + --budget-s)",
+    )
     p.add_argument("--budget-s", type=float, default=420.0)
     p.add_argument("--models", default=None, help="comma-separated (default: the whole zoo)")
     p.add_argument("--seed-models", default=",".join(SEED_MODELS))
     p.add_argument("--no-cudnn", action="store_true", help="skip the cuDNN LSTM comparison")
-    p.add_argument("--finalize", action="store_true",
-                   help="only mark a stopped run's unfinished items in --out as skipped")
+    p.add_argument(
+        "--finalize",
+        action="store_true",
+        help="only mark a stopped run's unfinished items in --out as skipped",
+    )
     args = p.parse_args(argv)
     if args.out.exists() and not args.out.is_dir():
         p.error(f"--out {args.out} is a file; give a folder for the results")
@@ -440,13 +522,14 @@ def main(argv=None) -> int:
     if args.dry_run and os.environ.get("JAX_PLATFORMS") != "cpu":
         os.environ["JAX_PLATFORMS"] = "cpu"  # before JAX initialises
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    import train_vs_torch as tvt  # imports torch, JAX and qjax
-
     import jax
     import torch
+    import train_vs_torch as tvt  # imports torch, JAX and qjax
 
     known = list(tvt.CASES)
-    models = known if args.models is None else [m.strip() for m in args.models.split(",") if m.strip()]
+    models = (
+        known if args.models is None else [m.strip() for m in args.models.split(",") if m.strip()]
+    )
     seed_models = [m.strip() for m in args.seed_models.split(",") if m.strip()]
     unknown = sorted(set(models + seed_models) - set(known))
     if unknown:
@@ -463,7 +546,8 @@ def main(argv=None) -> int:
             raise SystemExit(
                 f"the GPU suite needs a CUDA GPU for both sides (JAX backend: "
                 f"{jax.default_backend()}, torch CUDA: {torch.cuda.is_available()}); "
-                "run with --dry-run for a CPU check of the script")
+                "run with --dry-run for a CPU check of the script"
+            )
         device = torch.device("cuda:0")
     import logging
     import warnings
@@ -478,11 +562,18 @@ def main(argv=None) -> int:
     info = machine_description(torch)
     items = plan(models, seed_models, not args.no_cudnn, tvt)
     record: dict[str, Any] = {
-        "command": tvt.command_line(), "dry_run": args.dry_run, "state": "running",
+        "command": tvt.command_line(),
+        "dry_run": args.dry_run,
+        "state": "running",
         "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "budget_s": deadline - started_at, "elapsed_s": 0.0, "sizes": dataclasses.asdict(sizes),
-        "machine": info, "machine_tag": machine_tag(info, args.dry_run),
-        "running": None, "pending": [item.key for item in items], "skipped": {},
+        "budget_s": deadline - started_at,
+        "elapsed_s": 0.0,
+        "sizes": dataclasses.asdict(sizes),
+        "machine": info,
+        "machine_tag": machine_tag(info, args.dry_run),
+        "running": None,
+        "pending": [item.key for item in items],
+        "skipped": {},
         **{key: {} for key in RESULT_KEYS},
     }
     args.out.mkdir(parents=True, exist_ok=True)
@@ -491,7 +582,9 @@ def main(argv=None) -> int:
         record["pending"].remove(item.key)
         left = deadline - time.time()
         if left < item.budget_s * (0.0 if args.dry_run else 1.0):
-            record["skipped"][item.key] = f"{left:.0f} s left before the deadline, budget {item.budget_s:.0f} s"
+            record["skipped"][item.key] = (
+                f"{left:.0f} s left before the deadline, budget {item.budget_s:.0f} s"
+            )
             continue
         record["running"] = item.key
         write(record, args.out)
@@ -514,8 +607,12 @@ def main(argv=None) -> int:
     record.update(state="complete", elapsed_s=time.time() - started_at)
     write(record, args.out)
     print(report(record))
-    failed = [f"{kind} {name}" for kind in RESULT_KEYS for name, res in record[kind].items()
-              if "error" in res]
+    failed = [
+        f"{kind} {name}"
+        for kind in RESULT_KEYS
+        for name, res in record[kind].items()
+        if "error" in res
+    ]
     return 1 if failed else 0
 
 

@@ -41,9 +41,12 @@ export MLFLOW_ALLOW_FILE_STORE=true
 if [ "$dry_run" = 1 ]; then
     export JAX_PLATFORMS=cpu
     # The dry run checks code paths, not speed: cheaper XLA:CPU compilation (~25% less CPU time).
-    export XLA_FLAGS="${XLA_FLAGS:+$XLA_FLAGS }--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+    cheap="--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+    export XLA_FLAGS="${XLA_FLAGS:+$XLA_FLAGS }$cheap"
     budget="${QJAX_SUITE_BUDGET_S:-600}"
 else
+    # One GPU for both sides: qjax's engine would otherwise split batches over every GPU.
+    export CUDA_VISIBLE_DEVICES="${CUDA_VISIBLE_DEVICES:-0}"
     budget="${QJAX_SUITE_BUDGET_S:-420}"
 fi
 hard_limit=$(( budget + 45 - ($(date +%s) - started) ))
