@@ -123,13 +123,13 @@ def test_a_run_stopped_from_outside_keeps_its_results(dry_run, tmp_path):
     assert "- throughput tcn: stopped" in markdown and "| lstm | " in markdown
 
 
-def test_flat_cudnn_weights_unpack_to_qlibs_tensors():
+def test_flat_cudnn_weights_unpack_to_qlibs_tensors(seed):
     """The flat vector holds each Qlib tensor where jax.experimental.rnn reads it back."""
     rnn = pytest.importorskip("jax.experimental.rnn")
     import _cudnn_lstm
     import numpy as np
 
-    rng = np.random.default_rng(3)
+    rng = np.random.default_rng(seed)
     d, h, layers = 5, 4, 2
     state = {}
     for k in range(layers):
@@ -150,7 +150,7 @@ def test_flat_cudnn_weights_unpack_to_qlibs_tensors():
             np.testing.assert_array_equal(
                 np.asarray(got[k]),
                 state[f"rnn.{key}_l{k}"].astype(np.float32),
-                err_msg=f"{key} l{k}",
+                err_msg=f"{key} l{k}, seed {seed}",
             )
 
 
