@@ -43,7 +43,9 @@ class CudnnLSTM(nn.Module):
         weights = self.param("weights", lambda key: jax_rnn.init_lstm_weight(key, *sizes, False))
         zeros = jnp.zeros((self.num_layers, n, self.hidden_size), seq.dtype)
         lengths = jnp.full((n,), seq.shape[1], jnp.int32)
-        if self.reference:
+        if self.is_initializing():  # shapes only: keeps the kernel out of (vmapped) init
+            out = jnp.zeros((n, seq.shape[1], self.hidden_size), seq.dtype)
+        elif self.reference:
             unpacked = jax_rnn.unpack_lstm_weights(weights, *sizes, False)
             out = jax_rnn.lstm_ref(seq, zeros, zeros, *unpacked, lengths, *sizes, 0.0, False)[0]
         else:
