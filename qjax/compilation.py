@@ -21,6 +21,10 @@ from typing import Iterator
 
 ENV = "QJAX_COMPILATION_CACHE"
 DEFAULT_DIR = Path.home() / ".cache" / "qjax" / "xla"
+# A bounded cache is JAX's LRU mode, the only one that takes a file lock around each read and
+# write. Unbounded, JAX writes an entry in place, and a second process (a pytest-xdist worker, a
+# second run) can read it half written and abort while deserialising it.
+MAX_CACHE_BYTES = 4 * 2**30
 # jax.monitoring events that together make a program's compile cost.
 COMPILE_EVENTS = (
     "/jax/core/compile/jaxpr_trace_duration",
@@ -45,6 +49,7 @@ def use_compilation_cache(path: str) -> None:
     if not path or path.lower() == "off" or jax.config.jax_compilation_cache_dir:
         return
     jax.config.update("jax_compilation_cache_dir", str(Path(path).expanduser()))
+    jax.config.update("jax_compilation_cache_max_size", MAX_CACHE_BYTES)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 

@@ -46,3 +46,36 @@ def test_first_fit_turns_the_cache_on_and_reports_compile_seconds(tmp_path):
     assert any((tmp_path / "xla").iterdir())  # programs written for the next process
     cache_dir, _, _ = _child("off")
     assert cache_dir == "None"
+
+
+WRITER_READER = textwrap.dedent(
+    """
+    import sys
+    import jax
+    import jax.numpy as jnp
+    from qjax.compilation import use_compilation_cache
+
+    use_compilation_cache(sys.argv[1])
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    assert jax.config.jax_compilation_cache_max_size > 0  # the file-locked LRU mode
+    for k in range(40):  # the same 40 programs in both processes: each reads what the other wrote
+        f = jax.jit(lambda x, k=k: jnp.tanh(x @ x.T + k).sum() * (k + 1))
+        assert float(f(jnp.full((64, 64), 0.01))) != 0.0
+    print("ok")
+    """
+)
+
+
+def test_two_processes_share_one_cache_directory(tmp_path):
+    """Two processes writing and reading one cache at once, in JAX's file-locked mode: both
+    finish. (Unbounded, JAX writes entries in place: a reader can load a half-written executable
+    and abort, as a test-suite worker did.)"""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    cache = str(tmp_path / "xla")
+    procs = [subprocess.Popen([sys.executable, "-c", WRITER_READER, cache], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    for proc in procs:
+        out, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0 and out.strip() == "ok", err[-2000:]
+    assert len(list((tmp_path / "xla").glob("*-cache"))) >= 40
