@@ -135,10 +135,10 @@ class ModelSpec:
             adapter.check_input(kw, shape)
 
     def train_config_fields(self, kw: dict) -> dict:
-        fields = self.train_fields(kw)
+        fields = {**self.train_fields(kw), "micro_batch": kw.get("micro_batch")}
         for adapter in self.adapters:
             fields = adapter.train_fields(kw, fields)
-        return {**fields, "micro_batch": kw.get("micro_batch")}
+        return fields
 
     def samples(self, kw: dict, segment: str, samples: Samples, index: pd.MultiIndex) -> Samples:
         for adapter in self.adapters:
@@ -187,6 +187,18 @@ class SequenceInput(Adapter):
                 f"{key}={d_feat} does not divide the {shape[-1]} feature columns; "
                 f"Alpha360 has {key}=6 (60 steps x 6 fields)"
             )
+
+
+@dataclasses.dataclass(frozen=True)
+class WholeBatchesOnCpu(Adapter):
+    """Whole batches on one CPU device unless ``micro_batch`` is given: a recurrent scan trained
+    slower both in micro-batches and split over the cores (LSTM, GRU, ALSTM on 2 quiet cores,
+    ``benchmarks/results/levers_cpu.md``), while attention and convolutions gained."""
+
+    def train_fields(self, kw: dict, fields: dict) -> dict:
+        if kw.get("micro_batch") is not None:
+            return fields
+        return {**fields, "micro_batch": "off", "cpu_split": False}
 
 
 @dataclasses.dataclass(frozen=True)

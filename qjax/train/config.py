@@ -116,6 +116,11 @@ class TrainConfig:
     ``None`` (or 0, "auto"): the engine chooses from the model's activation footprint; "off"
     (or any value >= ``batch_size``): whole batches. Models with BatchNorm statistics and daily
     batching are never split.
+
+    ``cpu_split``: split each batch over the XLA:CPU devices (one per core, see
+    :mod:`qjax.cpu_devices`) when ``fit`` is given no devices. Recurrent models turn it off: on
+    2 quiet cores their scans trained slower split (``benchmarks/results/levers_cpu.md``).
+    Accelerators are always all used.
     """
 
     n_epochs: int = 200
@@ -138,6 +143,7 @@ class TrainConfig:
     seed: int = 0
     frozen: tuple[str, ...] = ()
     micro_batch: int | str | None = None
+    cpu_split: bool = True
 
     def __post_init__(self):
         # Normalise Qlib's spellings so that equal configurations compare (and resume) equal.

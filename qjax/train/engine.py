@@ -341,8 +341,8 @@ def _fit(
     seeds = _check_seeds(config.seed if seeds is None else seeds)
     loss_fn = supervised_mse if loss_fn is None else loss_fn
     daily = config.batching == "daily"
-    parallel = data_parallel(auto_devices(None if daily else config.batch_size)
-                             if devices is None else devices)
+    split_rows = None if daily or not config.cpu_split else config.batch_size
+    parallel = data_parallel(auto_devices(split_rows) if devices is None else devices)
     train_seg, valid_seg = _prepare_segments(train, valid, config, loss_fn, parallel)
     trainer = Trainer(module, loss_fn, config, parallel)
     keys = parallel.replicate(jnp.stack([jax.random.PRNGKey(seed) for seed in seeds]))
@@ -443,8 +443,7 @@ def predict(
     if samples.size == 0:
         raise ValueError("cannot predict on empty samples")
     enable_default_cache()
-    parallel = data_parallel(auto_devices(batch_size, split_cpu=False)
-                             if devices is None else devices)
+    parallel = data_parallel(auto_devices(batch_size) if devices is None else devices)
     batch_size = _round_up(batch_size, parallel.size)
     data = parallel.replicate(batching.make_segment(samples, daily, multiple=parallel.size))
     preds = _predict(

@@ -69,7 +69,7 @@ class DataParallel:
 MIN_ROWS_PER_CPU_DEVICE = 64
 
 
-def auto_devices(batch_rows: int | None, split_cpu: bool = True) -> list[jax.Device]:
+def auto_devices(batch_rows: int | None) -> list[jax.Device]:
     """The devices the engine splits a batch of ``batch_rows`` over when the caller names none.
 
     Accelerators: every local device (the batch must divide evenly). XLA:CPU, where
@@ -77,14 +77,13 @@ def auto_devices(batch_rows: int | None, split_cpu: bool = True) -> list[jax.Dev
     evenly into shares of at least :data:`MIN_ROWS_PER_CPU_DEVICE` rows, so a batch size that
     does not divide keeps working on fewer devices. ``batch_rows=None`` (daily batches: one
     padded day of ~300 stocks per step) stays on one CPU device: GATs trained 0.85x as fast on
-    two (``benchmarks/README.md``, levers); pass ``devices=`` to split anyway. ``split_cpu=False``
-    (inference: splitting lost for 5 of 7 models in ``benchmarks/results/levers_cpu.md``) keeps
-    one CPU device.
+    two (``benchmarks/README.md``, levers); pass ``devices=`` to split anyway. Inference splits
+    too: on 2 quiet cores it gained for 5 of 6 models (``benchmarks/results/levers_cpu.md``).
     """
     devices = jax.local_devices()
     if devices[0].platform != "cpu":
         return devices
-    if batch_rows is None or not split_cpu:
+    if batch_rows is None:
         return devices[:1]
     for count in range(len(devices), 1, -1):
         if batch_rows % count == 0 and batch_rows // count >= MIN_ROWS_PER_CPU_DEVICE:

@@ -80,6 +80,20 @@ def test_lr_plateau_sets_the_schedule_and_general_uses_qlibs():
     assert general.lr_plateau == Plateau(factor=0.5, patience=5, threshold=1e-5, min_lr=1e-6)
 
 
+def test_recurrent_models_train_whole_batches_on_one_cpu_device_unless_asked():
+    from qjax.models.alstm.wrapper import ALSTM
+    from qjax.models.rnn.wrapper import GRU, LSTM
+    from qjax.models.transformer.wrapper import TRANSFORMER
+
+    for spec in (LSTM, GRU, ALSTM):
+        config = TrainConfig(**spec.train_config_fields(spec.resolve({}, True)))
+        assert (config.micro_batch, config.cpu_split) == ("off", False), spec.qlib_class
+        asked = TrainConfig(**spec.train_config_fields(spec.resolve({"micro_batch": 100}, True)))
+        assert (asked.micro_batch, asked.cpu_split) == (100, True), spec.qlib_class
+    transformer = TrainConfig(**TRANSFORMER.train_config_fields(TRANSFORMER.resolve({}, True)))
+    assert (transformer.micro_batch, transformer.cpu_split) == (None, True)  # levers on
+
+
 def test_mlp_input_width_must_equal_the_feature_columns():
     InputWidth().check_input({"pt_model_kwargs": {"input_dim": 158}}, (1, 158))
     with pytest.raises(ValueError, match="input_dim=360 but the dataset has 158 feature columns"):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from qjax.models.rnn.wrapper import RNN_ARGS, RNN_DEFAULTS
-from qjax.models.spec import ModelSpec, SequenceInput, pick
+from qjax.models.spec import ModelSpec, SequenceInput, WholeBatchesOnCpu, pick
 
 
 def module_kwargs(kw: dict, is_ts: bool) -> dict:
@@ -17,5 +17,5 @@ ALSTM = ModelSpec(
     {**RNN_DEFAULTS, "rnn_type": "GRU", "honour_rnn_type": False},
     module_kwargs,
     ts_defaults={"n_jobs": 10},
-    adapters=(SequenceInput("d_feat"),),
+    adapters=(SequenceInput("d_feat"), WholeBatchesOnCpu()),
 )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from qjax.models.spec import EPOCH_LOOP, ModelSpec, SequenceInput, pick
+from qjax.models.spec import EPOCH_LOOP, ModelSpec, SequenceInput, WholeBatchesOnCpu, pick
 
 RNN_DEFAULTS = {"d_feat": 6, "hidden_size": 64, "num_layers": 2, "dropout": 0.0, **EPOCH_LOOP}
 RNN_ARGS = ("d_feat", "hidden_size", "num_layers", "dropout")
@@ -14,7 +14,7 @@ LSTM = ModelSpec(
     RNN_DEFAULTS,
     pick(*RNN_ARGS),
     ts_defaults={"n_jobs": 10},
-    adapters=(SequenceInput("d_feat"),),
+    adapters=(SequenceInput("d_feat"), WholeBatchesOnCpu()),
 )
 GRU = dataclasses.replace(
     LSTM, qlib_class="qlib.contrib.model.pytorch_gru.GRU / pytorch_gru_ts.GRU"
