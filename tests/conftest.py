@@ -30,7 +30,7 @@ def session_seed() -> int:
     return int(os.environ[SEED_ENV])
 
 
-def test_seed(nodeid: str) -> int:
+def seed_for(nodeid: str) -> int:
     """Each test's own seed: the run's base seed mixed with the test's id, so tests draw
     independent streams and one test's seed does not depend on which others ran before it."""
     return (session_seed() ^ zlib.crc32(nodeid.encode())) % 2**31
@@ -89,15 +89,15 @@ def qlib_csi300(qlib, csi300_dir):
 
 @pytest.fixture
 def seed(request) -> int:
-    """This test's seed (see ``test_seed``); a failing test's report names the base seed."""
-    return test_seed(request.node.nodeid)
+    """This test's seed (see ``seed_for``); a failing test's report names the base seed."""
+    return seed_for(request.node.nodeid)
 
 
 @pytest.fixture(autouse=True)
 def _seed_global_generators(request):
     """Seed the global generators (torch's weight initialisation above all) per test, so a
     module built without an explicit generator still draws reproducibly from the test's seed."""
-    value = test_seed(request.node.nodeid)
+    value = seed_for(request.node.nodeid)
     random.seed(value)
     np.random.seed(value)
     if "torch" in sys.modules:
@@ -115,7 +115,7 @@ def pytest_runtest_makereport(item, call):
     if report.failed:
         report.sections.append(
             ("random seed", f"rerun with {SEED_ENV}={session_seed()} to repeat this test's draws "
-                            f"(its own seed: {test_seed(item.nodeid)})")
+                            f"(its own seed: {seed_for(item.nodeid)})")
         )
 
 
