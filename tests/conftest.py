@@ -121,9 +121,12 @@ def pytest_runtest_makereport(item, call):
 
 def pytest_configure(config):
     os.environ.setdefault(SEED_ENV, str(int.from_bytes(os.urandom(4), "little") % 2**31))
-    # Most of the suite's time is XLA compilation; a persistent cache makes re-runs cheap.
+    # No persistent compilation cache by default: twice in this suite a worker crashed inside
+    # JAX while deserialising a cached executable (jax 0.10.2, XLA:CPU), once with the cache's
+    # file lock held. QJAX_TEST_COMPILATION_CACHE=DIR opts in for faster local reruns.
     from qjax.cli import use_compilation_cache
 
-    use_compilation_cache(
-        os.environ.get("QJAX_TEST_COMPILATION_CACHE", str(Path.home() / ".cache" / "qjax-tests-xla"))
-    )
+    cache = os.environ.get("QJAX_TEST_COMPILATION_CACHE", "off")
+    if cache == "off":
+        os.environ["QJAX_COMPILATION_CACHE"] = "off"  # nor the library's or the CLI's default
+    use_compilation_cache(cache)
