@@ -20,14 +20,12 @@ from qjax.models import get
 from qjax.models.gats.qlib import load_base_weights
 from qjax.models.hist.network import HISTModel, hidden_concept_matrix
 from tests.models.parity import (
+    assert_matches_qlib_on,
     assert_trees_close,
     init_shapes,
-    jax_output_and_grads,
     load_base_like_qlib,
     param_count,
-    qlib_grads_as_params,
     rel_err,
-    torch_output_and_grads,
     torch_param_count,
 )
 
@@ -61,13 +59,8 @@ def test_matches_qlib_forward_and_gradients(torch, qlib_hist, base_model, seed):
     x = rng.standard_normal((16, 6 * 10)).astype(np.float32)
     c = concepts(rng, 16, 9)
     y = rng.standard_normal(16).astype(np.float32)
-    t_out, t_gx, t_grads = torch_output_and_grads(torch, net, x, y, c)  # the six unused Linears: zeros
-    j_out, j_gx, j_grads = jax_output_and_grads(module, variables, x, y, c)
-    assert j_out.shape == (16,)
-    assert rel_err(j_out, t_out) <= 1e-5
-    assert rel_err(j_gx, t_gx) <= 1e-4
-    want_grads = qlib_grads_as_params("hist", t_grads, **kwargs)
-    assert_trees_close(j_grads, want_grads, 1e-4)
+    # the six unused Linears get zero gradients on both sides
+    assert_matches_qlib_on(torch, net, "hist", module, variables, x, y, c, converter_kwargs=kwargs)
 
 
 @pytest.mark.parity

@@ -12,13 +12,9 @@ from qjax.interop.qlib import from_qlib
 from qjax.models import get
 from qjax.models.tcn import TCNModel
 from tests.models.parity import (
-    assert_trees_close,
+    assert_matches_qlib_on,
     init_shapes,
-    jax_output_and_grads,
     param_count,
-    qlib_grads_as_params,
-    rel_err,
-    torch_output_and_grads,
     torch_param_count,
 )
 
@@ -47,15 +43,11 @@ def test_matches_qlib_forward_and_gradients(torch, qlib_module, seed):
         x_torch = x_jax = features_first.reshape(16, -1)  # Alpha360-style flat rows
     y = rng.standard_normal(16).astype(np.float32)
 
-    t_out, t_gx, t_grads = torch_output_and_grads(torch, net, np.ascontiguousarray(x_torch), y)
-    j_out, j_gx, j_grads = jax_output_and_grads(module, variables, x_jax, y)
-    if qlib_module.endswith("_ts"):
-        j_gx = np.swapaxes(j_gx, 1, 2)
-    assert j_out.shape == (16,)
-    assert rel_err(j_out, t_out) <= 1e-5
-    assert rel_err(j_gx, t_gx) <= 1e-4
-    want_grads = qlib_grads_as_params("tcn", t_grads, num_input=6, **SMALL)
-    assert_trees_close(j_grads, want_grads, 1e-4)
+    assert_matches_qlib_on(
+        torch, net, "tcn", module, variables, x_jax, y, converter_kwargs=dict(num_input=6, **SMALL),
+        torch_x=np.ascontiguousarray(x_torch),
+        grad_x_as_torch=(lambda g: np.swapaxes(g, 1, 2)) if qlib_module.endswith("_ts") else (lambda g: g),
+    )
 
 
 # QLIB_REFERENCE §9: Alpha360 (6, [128]x5, k 3) and Alpha158 (20, [32]x5, k 7), weight_norm g counted.
