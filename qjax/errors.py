@@ -33,6 +33,11 @@ class CheckpointError(QjaxError, ValueError):
     """A checkpoint that cannot be read (truncated, corrupted, of a different run)."""
 
 
+class SavedRunError(QjaxError, ValueError):
+    """A run directory that cannot be loaded to predict: not a run, unfinished, written by an
+    incompatible qjax, or damaged (the message names the file)."""
+
+
 class TrainingDiverged(QjaxError, FloatingPointError):
     """The training loss became NaN or infinite; the run stopped before saving that epoch."""
 

@@ -75,12 +75,14 @@ def _validated(data: pd.DataFrame) -> pd.DataFrame:
     return data
 
 
-def _run(df: pd.DataFrame, processors: Sequence[Processor]) -> pd.DataFrame:
-    """Fit each processor on the previous one's output, then apply it (Qlib's fit_seq)."""
+def _run(df: pd.DataFrame, processors: Sequence[Processor], fit: bool = True) -> pd.DataFrame:
+    """Fit each processor on the previous one's output, then apply it (Qlib's fit_seq);
+    ``fit=False`` applies processors fitted before (scoring new dates)."""
     if not all(proc.readonly() for proc in processors):
         df = df.copy()  # a foreign processor may write in place; keep the upstream frame intact
     for proc in processors:
-        proc.fit(df)
+        if fit:
+            proc.fit(df)
         out = proc(df)
         if not isinstance(out, pd.DataFrame):
             raise TypeError(f"processor {proc!r} returned {type(out).__name__}, not a DataFrame")
@@ -140,6 +142,24 @@ class DataHandler:
         infer = _run(shared, self.infer_processors)
         learn = _run(infer if process_type == self.PTYPE_A else shared, self.learn_processors)
         self._frames = {self.DK_R: raw, self.DK_I: infer, self.DK_L: learn}
+
+    @classmethod
+    def from_fitted(cls, data: pd.DataFrame, infer_processors: Sequence[Processor],
+                    shared_processors: Sequence[Processor] = ()) -> "DataHandler":
+        """A handler for inference only: ``data`` through processors fitted before (e.g. on a
+        run's train period, restored by :mod:`qjax.saved_run`), nothing refitted. It has the
+        "raw" and "infer" data keys; there is no "learn" data (no labels are needed)."""
+        handler = cls.__new__(cls)
+        handler.process_type = cls.PTYPE_A
+        handler.fit_start_time = handler.fit_end_time = None
+        handler.shared_processors = list(shared_processors)
+        handler.infer_processors = list(infer_processors)
+        handler.learn_processors = []
+        raw = _validated(data)
+        shared = _run(raw, handler.shared_processors, fit=False)
+        handler._frames = {cls.DK_R: raw, cls.DK_I: _run(shared, handler.infer_processors,
+                                                          fit=False)}
+        return handler
 
     def fetch(
         self,
