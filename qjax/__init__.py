@@ -20,11 +20,11 @@ from qjax.cpu_devices import set_cpu_devices
 _apply_cpu_default()
 
 __version__ = "0.1.0"
-__all__ = ["data", "estimator", "interop", "models", "set_cpu_devices", "train"]
+__all__ = ["data", "estimator", "interop", "load", "models", "set_cpu_devices", "train"]
 
 _SUBMODULES = {
     "data", "interop", "models", "train", "estimators", "workflow", "run_config", "errors",
-    "cpu_devices",
+    "cpu_devices", "saved_run", "predict",
 }
 
 
@@ -33,6 +33,15 @@ def estimator(name: str, **kwargs):
     from qjax.estimators import estimator as _estimator
 
     return _estimator(name, **kwargs)
+
+
+def load(run_dir):
+    """A finished run directory ready to score new dates: ``qjax.load(run_dir).predict(start,
+    end)``; the estimator has its best variables, the processors their train-period fit (see
+    :func:`qjax.saved_run.load`)."""
+    from qjax.saved_run import load as _load
+
+    return _load(run_dir)
 
 
 def __getattr__(name: str):

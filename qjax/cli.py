@@ -54,6 +54,17 @@ def main(argv: list[str] | None = None) -> int:
     rolling.add_argument("--cpu-devices", metavar="N", type=_positive_int, default=None,
                          help="as for train")
 
+    predict = commands.add_parser("predict", help="score new dates with a finished run's "
+                                  "model and fitted processors (no refit)")
+    predict.add_argument("run_dir", help="the --out directory of a finished `qjax train` run")
+    predict.add_argument("--start", required=True, metavar="D1", help="first day to score")
+    predict.add_argument("--end", required=True, metavar="D2", help="last day to score (the "
+                         "data's last day gives tomorrow's forecast: no label needed)")
+    predict.add_argument("--data", metavar="PATH", help="a Qlib data directory or a CSV/Parquet "
+                         "file of daily bars (default: the run's own data)")
+    predict.add_argument("--out", metavar="FILE", help="where to write the scores, .parquet or "
+                         ".csv (default: RUN_DIR/predictions_D1_D2.parquet)")
+
     commands.add_parser("models", help="list the model names")
     report = commands.add_parser("report", help="rebuild a run's report.html and report/*.png")
     report.add_argument("run_dir", help="the --out directory of a finished `qjax train` run")
@@ -67,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "report":
         return _report(args.run_dir)
+    if args.command == "predict":
+        return _predict(args)
 
     try:
         from qjax.qlib_workflow import load_any
@@ -143,6 +156,44 @@ def _report(run_dir: str) -> int:
     except (FileNotFoundError, ValueError) as err:
         print(f"qjax: {err}", file=sys.stderr)
         return 2
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    """``qjax predict``: exit 0 with the scores written, 2 bad input (run directory, dates,
+    data, output file), 1 an I/O error."""
+    import warnings
+
+    import pandas as pd
+
+    from qjax import saved_run
+    from qjax.errors import QjaxError
+
+    out = Path(args.out or Path(args.run_dir) / f"predictions_{args.start}_{args.end}.parquet")
+    if not out.name.lower().endswith((".parquet", ".csv")):
+        print(f"qjax: --out {str(out)!r} must end in .parquet or .csv", file=sys.stderr)
+        return 2
+    default_format, warnings.formatwarning = warnings.formatwarning, _one_line_warning
+    try:
+        scores = saved_run.load(args.run_dir).predict(args.start, args.end, args.data)
+        frame = scores.to_frame() if isinstance(scores, pd.Series) else scores
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if out.name.lower().endswith(".csv"):
+            frame.to_csv(out)
+        else:
+            frame.to_parquet(out)
+    except (QjaxError, ValueError, KeyError, FileNotFoundError) as err:
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"qjax: {message}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        print(f"qjax: {err.strerror or err}: {err.filename or out}", file=sys.stderr)
+        return 1
+    finally:
+        warnings.formatwarning = default_format
+    days = frame.index.get_level_values("datetime")
+    print(f"scored {len(frame)} rows, {days.nunique()} days {days.min().date()}.."
+          f"{days.max().date()}: {out}")
     return 0
 
 

@@ -243,9 +243,15 @@ def load(directory: str | os.PathLike) -> Estimator:
         )
     meta = json.loads(meta_path.read_text())
     model = estimator(meta["name"], **_tuples(meta["kwargs"]))
+    return fitted(model, load_variables(directory / "variables"), meta)
+
+
+def fitted(model: Estimator, variables: Any, meta: dict) -> Estimator:
+    """``model`` (unfitted) made ready to predict with saved ``variables`` (every seed's) and
+    ``meta``: the keys ``is_ts``, ``seeds``, ``best_epoch``, ``best_score``, ``history`` that
+    :meth:`Estimator.save` writes."""
     spec, is_ts = model.spec, bool(meta["is_ts"])
     kw = spec.resolve(model.user_kwargs, is_ts)
-    variables = load_variables(directory / "variables")
     model.kwargs, model._is_ts = kw, is_ts
     model.module = model.model.network(**spec.module_kwargs(kw, is_ts))
     model.config = TrainConfig(**spec.train_config_fields(kw))

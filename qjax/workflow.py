@@ -4,6 +4,8 @@ This is what ``qjax train CONFIG.yaml`` executes. The run directory receives::
 
     .qjax-run            marks a directory qjax created; --overwrite deletes no other
     config.yaml          the resolved configuration (overrides applied)
+    model/               the best variables and fitted processors, for ``qjax predict``
+                         (:mod:`qjax.saved_run`)
     checkpoints/         Orbax checkpoints (latest train state, best parameters)
     predictions.parquet  test-segment scores indexed (datetime, instrument)
     metrics.json         IC, ICIR, Rank IC, Rank ICIR on the test segment, training summary
@@ -30,6 +32,7 @@ import pandas as pd
 
 from qjax import run_config
 from qjax import rundir
+from qjax import saved_run
 from qjax.data.checks import nonfinite_report, reject_infinite
 from qjax.data.dataset import Dataset, TSDataset
 from qjax.errors import TrainingDiverged
@@ -52,24 +55,31 @@ def load_market(data_cfg: Mapping[str, Any]) -> pd.DataFrame:
                       **{k: data_cfg[k] for k in ("date_col", "instrument_col") if k in data_cfg})
 
 
-def build_dataset(cfg: Mapping[str, Any]) -> Dataset:
-    """Features, processors and segments as the config says (Qlib's ``DatasetH``/``TSDatasetH``)."""
+def handler_input(data_cfg: Mapping[str, Any], handler_name: str, start: Any, end: Any,
+                  panel: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The handler's raw frame (features and label) for the days in [start, end], computed
+    from the data section (or from ``panel``, an OHLCV panel loaded before)."""
     from qjax.data import features
 
-    data_cfg, handler_cfg, dataset_cfg = cfg["data"], cfg["handler"], cfg["dataset"]
-    segments = dataset_cfg["segments"]
-    start = handler_cfg.get("start_time") or min(s for s, _ in segments.values())
-    end = handler_cfg.get("end_time") or max(e for _, e in segments.values())
     if data_cfg.get("source", "generated") == "qlib":
-        frame = features.load_handler(
-            handler_cfg["name"],
+        return features.load_handler(
+            handler_name,
             data_cfg["provider_uri"],
             instruments=data_cfg.get("instruments", "csi300"),
             start_time=start,
             end_time=end,
         )
-    else:
-        frame = features.handler_frame(handler_cfg["name"], load_market(data_cfg), start, end)
+    panel = load_market(data_cfg) if panel is None else panel
+    return features.handler_frame(handler_name, panel, start, end)
+
+
+def build_dataset(cfg: Mapping[str, Any]) -> Dataset:
+    """Features, processors and segments as the config says (Qlib's ``DatasetH``/``TSDatasetH``)."""
+    handler_cfg, dataset_cfg = cfg["handler"], cfg["dataset"]
+    segments = dataset_cfg["segments"]
+    start = handler_cfg.get("start_time") or min(s for s, _ in segments.values())
+    end = handler_cfg.get("end_time") or max(e for _, e in segments.values())
+    frame = handler_input(cfg["data"], handler_cfg["name"], start, end)
     handler = DataHandler(
         frame,
         infer_processors=handler_cfg.get("infer_processors", ()),
@@ -79,8 +89,13 @@ def build_dataset(cfg: Mapping[str, Any]) -> Dataset:
         fit_end_time=handler_cfg.get("fit_end_time"),
     )
     if dataset_cfg.get("class", "Dataset") == "TSDataset":
-        return TSDataset(handler, segments, step_len=dataset_cfg.get("step_len", 30))
+        return TSDataset(handler, segments, step_len=step_len(cfg))
     return Dataset(handler, segments)
+
+
+def step_len(cfg: Mapping[str, Any]) -> int:
+    """A TSDataset config's window length (TSDataset's default when unset)."""
+    return int(cfg["dataset"].get("step_len", 30))
 
 
 def train(cfg: Mapping[str, Any], out_dir: str | Path, *, verbose: bool = True,
@@ -123,6 +138,7 @@ def train(cfg: Mapping[str, Any], out_dir: str | Path, *, verbose: bool = True,
         rundir.settle(plan)
     if on_fitted is not None:
         on_fitted(model)
+    saved_run.write(out, cfg, model, dataset.handler)  # what `qjax predict` loads
     result = model.result
     t_fit = time.perf_counter() - t0 + result.earlier_seconds
 

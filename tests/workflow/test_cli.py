@@ -15,17 +15,11 @@ import pytest
 
 from qjax import cli, workflow
 from qjax import run_config
+from tests.workflow import tiny_run
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = str(REPO / "configs" / "lstm_alpha360.yaml")
-TINY = [
-    "--set", "data.n_instruments=40", "--set", "data.n_days=260",
-    "--set", "handler.fit_end_time=2015-08-31",
-    "--set", "dataset.segments.train=[2015-01-05, 2015-08-31]",
-    "--set", "dataset.segments.valid=[2015-09-01, 2015-10-30]",
-    "--set", "dataset.segments.test=[2015-11-02, 2015-12-31]",
-    "--set", "model.kwargs.hidden_size=16", "--set", "model.kwargs.batch_size=256",
-]
+TINY = tiny_run.set_flags()
 
 
 def test_train_writes_a_complete_run_with_a_positive_test_ic(tmp_path, capsys):
