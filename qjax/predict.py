@@ -10,8 +10,9 @@ the data. Labels are not needed: the last day of the data (tomorrow's forecast) 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import pandas as pd
 

@@ -9,7 +9,8 @@ sections of :mod:`qjax.run_config` and runs :func:`qjax.workflow.train`::
     task.dataset (DatasetH | TSDatasetH) -> dataset (Dataset | TSDataset, segments, step_len)
     task.model (class + module_path)     -> model: {name, kwargs as Qlib passes them}
     task.record: SignalRecord            -> predictions.parquet
-                 SigAnaRecord            -> metrics.json (IC, ICIR, Rank IC, Rank ICIR)
+                 SigAnaRecord            -> metrics.json (IC, ICIR, Rank IC, Rank ICIR;
+                                            ana_long_short, ann_scaler -> signal_analysis)
                  PortAnaRecord(config)   -> backtest (Qlib's port_analysis_config unchanged)
 
 ``market``, ``benchmark``, ``data_handler_config`` and ``port_analysis_config`` at the top level
@@ -139,9 +140,11 @@ def translate(workflow: Mapping[str, Any]) -> dict:
         "model": model,
         "train": {},
     }
-    backtest = _records(task.get("record"))
+    backtest, analysis = _records(task.get("record"))
     if backtest is not None:
         cfg["backtest"] = backtest
+    if analysis is not None:
+        cfg["signal_analysis"] = analysis
     try:
         cfg = run_config.validate(cfg)
     except ConfigError as err:
@@ -295,15 +298,16 @@ def _check_processors(handler: Mapping[str, Any]) -> None:
                 raise ConfigError(f"handler kwargs.{group}: {err}") from err
 
 
-def _records(records: Any) -> dict | None:
-    """Check ``task.record``; return PortAnaRecord's config (the backtest section) or None."""
+def _records(records: Any) -> tuple[dict | None, dict | None]:
+    """Check ``task.record``; return PortAnaRecord's config (the backtest section) and
+    SigAnaRecord's long-short settings (the signal_analysis section), each or None."""
     if records is None:
-        return None
+        return None, None
     if isinstance(records, Mapping):
         records = [records]
     if not isinstance(records, list):
         raise ConfigError("task.record must be a list of records (SignalRecord, ...)")
-    backtest = None
+    backtest = analysis = None
     for k, record in enumerate(records):
         where = f"task.record[{k}]"
         record = _mapping(record, where)
@@ -316,8 +320,7 @@ def _records(records: Any) -> dict | None:
             _no_unknown(kwargs, ("ana_long_short", "ann_scaler", "label_col"),
                         f"{where} (SigAnaRecord) kwargs")
             if kwargs.get("ana_long_short", False):
-                raise ConfigError(f"{where}: SigAnaRecord ana_long_short: true is not supported "
-                                  "yet; set it to false")
+                analysis = {"ana_long_short": True, "ann_scaler": kwargs.get("ann_scaler", 252)}
             if kwargs.get("label_col", 0) != 0:
                 raise ConfigError(f"{where}: SigAnaRecord label_col must be 0 (one label)")
         elif cls == "PortAnaRecord":
@@ -326,7 +329,7 @@ def _records(records: Any) -> dict | None:
         else:
             raise ConfigError(f"{where}: record class {cls!r} is not supported; supported: "
                               "SignalRecord, SigAnaRecord, PortAnaRecord")
-    return backtest
+    return backtest, analysis
 
 
 def _class_name(section: Mapping[str, Any], where: str,

@@ -8,6 +8,7 @@ A run configuration has five sections::
     model:    the registry name and the Qlib wrapper's keyword arguments
     train:    optional: seeds (multi-seed training), resume behaviour
     backtest: optional: Qlib's port_analysis_config (strategy, backtest) run on the test scores
+    signal_analysis: optional: Qlib's SigAnaRecord settings (ana_long_short, ann_scaler)
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import yaml
 
 from qjax.errors import ConfigError
 
-SECTIONS = ("data", "handler", "dataset", "model", "train", "backtest")
+SECTIONS = ("data", "handler", "dataset", "model", "train", "backtest", "signal_analysis")
 REQUIRED = ("data", "handler", "dataset", "model")
 SOURCES = ("generated", "qlib", "csv", "parquet")
 
@@ -63,6 +64,7 @@ HANDLER_KEYS = ("name", "start_time", "end_time", "fit_start_time", "fit_end_tim
 DATASET_KEYS = ("class", "segments", "step_len")
 MODEL_KEYS = ("name", "kwargs")
 TRAIN_KEYS = ("seeds",)
+SIGNAL_ANALYSIS_KEYS = ("ana_long_short", "ann_scaler")  # SigAnaRecord's keyword arguments
 SEGMENT_NAMES = ("train", "valid", "test", "pretrain", "pretrain_validation")
 
 
@@ -207,6 +209,8 @@ def validate(cfg: Mapping[str, Any]) -> dict:
         )
     if seeds is not None and len(set(seeds)) != len(seeds):
         raise ConfigError(f"train.seeds lists a seed twice ({seeds}); each seed trains one replica")
+    if "signal_analysis" in cfg:
+        _check_signal_analysis(cfg["signal_analysis"])
     if "backtest" in cfg:
         from qjax.backtest.record import check_section
 
@@ -215,6 +219,19 @@ def validate(cfg: Mapping[str, Any]) -> dict:
         except (ValueError, TypeError) as err:
             raise ConfigError(f"backtest: {err}") from err
     return cfg
+
+
+def _check_signal_analysis(section: Any) -> None:
+    if not isinstance(section, dict):
+        raise ConfigError("signal_analysis must be a mapping, e.g. {ana_long_short: true}")
+    check_keys("signal_analysis", section, SIGNAL_ANALYSIS_KEYS)
+    if not isinstance(section.get("ana_long_short", False), bool):
+        raise ConfigError(f"signal_analysis.ana_long_short must be true or false, got "
+                          f"{section['ana_long_short']!r}")
+    scaler = section.get("ann_scaler", 252)
+    if isinstance(scaler, bool) or not isinstance(scaler, (int, float)) or not scaler > 0:
+        raise ConfigError(f"signal_analysis.ann_scaler must be a positive number (periods per "
+                          f"year, 252 for daily data), got {scaler!r}")
 
 
 def _check_data(data: Mapping[str, Any], source: str) -> None:

@@ -20,8 +20,9 @@ import json
 import os
 import shutil
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -69,7 +70,7 @@ def write(out: str | os.PathLike, cfg: Mapping[str, Any], model: Any, handler: A
 
     A processor whose state qjax cannot save (a foreign class) leaves a saved_run.json that
     says so, and a warning: the run itself is fine, only ``predict`` will refuse."""
-    from qjax.data.processor_state import UnsavableProcessor, export_processor
+    from qjax.data.processor_state import UnsavableProcessorError, export_processor
     from qjax.train.checkpoint import save_variables
 
     out = Path(out)
@@ -99,7 +100,7 @@ def write(out: str | os.PathLike, cfg: Mapping[str, Any], model: Any, handler: A
                 if fitted:
                     arrays.setdefault("processors", {}).setdefault(stage, {})[str(k)] = fitted
         meta["processors"] = settings
-    except UnsavableProcessor as err:
+    except UnsavableProcessorError as err:
         warnings.warn(f"the run cannot be loaded to predict new dates: {err}", stacklevel=2)
         meta["unsaved"] = str(err)
         arrays = {}

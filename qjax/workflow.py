@@ -8,7 +8,8 @@ This is what ``qjax train CONFIG.yaml`` executes. The run directory receives::
                          (:mod:`qjax.saved_run`)
     checkpoints/         Orbax checkpoints (latest train state, best parameters)
     predictions.parquet  test-segment scores indexed (datetime, instrument)
-    metrics.json         IC, ICIR, Rank IC, Rank ICIR on the test segment, training summary
+    metrics.json         IC, ICIR, Rank IC, Rank ICIR on the test segment (and the long-short
+                         returns with signal_analysis.ana_long_short), training summary
                          (epochs numbered from 1; null where a value is undefined, e.g. IC of
                          a one-instrument universe)
     backtest/            with a ``backtest:`` section: Qlib's report, positions, risk analysis
@@ -146,6 +147,13 @@ def train(cfg: Mapping[str, Any], out_dir: str | Path, *, verbose: bool = True,
     label = dataset.label("test")
     per_seed = scores.to_frame() if isinstance(scores, pd.Series) else scores
     test_metrics = {col: signal_metrics(per_seed[col], label) for col in per_seed.columns}
+    analysis = cfg.get("signal_analysis") or {}
+    if analysis.get("ana_long_short"):  # SigAnaRecord(ana_long_short=True)
+        from qjax.backtest.risk import signal_analysis_long_short
+
+        for col in per_seed.columns:
+            test_metrics[col].update(signal_analysis_long_short(
+                per_seed[col], label, analysis.get("ann_scaler", 252)))
     summary = _summarise(test_metrics)
     stopped = result.early_stopped if result.early_stopped is not None else ()
     metrics = {
@@ -270,11 +278,17 @@ def _compile_seconds(model) -> float:
     return sum(stage.compile_seconds for stage in stages if stage is not None)
 
 
+LONG_SHORT_METRICS = ("Long-Short Ann Return", "Long-Short Ann Sharpe", "Long-Avg Ann Return",
+                      "Long-Avg Ann Sharpe")
+
+
 def format_table(metrics: Mapping[str, Any]) -> str:
     """The short table ``qjax train`` prints."""
     test = metrics["test"]
     rows = [("model", metrics["model"])]
-    for name in ("IC", "ICIR", "Rank IC", "Rank ICIR"):
+    for name in ("IC", "ICIR", "Rank IC", "Rank ICIR", *LONG_SHORT_METRICS):
+        if name not in test:  # long-short metrics only with signal_analysis.ana_long_short
+            continue
         value = _number(test[name])
         if test.get(f"{name} std") is not None:
             value += f" ± {test[f'{name} std']:.4f}"

@@ -20,7 +20,7 @@ from qjax.data.processors import PROCESSORS, Processor, _FittedNorm
 ARRAYS = ("shift", "scale")  # the fitted arrays of a fit-window norm
 
 
-class UnsavableProcessor(ValueError):
+class UnsavableProcessorError(ValueError):
     """A processor whose fitted state qjax cannot write (not one of qjax's classes)."""
 
 
@@ -28,7 +28,7 @@ def export_processor(proc: Processor) -> tuple[dict, dict[str, np.ndarray]]:
     """``(settings, arrays)`` of a fitted processor; :func:`import_processor` inverts it."""
     cls = type(proc)
     if PROCESSORS.get(cls.__name__) is not cls:
-        raise UnsavableProcessor(
+        raise UnsavableProcessorError(
             f"processor {cls.__module__}.{cls.__name__} is not one of qjax's processors, so its "
             f"fitted state cannot be saved; use qjax's {sorted(PROCESSORS)}"
         )
@@ -37,8 +37,9 @@ def export_processor(proc: Processor) -> tuple[dict, dict[str, np.ndarray]]:
     if not isinstance(proc, _FittedNorm):
         return settings, {}
     if proc._shift is None:
-        raise UnsavableProcessor(f"{cls.__name__} has not been fitted, so there is nothing to save")
-    settings["columns"] = [list(_plain(part) for part in col) for col in proc.cols]
+        raise UnsavableProcessorError(
+            f"{cls.__name__} has not been fitted, so there is nothing to save")
+    settings["columns"] = [[_plain(part) for part in col] for col in proc.cols]
     return settings, {"shift": np.asarray(proc._shift), "scale": np.asarray(proc._scale)}
 
 

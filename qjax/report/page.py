@@ -55,7 +55,9 @@ def metric_tables(metrics: Mapping[str, Any]) -> list[str]:
     out = []
     test = metrics.get("test", {})
     rows = []
-    for name in ("IC", "ICIR", "Rank IC", "Rank ICIR"):
+    long_short = ("Long-Short Ann Return", "Long-Short Ann Sharpe", "Long-Avg Ann Return",
+                  "Long-Avg Ann Sharpe")  # with signal_analysis.ana_long_short
+    for name in ("IC", "ICIR", "Rank IC", "Rank ICIR", *long_short):
         if name in test:
             std = test.get(f"{name} std")
             rows.append((name, _fixed(test[name]) + (f" ± {_fixed(std)}" if std is not None

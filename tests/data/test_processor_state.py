@@ -8,15 +8,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from qjax.data import processors as P
+from qjax.data import processors as procs
 from qjax.data.handler import DataHandler
-from qjax.data.processor_state import UnsavableProcessor, export_processor, import_processor
+from qjax.data.processor_state import UnsavableProcessorError, export_processor, import_processor
 from tests.data.test_processors import PARITY_CASES, random_frame
 
 
 @pytest.mark.parametrize("name, kwargs, _", PARITY_CASES)
 def test_a_restored_processor_transforms_new_rows_as_the_fitted_one(seed, name, kwargs, _):
-    proc = P.build_processor({"class": name, "kwargs": kwargs})
+    proc = procs.build_processor({"class": name, "kwargs": kwargs})
     proc.fit(random_frame(seed))
     settings, arrays = export_processor(proc)
     settings = json.loads(json.dumps(settings))  # what saved_run.json holds
@@ -31,25 +31,25 @@ def test_a_restored_processor_transforms_new_rows_as_the_fitted_one(seed, name, 
 
 
 def test_a_norm_keeps_its_fitted_statistics_not_new_ones(seed):
-    fitted = P.RobustZScoreNorm("2020-01-01", "2020-01-08", fields_group="feature")
+    fitted = procs.RobustZScoreNorm("2020-01-01", "2020-01-08", fields_group="feature")
     fitted.fit(random_frame(seed))
     restored = import_processor(*export_processor(fitted))
     other = random_frame(seed + 7) * 10  # refitting on this would move median and scale
-    refit = P.RobustZScoreNorm("2020-01-01", "2020-01-08", fields_group="feature")
+    refit = procs.RobustZScoreNorm("2020-01-01", "2020-01-08", fields_group="feature")
     refit.fit(other)
     assert np.array_equal(restored._shift, fitted._shift)
     assert not np.allclose(refit(other).to_numpy(), restored(other).to_numpy(), equal_nan=True)
 
 
 def test_foreign_or_unfitted_processors_are_refused():
-    class Mine(P.Processor):
+    class Mine(procs.Processor):
         def __call__(self, df):
             return df
 
-    with pytest.raises(UnsavableProcessor, match="not one of qjax's processors"):
+    with pytest.raises(UnsavableProcessorError, match="not one of qjax's processors"):
         export_processor(Mine())
-    with pytest.raises(UnsavableProcessor, match="has not been fitted"):
-        export_processor(P.ZScoreNorm("2020-01-01", "2020-01-08"))
+    with pytest.raises(UnsavableProcessorError, match="has not been fitted"):
+        export_processor(procs.ZScoreNorm("2020-01-01", "2020-01-08"))
 
 
 def test_a_handler_from_fitted_processors_does_not_refit(seed):

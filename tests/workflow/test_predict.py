@@ -197,3 +197,31 @@ def test_bad_data_or_output_paths_are_named(flat_run, tmp_path, capsys):
         assert cli.main(["predict", str(flat_run), "--start", TEST[0], "--end", TEST[1],
                          *extra]) == 2
         assert message in capsys.readouterr().err
+
+
+def test_a_run_with_a_foreign_processor_finishes_but_cannot_predict(flat_run, tmp_path):
+    from types import SimpleNamespace
+
+    from qjax import saved_run
+    from qjax.data.processors import Processor
+
+    class Mine(Processor):  # a user's processor: qjax cannot know its fitted state
+        def __call__(self, df):
+            return df
+
+    saved = qjax.load(flat_run)
+    handler = SimpleNamespace(shared_processors=[], infer_processors=[Mine()])
+    with pytest.warns(UserWarning, match="cannot be loaded to predict"):
+        saved_run.write(tmp_path, saved.config, saved.estimator, handler)
+    with pytest.raises(SavedRunError, match="cannot predict: .*Mine is not one of qjax's"):
+        qjax.load(tmp_path)
+
+
+def test_data_from_a_file_of_daily_bars(flat_run, tmp_path, capsys):
+    bars = tmp_path / "bars.parquet"  # the long table a user exports: one row per date x stock
+    _market(flat_run).reset_index().rename(columns={"datetime": "date"}).to_parquet(bars)
+    out = tmp_path / "scores.parquet"
+    assert cli.main(["predict", str(flat_run), "--start", TEST[0], "--end", TEST[1],
+                     "--data", str(bars), "--out", str(out)]) == 0, capsys.readouterr().err
+    written = pd.read_parquet(out)["score"]
+    np.testing.assert_array_equal(written.to_numpy(), _saved_scores(flat_run).to_numpy())

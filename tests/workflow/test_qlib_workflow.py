@@ -165,7 +165,6 @@ def test_provider_uri_with_a_tilde_is_expanded(tmp_path, monkeypatch, qlib_dir):
         ("task.model.module_path=null;task.dataset.class=TSDatasetH",
          r"SFM takes DatasetH but task.dataset is TSDatasetH"),
         ("task.dataset.kwargs.fillna_type=ffill", r"\['fillna_type'\] not implemented"),
-        ("task.record.1.kwargs.ana_long_short=true", r"ana_long_short"),
         ("qlib_init.region=us", r"region 'us' is not supported"),
         ("port_analysis_config.backtest.verbose=true", r"unsupported key.*verbose"),
     ],
@@ -175,15 +174,22 @@ def test_what_qjax_does_not_implement_is_an_error_naming_it(override, message, q
     if "SFM" in message:  # a flat-only model on windows
         path = next(p for p in YAMLS if p.stem == "workflow_config_sfm_Alpha360")
     raw = qlib_workflow.read(path, tiny(qlib_dir, qlib_workflow.read(path)))
-    if override.startswith("task.record.1."):  # a list index: edit the record directly
-        raw["task"]["record"][1]["kwargs"]["ana_long_short"] = True
-    else:
-        from qjax.run_config import apply_override
+    from qjax.run_config import apply_override
 
-        for item in override.split(";"):
-            apply_override(raw, item)
+    for item in override.split(";"):
+        apply_override(raw, item)
     with pytest.raises(ConfigError, match=message):
         qlib_workflow.translate(raw)
+
+
+def test_sigana_long_short_becomes_the_signal_analysis_section(qlib_dir):
+    path = next(p for p in YAMLS if p.stem == "workflow_config_lstm_Alpha360")
+    raw = qlib_workflow.read(path, tiny(qlib_dir, qlib_workflow.read(path)))
+    record = raw["task"]["record"][1]
+    assert record["class"] == "SigAnaRecord" and "signal_analysis" not in qlib_workflow.translate(raw)
+    record["kwargs"].update(ana_long_short=True, ann_scaler=250)  # a list index: edit directly
+    assert qlib_workflow.translate(raw)["signal_analysis"] == {"ana_long_short": True,
+                                                               "ann_scaler": 250}
 
 
 # One epoch end to end, through `qjax run`: a representative handful always, every other file

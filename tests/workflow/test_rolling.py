@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -268,3 +269,17 @@ def test_qjax_rolling_runs_a_qlib_workflow_file_unchanged(qlib_market, tmp_path,
     assert all(np.isfinite(v) for v in metrics["seven_columns"].values()), metrics
     days = pd.read_parquet(out / "predictions.parquet").index.get_level_values("datetime")
     assert days.min() == pd.Timestamp("2015-11-02") and days.max() == pd.Timestamp("2015-12-29")
+
+
+def test_each_window_loads_and_scores_its_test_days_as_it_did(rolled):
+    # Each window keeps its own model and processors fitted on its own (moved) fit period.
+    import qjax
+
+    cfg, out, metrics, _, _ = rolled
+    for k, window in enumerate(metrics["windows"], 1):
+        saved = qjax.load(out / f"window_{k:04d}")
+        assert saved.processors["infer"][0].fit_end_time == saved.config["handler"]["fit_end_time"]
+        scores = saved.predict(*window["segments"]["test"])
+        expected = pd.read_parquet(out / f"window_{k:04d}" / "predictions.parquet")["score"]
+        assert scores.index.equals(expected.index)
+        np.testing.assert_array_equal(scores.to_numpy(), expected.to_numpy())
