@@ -168,14 +168,21 @@ def _predict(args: argparse.Namespace) -> int:
 
     from qjax import saved_run
     from qjax.errors import QjaxError
+    from qjax.predict import parse_dates
 
-    out = Path(args.out or Path(args.run_dir) / f"predictions_{args.start}_{args.end}.parquet")
+    try:
+        start, end = parse_dates(args.start, args.end)
+    except QjaxError as err:
+        print(f"qjax: {err}", file=sys.stderr)
+        return 2
+    default = f"predictions_{start:%Y-%m-%d}_{end:%Y-%m-%d}.parquet"
+    out = Path(args.out or Path(args.run_dir) / default)
     if not out.name.lower().endswith((".parquet", ".csv")):
         print(f"qjax: --out {str(out)!r} must end in .parquet or .csv", file=sys.stderr)
         return 2
     default_format, warnings.formatwarning = warnings.formatwarning, _one_line_warning
     try:
-        scores = saved_run.load(args.run_dir).predict(args.start, args.end, args.data)
+        scores = saved_run.load(args.run_dir).predict(start, end, args.data)
         frame = scores.to_frame() if isinstance(scores, pd.Series) else scores
         out.parent.mkdir(parents=True, exist_ok=True)
         if out.name.lower().endswith(".csv"):

@@ -124,7 +124,7 @@ def test_qjax_predict_writes_the_scores_from_a_fresh_process(flat_run, tmp_path)
 def test_cli_default_output_is_a_parquet_file_in_the_run(flat_run, tmp_path, capsys):
     run = tmp_path / "copy"
     shutil.copytree(flat_run, run)
-    assert cli.main(["predict", str(run), "--start", "2015-12-01", "--end", "2015-12-04"]) == 0
+    assert cli.main(["predict", str(run), "--start", "2015/12/01", "--end", "2015-12-04"]) == 0
     written = pd.read_parquet(run / "predictions_2015-12-01_2015-12-04.parquet")
     assert sorted(written.index.get_level_values("datetime").unique().day) == [1, 2, 3, 4]
 
