@@ -232,3 +232,14 @@ def test_data_from_a_file_of_daily_bars(flat_run, tmp_path, capsys):
                      "--data", str(bars), "--out", str(out)]) == 0, capsys.readouterr().err
     written = pd.read_parquet(out)["score"]
     np.testing.assert_array_equal(written.to_numpy(), _saved_scores(flat_run).to_numpy())
+
+
+def test_data_from_a_qlib_data_directory(flat_run, tmp_path):
+    """The run's market written in Qlib's binary layout (calendar, instruments/all.txt, float32
+    bins) scores the test segment exactly as the in-memory market did."""
+    from qjax.data.qlib_writer import write_qlib_binary
+
+    root = write_qlib_binary(_market(flat_run), tmp_path / "qlib_data")
+    scores = qjax.load(flat_run).predict(*TEST, data=root)
+    assert scores.index.equals(_saved_scores(flat_run).index)
+    np.testing.assert_array_equal(scores.to_numpy(), _saved_scores(flat_run).to_numpy())
