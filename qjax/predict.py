@@ -74,8 +74,11 @@ def data_source(run_data: Mapping[str, Any], data: Any) -> tuple[dict, pd.DataFr
         names = tuple(data.index.names)
         panel = data if names == ("datetime", "instrument") else load_ohlcv(data)
         return {"source": "dataframe"}, panel
-    else:
+    elif isinstance(data, (str, os.PathLike)):
         data_cfg = _path_source(Path(os.fspath(data)), run_data, run_source)
+    else:
+        raise DataError(f"data must be None (the run's own data), a path or an OHLCV DataFrame, "
+                        f"got {type(data).__name__}")
     if data_cfg.get("source") == "qlib":
         return data_cfg, None
     return data_cfg, load_market(data_cfg)

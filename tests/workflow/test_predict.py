@@ -243,3 +243,8 @@ def test_data_from_a_qlib_data_directory(flat_run, tmp_path):
     scores = qjax.load(flat_run).predict(*TEST, data=root)
     assert scores.index.equals(_saved_scores(flat_run).index)
     np.testing.assert_array_equal(scores.to_numpy(), _saved_scores(flat_run).to_numpy())
+
+
+def test_python_data_of_another_type_is_named(flat_run):
+    with pytest.raises(DataError, match="data must be None .* got dict"):
+        qjax.load(flat_run).predict(*TEST, data={"source": "generated"})
