@@ -65,6 +65,26 @@ def main(argv: list[str] | None = None) -> int:
     predict.add_argument("--out", metavar="FILE", help="where to write the scores, .parquet or "
                          ".csv (default: RUN_DIR/predictions_D1_D2.parquet)")
 
+    sweep = commands.add_parser("sweep", help="train every combination of --grid values as "
+                                "independent fits (Ray tasks where Ray is installed); one table")
+    sweep.add_argument("config", help="a qjax config or Qlib workflow YAML")
+    sweep.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
+                       help="values to sweep for one config key, e.g. --grid model.kwargs.lr="
+                       "1e-3,5e-4 (repeatable: the sweep runs their product)")
+    sweep.add_argument("--seeds", type=_positive_int, metavar="N", help="seeds 0..N-1 per "
+                       "setting, trained as replicas of one program (default: the config's)")
+    sweep.add_argument("--set", dest="overrides", action="append", default=[],
+                       metavar="KEY=VALUE", help="override a config value for every setting")
+    sweep.add_argument("--out", help="output directory (default: runs/<config name>-sweep)")
+    sweep.add_argument("--address", help="a Ray cluster's address (default: a local Ray instance)")
+    sweep.add_argument("--no-ray", action="store_true",
+                       help="run the fits one after another in this process")
+    sweep.add_argument("--quiet", action="store_true", help="no progress bar")
+    sweep.add_argument("--compilation-cache", metavar="DIR", default=train.get_default(
+        "compilation_cache"), help="as for train")
+    sweep.add_argument("--cpu-devices", metavar="N", type=_positive_int, default=None,
+                       help="as for train")
+
     commands.add_parser("models", help="list the model names")
     report = commands.add_parser("report", help="rebuild a run's report.html and report/*.png")
     report.add_argument("run_dir", help="the --out directory of a finished `qjax train` run")
@@ -81,13 +101,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "predict":
         return _predict(args)
 
-    try:
-        from qjax.qlib_workflow import load_any
-
-        cfg = load_any(args.config, args.overrides)
-    except run_config.ConfigError as err:
-        print(f"qjax: config error: {err}", file=sys.stderr)
-        return 2
     if args.cpu_devices is not None:
         try:
             set_cpu_devices(args.cpu_devices)
@@ -95,6 +108,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"qjax: {err}", file=sys.stderr)
             return 2
     use_compilation_cache(args.compilation_cache)
+    if args.command == "sweep":
+        return _sweep(args)
+
+    try:
+        from qjax.qlib_workflow import load_any
+
+        cfg = load_any(args.config, args.overrides)
+    except run_config.ConfigError as err:
+        print(f"qjax: config error: {err}", file=sys.stderr)
+        return 2
     if args.command == "rolling":
         from qjax.rolling import main as rolling_main
 
@@ -141,6 +164,33 @@ def _train(cfg: dict, out: Path, args: argparse.Namespace) -> int:
         warnings.formatwarning = default_format
     print(workflow.format_table(metrics))
     print(f"run directory: {out}")
+    return 0
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    """``qjax sweep``: exit 2 on bad input (before any fit), 1 when a fit fails, 130 on Ctrl-C."""
+    from qjax.errors import QjaxError, TrainingDiverged
+    from qjax.sweep import sweep
+
+    if args.no_ray and args.address:
+        print("qjax: --no-ray and --address contradict each other; drop one", file=sys.stderr)
+        return 2
+    out = Path(args.out or Path("runs") / f"{Path(args.config).stem}-sweep")
+    try:
+        sweep(args.config, args.grid, out, seeds=args.seeds, overrides=args.overrides,
+              use_ray=False if args.no_ray else None, address=args.address,
+              verbose=not args.quiet)
+    except KeyboardInterrupt:
+        print("\nqjax: interrupted; run the same command again to resume the sweep",
+              file=sys.stderr)
+        return 130
+    except TrainingDiverged as err:
+        print(f"qjax: a fit stopped: {err}", file=sys.stderr)
+        return 1
+    except (QjaxError, ValueError, KeyError, TypeError, FileNotFoundError) as err:
+        print(f"qjax: {type(err).__name__}: {err}", file=sys.stderr)
+        return 2
+    print((out / "sweep.md").read_text())
     return 0
 
 

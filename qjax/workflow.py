@@ -111,11 +111,7 @@ def train(cfg: Mapping[str, Any], out_dir: str | Path, *, verbose: bool = True,
     ``init_variables`` warm-starts the model (see ``Estimator.fit``); ``on_fitted(model)`` is
     called with the fitted estimator (``qjax rolling`` keeps its best variables).
     """
-    cfg = run_config.validate(cfg)
-    if "test" not in cfg["dataset"]["segments"]:
-        raise run_config.ConfigError("dataset.segments needs a 'test' segment: the run scores it")
-    _warn_about_look_ahead(cfg)
-    model = estimator(cfg["model"]["name"], **_model_kwargs(cfg))  # checks the keywords
+    cfg, model = checked(cfg)
     plan = rundir.plan(out_dir, cfg, overwrite)
     out = plan.out
     checkpoint_dir = out / "checkpoints"
@@ -183,6 +179,15 @@ def train(cfg: Mapping[str, Any], out_dir: str | Path, *, verbose: bool = True,
     save_report_inputs(out, evals, label)
     write_report(out)
     return _json_safe(metrics)
+
+
+def checked(cfg: Mapping[str, Any]) -> tuple[dict, Any]:
+    """The validated config and its (unfitted) estimator: every check that needs no data."""
+    cfg = run_config.validate(cfg)
+    if "test" not in cfg["dataset"]["segments"]:
+        raise run_config.ConfigError("dataset.segments needs a 'test' segment: the run scores it")
+    _warn_about_look_ahead(cfg)
+    return cfg, estimator(cfg["model"]["name"], **_model_kwargs(cfg))  # checks the keywords
 
 
 def _warn_about_look_ahead(cfg: Mapping[str, Any]) -> None:
