@@ -28,7 +28,8 @@ import os
 import re
 import sys
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 from qjax.errors import ConfigError
 
@@ -95,7 +96,8 @@ def plan(config: str | Path, grid: Sequence[tuple[str, list[str]]], seeds: int |
     from qjax.workflow import checked
 
     if seeds is not None and seeds < 1:
-        raise ConfigError(f"--seeds {seeds}: give the number of seeds, at least 1 (e.g. --seeds 20)")
+        raise ConfigError(f"--seeds {seeds}: give the number of seeds, at least 1 "
+                          "(e.g. --seeds 20)")
     seed_override = [f"train.seeds=[{', '.join(map(str, range(seeds)))}]"] if seeds else []
     keys = [key for key, _ in grid]
     fits = []
@@ -181,7 +183,7 @@ def summary_rows(fits: Sequence[Fit], results: Sequence[dict]) -> list[dict]:
     """One row per setting: its values and each test metric's mean and std over seeds."""
     rows = []
     for fit, metrics in zip(fits, results):
-        row: dict[str, Any] = {key: value for key, value in fit.setting}
+        row: dict[str, Any] = dict(fit.setting)
         row["seeds"] = len(metrics.get("test_per_seed") or {}) or 1
         row["run"] = fit.out.name
         test = metrics["test"]

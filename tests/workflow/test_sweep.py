@@ -1,4 +1,4 @@
-"""``qjax sweep``: grids, validation before any fit, the table, Ray tasks equal to in-process fits."""
+"""``qjax sweep``: grids, checks before any fit, the table, Ray tasks equal to in-process fits."""
 
 from __future__ import annotations
 
@@ -25,10 +25,10 @@ GRID = ["model.kwargs.lr=1e-3,3e-3"]
 
 
 def test_grid_values_split_at_commas_outside_brackets():
-    grid = parse_grid(["model.kwargs.lr=1e-3, 5e-4", "dataset.segments.test=[2015-11-02, 2015-11-30],"
-                       "[2015-12-01, 2015-12-31]", "model.name=lstm"])
-    assert grid == [("model.kwargs.lr", ["1e-3", "5e-4"]),
-                    ("dataset.segments.test", ["[2015-11-02, 2015-11-30]", "[2015-12-01, 2015-12-31]"]),
+    months = ["[2015-11-02, 2015-11-30]", "[2015-12-01, 2015-12-31]"]
+    grid = parse_grid(["model.kwargs.lr=1e-3, 5e-4", "dataset.segments.test=" + ",".join(months),
+                       "model.name=lstm"])
+    assert grid == [("model.kwargs.lr", ["1e-3", "5e-4"]), ("dataset.segments.test", months),
                     ("model.name", ["lstm"])]
 
 
