@@ -27,8 +27,8 @@ import math
 import os
 import re
 import sys
-from pathlib import Path
 from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 from qjax.errors import ConfigError
