@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from qjax import run_config
+from qjax import run_config, runlock
 
 RTYPES = ("sliding", "expanding")
 PLAN_FILE = "rolling.json"
@@ -277,10 +277,10 @@ def run(cfg: Mapping[str, Any], out_dir: str | Path, *, step: int, rtype: str = 
     the metrics written to ``out_dir/metrics.json``. Bad input raises before any training."""
     from qjax import workflow
     from qjax.estimators import estimator
-    from qjax.train.metrics import signal_metrics
 
     cfg = run_config.validate(cfg)
     estimator(cfg["model"]["name"], **workflow._model_kwargs(cfg))  # checks the keywords
+    workflow.check_segments_inside_handler(cfg)
     calendar = trading_calendar(cfg["data"])
     windows = plan_windows(cfg["dataset"]["segments"], calendar, step, rtype, trunc_days)
     configs = [window_config(cfg, w, calendar, k * step, rtype) for k, w in enumerate(windows)]
@@ -288,6 +288,19 @@ def run(cfg: Mapping[str, Any], out_dir: str | Path, *, step: int, rtype: str = 
     plan = {"config": cfg, "step": int(step), "rtype": rtype, "warm_start": bool(warm),
             "trunc_days": trunc_days, "windows": windows}
     _check_out(out, plan)
+    with runlock.exclusive(out, "qjax rolling"):  # one process per output directory
+        _check_out(out, plan)  # again under the lock: a run that held it may have changed it
+        return _roll(cfg, out, plan, windows, configs, verbose=verbose, log=log)
+
+
+def _roll(cfg: Mapping[str, Any], out: Path, plan: Mapping[str, Any], windows: list,
+          configs: list, *, verbose: bool, log: Callable[[str], None]) -> dict:
+    """:func:`run` once the request and ``out`` are checked and ``out`` is locked."""
+    from qjax import workflow
+    from qjax.train.metrics import signal_metrics
+
+    step, rtype, warm = plan["step"], plan["rtype"], plan["warm_start"]
+    trunc_days = plan["trunc_days"]
     out.mkdir(parents=True, exist_ok=True)
     (out / PLAN_FILE).write_text(json.dumps(plan, indent=2, default=str) + "\n")
     _listen_to_compiles()

@@ -16,7 +16,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Mapping
 
-from qjax import run_config
+from qjax import run_config, runlock
 from qjax.errors import RunDirError
 
 MARKER = ".qjax-run"
@@ -53,7 +53,7 @@ def plan(out: str | os.PathLike, cfg: Mapping[str, Any], overwrite: bool) -> Pla
         _check_creatable(out)
         return Plan(out, "create")
     _check_writable(out)
-    entries = [p for p in out.iterdir()]
+    entries = [p for p in out.iterdir() if p.name != runlock.INSIDE]  # a killed run's lock
     if not entries:
         return Plan(out, "create")
     saved = out / "config.yaml"

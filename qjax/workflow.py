@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 
 from qjax import run_config
-from qjax import rundir
+from qjax import rundir, runlock
 from qjax import saved_run
 from qjax.data.checks import nonfinite_report, reject_infinite
 from qjax.data.dataset import Dataset, TSDataset
@@ -107,12 +107,24 @@ def train(cfg: Mapping[str, Any], out_dir: str | Path, *, verbose: bool = True,
     Everything that can be checked is checked before the output directory is touched and
     before training: the config's keys, the model's keywords, ``out_dir`` (see
     :mod:`qjax.rundir`), every segment against the data, inf in the training data.
-    ``overwrite`` replaces a previous qjax run in ``out_dir`` (only after those checks).
+    ``overwrite`` replaces a previous qjax run in ``out_dir`` (only after those checks). While
+    it runs, ``out_dir`` is locked (:mod:`qjax.runlock`): a second process raises
+    :class:`~qjax.errors.RunDirError` at once instead of mixing its checkpoints in.
     ``init_variables`` warm-starts the model (see ``Estimator.fit``); ``on_fitted(model)`` is
     called with the fitted estimator (``qjax rolling`` keeps its best variables).
     """
     cfg, model = checked(cfg)
-    plan = rundir.plan(out_dir, cfg, overwrite)
+    rundir.plan(out_dir, cfg, overwrite)  # checks the directory (writes nothing)
+    with runlock.exclusive(out_dir):  # one process per run directory
+        # Planned again under the lock: a run that held it may have changed the directory.
+        plan = rundir.plan(out_dir, cfg, overwrite)
+        return _run(cfg, model, plan, verbose=verbose, init_variables=init_variables,
+                    on_fitted=on_fitted)
+
+
+def _run(cfg: dict, model: Any, plan: rundir.Plan, *, verbose: bool,
+         init_variables: Callable | None, on_fitted: Callable[[Any], None] | None) -> dict:
+    """:func:`train` once the config, the model's keywords and the directory are checked."""
     out = plan.out
     checkpoint_dir = out / "checkpoints"
 
@@ -120,6 +132,7 @@ def train(cfg: Mapping[str, Any], out_dir: str | Path, *, verbose: bool = True,
     dataset = build_dataset(cfg)
     check_dataset(dataset)
     model.preflight(dataset)
+    model.check_inputs(dataset, "test")  # fit checks train and valid; this one is scored later
     t_data = time.perf_counter() - t0
     rundir.prepare(plan, cfg)
 
@@ -186,14 +199,45 @@ def checked(cfg: Mapping[str, Any]) -> tuple[dict, Any]:
     cfg = run_config.validate(cfg)
     if "test" not in cfg["dataset"]["segments"]:
         raise run_config.ConfigError("dataset.segments needs a 'test' segment: the run scores it")
+    check_segments_inside_handler(cfg)
     _warn_about_look_ahead(cfg)
     return cfg, estimator(cfg["model"]["name"], **_model_kwargs(cfg))  # checks the keywords
 
 
+def check_segments_inside_handler(cfg: Mapping[str, Any]) -> None:
+    """A segment reaching past ``handler.start_time``/``end_time`` would be cut silently to the
+    handler's dates (the metrics then cover fewer days than the config says)."""
+    handler = cfg["handler"]
+    first, last = handler.get("start_time"), handler.get("end_time")
+    for name, (start, end) in cfg["dataset"]["segments"].items():
+        if first is not None and pd.Timestamp(start) < pd.Timestamp(first):
+            raise run_config.ConfigError(
+                f"dataset.segments.{name} starts {start}, before handler.start_time {first}: "
+                "the handler loads no data before it, so the segment would silently start "
+                "later; move handler.start_time back or the segment's start forward")
+        if last is not None and pd.Timestamp(end) > pd.Timestamp(last):
+            raise run_config.ConfigError(
+                f"dataset.segments.{name} ends {end}, after handler.end_time {last}: the "
+                "handler loads no data after it, so the segment would silently end earlier; "
+                "move handler.end_time forward or end the segment earlier")
+
+
 def _warn_about_look_ahead(cfg: Mapping[str, Any]) -> None:
-    """Processors fitted on dates after the train segment see validation or test data."""
+    """Processors fitted on dates after the train segment see validation or test data; a test
+    segment before the train segment is scored by a model that learned from its future."""
     fit_end = cfg["handler"].get("fit_end_time")
-    train_end = cfg["dataset"]["segments"]["train"][1]
+    train_start, train_end = cfg["dataset"]["segments"]["train"]
+    test_start, test_end = cfg["dataset"]["segments"]["test"]
+    if pd.Timestamp(test_end) < pd.Timestamp(train_start):
+        warnings.warn(
+            f"the test segment ({test_start}..{test_end}) ends before the train segment starts "
+            f"({train_start}): the model learns from data after the days it is scored on, a "
+            "look-ahead that flatters the test metrics; put the test segment after train and "
+            "valid",
+            stacklevel=3,
+        )
+    if pd.Timestamp(train_start) > pd.Timestamp(train_end):
+        return  # a reversed segment: its own error follows
     if fit_end is not None and pd.Timestamp(fit_end) > pd.Timestamp(train_end):
         warnings.warn(
             f"handler.fit_end_time {fit_end} is after the train segment's end {train_end}: the "
@@ -206,6 +250,8 @@ def _warn_about_look_ahead(cfg: Mapping[str, Any]) -> None:
 def check_dataset(dataset: Dataset) -> None:
     """Before any training: every segment has rows in the data it is read from, the training
     data holds no inf, and the test segment has several instruments per day (IC needs them)."""
+    if isinstance(dataset, TSDataset):
+        dataset.check_step_len()
     test = None
     for name in dataset.segments:
         if name == "test":  # predicted from the inference data, scored on the raw labels
