@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
+from qjax.data.checks import check_model_inputs
 from qjax.data.dataset import Dataset, TSDataset
 from qjax.data.samples import Samples
 from qjax.model_checks import check_flat_layout, check_model_kwargs
@@ -135,6 +136,14 @@ class Estimator:
         spec.module_kwargs(kw, is_ts)
         TrainConfig(**spec.train_config_fields(kw))
 
+    def check_inputs(self, dataset: Dataset, segment: str = "test",
+                     data_key: str = "infer") -> None:
+        """Build ``segment``'s inputs as ``predict`` will and raise :class:`DataError` if they
+        hold NaN/inf: run before training, so that a segment the model could not score stops
+        the run before the training time is spent (``fit`` checks its own segments)."""
+        kw = self.spec.resolve(self.user_kwargs, _is_ts(dataset))
+        _samples(self.spec, kw, dataset, segment, data_key, label=False)
+
     def predict(self, dataset: Dataset, segment: str = "test") -> pd.Series | pd.DataFrame:
         """Predictions indexed (datetime, instrument): a Series, or one column per seed."""
         self._require_fit()
@@ -210,7 +219,9 @@ def _samples(
                 f"reweighter returned {weights.shape[0]} weights for {samples.size} samples"
             )
         samples = samples.replace(weights=jnp.asarray(weights))
-    return spec.samples(kw, segment, samples, index), index
+    samples = spec.samples(kw, segment, samples, index)  # the model's own NaN fill, if any
+    check_model_inputs(samples, segment, data_key, _feature_names(dataset))
+    return samples, index
 
 
 def _is_ts(dataset) -> bool:

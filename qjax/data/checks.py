@@ -1,7 +1,9 @@
 """Where a dataset holds values a model cannot train on: NaN and inf, per segment and column.
 
-Used before training (inf is never trainable: the NaN-masked losses skip NaN labels, not inf)
-and after a training loss turned NaN, to name the cause instead of "loss is NaN".
+Used before training (inf is never trainable: the NaN-masked losses skip NaN labels, not inf;
+a NaN feature makes the loss NaN) and after a training loss turned NaN, to name the cause
+instead of "loss is NaN". :func:`check_model_inputs` is the one check of the features a model
+reads, for flat rows and for windows alike.
 """
 
 from __future__ import annotations
@@ -11,7 +13,12 @@ from typing import Any, Iterable
 import numpy as np
 import pandas as pd
 
+from qjax.data.samples import Samples
 from qjax.errors import DataError
+
+FILLNA_FIX = ("add a Fillna processor for NaN features (handler.infer_processors: "
+              "- {class: Fillna, kwargs: {fields_group: feature}}), replace inf in the data, "
+              "or drop those columns")
 
 
 def nonfinite_columns(frame: pd.DataFrame) -> dict[str, tuple[int, int]]:
@@ -82,3 +89,58 @@ def reject_infinite(dataset: Any, segments: Iterable[str] = ("train", "valid")) 
             + "; ".join(lines)
             + ". Replace them with NaN (and add a Fillna processor for features) or drop the rows"
         )
+
+
+def _model_input_values(samples: Samples) -> tuple[np.ndarray, np.ndarray | None]:
+    """The values a model reads from ``samples`` as a host array [..., F], and for windows the
+    mask [days, instruments] of the present rows among them (None: every row counts)."""
+    features = samples.features
+    take = getattr(samples.take, "base", samples.take)  # under keyword inputs (HIST's concepts)
+    if isinstance(features, tuple):
+        features = features[0]
+    if isinstance(features, dict) and "panel" in features:
+        start = np.asarray(features["start"])
+        lo, hi = int(start.min()), int(start.max()) + int(take.step_len)
+        # Absent days are NaN rows filled by the windows' fill rule: only present rows count.
+        return np.asarray(features["panel"])[lo:hi], np.asarray(features["valid"])[lo:hi]
+    return np.asarray(features).reshape(samples.size, -1), None
+
+
+def input_nonfinite_counts(samples: Samples) -> tuple[np.ndarray, np.ndarray]:
+    """Per feature column, the NaN and the inf count among the values the model reads from
+    ``samples``: a flat segment's [n, F] rows, or the present panel rows its windows reach."""
+    values, present = _model_input_values(samples)
+    nan, inf = np.isnan(values), np.isinf(values)
+    if present is not None:
+        nan, inf = nan & present[..., None], inf & present[..., None]
+    axes = tuple(range(values.ndim - 1))
+    return nan.sum(axis=axes), inf.sum(axis=axes)
+
+
+def _all_finite(samples: Samples) -> bool:
+    """One pass on the host (a view of a CPU device array, no copy): the common case."""
+    values, present = _model_input_values(samples)
+    if present is None:
+        return bool(np.isfinite(values).all())
+    return bool((np.isfinite(values).all(axis=-1) | ~present).all())
+
+
+def check_model_inputs(samples: Samples, segment: str, data_key: str,
+                       names: list[str] | None = None, limit: int = 6) -> None:
+    """Raise :class:`DataError` naming the columns if the model's inputs of ``segment`` hold NaN
+    or inf: a NaN input makes the loss (training) or the score (prediction) NaN."""
+    if samples.size == 0 or _all_finite(samples):
+        return
+    n_nan, n_inf = input_nonfinite_counts(samples)
+    bad = np.flatnonzero((n_nan > 0) | (n_inf > 0))
+    if not len(bad):
+        return
+    if names is None or len(names) != len(n_nan):
+        names = [f"column {k}" for k in range(len(n_nan))]
+    shown = [f"{names[k]} ({_counts(int(n_nan[k]), int(n_inf[k]))})" for k in bad[:limit]]
+    more = f" and {len(bad) - limit} more columns" if len(bad) > limit else ""
+    raise DataError(
+        f"segment {segment!r}: the model's input features hold NaN/inf that the processors "
+        f"leave in the {data_key!r} data: {', '.join(shown)}{more}. A NaN input makes the "
+        f"model's output NaN; {FILLNA_FIX}"
+    )

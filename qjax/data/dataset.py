@@ -115,6 +115,13 @@ class Dataset:
                 "prices, so the last days of the data have none); end the segment earlier or "
                 "check the label"
             )
+        dates = data.index.get_level_values("datetime")
+        if len(dates) and start <= dates.max() and end >= dates.min() and what == "rows":
+            return DataError(  # inside the data's span, but between its trading days
+                f"segment {name!r} ({start.date()}..{end.date()}) holds no trading day of the "
+                f"{data_key!r} data ({_date_range(data)}): a weekend or holiday? Widen the "
+                "segment to include trading days"
+            )
         return DataError(
             f"segment {name!r} ({start.date()}..{end.date()}) has no {what} in the {data_key!r} "
             f"data, which spans {_date_range(data)}; move the segment into the data's range"
@@ -195,8 +202,18 @@ class TSDataset(Dataset):
         cal = self.calendar
         return cal[max(0, bisect.bisect_left(cal, start) - self.step_len)]
 
+    def check_step_len(self) -> None:
+        """A window longer than the data is mostly padding, and slow to train on."""
+        if self.step_len > len(self.calendar):
+            raise DataError(
+                f"step_len={self.step_len} is longer than the data's {len(self.calendar)} "
+                "trading days, so no window holds that much history; set dataset.step_len to a "
+                "window length such as Qlib's 20 or 60 days"
+            )
+
     def _prepare_one(self, name: str, col_set: Any, data_key: str) -> WindowSampler:
         start, end = self._segment(name)
+        self.check_step_len()
         history = slice(self._extended_start(start), end)
         data = self.handler.fetch(history, level="datetime", col_set=col_set, data_key=data_key)
         flt_data = None

@@ -80,3 +80,62 @@ def test_a_mistyped_processor_or_argument_suggests_the_name():
         build_processor({"class": "DropnaLabl"})
     with pytest.raises(TypeError, match=r"\['fields_grop'\] \(did you mean 'fields_group'\?\)"):
         build_processor({"class": "Fillna", "kwargs": {"fields_grop": "feature"}})
+
+
+# -- NaN/inf in the model's inputs: one check for flat rows and windows -------------------------
+
+@pytest.mark.parametrize("kind", [Dataset, TSDataset])
+@pytest.mark.parametrize("segment", ["train", "valid"])
+def test_nan_or_inf_features_stop_fit_before_training_naming_segment_and_column(
+        kind, segment, seed, monkeypatch):
+    from qjax.estimators import estimator
+    from qjax.train import engine
+
+    data = frame(seed)
+    days = data.index.get_level_values("datetime")
+    rows = np.flatnonzero((days >= pd.Timestamp(SEGMENTS[segment][0]))
+                          & (days <= pd.Timestamp(SEGMENTS[segment][1])))
+    data.iloc[rows[4], 1] = np.nan  # f2
+    data.iloc[rows[7], 1] = np.nan
+    data.iloc[rows[5], 0] = -np.inf  # f1
+    args = {"step_len": 3} if kind is TSDataset else {}
+    dataset = kind(DataHandler(data), SEGMENTS, **args)
+    monkeypatch.setattr(engine, "_run_epoch", lambda *a, **k: pytest.fail("training started"))
+    model = estimator("gru", d_feat=2, hidden_size=4, n_epochs=1, batch_size=8)
+    with pytest.raises(DataError, match=rf"segment '{segment}': the model's input features hold "
+                       rf"NaN/inf .* 'learn' data: f1 \(1 inf\), f2 \(2 NaN\)\. .*add a Fillna"):
+        model.fit(dataset, verbose=False)
+
+
+@pytest.mark.parametrize("kind", [Dataset, TSDataset])
+def test_nan_in_the_test_features_is_found_before_training(kind, seed):
+    from qjax.estimators import estimator
+
+    data = frame(seed)
+    data.iloc[-2, 0] = np.nan  # f1 on the last (a test) day
+    args = {"step_len": 3} if kind is TSDataset else {}
+    model = estimator("gru", d_feat=2, hidden_size=4, n_epochs=1, batch_size=8)
+    with pytest.raises(DataError, match=r"segment 'test': .* 'infer' data: f1 \(1 NaN\)\."):
+        model.check_inputs(kind(DataHandler(data), SEGMENTS, **args), "test")
+    model.check_inputs(kind(DataHandler(frame(seed)), SEGMENTS, **args), "test")  # clean: quiet
+
+
+def test_window_inputs_count_only_the_rows_the_windows_read(seed):
+    from qjax.data.checks import input_nonfinite_counts
+
+    data = frame(seed)
+    valid_start = pd.Timestamp(SEGMENTS["valid"][0])
+    days = sorted(set(data.index.get_level_values("datetime")))
+    k = days.index(valid_start)
+    # Two days before the valid start: read by its first window (step_len 3) but not a valid row.
+    data.loc[(days[k - 2], "A"), ("feature", "f1")] = np.nan
+    # Three days before: fetched with the segment (Qlib fetches step_len days of history, one
+    # more than a window needs), but no window reaches it.
+    data.loc[(days[k - 3], "B"), ("feature", "f2")] = np.nan
+    dataset = TSDataset(DataHandler(data), SEGMENTS, step_len=3)
+    samples, _ = dataset.samples("valid")
+    n_nan, n_inf = input_nonfinite_counts(samples)
+    assert n_nan.tolist() == [1, 0] and n_inf.tolist() == [0, 0]
+    # Flat rows have no history: the valid segment's own rows are clean.
+    flat, _ = Dataset(DataHandler(data), SEGMENTS).samples("valid")
+    assert [c.tolist() for c in input_nonfinite_counts(flat)] == [[0, 0], [0, 0]]
