@@ -112,7 +112,7 @@ def load_any(path: str | Path, overrides: Sequence[str] = ()) -> dict:
     path = Path(path)
     if path.is_file():
         try:
-            raw = run_config.parse_yaml(path.read_text())
+            raw = run_config.parse_yaml(run_config.read_config_text(path))
         except yaml.YAMLError:
             raw = None  # run_config.load reports it
         if is_qlib_workflow(raw):

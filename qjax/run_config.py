@@ -48,7 +48,23 @@ _Loader.add_implicit_resolver(
 
 
 def parse_yaml(text: str):
-    return yaml.load(text, Loader=_Loader)
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except (ValueError, OverflowError) as err:  # YAML reads 2015-02-30 as a date, then fails
+        raise yaml.constructor.ConstructorError(
+            problem=f"{err}: a value that YAML reads as a date is not a valid date") from err
+
+
+def read_config_text(path: Path) -> str:
+    """The text of a config file; :class:`ConfigError` if it cannot be read as UTF-8 text."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path} is not a text file (byte {err.start} is not UTF-8); give a "
+                          "YAML config file, e.g. configs/lstm_alpha360.yaml") from err
+    except OSError as err:
+        raise ConfigError(f"cannot read the config file {path}: {err.strerror or err}; check "
+                          "its permissions") from err
 
 
 # The keys each section reads. A key no code reads is an error (a typo would otherwise run
@@ -97,7 +113,7 @@ def load(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> dict:
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist; see configs/ for examples")
     try:
-        cfg = parse_yaml(path.read_text())
+        cfg = parse_yaml(read_config_text(path))
     except yaml.YAMLError as err:
         raise ConfigError(f"{path} is not valid YAML: {err}") from err
     if not isinstance(cfg, dict):

@@ -19,7 +19,7 @@ so the frames share unchanged column blocks instead of being copied; a foreign p
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pandas as pd
@@ -124,6 +124,13 @@ class DataHandler:
         self.fit_end_time = fit_end_time
 
         def build(specs: Sequence[Any], kind: str) -> list[Processor]:
+            if specs is None:  # an empty YAML entry ("infer_processors:")
+                specs = ()
+            if isinstance(specs, (str, Mapping)) or not isinstance(specs, Sequence):
+                raise DataError(
+                    f"{kind} must be a list of processors, e.g. [{{class: Fillna, kwargs: "
+                    f"{{fields_group: feature}}}}], got {specs!r}; put a single one in a list"
+                )
             procs = [build_processor(spec, fit_start_time, fit_end_time) for spec in specs]
             for proc in procs:
                 if kind != "learn_processors" and not proc.is_for_infer():

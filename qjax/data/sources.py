@@ -91,10 +91,13 @@ def _read(source) -> pd.DataFrame:
         raise TypeError(f"source must be a DataFrame or a file path, got {type(source).__name__}")
     path = Path(source)
     name = path.name.lower()
+    if path.is_dir():
+        raise DataError(f"data.path {str(path)!r} is a directory; give one .csv or .parquet file "
+                        "of OHLCV rows (date, instrument, open, high, low, close, volume)")
     if name.endswith(_CSV_SUFFIXES):
-        reader = pd.read_csv
+        reader, kind = pd.read_csv, "CSV"
     elif name.endswith(_PARQUET_SUFFIXES):
-        reader = pd.read_parquet
+        reader, kind = pd.read_parquet, "Parquet"
     else:
         raise DataError(
             f"unknown file type for {path.name!r}: load_ohlcv reads {', '.join(_CSV_SUFFIXES)} and "
@@ -103,7 +106,11 @@ def _read(source) -> pd.DataFrame:
         )
     if not path.is_file():
         raise FileNotFoundError(f"no such OHLCV file: {path}")
-    return reader(path)
+    try:
+        return reader(path)
+    except (ValueError, OSError) as err:  # empty, truncated or another format (pandas, arrow)
+        raise DataError(f"cannot read {str(path)!r} as a {kind} file: {str(err).rstrip('.')}. Check that it is "
+                        f"a complete {kind} file of OHLCV rows with a header") from err
 
 
 def _rename(frame: pd.DataFrame, column_map: Mapping[str, str] | None) -> pd.DataFrame:

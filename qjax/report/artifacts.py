@@ -56,8 +56,35 @@ def save_report_inputs(out_dir: str | Path, evals: Mapping[str, Any], label: pd.
     (out / EVALS_FILE).write_text(json.dumps(payload, allow_nan=False) + "\n")
 
 
+REWRITE = ("run the same `qjax train` command again to rewrite the run's outputs (its "
+           "checkpoints are reused, nothing is retrained)")
+
+
+class DamagedRunFileError(ValueError):
+    """A run file that exists but cannot be read (edited, truncated, of another kind)."""
+
+
+def _read(path: Path, reader, kind: type | None = None, fix: str = REWRITE):
+    """``reader(path)``, or :class:`DamagedRunFileError` naming the file, the cause and ``fix``."""
+    try:
+        value = reader(path)
+    except Exception as err:  # json, YAML, pandas and arrow each raise their own kinds
+        raise DamagedRunFileError(f"{path} cannot be read ({type(err).__name__}: "
+                             f"{' '.join(str(err).split())}); {fix}") from err
+    if kind is not None and not isinstance(value, kind):
+        raise DamagedRunFileError(f"{path} holds a {type(value).__name__}, not a "
+                             f"{kind.__name__}; {fix}")
+    return value
+
+
+def _json(path: Path) -> Any:
+    return json.loads(path.read_text())
+
+
 def load_run(run_dir: str | Path) -> RunArtifacts:
-    """Read a run directory (raises FileNotFoundError naming the missing file and the fix)."""
+    """Read a run directory. Raises FileNotFoundError naming a missing file, and
+    :class:`DamagedRunFileError` naming one that cannot be read, with the fix; an unreadable
+    optional file (config, labels, per-epoch scores) only leaves its part out, with a note."""
     from qjax import run_config
 
     run = Path(run_dir)
@@ -69,27 +96,40 @@ def load_run(run_dir: str | Path) -> RunArtifacts:
             raise FileNotFoundError(f"{run / name} is missing: {run} is not a finished run "
                                     "(run `qjax train` to completion first)")
     notes = []
-    cfg = run_config.parse_yaml((run / "config.yaml").read_text())
-    scores = pd.read_parquet(run / "predictions.parquet")
+
+    def optional(path: Path, reader, kind: type, what: str):
+        try:
+            return _read(path, reader, kind)
+        except DamagedRunFileError as err:
+            notes.append(f"{what} left out: {err}")
+            return None
+
+    cfg = optional(run / "config.yaml", lambda p: run_config.parse_yaml(p.read_text()), dict,
+                   "the configuration in the title") or {}
+    metrics = _read(run / "metrics.json", _json, dict)
+    scores = _read(run / "predictions.parquet", pd.read_parquet, pd.DataFrame)
     label = None
     if (run / LABELS_FILE).exists():
-        label = pd.read_parquet(run / LABELS_FILE).iloc[:, 0]
+        frame = optional(run / LABELS_FILE, pd.read_parquet, pd.DataFrame,
+                         "IC and quantile-group figures")
+        label = None if frame is None else frame.iloc[:, 0]
     else:
         notes.append(f"no {LABELS_FILE} (a run from an older qjax): IC and quantile-group "
                      "figures are left out")
     evals = {}
     if (run / EVALS_FILE).exists():
-        for key, values in json.loads((run / EVALS_FILE).read_text()).items():
+        stored = optional(run / EVALS_FILE, _json, dict, "learning curves") or {}
+        for key, values in stored.items():
             arr = np.asarray(values, dtype=float)
             evals[key] = arr[:, None] if arr.ndim == 1 else arr
     portfolio, benchmark = None, None
     if (run / "backtest" / "report.csv").exists():
-        portfolio = pd.read_csv(run / "backtest" / "report.csv", index_col=0, parse_dates=True)
+        portfolio = _read(run / "backtest" / "report.csv",
+                          lambda p: pd.read_csv(p, index_col=0, parse_dates=True))
         info = run / "backtest" / "port_analysis.json"
         if info.exists():
-            benchmark = json.loads(info.read_text()).get("benchmark")
-    return RunArtifacts(name=run.resolve().name, config=cfg,
-                        metrics=json.loads((run / "metrics.json").read_text()), scores=scores,
+            benchmark = (_read(info, _json, dict)).get("benchmark")
+    return RunArtifacts(name=run.resolve().name, config=cfg, metrics=metrics, scores=scores,
                         label=label, evals=evals, portfolio=portfolio, benchmark=benchmark,
                         notes=tuple(notes))
 
