@@ -20,11 +20,18 @@ import pytest
 from qjax import cli, rundir, runlock, workflow
 from qjax.data.market import generate_market
 from qjax.train import engine
-from tests.workflow import tiny
+from tests.workflow import tiny_run
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = str(REPO / "configs" / "lstm_alpha360.yaml")
-TINY = tiny.set_args(tiny.RELIABILITY)
+# A smaller run than tiny_run's default: 12 instruments, 200 days, two epochs.
+SMALL = dict(data__n_instruments=12, data__n_days=200, handler__fit_end_time="2015-06-30",
+             dataset__segments__train="[2015-01-05, 2015-06-30]",
+             dataset__segments__valid="[2015-07-01, 2015-08-14]",
+             dataset__segments__test="[2015-08-17, 2015-09-30]",
+             model__kwargs__hidden_size=8, model__kwargs__batch_size=64,
+             model__kwargs__n_epochs=2)
+TINY = tiny_run.set_flags(**SMALL)
 NO_FILLNA = ["--set", "handler.infer_processors=[]"]
 
 
@@ -271,7 +278,7 @@ def test_the_python_api_checks_the_layout_before_training(tmp_path):
     from qjax.errors import ConfigError
     from qjax.estimators import estimator
 
-    cfg = run_config.load(CONFIG, tiny.RELIABILITY)
+    cfg = run_config.load(CONFIG, tiny_run.overrides(**SMALL))
     dataset = workflow.build_dataset(cfg)
     with pytest.raises(ConfigError, match=r"d_feat=12, but the 360 feature columns are 6 fields"):
         estimator("lstm", d_feat=12, n_epochs=1).fit(dataset, verbose=False)

@@ -13,21 +13,13 @@ import pytest
 from qjax import cli, rolling
 from qjax import run_config
 from qjax.data.market import generate_market
+from tests.workflow import tiny_run
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "configs" / "gru_alpha360.yaml"
-TINY = [
-    "data.n_instruments=30",
-    "data.n_days=260",
-    "handler.fit_start_time=2015-01-05",
-    "handler.fit_end_time=2015-08-31",
-    "dataset.segments.train=[2015-01-05, 2015-08-31]",
-    "dataset.segments.valid=[2015-09-01, 2015-10-30]",
-    "dataset.segments.test=[2015-11-02, 2015-12-31]",
-    "model.kwargs.hidden_size=8",
-    "model.kwargs.batch_size=512",
-    "model.kwargs.n_epochs=1",
-]
+TINY = tiny_run.overrides(data__n_instruments=30, handler__fit_start_time="2015-01-05",
+                          model__kwargs__hidden_size=8, model__kwargs__batch_size=512,
+                          model__kwargs__n_epochs=1)
 STEP = 20  # the 44 test days -> windows of 20, 20 and 4 days
 PORT_ANALYSIS = """
 strategy:
@@ -114,9 +106,7 @@ def test_bad_rolling_requests_are_refused(step, segments, message):
 def test_cli_refuses_a_bad_step_before_creating_anything(tmp_path, capsys):
     out = tmp_path / "roll"
     args = ["rolling", str(CONFIG), "--step", "0", "--out", str(out), "--quiet",
-            "--compilation-cache", "off"]
-    for item in TINY:
-        args += ["--set", item]
+            "--compilation-cache", "off", *(a for item in TINY for a in ("--set", item))]
     assert cli.main(args) == 2
     assert "--step must be a positive number" in capsys.readouterr().err
     assert not out.exists()
