@@ -220,7 +220,8 @@ def _samples(
             )
         samples = samples.replace(weights=jnp.asarray(weights))
     samples = spec.samples(kw, segment, samples, index)  # the model's own NaN fill, if any
-    check_model_inputs(samples, segment, data_key, _feature_names(dataset))
+    check_model_inputs(samples, segment, data_key,
+                       names=lambda: _feature_names(dataset, data_key))  # only on failure
     return samples, index
 
 
@@ -232,8 +233,9 @@ def _is_ts(dataset) -> bool:
     raise TypeError(f"expected a qjax.data.Dataset or TSDataset, got {type(dataset).__name__}")
 
 
-def _feature_names(dataset: Dataset) -> list[str]:
-    columns = dataset.handler.fetch(slice(None, None), col_set="feature", data_key="learn").columns
+def _feature_names(dataset: Dataset, data_key: str = "learn") -> list[str]:
+    columns = dataset.handler.fetch(slice(None, None), col_set="feature",
+                                    data_key=data_key).columns
     return [str(c[-1]) if isinstance(c, tuple) else str(c) for c in columns]
 
 

@@ -8,7 +8,8 @@ reads, for flat rows and for windows alike.
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -126,15 +127,18 @@ def _all_finite(samples: Samples) -> bool:
 
 
 def check_model_inputs(samples: Samples, segment: str, data_key: str,
-                       names: list[str] | None = None, limit: int = 6) -> None:
+                       names: Sequence[str] | Callable[[], Sequence[str]] | None = None,
+                       limit: int = 6) -> None:
     """Raise :class:`DataError` naming the columns if the model's inputs of ``segment`` hold NaN
-    or inf: a NaN input makes the loss (training) or the score (prediction) NaN."""
+    or inf: a NaN input makes the loss (training) or the score (prediction) NaN. ``names``:
+    the feature columns, or a function giving them (called only to write the message)."""
     if samples.size == 0 or _all_finite(samples):
         return
     n_nan, n_inf = input_nonfinite_counts(samples)
     bad = np.flatnonzero((n_nan > 0) | (n_inf > 0))
     if not len(bad):
         return
+    names = names() if callable(names) else names
     if names is None or len(names) != len(n_nan):
         names = [f"column {k}" for k in range(len(n_nan))]
     shown = [f"{names[k]} ({_counts(int(n_nan[k]), int(n_inf[k]))})" for k in bad[:limit]]
