@@ -60,6 +60,9 @@ class Sizes:
 
 GPU_SIZES = Sizes(samples=25600, repeats=3, seeds=20, seed_epochs=2, seed_samples=25600)
 DRY_SIZES = Sizes(samples=64, repeats=1, seeds=2, seed_epochs=1, seed_samples=64, max_batch=32)
+# --cpu: the same items measured on the CPU (2 cores: smaller epochs, one of each job a repeat).
+CPU_SIZES = Sizes(samples=3200, repeats=3, seeds=20, seed_epochs=1, seed_samples=3200,
+                  seed_repeats=3)
 # Dry run: small networks, so that compiling ~30 programs on two CPU cores stays short.
 DRY_KWARGS = {
     "hidden_size": 8,
@@ -350,13 +353,18 @@ def _n(value) -> str:
 def report(r: dict) -> str:
     m, sizes = r["machine"], r["sizes"]
     gpus = m.get("gpus") or [{"name": m.get("jax_device_kind"), "driver": "?", "memory": "?"}]
+    on_cpu = r["machine_tag"] == "cpu"
     lines = [
-        f"# qjax vs Qlib's PyTorch on {gpus[0]['name']}" + (" (dry run)" if r["dry_run"] else ""),
+        f"# qjax vs Qlib's PyTorch on {gpus[0]['name']}" + (" (dry run)" if r["dry_run"] else "")
+        + (f" ({m.get('cpu', 'CPU')}, {m.get('logical_cores', '?')} logical cores)"
+           if on_cpu else ""),
         "",
         f"Command: `{r['command']}`",
         "",
         f"Run {r['started']}, {r['elapsed_s']:.0f} s of a {r['budget_s']:.0f} s budget; state: "
-        f"**{r['state']}**. Speed-up = qjax rate / torch rate (above 1: qjax is faster).",
+        f"**{r['state']}**. Speed-up = qjax rate / torch rate (above 1: qjax is faster)."
+        + (f" Load average (1/5/15 min) before {r.get('load_before')}, after "
+           f"{r.get('load_after')}." if on_cpu else ""),
         "",
         "## Training and inference throughput (samples/s)",
         "",
@@ -442,12 +450,14 @@ def report(r: dict) -> str:
         f"`{m.get('torch_device')}` with Qlib's per-batch `.to(device)` from host numpy arrays.",
         f"- Seed job: {sizes['seed_samples']} samples (scaled per model), "
         f"{sizes['seed_repeats']} timed repeat(s) after a cold call.",
-        "- JAX's allocator does not preallocate (`XLA_PYTHON_CLIENT_PREALLOCATE=false`), so torch "
-        "and XLA share the device.",
+        *([] if on_cpu else [
+            "- JAX's allocator does not preallocate (`XLA_PYTHON_CLIENT_PREALLOCATE=false`), so "
+            "torch and XLA share the device."]),
         "",
         "## Machine",
         "",
-        "- GPU: " + "; ".join(f"{g['name']} (driver {g['driver']}, {g['memory']})" for g in gpus),
+        *([] if on_cpu else ["- GPU: " + "; ".join(
+            f"{g['name']} (driver {g['driver']}, {g['memory']})" for g in gpus)]),
         f"- JAX backend `{m['jax_backend']}` ({', '.join(m['jax_devices'])}); torch device "
         f"`{m.get('torch_device')}`, CUDA {m.get('torch_cuda')}, cuDNN {m.get('torch_cudnn')}",
         f"- CPU: {m['cpu']}, {m['logical_cores']} logical cores, {m['ram_gib']} GiB RAM; "
@@ -462,7 +472,8 @@ def report(r: dict) -> str:
 
 
 def write(record: dict, out: Path) -> None:
-    stem = out / f"gpu_{record['machine_tag']}"
+    tag = record["machine_tag"]
+    stem = out / ("gpu_suite_on_cpu" if tag == "cpu" else f"gpu_{tag}")
     for suffix, text in (
         (".json", json.dumps(record, indent=1, default=str) + "\n"),
         (".md", report(record)),
@@ -493,6 +504,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, required=True, help="folder for gpu_<machine>.{md,json}")
     p.add_argument("--dry-run", action="store_true", help="tiny sizes, JAX and torch on the CPU")
+    p.add_argument("--cpu", action="store_true", help="measure on the CPU (both sides) at CPU "
+                   "sizes, e.g. the 20-seed job on a machine without a GPU")
     p.add_argument(
         "--deadline-at",
         type=float,
@@ -521,7 +534,7 @@ def main(argv=None) -> int:
         return 0
     started_at = time.time()
     deadline = args.deadline_at if args.deadline_at is not None else started_at + args.budget_s
-    if args.dry_run and os.environ.get("JAX_PLATFORMS") != "cpu":
+    if (args.dry_run or args.cpu) and os.environ.get("JAX_PLATFORMS") != "cpu":
         os.environ["JAX_PLATFORMS"] = "cpu"  # before JAX initialises
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import jax
@@ -543,6 +556,9 @@ def main(argv=None) -> int:
         # One thread: the dry run checks code paths, and an oversubscribed OpenMP pool on a
         # busy CI machine can make torch's side many times slower than the rest of the run.
         torch.set_num_threads(1)
+    elif args.cpu:
+        device = torch.device("cpu")
+        torch.get_device = lambda tensor: "cpu"
     else:
         if not (on_gpu and torch.cuda.is_available()):
             raise SystemExit(
@@ -560,9 +576,9 @@ def main(argv=None) -> int:
     warnings.filterwarnings("ignore", category=UserWarning)
     warnings.filterwarnings("ignore", category=FutureWarning, module="torch")
 
-    sizes = DRY_SIZES if args.dry_run else GPU_SIZES
+    sizes = DRY_SIZES if args.dry_run else CPU_SIZES if args.cpu else GPU_SIZES
     info = machine_description(torch)
-    items = plan(models, seed_models, not args.no_cudnn, tvt)
+    items = plan(models, seed_models, not (args.no_cudnn or args.cpu), tvt)
     record: dict[str, Any] = {
         "command": tvt.command_line(),
         "dry_run": args.dry_run,
@@ -572,7 +588,8 @@ def main(argv=None) -> int:
         "elapsed_s": 0.0,
         "sizes": dataclasses.asdict(sizes),
         "machine": info,
-        "machine_tag": machine_tag(info, args.dry_run),
+        "machine_tag": "cpu" if args.cpu else machine_tag(info, args.dry_run),
+        "load_before": tvt.load_average(),
         "running": None,
         "pending": [item.key for item in items],
         "skipped": {},
@@ -606,7 +623,8 @@ def main(argv=None) -> int:
         record["running"] = None
         record["elapsed_s"] = time.time() - started_at
         write(record, args.out)
-    record.update(state="complete", elapsed_s=time.time() - started_at)
+    record.update(state="complete", elapsed_s=time.time() - started_at,
+                  load_after=tvt.load_average())
     write(record, args.out)
     print(report(record))
     failed = [
