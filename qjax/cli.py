@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from qjax import run_config
 from qjax.compilation import default_cache_dir, use_compilation_cache  # noqa: F401 (re-export)
@@ -127,71 +129,68 @@ def main(argv: list[str] | None = None) -> int:
     return _train(cfg, out, args)
 
 
-def _train(cfg: dict, out: Path, args: argparse.Namespace) -> int:
-    """Run the workflow; every expected failure is one line on stderr and an exit code:
-    2 bad input (config, data, output directory), 1 the run failed (diverged, unreadable
-    checkpoint, I/O), 130 interrupted."""
+def _guarded(work: Callable[[], Any], out: Path, resume_hint: str) -> tuple[int, Any]:
+    """``(0, work())``, or the exit code of an expected failure, reported in one line on stderr:
+    2 bad input (config, data, output directory), 1 the work failed (diverged, unreadable
+    checkpoint, I/O), 130 interrupted. Warnings print in one line too."""
     import warnings
 
-    from qjax import workflow
     from qjax.errors import Interrupted, QjaxError, RunDirError, TrainingDiverged
 
     default_format, warnings.formatwarning = warnings.formatwarning, _one_line_warning
     try:
-        metrics = workflow.train(cfg, out, verbose=not args.quiet, overwrite=args.overwrite)
+        return 0, work()
     except Interrupted as stop:
         hint = "run the same command again to resume" if stop.resumable else "start it again"
         print(f"\nqjax: interrupted at epoch {stop.epoch}; {hint}", file=sys.stderr)
-        return 130
-    except KeyboardInterrupt:  # before training, or while predicting after it
-        print("\nqjax: interrupted; run the same command again (finished epochs are kept)",
-              file=sys.stderr)
-        return 130
+        return 130, None
+    except KeyboardInterrupt:  # outside the epochs (data, prediction, between fits)
+        print(f"\nqjax: interrupted; {resume_hint}", file=sys.stderr)
+        return 130, None
     except TrainingDiverged as err:
         print(f"qjax: training stopped: {err}", file=sys.stderr)
-        return 1
+        return 1, None
     except RunDirError as err:
         print(f"qjax: output directory: {err}", file=sys.stderr)
-        return 2
+        return 2, None
     except (QjaxError, ValueError, KeyError, TypeError, FileNotFoundError) as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"qjax: {type(err).__name__}: {message}", file=sys.stderr)
-        return 2
+        return 2, None
     except OSError as err:
         print(f"qjax: {err.strerror or err}: {err.filename or out}", file=sys.stderr)
-        return 1
+        return 1, None
     finally:
         warnings.formatwarning = default_format
-    print(workflow.format_table(metrics))
-    print(f"run directory: {out}")
-    return 0
+
+
+def _train(cfg: dict, out: Path, args: argparse.Namespace) -> int:
+    from qjax import workflow
+
+    code, metrics = _guarded(
+        lambda: workflow.train(cfg, out, verbose=not args.quiet, overwrite=args.overwrite),
+        out, "run the same command again (finished epochs are kept)")
+    if code == 0:
+        print(workflow.format_table(metrics))
+        print(f"run directory: {out}")
+    return code
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    """``qjax sweep``: exit 2 on bad input (before any fit), 1 when a fit fails, 130 on Ctrl-C."""
-    from qjax.errors import QjaxError, TrainingDiverged
     from qjax.sweep import sweep
 
     if args.no_ray and args.address:
         print("qjax: --no-ray and --address contradict each other; drop one", file=sys.stderr)
         return 2
     out = Path(args.out or Path("runs") / f"{Path(args.config).stem}-sweep")
-    try:
-        sweep(args.config, args.grid, out, seeds=args.seeds, overrides=args.overrides,
-              use_ray=False if args.no_ray else None, address=args.address,
-              verbose=not args.quiet)
-    except KeyboardInterrupt:
-        print("\nqjax: interrupted; run the same command again to resume the sweep",
-              file=sys.stderr)
-        return 130
-    except TrainingDiverged as err:
-        print(f"qjax: a fit stopped: {err}", file=sys.stderr)
-        return 1
-    except (QjaxError, ValueError, KeyError, TypeError, FileNotFoundError) as err:
-        print(f"qjax: {type(err).__name__}: {err}", file=sys.stderr)
-        return 2
-    print((out / "sweep.md").read_text())
-    return 0
+    code, _ = _guarded(
+        lambda: sweep(args.config, args.grid, out, seeds=args.seeds, overrides=args.overrides,
+                      use_ray=False if args.no_ray else None, address=args.address,
+                      verbose=not args.quiet),
+        out, "run the same command again to resume the sweep")
+    if code == 0:
+        print((out / "sweep.md").read_text())
+    return code
 
 
 def _one_line_warning(message, category, filename, lineno, line=None) -> str:
@@ -212,8 +211,6 @@ def _report(run_dir: str) -> int:
 def _predict(args: argparse.Namespace) -> int:
     """``qjax predict``: exit 0 with the scores written, 2 bad input (run directory, dates,
     data, output file), 1 an I/O error."""
-    import warnings
-
     import pandas as pd
 
     from qjax import saved_run
@@ -230,8 +227,8 @@ def _predict(args: argparse.Namespace) -> int:
     if not out.name.lower().endswith((".parquet", ".csv")):
         print(f"qjax: --out {str(out)!r} must end in .parquet or .csv", file=sys.stderr)
         return 2
-    default_format, warnings.formatwarning = warnings.formatwarning, _one_line_warning
-    try:
+
+    def score() -> pd.DataFrame:
         scores = saved_run.load(args.run_dir).predict(start, end, args.data)
         frame = scores.to_frame() if isinstance(scores, pd.Series) else scores
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -239,15 +236,11 @@ def _predict(args: argparse.Namespace) -> int:
             frame.to_csv(out)
         else:
             frame.to_parquet(out)
-    except (QjaxError, ValueError, KeyError, FileNotFoundError) as err:
-        message = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"qjax: {message}", file=sys.stderr)
-        return 2
-    except OSError as err:
-        print(f"qjax: {err.strerror or err}: {err.filename or out}", file=sys.stderr)
-        return 1
-    finally:
-        warnings.formatwarning = default_format
+        return frame
+
+    code, frame = _guarded(score, out, "nothing was written; run the same command again")
+    if code:
+        return code
     days = frame.index.get_level_values("datetime")
     print(f"scored {len(frame)} rows, {days.nunique()} days {days.min().date()}.."
           f"{days.max().date()}: {out}")
