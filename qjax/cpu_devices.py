@@ -125,7 +125,10 @@ def _update_jax(flags: str) -> None:
     which is what child processes inherit; a child setting its own ``XLA_FLAGS`` replaces it)."""
     if "jax" in sys.modules:
         count = int(flags.rsplit(f"{XLA_FLAG}=", 1)[1].split()[0])
-        sys.modules["jax"].config.update("jax_num_cpu_devices", count)
+        try:
+            sys.modules["jax"].config.update("jax_num_cpu_devices", count)
+        except AttributeError:  # a JAX without the option (0.4.x) reads the flag at backend start
+            pass
 
 
 def _backends_initialised() -> bool:
