@@ -14,6 +14,12 @@ from qjax.train import TrainConfig, fit, supervised_mse
 from qjax.train.losses import batch_loss
 from qjax.train.microbatch import accumulated_loss_and_grad, auto_chunks, chunks_for, footprint
 
+# float64 scope: jax.enable_x64, or jax.experimental's on the oldest supported JAX (0.4.30)
+if hasattr(jax, "enable_x64"):
+    enable_x64 = jax.enable_x64
+else:
+    from jax.experimental import enable_x64
+
 
 class TinyAttention(nn.Module):
     """One post-LN encoder layer over [N, 5, 4] windows (batch-level ops: none)."""
@@ -61,7 +67,7 @@ def _relative_error(a, b):
 
 @pytest.mark.parametrize("n_chunks", [2, 6, 48])
 def test_chunked_gradient_equals_full_batch_gradient(n_chunks, seed):
-    with jax.enable_x64(True):
+    with enable_x64(True):
         full, chunked = _full_and_chunked(jnp.float64, n_chunks, seed)
         (loss64, grad64), (chunk_loss64, chunk_grad64) = full, chunked
         # In float64 only the summation order differs: agreement to ~1e-15 shows the
