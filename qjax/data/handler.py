@@ -15,6 +15,8 @@ each processor fits on the previous one's output) and builds three frames:
 keeps two levels; date slices include both ends). qjax processors never write to their input,
 so the frames share unchanged column blocks instead of being copied; a foreign processor
 (e.g. a Qlib instance) that is not ``readonly()`` gets a private copy first, as in Qlib.
+What ``fetch`` returns is the caller's to write to: under pandas' copy-on-write (always on from
+pandas 3) that costs nothing; without it (pandas 2 by default) ``fetch`` returns a copy.
 """
 
 from __future__ import annotations
@@ -186,7 +188,14 @@ class DataHandler:
         """
         if data_key not in self._frames:
             raise KeyError(f"data_key={data_key!r} is not one of {list(self._frames)}")
-        return _select_rows(_select_columns(self._frames[data_key], col_set), selector, level)
+        selected = _select_rows(_select_columns(self._frames[data_key], col_set), selector, level)
+        # Without copy-on-write a selection can be a view: a write would reach the handler.
+        return selected if copy_on_write() else selected.copy()
+
+
+def copy_on_write() -> bool:
+    """Whether pandas copies shared data before a write (always from pandas 3; an option in 2)."""
+    return int(pd.__version__.split(".")[0]) >= 3 or pd.options.mode.copy_on_write is True
 
 
 def _select_columns(df: pd.DataFrame, col_set: str | list[str]) -> pd.DataFrame:
