@@ -340,8 +340,7 @@ def _fit(
     started = time.perf_counter()
     seeds = _check_seeds(config.seed if seeds is None else seeds)
     loss_fn = supervised_mse if loss_fn is None else loss_fn
-    daily = config.batching == "daily"
-    split_rows = None if daily or not config.cpu_split else config.batch_size
+    split_rows = None if config.batching.daily or not config.cpu_split else config.batch_size
     parallel = data_parallel(auto_devices(split_rows) if devices is None else devices)
     train_seg, valid_seg = _prepare_segments(train, valid, config, loss_fn, parallel)
     trainer = Trainer(module, loss_fn, config, parallel)
