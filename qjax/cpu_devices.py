@@ -25,6 +25,7 @@ default backend's devices. Whether a given run *uses* the CPU devices is the eng
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from typing import MutableMapping
@@ -125,10 +126,9 @@ def _update_jax(flags: str) -> None:
     which is what child processes inherit; a child setting its own ``XLA_FLAGS`` replaces it)."""
     if "jax" in sys.modules:
         count = int(flags.rsplit(f"{XLA_FLAG}=", 1)[1].split()[0])
-        try:
+        # A JAX without the option (0.4.x) raises here; it reads the flag at backend start.
+        with contextlib.suppress(AttributeError):
             sys.modules["jax"].config.update("jax_num_cpu_devices", count)
-        except AttributeError:  # a JAX without the option (0.4.x) reads the flag at backend start
-            pass
 
 
 def _backends_initialised() -> bool:
