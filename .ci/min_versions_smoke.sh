@@ -62,4 +62,4 @@ smoke tests/models/test_registry.py tests/models/test_spec.py
 smoke tests/test_cpu_devices.py tests/test_compilation.py
 smoke "tests/train/test_microbatch.py::test_chunked_gradient_equals_full_batch_gradient[6]"
 smoke tests/train/test_transfer_guard.py -k "windowed or daily or catches"
-smoke tests/data/test_handler.py
+smoke tests/data/test_handler.py tests/data/test_samples.py

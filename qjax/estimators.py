@@ -241,7 +241,6 @@ def _feature_names(dataset: Dataset, data_key: str = "learn") -> list[str]:
 
 def _input_shape(samples: Samples) -> tuple[int, ...]:
     x = jax.eval_shape(lambda: samples.take(samples.features, np.zeros(1, np.int32)))
-    x = x["x"] if isinstance(x, dict) else x
     return tuple(x.shape)
 
 

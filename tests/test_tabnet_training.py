@@ -10,7 +10,7 @@ import pytest
 
 import qjax
 from qjax.data import DataHandler, Dataset, TSDataset, generate_market, handler_frame
-from qjax.data.samples import tabular_samples
+from qjax.data.samples import Batch, tabular_samples
 from qjax.models.tabnet.network import SPARSE_LOSS_COLLECTION, TabNetFinetune
 from qjax.models.tabnet.objectives import SparsityRegularisedMSE
 from qjax.models.tabnet.wrapper import TABNET
@@ -152,8 +152,8 @@ def test_sparsity_penalty_is_lambda_times_the_sown_loss_in_training_only(seed):
     module = TabNetFinetune(inp_dim=6, out_dim=4, n_d=4, n_a=4, n_steps=2, n_shared=1, n_ind=1, vbs=8, paper=True)
     rng = np.random.default_rng(seed + 2)
     x = jnp.asarray(rng.normal(size=(16, 6)), jnp.float32)
-    batch = {"x": x, "y": jnp.asarray(rng.normal(size=16), jnp.float32), "w": jnp.ones(16),
-             "mask": jnp.ones(16, bool), "kwargs": {}}
+    batch = Batch(x=x, y=jnp.asarray(rng.normal(size=16), jnp.float32), w=jnp.ones(16),
+                  mask=jnp.ones(16, bool))
     key = jax.random.PRNGKey(1)
     penalised = SparsityRegularisedMSE(0.5)
 

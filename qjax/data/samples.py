@@ -4,11 +4,13 @@ A :class:`Samples` is a pytree, so the training engine passes it into its compil
 program as an argument (never as a baked-in constant) and gathers batches inside the program
 with ``take(features, ids)``: a row gather for tabular data, a vmap-vectorised window gather for
 time-series data. Nothing about a batch is built on the host.
+
+:meth:`Samples.batch` builds a :class:`Batch`, the one structure a batch has from that gather
+to the objective (and the micro-batch split in between).
 """
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, Callable
 
 import flax.struct
@@ -24,6 +26,25 @@ def take_rows(features: jax.Array, ids: jax.Array) -> jax.Array:
 
 
 @flax.struct.dataclass
+class Batch:
+    """One batch: what :meth:`Samples.batch` gathers and an objective (``loss_fn``) receives.
+
+    x:      model input [B, ...] (feature rows, or [B, T, F] windows).
+    y:      [B] labels, NaN where unknown.
+    w:      [B] sample weights.
+    mask:   [B] bool, False on padding rows.
+    inputs: the module's keyword inputs, name -> [B, ...]: per-sample inputs (HIST's
+            ``concept_matrix``, see :func:`with_keyword_inputs`) and, for daily batches, ``mask``.
+    """
+
+    x: Any
+    y: jax.Array
+    w: jax.Array
+    mask: jax.Array
+    inputs: dict[str, Any] = flax.struct.field(default_factory=dict)
+
+
+@flax.struct.dataclass
 class Samples:
     """Device-resident samples of one dataset segment.
 
@@ -34,6 +55,8 @@ class Samples:
     take:     static ``take(features, ids[B]) -> x[B, ...]``; must be jit- and vmap-friendly.
     batch_group: [n] int32 group of each sample for daily batching, or None for its ``day``
               (set by :func:`qlib_legacy_day_groups` to reproduce GATs_ts's sampler).
+    inputs:   per-sample keyword inputs of the module, name -> [n, ...] (set by
+              :func:`with_keyword_inputs`).
     """
 
     features: Any
@@ -42,18 +65,31 @@ class Samples:
     day: jax.Array
     take: Callable[[Any, jax.Array], jax.Array] = flax.struct.field(pytree_node=False)
     batch_group: jax.Array | None = None
+    inputs: dict[str, jax.Array] = flax.struct.field(default_factory=dict)
 
     @property
     def size(self) -> int:
         return int(self.labels.shape[0])
 
-    def batch(self, ids: jax.Array) -> dict[str, jax.Array]:
-        """Gather ``x``, ``y``, ``w`` for sample ids (inside or outside jit)."""
-        return {
-            "x": self.take(self.features, ids),
-            "y": jnp.take(self.labels, ids),
-            "w": jnp.take(self.weights, ids),
-        }
+    def batch(
+        self, ids: jax.Array, mask: jax.Array | None = None, *, mask_input: bool = False
+    ) -> Batch:
+        """The :class:`Batch` of sample ids ``[B]`` (inside or outside jit).
+
+        ``mask`` marks the real rows (default: all); ``mask_input`` hands it to the module as
+        its ``mask`` keyword too (daily batches of cross-sectional models).
+        """
+        mask = jnp.ones(ids.shape, bool) if mask is None else mask
+        inputs = {name: jnp.take(values, ids, axis=0) for name, values in self.inputs.items()}
+        if mask_input:
+            inputs["mask"] = mask
+        return Batch(
+            x=self.take(self.features, ids),
+            y=jnp.take(self.labels, ids),
+            w=jnp.take(self.weights, ids),
+            mask=mask,
+            inputs=inputs,
+        )
 
 
 def tabular_samples(
@@ -97,17 +133,8 @@ def qlib_legacy_day_groups(index: pd.MultiIndex) -> np.ndarray:
     return groups
 
 
-@dataclasses.dataclass(frozen=True)
-class _TakeWithInputs:
-    """``take`` that adds per-sample keyword inputs of the module (e.g. HIST's concept rows)."""
-
-    base: Callable[[Any, jax.Array], jax.Array]
-    names: tuple[str, ...]
-
-    def __call__(self, features, ids):
-        base_features, extras = features
-        rows = {name: jnp.take(values, ids, axis=0) for name, values in zip(self.names, extras)}
-        return {"x": self.base(base_features, ids), **rows}
+# Keywords the engine itself passes to ``module.apply`` (``mask``: daily batches).
+RESERVED_INPUTS = ("mask", "train", "rngs", "mutable")
 
 
 def with_keyword_inputs(samples: Samples, **per_sample: np.ndarray) -> Samples:
@@ -116,9 +143,11 @@ def with_keyword_inputs(samples: Samples, **per_sample: np.ndarray) -> Samples:
     Each array has one row per sample (e.g. the stock-to-concept row of each sample's
     instrument); the engine passes the gathered rows to ``module.apply`` by name.
     """
-    names = tuple(per_sample)
-    arrays = tuple(jnp.asarray(np.asarray(per_sample[n], np.float32)) for n in names)
-    for name, values in zip(names, arrays):
-        if values.shape[0] != samples.size:
-            raise ValueError(f"{name} has {values.shape[0]} rows for {samples.size} samples")
-    return samples.replace(features=(samples.features, arrays), take=_TakeWithInputs(samples.take, names))
+    arrays = {}
+    for name, values in per_sample.items():
+        if name in RESERVED_INPUTS:
+            raise ValueError(f"{name!r} is a keyword the engine passes itself; rename the input")
+        arrays[name] = jnp.asarray(np.asarray(values, np.float32))
+        if arrays[name].shape[0] != samples.size:
+            raise ValueError(f"{name} has {arrays[name].shape[0]} rows for {samples.size} samples")
+    return samples.replace(inputs={**samples.inputs, **arrays})

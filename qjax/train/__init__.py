@@ -2,11 +2,19 @@
 
 from qjax.train.config import Plateau, TrainConfig
 from qjax.train.engine import FitResult, Trainer, fit, predict
-from qjax.train.losses import LossFn, LossOutput, apply_model, masked_squared_error, supervised_mse
+from qjax.train.losses import (
+    Batch,
+    LossFn,
+    LossOutput,
+    apply_model,
+    masked_squared_error,
+    supervised_mse,
+)
 from qjax.train.metrics import daily_ic, ic_series, signal_metrics
 from qjax.train.state import FitState, TrainState
 
 __all__ = [
+    "Batch",
     "FitResult",
     "FitState",
     "LossFn",

@@ -2,8 +2,8 @@
 
 A plan is a pair of arrays ``ids [steps, B]`` (int32 sample ids) and ``mask [steps, B]`` (False
 on padding rows); ``lax.scan`` walks over the leading axis and gathers each batch with
-``Samples.batch(ids)``. Shapes are static (from the segment's size and the config), so one epoch
-compiles once; a shorter final evaluation batch is padded and masked, never recompiled.
+``Samples.batch(ids, mask)``. Shapes are static (from the segment's size and the config), so one
+epoch compiles once; a shorter final evaluation batch is padded and masked, never recompiled.
 
 Daily batching needs each day's sample ids: :func:`day_table` builds a ``[days, width]`` table
 once on the host, and it travels into the program as an argument inside :class:`Segment`.
@@ -11,15 +11,12 @@ once on the host, and it travels into the program as an argument inside :class:`
 
 from __future__ import annotations
 
-from typing import Mapping
-
 import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from qjax.data.samples import Samples
-from qjax.train.losses import Batch
 
 
 @flax.struct.dataclass
@@ -80,22 +77,6 @@ def make_segment(
         group = day if samples.batch_group is None else np.asarray(jax.device_get(samples.batch_group))
         table = day_table(group, width, multiple)
     return Segment(samples=samples, days=table, num_days=int(day.max()) + 1)
-
-
-def gather(samples: Samples, ids: jax.Array, mask: jax.Array, daily: bool) -> Batch:
-    """The :data:`Batch` of ``ids``; daily batches hand the row mask to the module as well.
-
-    ``Samples.take`` may return a dict ``{"x": input, **keyword_inputs}`` for modules with
-    per-sample keyword inputs (e.g. HIST's ``concept_matrix``).
-    """
-    rows = samples.batch(ids)
-    x, kwargs = rows["x"], {}
-    if isinstance(x, Mapping):
-        kwargs = {name: value for name, value in x.items() if name != "x"}
-        x = x["x"]
-    if daily:
-        kwargs["mask"] = mask
-    return {"x": x, "y": rows["y"], "w": rows["w"], "mask": mask, "kwargs": kwargs}
 
 
 def shuffled(key: jax.Array, n: int, batch_size: int) -> tuple[jax.Array, jax.Array]:

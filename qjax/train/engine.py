@@ -43,7 +43,7 @@ from qjax.compilation import CompileClock, enable_default_cache
 from qjax.data.samples import Samples
 from qjax.errors import Interrupted, TrainingDiverged
 from qjax.train import batching, microbatch
-from qjax.train.batching import Segment, gather
+from qjax.train.batching import Segment
 from qjax.train.checkpoint import RunCheckpoints
 from qjax.train.config import Batching, TrainConfig
 from qjax.train.losses import (
@@ -112,12 +112,9 @@ class Trainer:
         """A fresh state: ``module.init`` on two training rows, then ``init_variables``."""
         init_key, rng = jax.random.split(key)
         rows = jnp.arange(2, dtype=jnp.int32) % train.size
-        example = gather(train.samples, rows, jnp.ones(2, bool), self.daily)
+        example = train.samples.batch(rows, mask_input=self.daily)
         variables = self.module.init(
-            {"params": init_key, "dropout": init_key},
-            example["x"],
-            train=False,
-            **example["kwargs"],
+            {"params": init_key, "dropout": init_key}, example.x, train=False, **example.inputs
         )
         if init_variables is not None:
             variables = init_variables(variables)
@@ -180,7 +177,8 @@ class Trainer:
         def step(state, xs):
             ids, mask, key = xs
             ids, mask = self.parallel.split_batch((ids, mask))
-            return self.train_step(state, gather(data.samples, ids, mask, self.daily), key)
+            batch = data.samples.batch(ids, mask, mask_input=self.daily)
+            return self.train_step(state, batch, key)
 
         state, losses = jax.lax.scan(step, state.replace(rng=rng), (ids, mask, step_keys))
         return state, jnp.mean(losses)
@@ -200,7 +198,7 @@ class Trainer:
 
         def step(_, xs):
             ids, mask = self.parallel.split_batch(xs)
-            batch = gather(data.samples, ids, mask, self.daily)
+            batch = data.samples.batch(ids, mask, mask_input=self.daily)
             out = self.loss_fn(self.module.apply, variables, batch, _EVAL_KEY, False)
             return None, (out.total, out.count, out.pred)
 
@@ -501,7 +499,7 @@ def _predict(variables, data: Segment, *, module, batch_size, daily, per_seed, p
     def run(variables):
         def step(_, xs):
             ids, mask = parallel.split_batch(xs)
-            batch = gather(data.samples, ids, mask, daily)
+            batch = data.samples.batch(ids, mask, mask_input=daily)
             return None, apply_model(module.apply, variables, batch, _EVAL_KEY, False)[0]
 
         _, preds = jax.lax.scan(step, None, (ids, mask))
@@ -522,7 +520,7 @@ def _micro_batches(trainer: Trainer, train: Segment, state: FitState) -> int:
 
     def example():
         ids, mask = jnp.zeros(rows, jnp.int32), jnp.ones(rows, bool)
-        return jax.eval_shape(lambda: gather(train.samples, ids, mask, False))
+        return jax.eval_shape(lambda: train.samples.batch(ids, mask))
 
     return microbatch.resolve(
         config.micro_batch,

@@ -4,7 +4,8 @@ An objective is any function
 
     loss_fn(apply_fn, variables, batch, rng, train) -> LossOutput
 
-``batch`` is a :data:`Batch` dict gathered inside the compiled program; ``rng`` is a fresh key
+``batch`` is a :class:`~qjax.data.samples.Batch` (``x``, ``y``, ``w``, ``mask``, ``inputs``)
+gathered inside the compiled program; ``rng`` is a fresh key
 per step (split it for dropout and for any randomness of the objective itself, e.g. TabNet's
 Bernoulli feature masks). The loss of the batch is ``total / count``. Returning the two parts
 rather than their ratio lets an evaluation combine batches exactly (sum of totals / sum of
@@ -24,13 +25,10 @@ from typing import Any, Callable, NamedTuple, Protocol
 import jax
 import jax.numpy as jnp
 
+from qjax.data.samples import Batch
+
 Variables = dict[str, Any]
 ApplyFn = Callable[..., Any]
-
-# "x": model input [B, ...]; "y": labels [B] (NaN = unknown); "w": sample weights [B];
-# "mask": [B] bool, False on padding rows; "kwargs": extra keyword inputs of the module
-# (``mask`` for daily batches, entries of a dict returned by ``Samples.take``).
-Batch = dict[str, Any]
 
 
 class LossOutput(NamedTuple):
@@ -69,16 +67,16 @@ def as_prediction(out: Any) -> jax.Array:
 def apply_model(
     apply_fn: ApplyFn, variables: Variables, batch: Batch, rng: jax.Array, train: bool
 ) -> tuple[jax.Array, Any]:
-    """Run the module on ``batch["x"]`` -> (predictions [B], new batch_stats or None).
+    """Run the module on ``batch.x`` -> (predictions [B], new batch_stats or None).
 
     Dropout draws from ``rng`` (stream "dropout"); BatchNorm statistics are updated only in
     train mode.
     """
-    kwargs = dict(batch["kwargs"], train=train, rngs={"dropout": rng})
+    kwargs = dict(batch.inputs, train=train, rngs={"dropout": rng})
     if train and "batch_stats" in variables:
-        out, updates = apply_fn(variables, batch["x"], mutable=["batch_stats"], **kwargs)
+        out, updates = apply_fn(variables, batch.x, mutable=["batch_stats"], **kwargs)
         return as_prediction(out), updates["batch_stats"]
-    return as_prediction(apply_fn(variables, batch["x"], **kwargs)), None
+    return as_prediction(apply_fn(variables, batch.x, **kwargs)), None
 
 
 def masked_squared_error(
@@ -101,7 +99,7 @@ def supervised_mse(
 ) -> LossOutput:
     """The default objective: NaN-masked, sample-weighted mean squared error."""
     pred, batch_stats = apply_model(apply_fn, variables, batch, rng, train)
-    total, count = masked_squared_error(pred, batch["y"], batch["w"], batch["mask"])
+    total, count = masked_squared_error(pred, batch.y, batch.w, batch.mask)
     return LossOutput(total, count, batch_stats, pred)
 
 

@@ -62,7 +62,7 @@ def test_tabular_samples():
     np.testing.assert_array_equal(np.asarray(samples.features), ref["feature"].to_numpy(np.float32))
     np.testing.assert_array_equal(np.asarray(samples.labels), ref[("label", "y")].to_numpy(np.float32))
     assert samples.features.dtype == jnp.float32
-    x = jax.jit(lambda s, i: s.batch(i)["x"])(samples, jnp.array([2, 0]))
+    x = jax.jit(lambda s, i: s.batch(i).x)(samples, jnp.array([2, 0]))
     np.testing.assert_array_equal(np.asarray(x), ref["feature"].to_numpy(np.float32)[[2, 0]])
     unlabelled, _ = ds.samples("test", data_key="infer", label=False)
     assert np.isnan(np.asarray(unlabelled.labels)).all()

@@ -132,7 +132,7 @@ def test_take_works_in_scan_and_is_stable(seed):
 
     @jax.jit
     def batches(s, ids):
-        return jax.lax.scan(lambda c, i: (c, s.batch(i)["x"]), 0, ids)[1]
+        return jax.lax.scan(lambda c, i: (c, s.batch(i).x), 0, ids)[1]
 
     got = np.asarray(batches(samples, ids))
     want = sampler[np.asarray(ids).ravel()][..., :-1].reshape(got.shape)

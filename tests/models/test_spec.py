@@ -138,8 +138,8 @@ def test_concept_inputs_give_each_sample_its_stocks_row(seed):
     out = ConceptInputs().samples({"stock2concept": table, "stock_index": None}, "test", samples,
                                   index)
     batch = out.batch(jnp.arange(4))
-    np.testing.assert_array_equal(batch["x"]["concept_matrix"], [[1, 0], [0, 1], [1, 0], [0, 1]])
-    np.testing.assert_array_equal(batch["x"]["x"], samples.batch(jnp.arange(4))["x"])
+    np.testing.assert_array_equal(batch.inputs["concept_matrix"], [[1, 0], [0, 1], [1, 0], [0, 1]])
+    np.testing.assert_array_equal(batch.x, samples.batch(jnp.arange(4)).x)
     with pytest.raises(ValueError, match="HIST needs stock2concept"):
         ConceptInputs().samples({"stock2concept": None, "stock_index": None}, "test", samples,
                                 index)

@@ -330,11 +330,11 @@ class Autoencoder(nn.Module):
 
 def masked_reconstruction(apply_fn, variables, batch, rng, train):
     """A TabNet-style self-supervised objective: rebuild features hidden by a Bernoulli mask."""
-    x = batch["x"]
+    x = batch.x
     hidden = jax.random.bernoulli(rng, 0.3, x.shape)
     recon = apply_fn(variables, jnp.where(hidden, 0.0, x), train=train)
     per_row = jnp.sum(jnp.where(hidden, recon - x, 0.0) ** 2, axis=1)
-    rows = batch["mask"]
+    rows = batch.mask
     return LossOutput(jnp.sum(jnp.where(rows, per_row, 0.0)), jnp.sum(rows).astype(jnp.float32))
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from train_synthetic import CrossSection, TinyGRU, TinyMLP, max_abs_diff, panel
 
+from qjax.data.samples import Batch
 from qjax.models.transformer.network import TransformerEncoderLayer
 from qjax.train import TrainConfig, fit, supervised_mse
 from qjax.train.losses import batch_loss
@@ -36,19 +37,18 @@ def _batch(n, seed):
     y = rng.normal(size=n)
     y[rng.uniform(size=n) < 0.2] = np.nan  # NaN labels drop out of total and count
     mask = rng.uniform(size=n) > 0.1  # padding rows too
-    return {
-        "x": jnp.asarray(rng.normal(size=(n, 20))),
-        "y": jnp.asarray(y),
-        "w": jnp.asarray(rng.uniform(0.5, 1.5, size=n)),
-        "mask": jnp.asarray(mask),
-        "kwargs": {},
-    }
+    return Batch(
+        x=jnp.asarray(rng.normal(size=(n, 20))),
+        y=jnp.asarray(y),
+        w=jnp.asarray(rng.uniform(0.5, 1.5, size=n)),
+        mask=jnp.asarray(mask),
+    )
 
 
 def _full_and_chunked(dtype, n_chunks, seed):
     module = TinyAttention()
     batch = jax.tree.map(lambda a: a.astype(dtype) if a.dtype.kind == "f" else a, _batch(48, seed))
-    params = module.init(jax.random.PRNGKey(seed), batch["x"])["params"]
+    params = module.init(jax.random.PRNGKey(seed), batch.x)["params"]
     params = jax.tree.map(lambda a: a.astype(dtype), params)
     key = jax.random.PRNGKey(1)
 

@@ -104,7 +104,7 @@ def scripted_objective(valid_losses):
 
     def loss_fn(apply_fn, variables, batch, rng, train):
         if train:
-            _, updates = apply_fn(variables, batch["x"], train=True, mutable=["batch_stats"])
+            _, updates = apply_fn(variables, batch.x, train=True, mutable=["batch_stats"])
             return LossOutput(variables["params"]["w"], jnp.float32(1), updates["batch_stats"])
         calls = variables["batch_stats"]["calls"]
         return LossOutput(table[calls - 1], jnp.float32(1))

@@ -25,7 +25,7 @@ class TabNetPretrainObjective:
     supervised: ClassVar[bool] = False  # reconstructs the features; labels are not read
 
     def __call__(self, apply_fn, variables, batch, rng, train) -> LossOutput:
-        x = batch["x"]
+        x = batch.x
         loss, batch_stats = pretrain_loss(apply_fn, variables, x, pretrain_mask(rng, x.shape, self.ps), train)
         return LossOutput(loss, jnp.float32(1.0), batch_stats)
 
@@ -44,9 +44,10 @@ class SparsityRegularisedMSE:
     def __call__(self, apply_fn, variables, batch, rng, train) -> LossOutput:
         if not train:
             return supervised_mse(apply_fn, variables, batch, rng, train)
-        kwargs = dict(batch["kwargs"], train=True, rngs={"dropout": rng})
-        out, updates = apply_fn(variables, batch["x"], mutable=["batch_stats", SPARSE_LOSS_COLLECTION], **kwargs)
+        kwargs = dict(batch.inputs, train=True, rngs={"dropout": rng})
+        collections = ["batch_stats", SPARSE_LOSS_COLLECTION]
+        out, updates = apply_fn(variables, batch.x, mutable=collections, **kwargs)
         pred = as_prediction(out)
-        total, count = masked_squared_error(pred, batch["y"], batch["w"], batch["mask"])
+        total, count = masked_squared_error(pred, batch.y, batch.w, batch.mask)
         penalty = self.lambda_sparse * updates[SPARSE_LOSS_COLLECTION]["sparse_loss"]
         return LossOutput(total + penalty * count, count, updates.get("batch_stats"), pred)
