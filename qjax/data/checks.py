@@ -95,13 +95,10 @@ def reject_infinite(dataset: Any, segments: Iterable[str] = ("train", "valid")) 
 def _model_input_values(samples: Samples) -> tuple[np.ndarray, np.ndarray | None]:
     """The values a model reads from ``samples`` as a host array [..., F], and for windows the
     mask [days, instruments] of the present rows among them (None: every row counts)."""
-    features = samples.features
-    take = getattr(samples.take, "base", samples.take)  # under keyword inputs (HIST's concepts)
-    if isinstance(features, tuple):
-        features = features[0]
+    features = samples.features  # the model input only (keyword inputs are samples.inputs)
     if isinstance(features, dict) and "panel" in features:
         start = np.asarray(features["start"])
-        lo, hi = int(start.min()), int(start.max()) + int(take.step_len)
+        lo, hi = int(start.min()), int(start.max()) + int(samples.take.step_len)
         # Absent days are NaN rows filled by the windows' fill rule: only present rows count.
         return np.asarray(features["panel"])[lo:hi], np.asarray(features["valid"])[lo:hi]
     return np.asarray(features).reshape(samples.size, -1), None
