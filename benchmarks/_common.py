@@ -17,8 +17,8 @@ import shlex
 import statistics
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 # glibc malloc tuning: with a high mmap threshold and no trimming, large freed buffers stay on
 # the heap for reuse instead of going back to the kernel and being mapped again.
@@ -113,7 +113,11 @@ def machine(torch_module=None) -> dict:
     gpu = jax.default_backend() == "gpu"
     preloaded = os.environ.get("LD_PRELOAD", "")
     tuning = ", ".join(f"{k}={os.environ[k]}" for k in GLIBC_MALLOC_ENV if k in os.environ)
-    malloc = f"LD_PRELOAD={preloaded}" if preloaded else "glibc malloc" + (f" ({tuning})" if tuning else " (defaults)")
+    malloc = (
+        f"LD_PRELOAD={preloaded}"
+        if preloaded
+        else "glibc malloc" + (f" ({tuning})" if tuning else " (defaults)")
+    )
     info["allocators"] = {
         "jax": (
             f"XLA GPU BFC allocator (preallocate={os.environ.get('XLA_PYTHON_CLIENT_PREALLOCATE', 'true')})"
@@ -129,9 +133,7 @@ def machine(torch_module=None) -> dict:
         info["torch_interop_threads"] = torch.get_num_interop_threads()
         info["torch_parallel_info"] = torch.__config__.parallel_info().splitlines()[:8]
         info["allocators"]["torch"] = (
-            "CUDA caching allocator (default)"
-            if cuda
-            else f"c10 default CPU allocator on {malloc}"
+            "CUDA caching allocator (default)" if cuda else f"c10 default CPU allocator on {malloc}"
         )
     info["jax_threads"] = "XLA default: intra-op pool sized to the visible cores"
     return info

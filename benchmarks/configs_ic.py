@@ -30,7 +30,16 @@ def run_config(path: Path, run_dir: Path, timeout: float | None) -> dict:
     metrics_file = run_dir / "metrics.json"
     if metrics_file.exists():
         return {**json.loads(metrics_file.read_text()), "wall_s": None, "reused": True}
-    command = [sys.executable, "-m", "qjax.cli", "train", str(path), "--out", str(run_dir), "--quiet"]
+    command = [
+        sys.executable,
+        "-m",
+        "qjax.cli",
+        "train",
+        str(path),
+        "--out",
+        str(run_dir),
+        "--quiet",
+    ]
     start = time.perf_counter()
     try:
         done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=timeout)
@@ -87,10 +96,15 @@ def _best_epochs(result: dict) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--configs", default="configs/*.yaml",
-                   help="comma-separated globs of configs (relative to the repo); several sweeps "
-                        "over disjoint lists can share one --runs directory")
-    p.add_argument("--skip", default="csi300", help="comma-separated substrings of config names to leave out")
+    p.add_argument(
+        "--configs",
+        default="configs/*.yaml",
+        help="comma-separated globs of configs (relative to the repo); several sweeps "
+        "over disjoint lists can share one --runs directory",
+    )
+    p.add_argument(
+        "--skip", default="csi300", help="comma-separated substrings of config names to leave out"
+    )
     p.add_argument("--runs", required=True, help="directory for the run directories")
     p.add_argument("--timeout", type=float, default=None, help="seconds per config")
     p.add_argument("--out", help="write configs_ic.{md,json} here")
@@ -98,19 +112,29 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     skip = [s for s in args.skip.split(",") if s]
-    paths = sorted({Path(p) for g in args.configs.split(",") for p in glob.glob(str(REPO / g.strip()))})
+    paths = sorted(
+        {Path(p) for g in args.configs.split(",") for p in glob.glob(str(REPO / g.strip()))}
+    )
     paths = [p for p in paths if not any(s in p.stem for s in skip)]
     if not paths:
         p.error(f"no config matches {args.configs!r}")
-    meta = {"command": command_line(), "note": args.note, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "load_before": load_average(), "machine": machine()}
+    meta = {
+        "command": command_line(),
+        "note": args.note,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "load_before": load_average(),
+        "machine": machine(),
+    }
     results = {}
     for path in paths:
         print(f"[{path.stem}] ...", file=sys.stderr, flush=True)
         results[path.stem] = run_config(path, Path(args.runs) / path.stem, args.timeout)
         r = results[path.stem]
-        print(f"[{path.stem}] " + (r["error"] if "error" in r else f"IC {r['test']['IC']:.4f}"),
-              file=sys.stderr, flush=True)
+        print(
+            f"[{path.stem}] " + (r["error"] if "error" in r else f"IC {r['test']['IC']:.4f}"),
+            file=sys.stderr,
+            flush=True,
+        )
     results = {stem: results[stem] for stem in sorted(results)}
     meta["load_after"] = load_average()
     text = report(results, meta)
@@ -119,7 +143,9 @@ def main(argv: list[str] | None = None) -> int:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         (out / "configs_ic.md").write_text(text)
-        (out / "configs_ic.json").write_text(json.dumps({**meta, "results": results}, indent=2, default=str))
+        (out / "configs_ic.json").write_text(
+            json.dumps({**meta, "results": results}, indent=2, default=str)
+        )
     return 0
 
 

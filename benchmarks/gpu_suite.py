@@ -61,8 +61,9 @@ class Sizes:
 GPU_SIZES = Sizes(samples=25600, repeats=3, seeds=20, seed_epochs=2, seed_samples=25600)
 DRY_SIZES = Sizes(samples=64, repeats=1, seeds=2, seed_epochs=1, seed_samples=64, max_batch=32)
 # --cpu: the same items measured on the CPU (2 cores: smaller epochs, one of each job a repeat).
-CPU_SIZES = Sizes(samples=3200, repeats=3, seeds=20, seed_epochs=1, seed_samples=3200,
-                  seed_repeats=3)
+CPU_SIZES = Sizes(
+    samples=3200, repeats=3, seeds=20, seed_epochs=1, seed_samples=3200, seed_repeats=3
+)
 # Dry run: small networks, so that compiling ~30 programs on two CPU cores stays short.
 DRY_KWARGS = {
     "hidden_size": 8,
@@ -355,16 +356,24 @@ def report(r: dict) -> str:
     gpus = m.get("gpus") or [{"name": m.get("jax_device_kind"), "driver": "?", "memory": "?"}]
     on_cpu = r["machine_tag"] == "cpu"
     lines = [
-        f"# qjax vs Qlib's PyTorch on {gpus[0]['name']}" + (" (dry run)" if r["dry_run"] else "")
-        + (f" ({m.get('cpu', 'CPU')}, {m.get('logical_cores', '?')} logical cores)"
-           if on_cpu else ""),
+        f"# qjax vs Qlib's PyTorch on {gpus[0]['name']}"
+        + (" (dry run)" if r["dry_run"] else "")
+        + (
+            f" ({m.get('cpu', 'CPU')}, {m.get('logical_cores', '?')} logical cores)"
+            if on_cpu
+            else ""
+        ),
         "",
         f"Command: `{r['command']}`",
         "",
         f"Run {r['started']}, {r['elapsed_s']:.0f} s of a {r['budget_s']:.0f} s budget; state: "
         f"**{r['state']}**. Speed-up = qjax rate / torch rate (above 1: qjax is faster)."
-        + (f" Load average (1/5/15 min) before {r.get('load_before')}, after "
-           f"{r.get('load_after')}." if on_cpu else ""),
+        + (
+            f" Load average (1/5/15 min) before {r.get('load_before')}, after "
+            f"{r.get('load_after')}."
+            if on_cpu
+            else ""
+        ),
         "",
         "## Training and inference throughput (samples/s)",
         "",
@@ -450,14 +459,25 @@ def report(r: dict) -> str:
         f"`{m.get('torch_device')}` with Qlib's per-batch `.to(device)` from host numpy arrays.",
         f"- Seed job: {sizes['seed_samples']} samples (scaled per model), "
         f"{sizes['seed_repeats']} timed repeat(s) after a cold call.",
-        *([] if on_cpu else [
-            "- JAX's allocator does not preallocate (`XLA_PYTHON_CLIENT_PREALLOCATE=false`), so "
-            "torch and XLA share the device."]),
+        *(
+            []
+            if on_cpu
+            else [
+                "- JAX's allocator does not preallocate (`XLA_PYTHON_CLIENT_PREALLOCATE=false`), so "
+                "torch and XLA share the device."
+            ]
+        ),
         "",
         "## Machine",
         "",
-        *([] if on_cpu else ["- GPU: " + "; ".join(
-            f"{g['name']} (driver {g['driver']}, {g['memory']})" for g in gpus)]),
+        *(
+            []
+            if on_cpu
+            else [
+                "- GPU: "
+                + "; ".join(f"{g['name']} (driver {g['driver']}, {g['memory']})" for g in gpus)
+            ]
+        ),
         f"- JAX backend `{m['jax_backend']}` ({', '.join(m['jax_devices'])}); torch device "
         f"`{m.get('torch_device')}`, CUDA {m.get('torch_cuda')}, cuDNN {m.get('torch_cudnn')}",
         f"- CPU: {m['cpu']}, {m['logical_cores']} logical cores, {m['ram_gib']} GiB RAM; "
@@ -504,8 +524,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, required=True, help="folder for gpu_<machine>.{md,json}")
     p.add_argument("--dry-run", action="store_true", help="tiny sizes, JAX and torch on the CPU")
-    p.add_argument("--cpu", action="store_true", help="measure on the CPU (both sides) at CPU "
-                   "sizes, e.g. the 20-seed job on a machine without a GPU")
+    p.add_argument(
+        "--cpu",
+        action="store_true",
+        help="measure on the CPU (both sides) at CPU "
+        "sizes, e.g. the 20-seed job on a machine without a GPU",
+    )
     p.add_argument(
         "--deadline-at",
         type=float,
@@ -623,8 +647,9 @@ def main(argv=None) -> int:
         record["running"] = None
         record["elapsed_s"] = time.time() - started_at
         write(record, args.out)
-    record.update(state="complete", elapsed_s=time.time() - started_at,
-                  load_after=tvt.load_average())
+    record.update(
+        state="complete", elapsed_s=time.time() - started_at, load_after=tvt.load_average()
+    )
     write(record, args.out)
     print(report(record))
     failed = [

@@ -103,9 +103,7 @@ def _markdown(report: dict) -> str:
         "",
         f"Data: `{a['market']}` from {a['start']} to {a['end']} (Qlib binary layout; path given on the command line).",
         f"Machine: {m['cpu']}, {m['logical_cores']} logical cores, {m['ram_gib']} GiB RAM, {m['platform']}; "
-        f"Python {m['python']}, "
-        + ", ".join(f"{k} {v}" for k, v in m["versions"].items())
-        + ".",
+        f"Python {m['python']}, " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()) + ".",
         f"Load average (1/5/15 min) before: {report['load_before']}, after: {report['load_after']}. "
         "The machine is shared with other jobs, so absolute times are noisy; both sides ran in the "
         "same process back to back.",
@@ -121,9 +119,9 @@ def _markdown(report: dict) -> str:
         parity = r.get("parity")
         parity_text = "-"
         if parity:
-            parity_text = (
-                f"index {'=' if parity['index_equal'] else '!='}, columns {'=' if parity['columns_equal'] else '!='}"
-            )
+            index_eq = "=" if parity["index_equal"] else "!="
+            columns_eq = "=" if parity["columns_equal"] else "!="
+            parity_text = f"index {index_eq}, columns {columns_eq}"
             if "nan_mask_equal" in parity:
                 parity_text += (
                     f", NaN masks {'=' if parity['nan_mask_equal'] else '!='}, "
@@ -139,7 +137,9 @@ def _markdown(report: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument(
         "--data",
         type=Path,
@@ -150,8 +150,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--start", default="2019-07-01")
     parser.add_argument("--end", default="2019-12-31")
     parser.add_argument("--handlers", nargs="+", default=list(HANDLERS), choices=HANDLERS)
-    parser.add_argument("--repeats", type=int, default=5, help="timed qjax runs (after one warm-up)")
-    parser.add_argument("--qlib-repeats", type=int, default=1, help="timed Qlib runs (0 skips Qlib)")
+    parser.add_argument(
+        "--repeats", type=int, default=5, help="timed qjax runs (after one warm-up)"
+    )
+    parser.add_argument(
+        "--qlib-repeats", type=int, default=1, help="timed Qlib runs (0 skips Qlib)"
+    )
     parser.add_argument("--qlib-kernels", type=int, default=1, help="qlib.init(kernels=...)")
     parser.add_argument(
         "--out",
@@ -169,22 +173,37 @@ def main(argv: list[str] | None = None) -> dict:
 
     report = {
         "command": command_line(),
-        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k not in ("data", "out")},
+        "args": {
+            k: str(v) if isinstance(v, Path) else v
+            for k, v in vars(args).items()
+            if k not in ("data", "out")
+        },
         "machine": _machine(),
         "load_before": load_average(),
         "results": {},
     }
     for name in args.handlers:
         qjax_s, first_s, ours = _time_qjax(name, args)
-        result = {"shape": list(ours.shape), "qjax_s": qjax_s, "qjax_first_s": first_s, "qlib_s": []}
+        result = {
+            "shape": list(ours.shape),
+            "qjax_s": qjax_s,
+            "qjax_first_s": first_s,
+            "qlib_s": [],
+        }
         median = statistics.median(qjax_s)
-        print(f"{name}: qjax median {median:.3f}s (first {first_s:.3f}s), shape {ours.shape}", flush=True)
+        print(
+            f"{name}: qjax median {median:.3f}s (first {first_s:.3f}s), shape {ours.shape}",
+            flush=True,
+        )
         if args.qlib_repeats > 0:
             result["qlib_s"], theirs = _time_qlib(name, args)
             result["speedup"] = statistics.median(result["qlib_s"]) / statistics.median(qjax_s)
             result["parity"] = _compare(theirs, ours)
             qlib_median = statistics.median(result["qlib_s"])
-            print(f"{name}: qlib {qlib_median:.1f}s, speed-up {result['speedup']:.0f}x, {result['parity']}", flush=True)
+            print(
+                f"{name}: qlib {qlib_median:.1f}s, speed-up {result['speedup']:.0f}x, {result['parity']}",
+                flush=True,
+            )
         report["results"][name] = result
     report["load_after"] = load_average()
 

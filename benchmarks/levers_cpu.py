@@ -31,7 +31,6 @@ import warnings
 from pathlib import Path
 
 import jax
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import train_vs_torch as tvt  # noqa: E402
@@ -81,8 +80,7 @@ def run_model(case: tvt.Case, n_samples: int, repeats: int, device) -> dict:
         config = dataclasses.replace(base_config, micro_batch=settings["micro_batch"])
 
         def run():
-            result = fit(module, samples, None, config, devices=settings["devices"],
-                         verbose=False)
+            result = fit(module, samples, None, config, devices=settings["devices"], verbose=False)
             jax.block_until_ready(result.variables)
             return result
 
@@ -103,7 +101,7 @@ def run_model(case: tvt.Case, n_samples: int, repeats: int, device) -> dict:
     order = [*runs, "torch"]
     seconds: dict[str, list[float]] = {name: [] for name in order}
     for r in range(repeats):
-        for name in order[r % len(order):] + order[: r % len(order)]:
+        for name in order[r % len(order) :] + order[: r % len(order)]:
             seconds[name].append(timed(runs[name] if name != "torch" else runner.train_epoch))
 
     variables = default.replica(0)
@@ -111,17 +109,21 @@ def run_model(case: tvt.Case, n_samples: int, repeats: int, device) -> dict:
     predict_batch = case.predict_batch or case.batch_size
 
     def infer(devices):
-        return lambda: predict(module, variables, samples, batch_size=predict_batch, daily=daily,
-                               devices=devices)
+        return lambda: predict(
+            module, variables, samples, batch_size=predict_batch, daily=daily, devices=devices
+        )
 
-    infer_runs = {"one": infer(jax.devices()[:1]), "all": infer(jax.devices()),
-                  "torch": runner.predict}
+    infer_runs = {
+        "one": infer(jax.devices()[:1]),
+        "all": infer(jax.devices()),
+        "torch": runner.predict,
+    }
     for run in infer_runs.values():
         run()
     infer_s: dict[str, list[float]] = {name: [] for name in infer_runs}
     names = list(infer_runs)
     for r in range(repeats):
-        for name in names[r % 3:] + names[: r % 3]:
+        for name in names[r % 3 :] + names[: r % 3]:
             infer_s[name].append(timed(infer_runs[name]))
 
     torch_rate = rows / median(seconds["torch"])
@@ -140,8 +142,9 @@ def run_model(case: tvt.Case, n_samples: int, repeats: int, device) -> dict:
         "refused": refused,
         "infer_seconds": infer_s,
         "torch_infer_per_s": torch_infer,
-        "infer_speedup": {name: data.n / median(infer_s[name]) / torch_infer
-                          for name in ("one", "all")},
+        "infer_speedup": {
+            name: data.n / median(infer_s[name]) / torch_infer for name in ("one", "all")
+        },
     }
 
 
@@ -150,18 +153,23 @@ def report(record: dict) -> str:
     lines = [
         "# Speed levers on XLA:CPU, per model, against Qlib's PyTorch loop",
         "",
-        *([] if record.get("complete", True) else
-          ["**Partial: the run was cut off after the models below.**", ""]),
+        *(
+            []
+            if record.get("complete", True)
+            else ["**Partial: the run was cut off after the models below.**", ""]
+        ),
         f"Command: `{record['command']}`",
         "",
         f"Run {record['started']}; **load average (1/5/15 min) before "
         f"{record['load_average_before']}, after {record['load_average_after']}** on "
         f"{m['logical_cores']} logical cores ({m['cpu']}), JAX devices: "
         f"{len(m['jax_devices'])} CPU. "
-        + ("**The machine was shared with other jobs**: absolute rates are noisy; the ratios "
-           "compare variants timed in turns within this run."
-           if record["load_average_before"][0] > 0.5 * m["logical_cores"]
-           else "The machine was otherwise idle."),
+        + (
+            "**The machine was shared with other jobs**: absolute rates are noisy; the ratios "
+            "compare variants timed in turns within this run."
+            if record["load_average_before"][0] > 0.5 * m["logical_cores"]
+            else "The machine was otherwise idle."
+        ),
         "",
         *tvt._probe_lines(record.get("torch_thread_probe"), tvt.usable_cores()),
         "Train speed-up = qjax samples/s / torch samples/s for one epoch (median of "
@@ -192,8 +200,11 @@ def report(record: dict) -> str:
         "",
         "Epoch seconds (median; all repeats in the JSON) and first-call compile seconds:",
         "",
-        "| model | " + " | ".join(VARIANTS) + " | torch | compile s ("
-        + ", ".join(VARIANTS) + ") |",
+        "| model | "
+        + " | ".join(VARIANTS)
+        + " | torch | compile s ("
+        + ", ".join(VARIANTS)
+        + ") |",
         "|---|" + "---:|" * (len(VARIANTS) + 1) + "---|",
     ]
     for name, r in record["models"].items():
@@ -203,14 +214,20 @@ def report(record: dict) -> str:
         lines.append(
             f"| {name} | "
             + " | ".join(f"{median(t[v]):.2f}" if v in t else "n/a" for v in (*VARIANTS, "torch"))
-            + " | " + ", ".join(f"{r['compile_seconds'].get(v, float('nan')):.1f}"
-                                for v in VARIANTS) + " |"
+            + " | "
+            + ", ".join(f"{r['compile_seconds'].get(v, float('nan')):.1f}" for v in VARIANTS)
+            + " |"
         )
     refusals = {name: r["refused"] for name, r in record["models"].items() if r.get("refused")}
     if refusals:
-        lines += ["", "n/a: " + "; ".join(
-            f"{name} refuses micro-batches ({next(iter(v.values())).split(';')[0]})"
-            for name, v in refusals.items())]
+        lines += [
+            "",
+            "n/a: "
+            + "; ".join(
+                f"{name} refuses micro-batches ({next(iter(v.values())).split(';')[0]})"
+                for name, v in refusals.items()
+            ),
+        ]
     lines += ["", f"Versions: {m['versions']}; environment: {m['env'] or 'none set'}.", ""]
     return "\n".join(lines)
 
@@ -253,17 +270,25 @@ def main(argv=None) -> None:
             traceback.print_exc()
             models[name] = {"error": f"{type(err).__name__}: {err}"}
             continue
-        print("    " + ", ".join(f"{k} {v:.2f}x" for k, v in models[name]["train_speedup"].items()),
-              file=sys.stderr, flush=True)
+        print(
+            "    " + ", ".join(f"{k} {v:.2f}x" for k, v in models[name]["train_speedup"].items()),
+            file=sys.stderr,
+            flush=True,
+        )
         write(args, started, before, probe, models, torch, final=False)  # a cut-off run keeps these
     print(write(args, started, before, probe, models, torch, final=True))
 
 
 def write(args, started, before, probe, models, torch, final: bool) -> str:
     record = {
-        "command": command_line(), "started": started, "repeats": args.repeats,
-        "load_average_before": before, "load_average_after": load_average(),
-        "machine": machine(torch), "torch_thread_probe": probe, "models": models,
+        "command": command_line(),
+        "started": started,
+        "repeats": args.repeats,
+        "load_average_before": before,
+        "load_average_after": load_average(),
+        "machine": machine(torch),
+        "torch_thread_probe": probe,
+        "models": models,
         "complete": final,
     }
     text = report(record)

@@ -39,8 +39,13 @@ KINDS = {  # first match wins; XLA:CPU names trace events after the HLO instruct
     "convolution": ("convolution", "conv"),
     "gather / scatter / dynamic-slice": ("gather", "scatter", "dynamic-slice"),
     "scan outputs (dynamic-update-slice)": ("dynamic-update-slice",),
-    "collectives across CPU devices": ("all-reduce", "all-gather", "reduce-scatter",
-                                       "collective", "all-to-all"),
+    "collectives across CPU devices": (
+        "all-reduce",
+        "all-gather",
+        "reduce-scatter",
+        "collective",
+        "all-to-all",
+    ),
     "copies, concatenations, transposes": ("copy", "concatenate", "transpose", "pad", "slice"),
     "reductions and sorts": ("reduce", "sort"),
     "buffer initialisation (broadcast)": ("broadcast", "iota"),
@@ -51,8 +56,9 @@ KINDS = {  # first match wins; XLA:CPU names trace events after the HLO instruct
 def op_kind(name: str) -> str | None:
     """The kind of an XLA:CPU trace event, or None for runtime and Python frames."""
     runtime = ("Thunk", "ThreadPool", "PjRt", "::")
-    if name.startswith(("$", "np.")) or (any(w in name for w in runtime)
-                                         and not name.startswith("Wait")):
+    if name.startswith(("$", "np.")) or (
+        any(w in name for w in runtime) and not name.startswith("Wait")
+    ):
         return None
     for kind, prefixes in KINDS.items():
         if name.startswith(prefixes) or any(f".{p}" in name or f"_{p}" in name for p in prefixes):
@@ -105,9 +111,13 @@ def profile(case: tvt.Case, n_samples: int) -> dict:
             by_kind[kind] += seconds
             by_op[re.sub(r"[.:]\d+$", "", event["name"])] += seconds
     return {
-        "samples": data.n, "batch_size": case.batch_size, "batching": case.batching,
-        "devices": first.n_devices, "micro_batches": first.micro_batches,
-        "wall_s": wall, "op_s_by_kind": dict(by_kind.most_common()),
+        "samples": data.n,
+        "batch_size": case.batch_size,
+        "batching": case.batching,
+        "devices": first.n_devices,
+        "micro_batches": first.micro_batches,
+        "wall_s": wall,
+        "op_s_by_kind": dict(by_kind.most_common()),
         "busy_cores": (sum(by_kind.values()) - by_kind[WAITING]) / wall,
         "top_ops_s": dict(by_op.most_common(8)),
     }
@@ -127,26 +137,35 @@ def main(argv: list[str] | None = None) -> int:
     for name in models:
         print(f"profiling {name} ...", file=sys.stderr, flush=True)
         profiles[name] = profile(tvt.CASES[name], args.samples)
-    meta = {"command": command_line(), "load_before": before, "load_after": load_average(),
-            "machine": machine()}
+    meta = {
+        "command": command_line(),
+        "load_before": before,
+        "load_after": load_average(),
+        "machine": machine(),
+    }
     kinds = [*KINDS, "other fusions (elementwise, loss, optimiser)"]
     lines = [
-        "# Where a training epoch goes on XLA:CPU, per model", "",
-        f"Command: `{meta['command']}`", "",
+        "# Where a training epoch goes on XLA:CPU, per model",
+        "",
+        f"Command: `{meta['command']}`",
+        "",
         f"{meta['machine']['cpu']}, {meta['machine']['logical_cores']} logical cores; load average "
         f"before {before}, after {meta['load_after']}. One epoch with `fit`'s defaults "
-        "(devices / micro-batches as chosen), after a compiling call.", "",
+        "(devices / micro-batches as chosen), after a compiling call.",
+        "",
         "Share of the XLA operation time by kind (summed over threads), and busy cores "
-        "(operation seconds per wall second, waits excluded):", "",
-        "| model | samples | devices / chunks | wall s | busy cores | "
-        + " | ".join(kinds) + " |",
+        "(operation seconds per wall second, waits excluded):",
+        "",
+        "| model | samples | devices / chunks | wall s | busy cores | " + " | ".join(kinds) + " |",
         "|---|---:|---|---:|---:|" + "---:|" * len(kinds),
     ]
     for name, r in profiles.items():
         total = sum(r["op_s_by_kind"].values()) or 1.0
         shares = [f"{100 * r['op_s_by_kind'].get(k, 0.0) / total:.0f}%" for k in kinds]
-        lines.append(f"| {name} | {r['samples']} | {r['devices']} / {r['micro_batches']} | "
-                     f"{r['wall_s']:.2f} | {r['busy_cores']:.2f} | " + " | ".join(shares) + " |")
+        lines.append(
+            f"| {name} | {r['samples']} | {r['devices']} / {r['micro_batches']} | "
+            f"{r['wall_s']:.2f} | {r['busy_cores']:.2f} | " + " | ".join(shares) + " |"
+        )
     lines += ["", "The costliest operations (seconds summed over threads; the JSON has more):", ""]
     for name, r in profiles.items():
         top = ", ".join(f"`{op}` {sec:.2f}" for op, sec in list(r["top_ops_s"].items())[:5])

@@ -27,7 +27,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
-
 from _common import command_line, load_average, machine, median, publish, timed
 
 N, H, T, SAMPLES = 800, 64, 60, 9600
@@ -61,18 +60,25 @@ def profile_epoch(name: str) -> dict:
     rng = np.random.default_rng(0)
     index = pd.MultiIndex.from_product(
         [pd.bdate_range("2010-01-04", periods=SAMPLES // 300), [f"S{k:03d}" for k in range(300)]],
-        names=["datetime", "instrument"])
-    samples = tabular_samples(rng.standard_normal((SAMPLES, 360), dtype=np.float32),
-                              rng.standard_normal(SAMPLES, dtype=np.float32), index)
+        names=["datetime", "instrument"],
+    )
+    samples = tabular_samples(
+        rng.standard_normal((SAMPLES, 360), dtype=np.float32),
+        rng.standard_normal(SAMPLES, dtype=np.float32),
+        index,
+    )
     module = qjax.models.get(name)(d_feat=6, hidden_size=H, num_layers=2)
-    config = TrainConfig(n_epochs=1, lr=1e-3, batch_size=N, clip_value=3.0, optimizer="adam", seed=0)
+    config = TrainConfig(
+        n_epochs=1, lr=1e-3, batch_size=N, clip_value=3.0, optimizer="adam", seed=0
+    )
     fit(module, samples, None, config, verbose=False)  # compile
     with tempfile.TemporaryDirectory() as folder:
         jax.profiler.start_trace(folder, create_perfetto_trace=True)
         wall = timed(lambda: fit(module, samples, None, config, verbose=False))
         jax.profiler.stop_trace()
         trace = next(Path(folder).rglob("perfetto_trace.json.gz"))
-        events = json.load(gzip.open(trace))["traceEvents"]
+        with gzip.open(trace) as stream:
+            events = json.load(stream)["traceEvents"]
     by_kind, by_thread = collections.Counter(), collections.Counter()
     for event in events:
         kind = op_kind(event.get("name", "")) if event.get("ph") == "X" else None
@@ -81,7 +87,9 @@ def profile_epoch(name: str) -> dict:
             by_thread[event["tid"]] += event["dur"] / 1e6
     batches = SAMPLES // N
     return {
-        "wall_s": wall, "batches": batches, "ms_per_batch": wall / batches * 1e3,
+        "wall_s": wall,
+        "batches": batches,
+        "ms_per_batch": wall / batches * 1e3,
         "op_s_by_kind": dict(by_kind.most_common()),
         "op_s_busiest_threads": sorted(by_thread.values(), reverse=True)[:4],
     }
@@ -113,8 +121,8 @@ def _lstm_forward(xp, k, b):
     def step(carry, x):
         h, c = carry
         gates = x + h @ k + b
-        if_ = jax.nn.sigmoid(gates[:, :2 * hid])
-        g, o = jnp.tanh(gates[:, 2 * hid:3 * hid]), jax.nn.sigmoid(gates[:, 3 * hid:])
+        if_ = jax.nn.sigmoid(gates[:, : 2 * hid])
+        g, o = jnp.tanh(gates[:, 2 * hid : 3 * hid]), jax.nn.sigmoid(gates[:, 3 * hid :])
         c_new = if_[:, hid:] * c + if_[:, :hid] * g
         tanh_c = jnp.tanh(c_new)
         h = o * tanh_c
@@ -141,11 +149,18 @@ def _lstm_bwd(residuals, d_hs):
     def step(carry, xs):
         dh_next, dc_next = carry
         dh_out, act = xs
-        i, f, g, o, c_prev, tanh_c = (act[:, j * hid:(j + 1) * hid] for j in range(6))
+        i, f, g, o, c_prev, tanh_c = (act[:, j * hid : (j + 1) * hid] for j in range(6))
         dh = dh_out + dh_next
         dc = dc_next + dh * o * (1 - tanh_c * tanh_c)
-        d_gates = jnp.concatenate([dc * g * i * (1 - i), dc * c_prev * f * (1 - f),
-                                   dc * i * (1 - g * g), dh * tanh_c * o * (1 - o)], -1)
+        d_gates = jnp.concatenate(
+            [
+                dc * g * i * (1 - i),
+                dc * c_prev * f * (1 - f),
+                dc * i * (1 - g * g),
+                dh * tanh_c * o * (1 - o),
+            ],
+            -1,
+        )
         return (d_gates @ k.T, dc * f), d_gates
 
     zero = jnp.zeros_like(hs[0])
@@ -162,9 +177,9 @@ def _gru_forward(xp, k, b):
 
     def step(h, x):
         hp = h @ k + b
-        rz = jax.nn.sigmoid(x[:, :2 * hid] + hp[:, :2 * hid])
-        r, z, h_n = rz[:, :hid], rz[:, hid:], hp[:, 2 * hid:]
-        n = jnp.tanh(x[:, 2 * hid:] + r * h_n)
+        rz = jax.nn.sigmoid(x[:, : 2 * hid] + hp[:, : 2 * hid])
+        r, z, h_n = rz[:, :hid], rz[:, hid:], hp[:, 2 * hid :]
+        n = jnp.tanh(x[:, 2 * hid :] + r * h_n)
         h_new = (1 - z) * n + z * h
         return h_new, (h_new, jnp.concatenate([r, z, n, h_n], -1))
 
@@ -187,7 +202,7 @@ def _gru_bwd(residuals, d_hs):
 
     def step(dh_next, xs):
         dh_out, act, h_prev = xs
-        r, z, n, h_n = (act[:, j * hid:(j + 1) * hid] for j in range(4))
+        r, z, n, h_n = (act[:, j * hid : (j + 1) * hid] for j in range(4))
         dh = dh_out + dh_next
         dn = dh * (1 - z) * (1 - n * n)
         dz = dh * (h_prev - n) * z * (1 - z)
@@ -195,7 +210,9 @@ def _gru_bwd(residuals, d_hs):
         d_hp = jnp.concatenate([dr, dz, dn * r], -1)
         return dh * z + d_hp @ k.T, (d_hp, jnp.concatenate([dr, dz, dn], -1))
 
-    _, (d_hp, d_x) = jax.lax.scan(step, jnp.zeros_like(hs[0]), (d_hs, saved, _shifted(hs)), reverse=True)
+    _, (d_hp, d_x) = jax.lax.scan(
+        step, jnp.zeros_like(hs[0]), (d_hs, saved, _shifted(hs)), reverse=True
+    )
     return d_x, jnp.einsum("tnh,tng->hg", _shifted(hs), d_hp), d_hp.sum((0, 1))
 
 
@@ -204,8 +221,10 @@ gru_manual.defvjp(_gru_fwd, _gru_bwd)
 
 def layer_gradients(repeats: int) -> dict:
     out = {}
-    for cell, n_gates, autodiff, manual in (("lstm", 4, lstm_autodiff, lstm_manual),
-                                            ("gru", 3, gru_autodiff, gru_manual)):
+    for cell, n_gates, autodiff, manual in (
+        ("lstm", 4, lstm_autodiff, lstm_manual),
+        ("gru", 3, gru_autodiff, gru_manual),
+    ):
         keys = jax.random.split(jax.random.PRNGKey(0), 4)
         xp = jax.random.normal(keys[0], (T, N, n_gates * H))
         k = jax.random.normal(keys[1], (H, n_gates * H)) * 0.1
@@ -217,10 +236,12 @@ def layer_gradients(repeats: int) -> dict:
             grad = jax.jit(jax.grad(lambda *a, fn=fn: jnp.sum(fn(*a) * weights), argnums=(0, 1, 2)))
             grads[label] = jax.block_until_ready(grad(xp, k, b))
             row[f"{label}_ms"] = 1e3 * median(
-                [timed(lambda: jax.block_until_ready(grad(xp, k, b))) for _ in range(repeats)])
+                [timed(lambda: jax.block_until_ready(grad(xp, k, b))) for _ in range(repeats)]
+            )
         row["max_rel_diff"] = max(
             float(jnp.abs(a - m).max() / jnp.abs(a).max())
-            for a, m in zip(grads["autodiff"], grads["hand_written_vjp"]))
+            for a, m in zip(grads["autodiff"], grads["hand_written_vjp"])
+        )
         out[cell] = row
     return out
 
@@ -233,32 +254,56 @@ def main(argv: list[str] | None = None) -> int:
     before = load_average()
     profiles = {name: profile_epoch(name) for name in ("lstm", "gru")}
     layers = layer_gradients(args.repeats)
-    meta = {"command": command_line(), "load_before": before, "load_after": load_average(),
-            "machine": machine()}
+    meta = {
+        "command": command_line(),
+        "load_before": before,
+        "load_after": load_average(),
+        "machine": machine(),
+    }
     kinds = list(dict.fromkeys(kind for p in profiles.values() for kind in p["op_s_by_kind"]))
     lines = [
-        "# RNN training on XLA:CPU: where an epoch goes, and a hand-written VJP", "",
-        f"Command: `{meta['command']}`", "",
+        "# RNN training on XLA:CPU: where an epoch goes, and a hand-written VJP",
+        "",
+        f"Command: `{meta['command']}`",
+        "",
         f"{meta['machine']['cpu']}, {meta['machine']['logical_cores']} logical cores; load average "
-        f"before {before}, after {meta['load_after']}.", "",
+        f"before {before}, after {meta['load_after']}.",
+        "",
         f"One epoch, {SAMPLES} samples x 360 features, batch {N}, 2 layers x {H} hidden, Adam + clip 3.0 "
-        "(XLA operations in the profiler trace, summed over threads; ms per batch of wall time):", "",
-        "| kind | " + " | ".join(profiles) + " |", "|---|" + "---:|" * len(profiles),
-        *[f"| {kind} | " + " | ".join(
-            f"{p['op_s_by_kind'].get(kind, 0.0) / p['batches'] * 1e3:.1f}" for p in profiles.values()) + " |"
-          for kind in kinds],
-        "| **wall time per batch** | " + " | ".join(f"**{p['ms_per_batch']:.1f}**" for p in profiles.values())
-        + " |", "",
+        "(XLA operations in the profiler trace, summed over threads; ms per batch of wall time):",
+        "",
+        "| kind | " + " | ".join(profiles) + " |",
+        "|---|" + "---:|" * len(profiles),
+        *[
+            f"| {kind} | "
+            + " | ".join(
+                f"{p['op_s_by_kind'].get(kind, 0.0) / p['batches'] * 1e3:.1f}"
+                for p in profiles.values()
+            )
+            + " |"
+            for kind in kinds
+        ],
+        "| **wall time per batch** | "
+        + " | ".join(f"**{p['ms_per_batch']:.1f}**" for p in profiles.values())
+        + " |",
+        "",
         f"One layer, T={T}, [{N}, {H}] states, gradient of a weighted sum w.r.t. the projected "
-        f"inputs, kernel and bias (median of {args.repeats}):", "",
+        f"inputs, kernel and bias (median of {args.repeats}):",
+        "",
         "| cell | autodiff ms | hand-written VJP ms | hand-written / autodiff | max relative difference |",
         "|---|---:|---:|---:|---:|",
-        *[f"| {cell} | {r['autodiff_ms']:.1f} | {r['hand_written_vjp_ms']:.1f} | "
-          f"{r['hand_written_vjp_ms'] / r['autodiff_ms']:.2f} | {r['max_rel_diff']:.1e} |"
-          for cell, r in layers.items()],
+        *[
+            f"| {cell} | {r['autodiff_ms']:.1f} | {r['hand_written_vjp_ms']:.1f} | "
+            f"{r['hand_written_vjp_ms'] / r['autodiff_ms']:.2f} | {r['max_rel_diff']:.1e} |"
+            for cell, r in layers.items()
+        ],
     ]
-    publish(lines, args.out, "rnn_train_profile_cpu",
-            {**meta, "epoch_profiles": profiles, "layer_gradients": layers})
+    publish(
+        lines,
+        args.out,
+        "rnn_train_profile_cpu",
+        {**meta, "epoch_profiles": profiles, "layer_gradients": layers},
+    )
     return 0
 
 

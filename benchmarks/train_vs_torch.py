@@ -51,13 +51,16 @@ import sys
 import tempfile
 import traceback
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 try:
     import torch
 except ImportError as err:  # pragma: no cover - the benchmark needs the reference side
-    raise SystemExit("this benchmark compares against Qlib's PyTorch models: pip install qjax[parity]") from err
+    raise SystemExit(
+        "this benchmark compares against Qlib's PyTorch models: pip install qjax[parity]"
+    ) from err
 
 if torch.cuda.is_available():
     # torch and JAX share the GPU: let XLA grow its pool instead of taking 75% up front.
@@ -83,7 +86,14 @@ N_CONCEPTS = 100  # synthetic HIST stock2concept columns (each stock in ~3% of t
 RNN = {"d_feat": 6, "hidden_size": 64, "num_layers": 2, "dropout": 0.0}
 EPOCH_LOOP = {"lr": 1e-3, "metric": "loss", "loss": "mse", "optimizer": "adam", "GPU": 0, "seed": 0}
 TRANSFORMER = {"d_feat": 6, "d_model": 64, "nhead": 2, "num_layers": 2, "dropout": 0.0}
-KRNN = {"fea_dim": 6, "cnn_dim": 8, "cnn_kernel_size": 3, "rnn_dim": 8, "rnn_dups": 2, "rnn_layers": 2}
+KRNN = {
+    "fea_dim": 6,
+    "cnn_dim": 8,
+    "cnn_kernel_size": 3,
+    "rnn_dim": 8,
+    "rnn_dups": 2,
+    "rnn_layers": 2,
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,7 +115,9 @@ class Case:
     inputs: str = "x"  # "x" | "priors" (TabNet: ones priors) | "concepts" (HIST: concept rows)
     finetune_head: tuple[int, int] | None = None  # TabNet: FinetuneModel(out, final_out, encoder)
     qlib_wrapper: str | None = None  # "module:Class" of Qlib's model wrapper, for the e2e fit
-    wrapper_kwargs: dict = dataclasses.field(default_factory=dict)  # YAML kwargs (qjax takes them too)
+    wrapper_kwargs: dict = dataclasses.field(
+        default_factory=dict
+    )  # YAML kwargs (qjax takes them too)
     # (folder, instruments) -> more wrapper kwargs naming files it wrote there (HIST's concept .npy)
     wrapper_files: Callable[[Path, list[str]], dict] | None = None
     wrapper_patch: Callable[[Any], None] | None = None  # makes the wrapper run here (see HIST)
@@ -122,7 +134,10 @@ def hist_concept_files(folder: Path, instruments: list[str]) -> dict:
     matrix = (np.random.default_rng(7).random((rows, N_CONCEPTS)) < 0.03).astype(np.float32)
     np.save(folder / "stock2concept.npy", matrix)
     np.save(folder / "stock_index.npy", {name: k for k, name in enumerate(instruments)})
-    return {"stock2concept": str(folder / "stock2concept.npy"), "stock_index": str(folder / "stock_index.npy")}
+    return {
+        "stock2concept": str(folder / "stock2concept.npy"),
+        "stock_index": str(folder / "stock_index.npy"),
+    }
 
 
 def qlib_recorder():
@@ -137,12 +152,20 @@ def qlib_recorder():
 
     folder = getattr(qlib_recorder, "folder", None)
     if folder is None:
-        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3 wants opting in to files
+        os.environ.setdefault(
+            "MLFLOW_ALLOW_FILE_STORE", "true"
+        )  # MLflow 3 wants opting in to files
         folder = qlib_recorder.folder = tempfile.mkdtemp(prefix="qjax-bench-qlib-")
         atexit.register(shutil.rmtree, folder, ignore_errors=True)
-        qlib.init(provider_uri=folder, region="cn", exp_manager={
-            "class": "MLflowExpManager", "module_path": "qlib.workflow.expm",
-            "kwargs": {"uri": Path(folder, "mlruns").as_uri(), "default_exp_name": "benchmark"}})
+        qlib.init(
+            provider_uri=folder,
+            region="cn",
+            exp_manager={
+                "class": "MLflowExpManager",
+                "module_path": "qlib.workflow.expm",
+                "kwargs": {"uri": Path(folder, "mlruns").as_uri(), "default_exp_name": "benchmark"},
+            },
+        )
     stack = contextlib.ExitStack()
     stack.enter_context(contextlib.chdir(folder))
     stack.enter_context(R.start(experiment_name="benchmark"))
@@ -163,90 +186,219 @@ def hist_writable_stock_index(model) -> None:
         setattr(model, name, patched)
 
 
-TABNET = {"d_feat": 360, "out_dim": 64, "final_out_dim": 1, "n_d": 64, "n_a": 64, "n_shared": 2,
-          "n_ind": 2, "n_steps": 5, "relax": 1.3, "vbs": 2048}
+TABNET = {
+    "d_feat": 360,
+    "out_dim": 64,
+    "final_out_dim": 1,
+    "n_d": 64,
+    "n_a": 64,
+    "n_shared": 2,
+    "n_ind": 2,
+    "n_steps": 5,
+    "relax": 1.3,
+    "vbs": 2048,
+}
 QC = "qlib.contrib.model."
 CASES: dict[str, Case] = {
     case.name: case
     for case in [
         Case(
-            "mlp", QC + "pytorch_nn:Net", {"input_dim": 360, "layers": (256,)},
-            {"input_dim": 360, "layers": (256,)}, batch_size=4096, batching="steps", lr=2e-3,
-            clip=False, predict_batch=8096,
+            "mlp",
+            QC + "pytorch_nn:Net",
+            {"input_dim": 360, "layers": (256,)},
+            {"input_dim": 360, "layers": (256,)},
+            batch_size=4096,
+            batching="steps",
+            lr=2e-3,
+            clip=False,
+            predict_batch=8096,
             note="DNNModelPytorch: steps of batch_size rows drawn with replacement, no clipping; no e2e: "
-                 "its fit passes ReduceLROnPlateau(verbose=...), which torch 2.13 no longer accepts",
+            "its fit passes ReduceLROnPlateau(verbose=...), which torch 2.13 no longer accepts",
         ),
         Case(
-            "lstm", QC + "pytorch_lstm:LSTMModel", RNN, RNN, batch_size=800,
-            qlib_wrapper=QC + "pytorch_lstm:LSTM", wrapper_kwargs={**RNN, **EPOCH_LOOP, "batch_size": 800},
+            "lstm",
+            QC + "pytorch_lstm:LSTMModel",
+            RNN,
+            RNN,
+            batch_size=800,
+            qlib_wrapper=QC + "pytorch_lstm:LSTM",
+            wrapper_kwargs={**RNN, **EPOCH_LOOP, "batch_size": 800},
         ),
         Case(
-            "gru", QC + "pytorch_gru:GRUModel", RNN, RNN, batch_size=800,
-            qlib_wrapper=QC + "pytorch_gru:GRU", wrapper_kwargs={**RNN, **EPOCH_LOOP, "batch_size": 800},
+            "gru",
+            QC + "pytorch_gru:GRUModel",
+            RNN,
+            RNN,
+            batch_size=800,
+            qlib_wrapper=QC + "pytorch_gru:GRU",
+            wrapper_kwargs={**RNN, **EPOCH_LOOP, "batch_size": 800},
             needs_recorder=True,
             note="e2e: Qlib's GRU.fit runs inside a recorder on a temporary MLflow store (it logs to one)",
         ),
         Case(
-            "alstm", QC + "pytorch_alstm:ALSTMModel", {**RNN, "rnn_type": "GRU"},
-            {**RNN, "rnn_type": "GRU"}, batch_size=800, qlib_wrapper=QC + "pytorch_alstm:ALSTM",
+            "alstm",
+            QC + "pytorch_alstm:ALSTMModel",
+            {**RNN, "rnn_type": "GRU"},
+            {**RNN, "rnn_type": "GRU"},
+            batch_size=800,
+            qlib_wrapper=QC + "pytorch_alstm:ALSTM",
             wrapper_kwargs={**RNN, **EPOCH_LOOP, "batch_size": 800, "rnn_type": "GRU"},
         ),
         Case(
-            "krnn", QC + "pytorch_krnn:KRNNModel", {**KRNN, "dropout": 0, "device": DEVICE},
-            {**KRNN, "dropout": 0.0}, batch_size=2000, qlib_wrapper=QC + "pytorch_krnn:KRNN",
+            "krnn",
+            QC + "pytorch_krnn:KRNNModel",
+            {**KRNN, "dropout": 0, "device": DEVICE},
+            {**KRNN, "dropout": 0.0},
+            batch_size=2000,
+            qlib_wrapper=QC + "pytorch_krnn:KRNN",
             wrapper_kwargs={**KRNN, "dropout": 0, **EPOCH_LOOP, "batch_size": 2000},
         ),
         Case(
-            "transformer", QC + "pytorch_transformer:Transformer", {**TRANSFORMER, "device": DEVICE},
-            TRANSFORMER, batch_size=2048, lr=1e-4, weight_decay=1e-3, sample_share=0.16,
+            "transformer",
+            QC + "pytorch_transformer:Transformer",
+            {**TRANSFORMER, "device": DEVICE},
+            TRANSFORMER,
+            batch_size=2048,
+            lr=1e-4,
+            weight_decay=1e-3,
+            sample_share=0.16,
             qlib_wrapper=QC + "pytorch_transformer:TransformerModel",
-            wrapper_kwargs={**TRANSFORMER, **EPOCH_LOOP, "lr": 1e-4, "reg": 1e-3, "batch_size": 2048},
+            wrapper_kwargs={
+                **TRANSFORMER,
+                **EPOCH_LOOP,
+                "lr": 1e-4,
+                "reg": 1e-3,
+                "batch_size": 2048,
+            },
         ),
         Case(
-            "localformer", QC + "pytorch_localformer:Transformer", {**TRANSFORMER, "device": DEVICE},
-            TRANSFORMER, batch_size=2048, lr=1e-4, weight_decay=1e-3, sample_share=0.16,
+            "localformer",
+            QC + "pytorch_localformer:Transformer",
+            {**TRANSFORMER, "device": DEVICE},
+            TRANSFORMER,
+            batch_size=2048,
+            lr=1e-4,
+            weight_decay=1e-3,
+            sample_share=0.16,
             qlib_wrapper=QC + "pytorch_localformer:LocalformerModel",
-            wrapper_kwargs={**TRANSFORMER, **EPOCH_LOOP, "lr": 1e-4, "reg": 1e-3, "batch_size": 2048},
+            wrapper_kwargs={
+                **TRANSFORMER,
+                **EPOCH_LOOP,
+                "lr": 1e-4,
+                "reg": 1e-3,
+                "batch_size": 2048,
+            },
         ),
         Case(
-            "tabnet", QC + "pytorch_tabnet:TabNet", {"inp_dim": 360, "out_dim": 64, "vbs": 2048, "relax": 1.3},
-            {"inp_dim": 360}, batch_size=4096, lr=0.01, sample_share=0.64, inputs="priors",
-            finetune_head=(64, 1), qlib_wrapper=QC + "pytorch_tabnet:TabnetModel",
-            wrapper_kwargs={**TABNET, **EPOCH_LOOP, "lr": 0.01, "batch_size": 4096, "pretrain": False},
+            "tabnet",
+            QC + "pytorch_tabnet:TabNet",
+            {"inp_dim": 360, "out_dim": 64, "vbs": 2048, "relax": 1.3},
+            {"inp_dim": 360},
+            batch_size=4096,
+            lr=0.01,
+            sample_share=0.64,
+            inputs="priors",
+            finetune_head=(64, 1),
+            qlib_wrapper=QC + "pytorch_tabnet:TabnetModel",
+            wrapper_kwargs={
+                **TABNET,
+                **EPOCH_LOOP,
+                "lr": 0.01,
+                "batch_size": 4096,
+                "pretrain": False,
+            },
             note="fine-tuning only (no pretraining, also in the e2e fit); Qlib's optimizer holds the "
-                 "encoder, not the head",
+            "encoder, not the head",
         ),
         Case(
-            "gats", QC + "pytorch_gats:GATModel", {**RNN, "dropout": 0.7, "base_model": "LSTM"},
-            {**RNN, "dropout": 0.7, "base_model": "LSTM"}, batch_size=1, batching="daily", lr=1e-4,
+            "gats",
+            QC + "pytorch_gats:GATModel",
+            {**RNN, "dropout": 0.7, "base_model": "LSTM"},
+            {**RNN, "dropout": 0.7, "base_model": "LSTM"},
+            batch_size=1,
+            batching="daily",
+            lr=1e-4,
             qlib_wrapper=QC + "pytorch_gats:GATs",
             wrapper_kwargs={**RNN, "dropout": 0.7, "base_model": "LSTM", **EPOCH_LOOP, "lr": 1e-4},
         ),
         Case(
-            "hist", QC + "pytorch_hist:HISTModel", {**RNN, "base_model": "LSTM"},
-            {**RNN, "base_model": "LSTM"}, batch_size=1, batching="daily", lr=1e-4, inputs="concepts",
+            "hist",
+            QC + "pytorch_hist:HISTModel",
+            {**RNN, "base_model": "LSTM"},
+            {**RNN, "base_model": "LSTM"},
+            batch_size=1,
+            batching="daily",
+            lr=1e-4,
+            inputs="concepts",
             qlib_wrapper=QC + "pytorch_hist:HIST",
             wrapper_kwargs={**RNN, "base_model": "LSTM", **EPOCH_LOOP, "lr": 1e-4, "metric": "ic"},
-            wrapper_files=hist_concept_files, wrapper_patch=hist_writable_stock_index,
+            wrapper_files=hist_concept_files,
+            wrapper_patch=hist_writable_stock_index,
             note=f"synthetic stock2concept with {N_CONCEPTS} concepts",
         ),
         Case(
-            "sfm", QC + "pytorch_sfm:SFM_Model",
-            {"d_feat": 6, "output_dim": 32, "freq_dim": 25, "hidden_size": 64, "dropout_W": 0.5,
-             "dropout_U": 0.5, "device": DEVICE},
-            {"d_feat": 6, "output_dim": 32, "freq_dim": 25, "hidden_size": 64, "dropout_W": 0.5,
-             "dropout_U": 0.5},
-            batch_size=1600, sample_share=0.125, qlib_wrapper=QC + "pytorch_sfm:SFM",
-            wrapper_kwargs={"d_feat": 6, "hidden_size": 64, "output_dim": 32, "freq_dim": 25,
-                            "dropout_W": 0.5, "dropout_U": 0.5, **EPOCH_LOOP, "batch_size": 1600},
+            "sfm",
+            QC + "pytorch_sfm:SFM_Model",
+            {
+                "d_feat": 6,
+                "output_dim": 32,
+                "freq_dim": 25,
+                "hidden_size": 64,
+                "dropout_W": 0.5,
+                "dropout_U": 0.5,
+                "device": DEVICE,
+            },
+            {
+                "d_feat": 6,
+                "output_dim": 32,
+                "freq_dim": 25,
+                "hidden_size": 64,
+                "dropout_W": 0.5,
+                "dropout_U": 0.5,
+            },
+            batch_size=1600,
+            sample_share=0.125,
+            qlib_wrapper=QC + "pytorch_sfm:SFM",
+            wrapper_kwargs={
+                "d_feat": 6,
+                "hidden_size": 64,
+                "output_dim": 32,
+                "freq_dim": 25,
+                "dropout_W": 0.5,
+                "dropout_U": 0.5,
+                **EPOCH_LOOP,
+                "batch_size": 1600,
+            },
         ),
         Case(
-            "tcn", QC + "pytorch_tcn:TCNModel",
-            {"num_input": 6, "output_size": 1, "num_channels": [128] * 5, "kernel_size": 3, "dropout": 0.5},
-            {"num_input": 6, "output_size": 1, "num_channels": (128,) * 5, "kernel_size": 3, "dropout": 0.5},
-            batch_size=2000, sample_share=0.25, qlib_wrapper=QC + "pytorch_tcn:TCN",
-            wrapper_kwargs={"d_feat": 6, "n_chans": 128, "kernel_size": 3, "num_layers": 5, "dropout": 0.5,
-                            **EPOCH_LOOP, "batch_size": 2000},
+            "tcn",
+            QC + "pytorch_tcn:TCNModel",
+            {
+                "num_input": 6,
+                "output_size": 1,
+                "num_channels": [128] * 5,
+                "kernel_size": 3,
+                "dropout": 0.5,
+            },
+            {
+                "num_input": 6,
+                "output_size": 1,
+                "num_channels": (128,) * 5,
+                "kernel_size": 3,
+                "dropout": 0.5,
+            },
+            batch_size=2000,
+            sample_share=0.25,
+            qlib_wrapper=QC + "pytorch_tcn:TCN",
+            wrapper_kwargs={
+                "d_feat": 6,
+                "n_chans": 128,
+                "kernel_size": 3,
+                "num_layers": 5,
+                "dropout": 0.5,
+                **EPOCH_LOOP,
+                "batch_size": 2000,
+            },
         ),
     ]
 }
@@ -283,8 +435,10 @@ def make_data(case: Case, n: int, seed: int) -> Data:
     day = np.repeat(np.arange(len(counts)), counts)
     slot = np.arange(counts.sum()) - starts[day]
     index = pd.MultiIndex.from_arrays(
-        [pd.bdate_range("2010-01-04", periods=len(counts))[day],
-         pd.Index([f"SH{k:06d}" for k in range(DAY_SIZES[1])])[slot]],
+        [
+            pd.bdate_range("2010-01-04", periods=len(counts))[day],
+            pd.Index([f"SH{k:06d}" for k in range(DAY_SIZES[1])])[slot],
+        ],
         names=["datetime", "instrument"],
     )
     total = int(counts.sum())
@@ -303,23 +457,34 @@ def take_with_concepts(features: dict, ids: jax.Array) -> dict:
     """HIST's inputs for sample ids: the rows and their stocks' concept memberships."""
     return {
         "x": jnp.take(features["x"], ids, axis=0),
-        "concept_matrix": jnp.take(features["stock2concept"], jnp.take(features["stock"], ids), axis=0),
+        "concept_matrix": jnp.take(
+            features["stock2concept"], jnp.take(features["stock"], ids), axis=0
+        ),
     }
 
 
 def qjax_samples(case: Case, data: Data) -> Samples:
     samples = tabular_samples(data.x, data.y, data.index)
     if case.inputs == "concepts":
-        features = {"x": samples.features, "stock": jnp.asarray(data.stock, jnp.int32),
-                    "stock2concept": jnp.asarray(data.stock2concept)}
+        features = {
+            "x": samples.features,
+            "stock": jnp.asarray(data.stock, jnp.int32),
+            "stock2concept": jnp.asarray(data.stock2concept),
+        }
         samples = samples.replace(features=features, take=take_with_concepts)
     return samples
 
 
 def train_config(case: Case, n: int) -> TrainConfig:
     settings: dict[str, Any] = dict(
-        n_epochs=1, lr=case.lr, batch_size=case.batch_size, weight_decay=case.weight_decay,
-        clip_value=3.0 if case.clip else None, optimizer="adam", batching=case.batching, seed=0,
+        n_epochs=1,
+        lr=case.lr,
+        batch_size=case.batch_size,
+        weight_decay=case.weight_decay,
+        clip_value=3.0 if case.clip else None,
+        optimizer="adam",
+        batching=case.batching,
+        seed=0,
     )
     if case.batching == "steps":  # one evaluation period of N // batch_size steps
         settings.update(max_steps=n // case.batch_size, eval_steps=n // case.batch_size)
@@ -421,7 +586,9 @@ class TorchRunner:
                 loss.item()
         else:
             x_values = data.x
-            if self.case.inputs == "priors":  # TabnetModel: a tensor view with NaNs zeroed per epoch
+            if (
+                self.case.inputs == "priors"
+            ):  # TabnetModel: a tensor view with NaNs zeroed per epoch
                 x_values = torch.from_numpy(data.x)
                 x_values[torch.isnan(x_values)] = 0
             for k, rows in enumerate(self._batches(shuffle=True, predict=False)):
@@ -482,7 +649,9 @@ def run_case(case: Case, n_samples: int, repeats: int, watch: CompileWatch, devi
     with watch.span() as predict_first:
         first_pred = timed(qjax_predict)
     torch_pred = runner.predict()
-    qjax_pred_s, torch_pred_s, predict_recompiles = alternate(qjax_predict, runner.predict, repeats, watch)
+    qjax_pred_s, torch_pred_s, predict_recompiles = alternate(
+        qjax_predict, runner.predict, repeats, watch
+    )
     if not (np.isfinite(qjax_predict()).all() and np.isfinite(torch_pred).all()):
         raise RuntimeError(f"{case.name}: non-finite predictions")
 
@@ -496,17 +665,24 @@ def run_case(case: Case, n_samples: int, repeats: int, watch: CompileWatch, devi
         "batching": case.batching,
         "params": {"qjax": qjax_param_count(variables), "torch": runner.n_params},
         "train": {
-            "qjax_samples_per_s": qjax_rate, "torch_samples_per_s": torch_rate,
+            "qjax_samples_per_s": qjax_rate,
+            "torch_samples_per_s": torch_rate,
             "speedup": qjax_rate / torch_rate,
-            "qjax_epoch_s": qjax_s, "torch_epoch_s": torch_s,
-            "qjax_first_call_s": first_s, "qjax_compile_s": first["compile_s"],
-            "qjax_compiles_first_call": first["compiles"], "qjax_compiles_timed": recompiles,
+            "qjax_epoch_s": qjax_s,
+            "torch_epoch_s": torch_s,
+            "qjax_first_call_s": first_s,
+            "qjax_compile_s": first["compile_s"],
+            "qjax_compiles_first_call": first["compiles"],
+            "qjax_compiles_timed": recompiles,
         },
         "infer": {
-            "qjax_samples_per_s": qjax_infer, "torch_samples_per_s": torch_infer,
+            "qjax_samples_per_s": qjax_infer,
+            "torch_samples_per_s": torch_infer,
             "speedup": qjax_infer / torch_infer,
-            "qjax_s": qjax_pred_s, "torch_s": torch_pred_s,
-            "qjax_first_call_s": first_pred, "qjax_compile_s": predict_first["compile_s"],
+            "qjax_s": qjax_pred_s,
+            "torch_s": torch_pred_s,
+            "qjax_first_call_s": first_pred,
+            "qjax_compile_s": predict_first["compile_s"],
             "qjax_compiles_timed": predict_recompiles,
         },
         "note": case.note,
@@ -550,8 +726,10 @@ def run_e2e(case: Case, args, watch: CompileWatch) -> dict:
     # and valid keep at least one full batch (Qlib drops the last partial batch).
     full_batch_days = -(-case.wrapper_kwargs.get("batch_size", 1) // args.e2e_stocks)
     n_days = {
-        name: max(1 if name == "test" else full_batch_days,
-                  int(round(getattr(args, f"e2e_{name}_days") * case.sample_share)))
+        name: max(
+            1 if name == "test" else full_batch_days,
+            int(round(getattr(args, f"e2e_{name}_days") * case.sample_share)),
+        )
         for name in ("train", "valid", "test")
     }
     frame = e2e_frame(args.e2e_stocks, sum(n_days.values()), case.input_dim, seed=1)
@@ -575,7 +753,9 @@ def run_e2e(case: Case, args, watch: CompileWatch) -> dict:
         if case.wrapper_files is not None:
             instruments = sorted(frame.index.get_level_values("instrument").unique())
             kwargs.update(case.wrapper_files(Path(folder), instruments))
-        qlib_dataset = DatasetH(DataHandlerLP(data_loader=StaticDataLoader(config=frame.copy())), segments)
+        qlib_dataset = DatasetH(
+            DataHandlerLP(data_loader=StaticDataLoader(config=frame.copy())), segments
+        )
         qlib_model = load(case.qlib_wrapper)(**kwargs)
         if case.wrapper_patch is not None:
             case.wrapper_patch(qlib_model)
@@ -585,12 +765,21 @@ def run_e2e(case: Case, args, watch: CompileWatch) -> dict:
         dataset = Dataset(DataHandler(frame), segments)
         like_qlib = {"eval_train": True, "eval_protocol": "qlib"}
         runs = {}
-        for label, extra in (("like_qlib_cold", like_qlib), ("like_qlib_warm", like_qlib), ("default_cold", {})):
+        for label, extra in (
+            ("like_qlib_cold", like_qlib),
+            ("like_qlib_warm", like_qlib),
+            ("default_cold", {}),
+        ):
             with watch.span() as got:
-                seconds = timed(lambda: qjax.estimator(case.name, **kwargs, **extra).fit(dataset, verbose=False))
+                seconds = timed(
+                    lambda: qjax.estimator(case.name, **kwargs, **extra).fit(dataset, verbose=False)
+                )
             runs[label] = {"s": seconds, "compile_s": got["compile_s"], "compiles": got["compiles"]}
     return {
-        "kwargs": {k: (Path(v).name if k in ("stock2concept", "stock_index") else v) for k, v in kwargs.items()},
+        "kwargs": {
+            k: (Path(v).name if k in ("stock2concept", "stock_index") else v)
+            for k, v in kwargs.items()
+        },
         "segments": {k: [str(a.date()), str(b.date())] for k, (a, b) in segments.items()},
         "samples": {k: int(args.e2e_stocks * n_days[k]) for k in segments},
         "qlib_s": qlib_s,
@@ -621,7 +810,10 @@ def torch_thread_probe(threads: int, steps: int = 3) -> dict:
         step()
         rates[n_threads] = 800 * steps / timed(lambda: [step() for _ in range(steps)])
     torch.set_num_threads(threads)
-    return {"lstm_train_samples_per_s_by_threads": rates, "all_threads_vs_one": rates[threads] / rates[1]}
+    return {
+        "lstm_train_samples_per_s_by_threads": rates,
+        "all_threads_vs_one": rates[threads] / rates[1],
+    }
 
 
 # -- report --------------------------------------------------------------------------------
@@ -659,9 +851,12 @@ def report(r: dict) -> str:
         *([r["config"]["note"], ""] if r["config"].get("note") else []),
         f"Run {r['started']}; **load average (1/5/15 min) before {r['load_average_before']}, after "
         f"{r['load_average_after']}** on {m['logical_cores']} logical cores. "
-        + ("The machine was shared with other jobs, so absolute numbers are noisy; compare ratios "
-           "(qjax and torch repeats alternate, so load changes hit both sides)."
-           if r["load_average_before"][0] > 0.5 * m["logical_cores"] else "The machine was otherwise idle."),
+        + (
+            "The machine was shared with other jobs, so absolute numbers are noisy; compare ratios "
+            "(qjax and torch repeats alternate, so load changes hit both sides)."
+            if r["load_average_before"][0] > 0.5 * m["logical_cores"]
+            else "The machine was otherwise idle."
+        ),
         "",
         "Speed-up = qjax rate / torch rate (or Qlib seconds / qjax seconds): above 1 means qjax is faster.",
         "",
@@ -676,17 +871,28 @@ def report(r: dict) -> str:
             continue
         t, i = res["train"], res["infer"]
         e = r["e2e"].get(name, {})
-        e2e = ("–", "–", "–") if "qlib_s" not in e else (
-            f"{e['qjax']['like_qlib_cold']['s']:.1f}", f"{e['qlib_s']:.1f}", f"{e['speedup_like_qlib']:.2f}x")
+        e2e = (
+            ("–", "–", "–")
+            if "qlib_s" not in e
+            else (
+                f"{e['qjax']['like_qlib_cold']['s']:.1f}",
+                f"{e['qlib_s']:.1f}",
+                f"{e['speedup_like_qlib']:.2f}x",
+            )
+        )
         lines.append(
             f"| {name} | {_fmt(t['qjax_samples_per_s'])} | {_fmt(t['torch_samples_per_s'])} | "
             f"{t['speedup']:.2f}x | {_fmt(i['qjax_samples_per_s'])} | {_fmt(i['torch_samples_per_s'])} | "
             f"{i['speedup']:.2f}x | {e2e[0]} | {e2e[1]} | {e2e[2]} |"
         )
-    lines += ["", "## Details per model", "",
-              "| model | samples | batch | params qjax / torch | qjax epoch s (median, all) | torch epoch s "
-              "(median, all) | qjax first call s (compile s) | compiles in timed calls (train / predict) |",
-              "|---|---:|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "## Details per model",
+        "",
+        "| model | samples | batch | params qjax / torch | qjax epoch s (median, all) | torch epoch s "
+        "(median, all) | qjax first call s (compile s) | compiles in timed calls (train / predict) |",
+        "|---|---:|---|---|---|---|---|---|",
+    ]
     for name, res in r["models"].items():
         if "error" in res:
             continue
@@ -702,10 +908,14 @@ def report(r: dict) -> str:
     if notes:
         lines += ["", *notes]
     if r["e2e"]:
-        lines += ["", "## End-to-end `fit` (one in-memory frame, both libraries' data handling included)", "",
-                  "| model | train / valid samples | epochs | Qlib `fit` s | qjax like Qlib, cold s (compile s) "
-                  "| qjax like Qlib, warm s | qjax defaults, cold s (compile s) | speed-up like Qlib / defaults |",
-                  "|---|---|---:|---:|---|---:|---|---|"]
+        lines += [
+            "",
+            "## End-to-end `fit` (one in-memory frame, both libraries' data handling included)",
+            "",
+            "| model | train / valid samples | epochs | Qlib `fit` s | qjax like Qlib, cold s (compile s) "
+            "| qjax like Qlib, warm s | qjax defaults, cold s (compile s) | speed-up like Qlib / defaults |",
+            "|---|---|---:|---:|---|---:|---|---|",
+        ]
         for name, e in r["e2e"].items():
             if "error" in e:
                 lines.append(f"| {name} | failed: {e['error']} | | | | | | |")
@@ -718,19 +928,23 @@ def report(r: dict) -> str:
                 f"({q['default_cold']['compile_s']:.1f}) | {e['speedup_like_qlib']:.2f}x / "
                 f"{e['speedup_default']:.2f}x |"
             )
-        lines += ["",
-                  "\"like Qlib\": `eval_train=True, eval_protocol=\"qlib\"` (Qlib's wrappers re-evaluate the "
-                  "whole train set after every epoch and score batches the way `test_epoch` does); "
-                  "\"defaults\": qjax's defaults (no train re-evaluation, exact validation loss). "
-                  "Cold runs include tracing and XLA compilation (in parentheses); the warm run is the "
-                  "same fit again in the same process (compiled programs reused). "
-                  "early_stop = n_epochs + 1, so every run trains all epochs."]
+        lines += [
+            "",
+            '"like Qlib": `eval_train=True, eval_protocol="qlib"` (Qlib\'s wrappers re-evaluate the '
+            "whole train set after every epoch and score batches the way `test_epoch` does); "
+            '"defaults": qjax\'s defaults (no train re-evaluation, exact validation loss). '
+            "Cold runs include tracing and XLA compilation (in parentheses); the warm run is the "
+            "same fit again in the same process (compiled programs reused). "
+            "early_stop = n_epochs + 1, so every run trains all epochs.",
+        ]
     if r["skipped"]:
         lines += ["", "## Skipped", "", *[f"- {k}: {v}" for k, v in r["skipped"].items()]]
     if r["not_run"]:
         lines += ["", f"Not in `--models` for this run: {', '.join(r['not_run'])}."]
     lines += [
-        "", "## Method", "",
+        "",
+        "## Method",
+        "",
         f"- Data: random float32 N(0, 1) features [N, {360}] (Alpha360 layout) and labels; daily models "
         f"get days of {DAY_SIZES[0]}-{DAY_SIZES[1]} stocks (qjax pads every day to the largest). "
         f"--samples {c['samples']} scaled per model (Transformer/Localformer 0.16, TabNet 0.64, TCN 0.25, "
@@ -743,13 +957,16 @@ def report(r: dict) -> str:
         "(numpy slice -> `torch.from_numpy` -> eval forward under `no_grad` -> numpy).",
         f"- Medians of {c['repeats']} alternating repeats; every timing is in the JSON.",
         "",
-        "## Machine", "",
+        "## Machine",
+        "",
         f"- CPU: {m['cpu']}, {m['logical_cores']} logical cores, {m['ram_gib']} GiB RAM; {m['platform']}",
         f"- JAX backend `{m['jax_backend']}` ({', '.join(m['jax_devices'])}); torch device "
         f"`{m.get('torch_device')}`, torch threads {m.get('torch_threads')} (interop "
         f"{m.get('torch_interop_threads')}); XLA: {m['jax_threads']}",
         f"- Allocators: JAX: {m['allocators']['jax']}; torch: {m['allocators'].get('torch')}",
-        "- Versions: " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()) + f", Python {m['python']}",
+        "- Versions: "
+        + ", ".join(f"{k} {v}" for k, v in m["versions"].items())
+        + f", Python {m['python']}",
         f"- Environment: {m['env'] or 'no threading/allocator variables set'}",
         "",
     ]
@@ -764,13 +981,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--models", default=",".join(CASES), help="comma-separated names (default: all)")
     p.add_argument("--samples", type=int, default=25600, help="train samples N (scaled per model)")
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--e2e-models", default="lstm,alstm", help="models for the end-to-end fit; '' for none")
+    p.add_argument(
+        "--e2e-models", default="lstm,alstm", help="models for the end-to-end fit; '' for none"
+    )
     p.add_argument("--e2e-epochs", type=int, default=3)
     p.add_argument("--e2e-stocks", type=int, default=300)
     p.add_argument("--e2e-train-days", type=int, default=85)
     p.add_argument("--e2e-valid-days", type=int, default=24)
     p.add_argument("--e2e-test-days", type=int, default=5)
-    p.add_argument("--out", type=Path, default=None, help="folder for train_vs_torch_<tag>.{md,json}")
+    p.add_argument(
+        "--out", type=Path, default=None, help="folder for train_vs_torch_<tag>.{md,json}"
+    )
     p.add_argument("--tag", default=None, help="result file suffix (default: the JAX backend)")
     p.add_argument("--note", default="", help="a remark printed under the results' header")
     args = p.parse_args(argv)
@@ -821,13 +1042,18 @@ def main(argv=None) -> None:
             results["models"][name] = {"error": f"{type(err).__name__}: {err}"}
             continue
         t = results["models"][name]["train"]
-        print(f"    train {t['qjax_samples_per_s']:,.0f}/s vs {t['torch_samples_per_s']:,.0f}/s",
-              file=sys.stderr, flush=True)
+        print(
+            f"    train {t['qjax_samples_per_s']:,.0f}/s vs {t['torch_samples_per_s']:,.0f}/s",
+            file=sys.stderr,
+            flush=True,
+        )
 
     for name in args.e2e_models:
         case = CASES[name]
         if case.qlib_wrapper is None or name not in qjax.estimators.wrappers():
-            results["skipped"][f"e2e {name}"] = case.note or "no Qlib wrapper or qjax estimator for it"
+            results["skipped"][f"e2e {name}"] = (
+                case.note or "no Qlib wrapper or qjax estimator for it"
+            )
             continue
         print(f"[e2e] {name} ...", file=sys.stderr, flush=True)
         try:
@@ -853,7 +1079,9 @@ def main(argv=None) -> None:
     print(text)
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / f"train_vs_torch_{tag}.json").write_text(json.dumps(record, indent=1, default=str) + "\n")
+        (args.out / f"train_vs_torch_{tag}.json").write_text(
+            json.dumps(record, indent=1, default=str) + "\n"
+        )
         (args.out / f"train_vs_torch_{tag}.md").write_text(text)
 
 

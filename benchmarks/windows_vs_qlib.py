@@ -33,13 +33,17 @@ def ragged_panel(n_inst: int, n_days: int, n_feat: int, seed: int = 0) -> pd.Dat
     rng = np.random.default_rng(seed)
     dates = pd.bdate_range("2015-01-01", periods=n_days)
     listed = np.where(rng.random(n_inst) < 0.2, rng.integers(0, n_days // 2, n_inst), 0)
-    present = (np.arange(n_days)[:, None] >= listed[None, :]) & (rng.random((n_days, n_inst)) > 0.03)
+    present = (np.arange(n_days)[:, None] >= listed[None, :]) & (
+        rng.random((n_days, n_inst)) > 0.03
+    )
     day, inst = np.nonzero(present)
     index = pd.MultiIndex.from_arrays(
         [dates[day], pd.Index([f"SH{k:06d}" for k in range(n_inst)])[inst]],
         names=["datetime", "instrument"],
     )
-    cols = pd.MultiIndex.from_tuples([("feature", f"f{k}") for k in range(n_feat)] + [("label", "y")])
+    cols = pd.MultiIndex.from_tuples(
+        [("feature", f"f{k}") for k in range(n_feat)] + [("label", "y")]
+    )
     values = rng.standard_normal((len(index), n_feat + 1)).astype(np.float32)
     return pd.DataFrame(values, index=index, columns=cols)
 
@@ -94,8 +98,11 @@ def time_qjax(df, step_len: int, batch: int, n_batches: int, repeats: int) -> di
         scanned.append(n_batches * batch / (time.perf_counter() - t0))
     assert x.shape == (batch, step_len, df.shape[1] - 1)
     return {
-        "per_call_windows_per_s": statistics.median(per_call), "per_call_all": per_call,
-        "scan_windows_per_s": statistics.median(scanned), "scan_all": scanned, "build_s": build_s,
+        "per_call_windows_per_s": statistics.median(per_call),
+        "per_call_all": per_call,
+        "scan_windows_per_s": statistics.median(scanned),
+        "scan_all": scanned,
+        "build_s": build_s,
     }
 
 
@@ -112,10 +119,17 @@ def machine() -> dict:
     import torch
 
     return {
-        "cpu": cpu, "cores_visible": os.cpu_count(), "load_average_1_5_15": os.getloadavg(), "jax_backend": jax.default_backend(),
-        "jax_devices": [str(d) for d in jax.devices()], "python": platform.python_version(),
-        "jax": jax.__version__, "numpy": np.__version__, "pandas": pd.__version__,
-        "torch": torch.__version__, "qlib": qlib.__version__,
+        "cpu": cpu,
+        "cores_visible": os.cpu_count(),
+        "load_average_1_5_15": os.getloadavg(),
+        "jax_backend": jax.default_backend(),
+        "jax_devices": [str(d) for d in jax.devices()],
+        "python": platform.python_version(),
+        "jax": jax.__version__,
+        "numpy": np.__version__,
+        "pandas": pd.__version__,
+        "torch": torch.__version__,
+        "qlib": qlib.__version__,
     }
 
 
@@ -137,7 +151,10 @@ def main() -> None:
     result = {
         "command": "python " + " ".join(sys.argv),
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items()},
-        "rows": len(df), "machine": machine(), "qjax": qjax_res, "qlib": qlib_res,
+        "rows": len(df),
+        "machine": machine(),
+        "qjax": qjax_res,
+        "qlib": qlib_res,
         "ratio_per_call": qjax_res["per_call_windows_per_s"] / qlib_res["windows_per_s"],
         "ratio_scan": qjax_res["scan_windows_per_s"] / qlib_res["windows_per_s"],
     }
@@ -152,24 +169,24 @@ def report(r: dict) -> str:
     m, c = r["machine"], r["config"]
     return f"""# Window gather: qjax vs Qlib TSDataSampler
 
-Command: `{r['command']}`
+Command: `{r["command"]}`
 
-Panel: {c['instruments']} instruments x {c['days']} days ({r['rows']} rows, ~3% suspended days,
-20% late listings), {c['features']} features, step_len {c['step_len']}, batch {c['batch']},
-`fillna_type="ffill+bfill"`, {c['batches']} batches per repeat, median of {c['repeats']} repeats.
+Panel: {c["instruments"]} instruments x {c["days"]} days ({r["rows"]} rows, ~3% suspended days,
+20% late listings), {c["features"]} features, step_len {c["step_len"]}, batch {c["batch"]},
+`fillna_type="ffill+bfill"`, {c["batches"]} batches per repeat, median of {c["repeats"]} repeats.
 
 | | windows/s | vs Qlib |
 |---|---:|---:|
-| Qlib `TSDataSampler` + `DataLoader(shuffle=True, num_workers=0)` | {r['qlib']['windows_per_s']:,.0f} | 1.0x |
-| qjax jitted gather, one call per batch | {r['qjax']['per_call_windows_per_s']:,.0f} | {r['ratio_per_call']:.1f}x |
-| qjax gather inside one `lax.scan` epoch program (+ a nansum per batch) | {r['qjax']['scan_windows_per_s']:,.0f} | {r['ratio_scan']:.1f}x |
+| Qlib `TSDataSampler` + `DataLoader(shuffle=True, num_workers=0)` | {r["qlib"]["windows_per_s"]:,.0f} | 1.0x |
+| qjax jitted gather, one call per batch | {r["qjax"]["per_call_windows_per_s"]:,.0f} | {r["ratio_per_call"]:.1f}x |
+| qjax gather inside one `lax.scan` epoch program (+ a nansum per batch) | {r["qjax"]["scan_windows_per_s"]:,.0f} | {r["ratio_scan"]:.1f}x |
 
-Setup time (host tables + device transfer): qjax {r['qjax']['build_s']:.2f} s, Qlib sampler {r['qlib']['build_s']:.2f} s.
+Setup time (host tables + device transfer): qjax {r["qjax"]["build_s"]:.2f} s, Qlib sampler {r["qlib"]["build_s"]:.2f} s.
 
-Machine: {m['cpu']}, {m['cores_visible']} cores visible, JAX backend `{m['jax_backend']}`
-({', '.join(m['jax_devices'])}); Python {m['python']}, jax {m['jax']}, numpy {m['numpy']},
-pandas {m['pandas']}, torch {m['torch']}, qlib {m['qlib']}.
-The machine is shared with other jobs (load average {m['load_average_1_5_15'][0]:.1f} when the
+Machine: {m["cpu"]}, {m["cores_visible"]} cores visible, JAX backend `{m["jax_backend"]}`
+({", ".join(m["jax_devices"])}); Python {m["python"]}, jax {m["jax"]}, numpy {m["numpy"]},
+pandas {m["pandas"]}, torch {m["torch"]}, qlib {m["qlib"]}.
+The machine is shared with other jobs (load average {m["load_average_1_5_15"][0]:.1f} when the
 run ended), so absolute rates are noisy (repeat spread is in the JSON); on this machine
 repeated runs of the qjax gather varied by about 2x. Compare ratios, not absolutes.
 """

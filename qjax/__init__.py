@@ -23,8 +23,17 @@ __version__ = "0.1.0"
 __all__ = ["data", "estimator", "interop", "load", "models", "set_cpu_devices", "train"]
 
 _SUBMODULES = {
-    "data", "interop", "models", "train", "estimators", "workflow", "run_config", "errors",
-    "cpu_devices", "saved_run", "predict",
+    "data",
+    "interop",
+    "models",
+    "train",
+    "estimators",
+    "workflow",
+    "run_config",
+    "errors",
+    "cpu_devices",
+    "saved_run",
+    "predict",
 }
 
 

@@ -17,75 +17,157 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="qjax", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    train = commands.add_parser("train", aliases=["run"], help="train a model from a YAML config "
-                                "(qjax's or Qlib's workflow_config_*.yaml, which qjax translates)")
+    train = commands.add_parser(
+        "train",
+        aliases=["run"],
+        help="train a model from a YAML config "
+        "(qjax's or Qlib's workflow_config_*.yaml, which qjax translates)",
+    )
     train.add_argument("config", help="a YAML run config, e.g. configs/lstm_alpha360.yaml")
-    train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a config value, e.g. --set model.kwargs.lr=2e-4 (repeatable)")
+    train.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set model.kwargs.lr=2e-4 (repeatable)",
+    )
     train.add_argument("--out", help="run directory (default: runs/<config name>)")
-    train.add_argument("--overwrite", action="store_true",
-                       help="discard an existing run in --out instead of resuming it")
+    train.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="discard an existing run in --out instead of resuming it",
+    )
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.add_argument(
-        "--compilation-cache", metavar="DIR",
+        "--compilation-cache",
+        metavar="DIR",
         default=default_cache_dir(),
         help="keep compiled XLA programs here so that a repeated run skips compilation "
-             "(default: $QJAX_COMPILATION_CACHE or ~/.cache/qjax/xla; 'off' disables it)")
+        "(default: $QJAX_COMPILATION_CACHE or ~/.cache/qjax/xla; 'off' disables it)",
+    )
     train.add_argument(
-        "--cpu-devices", metavar="N", type=_positive_int, default=None,
+        "--cpu-devices",
+        metavar="N",
+        type=_positive_int,
+        default=None,
         help="XLA CPU devices to split each batch over (default: $QJAX_CPU_DEVICES or one per "
-             "usable core; 1 turns the split off); see qjax.cpu_devices")
+        "usable core; 1 turns the split off); see qjax.cpu_devices",
+    )
 
-    rolling = commands.add_parser("rolling", help="retrain on windows shifted through the test "
-                                  "segment (Qlib's RollingGen); one backtest over all of it")
+    rolling = commands.add_parser(
+        "rolling",
+        help="retrain on windows shifted through the test "
+        "segment (Qlib's RollingGen); one backtest over all of it",
+    )
     rolling.add_argument("config", help="a qjax config or Qlib workflow YAML")
     rolling.add_argument("--step", type=int, required=True, help="trading days per window")
-    rolling.add_argument("--rtype", choices=("sliding", "expanding"), default="expanding",
-                         help="sliding: the train segment moves; expanding (Qlib's default): "
-                         "its start stays")
-    rolling.add_argument("--warm-start", action="store_true",
-                         help="start each window from the previous window's best variables")
-    rolling.add_argument("--trunc-days", type=int, metavar="N", help="end the train and valid "
-                         "segments N trading days before each test start (Qlib's trunc_days)")
-    rolling.add_argument("--set", dest="overrides", action="append", default=[],
-                         metavar="KEY=VALUE", help="override a config value (repeatable)")
+    rolling.add_argument(
+        "--rtype",
+        choices=("sliding", "expanding"),
+        default="expanding",
+        help="sliding: the train segment moves; expanding (Qlib's default): its start stays",
+    )
+    rolling.add_argument(
+        "--warm-start",
+        action="store_true",
+        help="start each window from the previous window's best variables",
+    )
+    rolling.add_argument(
+        "--trunc-days",
+        type=int,
+        metavar="N",
+        help="end the train and valid "
+        "segments N trading days before each test start (Qlib's trunc_days)",
+    )
+    rolling.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value (repeatable)",
+    )
     rolling.add_argument("--out", help="output directory (default: runs/<config name>-rolling)")
     rolling.add_argument("--quiet", action="store_true", help="no progress bar")
-    rolling.add_argument("--compilation-cache", metavar="DIR", default=train.get_default(
-        "compilation_cache"), help="as for train")
-    rolling.add_argument("--cpu-devices", metavar="N", type=_positive_int, default=None,
-                         help="as for train")
+    rolling.add_argument(
+        "--compilation-cache",
+        metavar="DIR",
+        default=train.get_default("compilation_cache"),
+        help="as for train",
+    )
+    rolling.add_argument(
+        "--cpu-devices", metavar="N", type=_positive_int, default=None, help="as for train"
+    )
 
-    predict = commands.add_parser("predict", help="score new dates with a finished run's "
-                                  "model and fitted processors (no refit)")
+    predict = commands.add_parser(
+        "predict",
+        help="score new dates with a finished run's model and fitted processors (no refit)",
+    )
     predict.add_argument("run_dir", help="the --out directory of a finished `qjax train` run")
     predict.add_argument("--start", required=True, metavar="D1", help="first day to score")
-    predict.add_argument("--end", required=True, metavar="D2", help="last day to score (the "
-                         "data's last day gives tomorrow's forecast: no label needed)")
-    predict.add_argument("--data", metavar="PATH", help="a Qlib data directory or a CSV/Parquet "
-                         "file of daily bars (default: the run's own data)")
-    predict.add_argument("--out", metavar="FILE", help="where to write the scores, .parquet or "
-                         ".csv (default: RUN_DIR/predictions_D1_D2.parquet)")
+    predict.add_argument(
+        "--end",
+        required=True,
+        metavar="D2",
+        help="last day to score (the data's last day gives tomorrow's forecast: no label needed)",
+    )
+    predict.add_argument(
+        "--data",
+        metavar="PATH",
+        help="a Qlib data directory or a CSV/Parquet "
+        "file of daily bars (default: the run's own data)",
+    )
+    predict.add_argument(
+        "--out",
+        metavar="FILE",
+        help="where to write the scores, .parquet or "
+        ".csv (default: RUN_DIR/predictions_D1_D2.parquet)",
+    )
 
-    sweep = commands.add_parser("sweep", help="train every combination of --grid values as "
-                                "independent fits (Ray tasks where Ray is installed); one table")
+    sweep = commands.add_parser(
+        "sweep",
+        help="train every combination of --grid values as "
+        "independent fits (Ray tasks where Ray is installed); one table",
+    )
     sweep.add_argument("config", help="a qjax config or Qlib workflow YAML")
-    sweep.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
-                       help="values to sweep for one config key, e.g. --grid model.kwargs.lr="
-                       "1e-3,5e-4 (repeatable: the sweep runs their product)")
-    sweep.add_argument("--seeds", type=_positive_int, metavar="N", help="seeds 0..N-1 per "
-                       "setting, trained as replicas of one program (default: the config's)")
-    sweep.add_argument("--set", dest="overrides", action="append", default=[],
-                       metavar="KEY=VALUE", help="override a config value for every setting")
+    sweep.add_argument(
+        "--grid",
+        action="append",
+        default=[],
+        metavar="KEY=V1,V2",
+        help="values to sweep for one config key, e.g. --grid model.kwargs.lr="
+        "1e-3,5e-4 (repeatable: the sweep runs their product)",
+    )
+    sweep.add_argument(
+        "--seeds",
+        type=_positive_int,
+        metavar="N",
+        help="seeds 0..N-1 per setting, trained as replicas of one program (default: the config's)",
+    )
+    sweep.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value for every setting",
+    )
     sweep.add_argument("--out", help="output directory (default: runs/<config name>-sweep)")
     sweep.add_argument("--address", help="a Ray cluster's address (default: a local Ray instance)")
-    sweep.add_argument("--no-ray", action="store_true",
-                       help="run the fits one after another in this process")
+    sweep.add_argument(
+        "--no-ray", action="store_true", help="run the fits one after another in this process"
+    )
     sweep.add_argument("--quiet", action="store_true", help="no progress bar")
-    sweep.add_argument("--compilation-cache", metavar="DIR", default=train.get_default(
-        "compilation_cache"), help="as for train")
-    sweep.add_argument("--cpu-devices", metavar="N", type=_positive_int, default=None,
-                       help="as for train")
+    sweep.add_argument(
+        "--compilation-cache",
+        metavar="DIR",
+        default=train.get_default("compilation_cache"),
+        help="as for train",
+    )
+    sweep.add_argument(
+        "--cpu-devices", metavar="N", type=_positive_int, default=None, help="as for train"
+    )
 
     commands.add_parser("models", help="list the model names")
     report = commands.add_parser("report", help="rebuild a run's report.html and report/*.png")
@@ -169,7 +251,9 @@ def _train(cfg: dict, out: Path, args: argparse.Namespace) -> int:
 
     code, metrics = _guarded(
         lambda: workflow.train(cfg, out, verbose=not args.quiet, overwrite=args.overwrite),
-        out, "run the same command again (finished epochs are kept)")
+        out,
+        "run the same command again (finished epochs are kept)",
+    )
     if code == 0:
         print(workflow.format_table(metrics))
         print(f"run directory: {out}")
@@ -184,10 +268,19 @@ def _sweep(args: argparse.Namespace) -> int:
         return 2
     out = Path(args.out or Path("runs") / f"{Path(args.config).stem}-sweep")
     code, _ = _guarded(
-        lambda: sweep(args.config, args.grid, out, seeds=args.seeds, overrides=args.overrides,
-                      use_ray=False if args.no_ray else None, address=args.address,
-                      verbose=not args.quiet),
-        out, "run the same command again to resume the sweep")
+        lambda: sweep(
+            args.config,
+            args.grid,
+            out,
+            seeds=args.seeds,
+            overrides=args.overrides,
+            use_ray=False if args.no_ray else None,
+            address=args.address,
+            verbose=not args.quiet,
+        ),
+        out,
+        "run the same command again to resume the sweep",
+    )
     if code == 0:
         print((out / "sweep.md").read_text())
     return code
@@ -242,8 +335,10 @@ def _predict(args: argparse.Namespace) -> int:
     if code:
         return code
     days = frame.index.get_level_values("datetime")
-    print(f"scored {len(frame)} rows, {days.nunique()} days {days.min().date()}.."
-          f"{days.max().date()}: {out}")
+    print(
+        f"scored {len(frame)} rows, {days.nunique()} days {days.min().date()}.."
+        f"{days.max().date()}: {out}"
+    )
     return 0
 
 

@@ -16,8 +16,8 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 ENV = "QJAX_COMPILATION_CACHE"
 DEFAULT_DIR = Path.home() / ".cache" / "qjax" / "xla"

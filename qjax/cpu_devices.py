@@ -28,7 +28,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from typing import MutableMapping
+from collections.abc import MutableMapping
 
 ENV = "QJAX_CPU_DEVICES"
 JAX_ENV = "JAX_NUM_CPU_DEVICES"

@@ -49,8 +49,13 @@ class Estimator:
             raise KeyError(f"model {model.name!r} has no Qlib wrapper spec, so no estimator")
         spec = model.spec
         check_model_kwargs(
-            model.name, spec.qlib_class, kwargs, accepted=spec.accepted(),
-            documented=sorted(spec.defaults), extras=sorted(QJAX_EXTRAS), defaults=spec.defaults,
+            model.name,
+            spec.qlib_class,
+            kwargs,
+            accepted=spec.accepted(),
+            documented=sorted(spec.defaults),
+            extras=sorted(QJAX_EXTRAS),
+            defaults=spec.defaults,
         )
         self.model = model
         self.user_kwargs = dict(kwargs)
@@ -136,8 +141,9 @@ class Estimator:
         spec.module_kwargs(kw, is_ts)
         TrainConfig(**spec.train_config_fields(kw))
 
-    def check_inputs(self, dataset: Dataset, segment: str = "test",
-                     data_key: str = "infer") -> None:
+    def check_inputs(
+        self, dataset: Dataset, segment: str = "test", data_key: str = "infer"
+    ) -> None:
         """Build ``segment``'s inputs as ``predict`` will and raise :class:`DataError` if they
         hold NaN/inf: run before training, so that a segment the model could not score stops
         the run before the training time is spent (``fit`` checks its own segments)."""
@@ -207,9 +213,7 @@ def _samples(
 ) -> tuple[Samples, pd.MultiIndex]:
     """A segment's device samples (sample weights from ``reweighter``), as the model takes them."""
     if segment not in dataset.segments:
-        raise KeyError(
-            f"the dataset has no {segment!r} segment; it has {sorted(dataset.segments)}"
-        )
+        raise KeyError(f"the dataset has no {segment!r} segment; it has {sorted(dataset.segments)}")
     samples, index = dataset.samples(segment, data_key=data_key, label=label)
     if reweighter is not None:
         frame = dataset.prepare(segment, col_set="__all", data_key=data_key)
@@ -220,8 +224,9 @@ def _samples(
             )
         samples = samples.replace(weights=jnp.asarray(weights))
     samples = spec.samples(kw, segment, samples, index)  # the model's own NaN fill, if any
-    check_model_inputs(samples, segment, data_key,
-                       names=lambda: _feature_names(dataset, data_key))  # only on failure
+    check_model_inputs(
+        samples, segment, data_key, names=lambda: _feature_names(dataset, data_key)
+    )  # only on failure
     return samples, index
 
 
@@ -234,8 +239,7 @@ def _is_ts(dataset) -> bool:
 
 
 def _feature_names(dataset: Dataset, data_key: str = "learn") -> list[str]:
-    columns = dataset.handler.fetch(slice(None, None), col_set="feature",
-                                    data_key=data_key).columns
+    columns = dataset.handler.fetch(slice(None, None), col_set="feature", data_key=data_key).columns
     return [str(c[-1]) if isinstance(c, tuple) else str(c) for c in columns]
 
 

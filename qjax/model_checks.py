@@ -10,25 +10,57 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
-from qjax.run_config import closest
 from qjax.errors import ConfigError, UnknownKeywordError
+from qjax.run_config import closest
 
 # Layer sizes, counts and step budgets: a network or a run with zero of them is meaningless.
-POSITIVE_INTS = frozenset({
-    "d_feat", "fea_dim", "input_dim", "hidden_size", "d_model", "nhead", "num_layers",
-    "n_chans", "kernel_size", "cnn_dim", "cnn_kernel_size", "rnn_dim", "rnn_dups", "rnn_layers",
-    "output_dim", "freq_dim", "n_d", "n_a", "n_steps", "out_dim", "final_out_dim", "vbs",
-    "batch_size", "n_epochs", "pretrain_n_epochs", "max_steps", "eval_steps", "eval_batch_size",
-})
+POSITIVE_INTS = frozenset(
+    {
+        "d_feat",
+        "fea_dim",
+        "input_dim",
+        "hidden_size",
+        "d_model",
+        "nhead",
+        "num_layers",
+        "n_chans",
+        "kernel_size",
+        "cnn_dim",
+        "cnn_kernel_size",
+        "rnn_dim",
+        "rnn_dups",
+        "rnn_layers",
+        "output_dim",
+        "freq_dim",
+        "n_d",
+        "n_a",
+        "n_steps",
+        "out_dim",
+        "final_out_dim",
+        "vbs",
+        "batch_size",
+        "n_epochs",
+        "pretrain_n_epochs",
+        "max_steps",
+        "eval_steps",
+        "eval_batch_size",
+    }
+)
 NON_NEGATIVE_INTS = frozenset({"n_shared", "n_ind", "early_stop", "early_stop_rounds"})
 POSITIVE_FLOATS = frozenset({"lr"})
 
 
 def check_model_kwargs(
-    model: str, qlib_class: str, kwargs: Mapping[str, Any], accepted: Iterable[str],
-    documented: Sequence[str], extras: Sequence[str], defaults: Mapping[str, Any],
+    model: str,
+    qlib_class: str,
+    kwargs: Mapping[str, Any],
+    accepted: Iterable[str],
+    documented: Sequence[str],
+    extras: Sequence[str],
+    defaults: Mapping[str, Any],
 ) -> None:
     """Unknown keywords (with the closest valid name) and out-of-range values."""
     accepted = set(accepted)
@@ -147,9 +179,16 @@ def _alpha158_like(names: Sequence[str]) -> bool:
 
 # The keyword that gives the features per time step of models that reshape a flat row.
 SEQUENCE_FEATURE_KEY = {
-    "lstm": "d_feat", "gru": "d_feat", "alstm": "d_feat", "transformer": "d_feat",
-    "localformer": "d_feat", "sfm": "d_feat", "tcn": "d_feat", "gats": "d_feat",
-    "hist": "d_feat", "krnn": "fea_dim",
+    "lstm": "d_feat",
+    "gru": "d_feat",
+    "alstm": "d_feat",
+    "transformer": "d_feat",
+    "localformer": "d_feat",
+    "sfm": "d_feat",
+    "tcn": "d_feat",
+    "gats": "d_feat",
+    "hist": "d_feat",
+    "krnn": "fea_dim",
 }
 
 

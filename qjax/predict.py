@@ -35,10 +35,10 @@ def predict(saved: Any, start: Any, end: Any, data: Any = None) -> pd.Series | p
     is_ts = cfg["dataset"].get("class", "Dataset") == "TSDataset"
     step_len = workflow.step_len(cfg) if is_ts else 1
     first, last, history = locate(calendar, start, end, step_len)
-    frame = workflow.handler_input(data_cfg, cfg["handler"]["name"], calendar[history],
-                                   calendar[last], panel)
-    handler = DataHandler.from_fitted(frame, saved.processors["infer"],
-                                      saved.processors["shared"])
+    frame = workflow.handler_input(
+        data_cfg, cfg["handler"]["name"], calendar[history], calendar[last], panel
+    )
+    handler = DataHandler.from_fitted(frame, saved.processors["infer"], saved.processors["shared"])
     segment = {"test": (calendar[first], calendar[last])}
     dataset = TSDataset(handler, segment, step_len=step_len) if is_ts else Dataset(handler, segment)
     return saved.estimator.predict(dataset, "test")
@@ -77,8 +77,10 @@ def data_source(run_data: Mapping[str, Any], data: Any) -> tuple[dict, pd.DataFr
     elif isinstance(data, (str, os.PathLike)):
         data_cfg = _path_source(Path(os.fspath(data)), run_data, run_source)
     else:
-        raise DataError(f"data must be None (the run's own data), a path or an OHLCV DataFrame, "
-                        f"got {type(data).__name__}")
+        raise DataError(
+            f"data must be None (the run's own data), a path or an OHLCV DataFrame, "
+            f"got {type(data).__name__}"
+        )
     if data_cfg.get("source") == "qlib":
         return data_cfg, None
     return data_cfg, load_market(data_cfg)
@@ -86,24 +88,36 @@ def data_source(run_data: Mapping[str, Any], data: Any) -> tuple[dict, pd.DataFr
 
 def _path_source(path: Path, run_data: Mapping[str, Any], run_source: str) -> dict:
     if not path.exists():
-        raise DataError(f"--data {str(path)!r} does not exist; give a Qlib data directory or a "
-                        "CSV/Parquet file of daily bars")
+        raise DataError(
+            f"--data {str(path)!r} does not exist; give a Qlib data directory or a "
+            "CSV/Parquet file of daily bars"
+        )
     if path.is_dir():
         if not (path / "calendars" / "day.txt").is_file():
-            raise DataError(f"--data {str(path)!r} is a directory without calendars/day.txt, so "
-                            "not a Qlib data directory; give one, or a CSV/Parquet file")
+            raise DataError(
+                f"--data {str(path)!r} is a directory without calendars/day.txt, so "
+                "not a Qlib data directory; give one, or a CSV/Parquet file"
+            )
         instruments = run_data.get("instruments", "csi300") if run_source == "qlib" else "all"
         return {"source": "qlib", "provider_uri": str(path), "instruments": instruments}
     name = path.name.lower()
-    source = ("csv" if name.endswith(CSV_SUFFIXES)
-              else "parquet" if name.endswith(PARQUET_SUFFIXES) else None)
+    source = (
+        "csv"
+        if name.endswith(CSV_SUFFIXES)
+        else "parquet"
+        if name.endswith(PARQUET_SUFFIXES)
+        else None
+    )
     if source is None:
-        raise DataError(f"--data {str(path)!r}: unknown file type; give a .csv or .parquet file "
-                        "of daily bars, or a Qlib data directory")
+        raise DataError(
+            f"--data {str(path)!r}: unknown file type; give a .csv or .parquet file "
+            "of daily bars, or a Qlib data directory"
+        )
     cfg = {"source": source, "path": str(path)}
     if run_source in ("csv", "parquet"):  # the same layout as the run's file
-        cfg.update({k: run_data[k] for k in ("column_map", "date_col", "instrument_col")
-                    if k in run_data})
+        cfg.update(
+            {k: run_data[k] for k in ("column_map", "date_col", "instrument_col") if k in run_data}
+        )
     return cfg
 
 
@@ -116,8 +130,9 @@ def trading_days(data_cfg: Mapping[str, Any], panel: pd.DataFrame | None) -> pd.
     return pd.DatetimeIndex(panel.index.get_level_values("datetime").unique()).sort_values()
 
 
-def locate(calendar: pd.DatetimeIndex, start: pd.Timestamp, end: pd.Timestamp,
-           step_len: int) -> tuple[int, int, int]:
+def locate(
+    calendar: pd.DatetimeIndex, start: pd.Timestamp, end: pd.Timestamp, step_len: int
+) -> tuple[int, int, int]:
     """Calendar positions of the first and last day to score and of the first day to read
     (``step_len`` days before the first when the data has them; Qlib's TSDatasetH reads one
     more than a window needs). Raises when the dates are outside the data or lack history."""
@@ -125,17 +140,21 @@ def locate(calendar: pd.DatetimeIndex, start: pd.Timestamp, end: pd.Timestamp,
     if start < calendar[0] or end > calendar[-1]:
         raise DataError(
             f"--start {start.date()} --end {end.date()} reach outside the data: {span}. Choose "
-            "dates inside it, or pass --data with data that covers them")
+            "dates inside it, or pass --data with data that covers them"
+        )
     first = int(calendar.searchsorted(start, side="left"))
     last = int(calendar.searchsorted(end, side="right")) - 1
     if first > last:
-        raise DataError(f"no trading day between --start {start.date()} and --end "
-                        f"{end.date()} ({span}); widen the dates")
+        raise DataError(
+            f"no trading day between --start {start.date()} and --end "
+            f"{end.date()} ({span}); widen the dates"
+        )
     need = step_len - 1  # days a window reaches back before its own day
     if first < need:
         raise DataError(
             f"the model reads windows of step_len={step_len} trading days, so --start "
             f"{start.date()} needs {need} trading days of data before it, and the data has "
             f"{first} ({span}). Use --start {calendar[need].date()} or later, or data that "
-            "starts earlier")
+            "starts earlier"
+        )
     return first, last, max(0, first - step_len)

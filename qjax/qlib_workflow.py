@@ -38,10 +38,16 @@ MODEL_CLASSES: dict[str, tuple[str, str, str | None]] = {
     "LSTM": ("lstm", "qlib.contrib.model.pytorch_lstm", "qlib.contrib.model.pytorch_lstm_ts"),
     "GRU": ("gru", "qlib.contrib.model.pytorch_gru", "qlib.contrib.model.pytorch_gru_ts"),
     "ALSTM": ("alstm", "qlib.contrib.model.pytorch_alstm", "qlib.contrib.model.pytorch_alstm_ts"),
-    "TransformerModel": ("transformer", "qlib.contrib.model.pytorch_transformer",
-                         "qlib.contrib.model.pytorch_transformer_ts"),
-    "LocalformerModel": ("localformer", "qlib.contrib.model.pytorch_localformer",
-                         "qlib.contrib.model.pytorch_localformer_ts"),
+    "TransformerModel": (
+        "transformer",
+        "qlib.contrib.model.pytorch_transformer",
+        "qlib.contrib.model.pytorch_transformer_ts",
+    ),
+    "LocalformerModel": (
+        "localformer",
+        "qlib.contrib.model.pytorch_localformer",
+        "qlib.contrib.model.pytorch_localformer_ts",
+    ),
     "GATs": ("gats", "qlib.contrib.model.pytorch_gats", "qlib.contrib.model.pytorch_gats_ts"),
     "TabnetModel": ("tabnet", "qlib.contrib.model.pytorch_tabnet", None),
     "KRNN": ("krnn", "qlib.contrib.model.pytorch_krnn", None),
@@ -49,21 +55,42 @@ MODEL_CLASSES: dict[str, tuple[str, str, str | None]] = {
     "HIST": ("hist", "qlib.contrib.model.pytorch_hist", None),
     "TCN": ("tcn", "qlib.contrib.model.pytorch_tcn", "qlib.contrib.model.pytorch_tcn_ts"),
     # Qlib's GeneralPTNN takes either dataset (the network decides).
-    "GeneralPTNN": ("general", "qlib.contrib.model.pytorch_general_nn",
-                    "qlib.contrib.model.pytorch_general_nn"),
+    "GeneralPTNN": (
+        "general",
+        "qlib.contrib.model.pytorch_general_nn",
+        "qlib.contrib.model.pytorch_general_nn",
+    ),
 }
 DATASET_CLASSES = {"DatasetH": "Dataset", "TSDatasetH": "TSDataset"}
 HANDLER_MODULE = "qlib.contrib.data.handler"
 DATASET_MODULE = "qlib.data.dataset"
 RECORD_MODULE = "qlib.workflow.record_temp"
-TOP_LEVEL = ("qlib_init", "task", "market", "benchmark", "data_handler_config",
-             "port_analysis_config")
+TOP_LEVEL = (
+    "qlib_init",
+    "task",
+    "market",
+    "benchmark",
+    "data_handler_config",
+    "port_analysis_config",
+)
 QLIB_INIT_KEYS = ("provider_uri", "region")
-HANDLER_KEYS = ("instruments", "start_time", "end_time", "fit_start_time", "fit_end_time",
-                "infer_processors", "learn_processors", "process_type", "label", "freq")
+HANDLER_KEYS = (
+    "instruments",
+    "start_time",
+    "end_time",
+    "fit_start_time",
+    "fit_end_time",
+    "infer_processors",
+    "learn_processors",
+    "process_type",
+    "label",
+    "freq",
+)
 # Qlib's handler defaults (qlib.contrib.data.handler) where a YAML leaves a key out.
-DEFAULT_LEARN = [{"class": "DropnaLabel"},
-                 {"class": "CSZScoreNorm", "kwargs": {"fields_group": "label"}}]
+DEFAULT_LEARN = [
+    {"class": "DropnaLabel"},
+    {"class": "CSZScoreNorm", "kwargs": {"fields_group": "label"}},
+]
 DEFAULT_INFER = {
     "Alpha360": [{"class": "ProcessInf"}, {"class": "ZScoreNorm"}, {"class": "Fillna"}],
     "Alpha158": [],
@@ -159,9 +186,7 @@ def _data(qlib_init: Any, handler_kwargs: Mapping[str, Any]) -> dict:
     _no_unknown(init, QLIB_INIT_KEYS, "qlib_init")
     uri = init.get("provider_uri")
     if not isinstance(uri, (str, Path)):
-        raise ConfigError(
-            f"qlib_init.provider_uri must be one Qlib data directory, got {uri!r}"
-        )
+        raise ConfigError(f"qlib_init.provider_uri must be one Qlib data directory, got {uri!r}")
     region = init.get("region", "cn")
     if region != "cn":
         raise ConfigError(
@@ -236,8 +261,12 @@ def _is_default_label(label: Any) -> bool:
         label = label[0]
     if isinstance(label, str):
         label = [label]
-    return (isinstance(label, (list, tuple)) and len(label) == 1 and isinstance(label[0], str)
-            and re.sub(r"\s+", "", label[0]) == LABEL)
+    return (
+        isinstance(label, (list, tuple))
+        and len(label) == 1
+        and isinstance(label[0], str)
+        and re.sub(r"\s+", "", label[0]) == LABEL
+    )
 
 
 def _model(section: Any, is_ts: bool) -> dict:
@@ -317,8 +346,11 @@ def _records(records: Any) -> tuple[dict | None, dict | None]:
         if cls == "SignalRecord":
             _no_unknown(kwargs, ("model", "dataset"), f"{where} (SignalRecord) kwargs")
         elif cls == "SigAnaRecord":
-            _no_unknown(kwargs, ("ana_long_short", "ann_scaler", "label_col"),
-                        f"{where} (SigAnaRecord) kwargs")
+            _no_unknown(
+                kwargs,
+                ("ana_long_short", "ann_scaler", "label_col"),
+                f"{where} (SigAnaRecord) kwargs",
+            )
             if kwargs.get("ana_long_short", False):
                 analysis = {"ana_long_short": True, "ann_scaler": kwargs.get("ann_scaler", 252)}
             if kwargs.get("label_col", 0) != 0:
@@ -327,13 +359,16 @@ def _records(records: Any) -> tuple[dict | None, dict | None]:
             _no_unknown(kwargs, ("config",), f"{where} (PortAnaRecord) kwargs")
             backtest = _mapping(kwargs.get("config"), f"{where}.kwargs.config")
         else:
-            raise ConfigError(f"{where}: record class {cls!r} is not supported; supported: "
-                              "SignalRecord, SigAnaRecord, PortAnaRecord")
+            raise ConfigError(
+                f"{where}: record class {cls!r} is not supported; supported: "
+                "SignalRecord, SigAnaRecord, PortAnaRecord"
+            )
     return backtest, analysis
 
 
-def _class_name(section: Mapping[str, Any], where: str,
-                module: str | None) -> tuple[str, str | None]:
+def _class_name(
+    section: Mapping[str, Any], where: str, module: str | None
+) -> tuple[str, str | None]:
     """The class name and module path of a Qlib ``{class, module_path}`` section."""
     cls = section.get("class")
     if not isinstance(cls, str):
@@ -342,8 +377,11 @@ def _class_name(section: Mapping[str, Any], where: str,
         path, cls = cls.rsplit(".", 1)
         section = {**section, "module_path": path}
     path = section.get("module_path")
-    if module is not None and path is not None and path != module and not (
-        path.startswith(module + ".") or module.startswith(path + ".")
+    if (
+        module is not None
+        and path is not None
+        and path != module
+        and not (path.startswith(module + ".") or module.startswith(path + "."))
     ):
         raise ConfigError(f"{where}: {path}.{cls} is not supported; qjax implements {module}")
     return cls, path

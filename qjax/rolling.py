@@ -26,8 +26,9 @@ import bisect
 import copy
 import json
 import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -47,6 +48,7 @@ class RollingError(ValueError):
 
 # -- window arithmetic (Qlib's TimeAdjuster / RollingGen) -------------------------------------
 
+
 def _start_idx(cal: pd.DatetimeIndex, day: Any) -> int | None:
     return None if day is None else bisect.bisect_left(cal, pd.Timestamp(day))
 
@@ -59,9 +61,13 @@ def _day(cal: pd.DatetimeIndex, idx: int | None) -> pd.Timestamp | None:
     return None if idx is None or idx >= len(cal) else cal[idx]
 
 
-def qlib_segments(segments: Mapping[str, Sequence[Any]], calendar: Sequence[Any], step: int,
-                  rtype: str = "expanding", trunc_days: int | None = None
-                  ) -> list[dict[str, tuple]]:
+def qlib_segments(
+    segments: Mapping[str, Sequence[Any]],
+    calendar: Sequence[Any],
+    step: int,
+    rtype: str = "expanding",
+    trunc_days: int | None = None,
+) -> list[dict[str, tuple]]:
     """The windows' segments exactly as Qlib's ``RollingGen(step, rtype, trunc_days=...)``
     makes them on ``calendar`` (a day past the calendar is None, as in Qlib).
 
@@ -69,8 +75,10 @@ def qlib_segments(segments: Mapping[str, Sequence[Any]], calendar: Sequence[Any]
     start, so that no training label looks into the test period (Qlib's rolling uses the
     label horizon + 1)."""
     cal = pd.DatetimeIndex(calendar)
-    aligned = {k: (_day(cal, _start_idx(cal, s)), _day(cal, _end_idx(cal, e)))
-               for k, (s, e) in segments.items()}
+    aligned = {
+        k: (_day(cal, _start_idx(cal, s)), _day(cal, _end_idx(cal, e)))
+        for k, (s, e) in segments.items()
+    }
     test_end = min(pd.Timestamp(segments["test"][1]), cal[-1])
     first = _start_idx(cal, aligned["test"][0])
     aligned["test"] = (_day(cal, first), _day(cal, first + step - 1))
@@ -78,8 +86,10 @@ def qlib_segments(segments: Mapping[str, Sequence[Any]], calendar: Sequence[Any]
         last = first - trunc_days
         if last <= 0:
             raise RollingError(f"--trunc-days {trunc_days} leaves no data before the test start")
-        aligned = {k: v if k == "test" else tuple(
-            _day(cal, min(_start_idx(cal, d), last)) for d in v) for k, v in aligned.items()}
+        aligned = {
+            k: v if k == "test" else tuple(_day(cal, min(_start_idx(cal, d), last)) for d in v)
+            for k, v in aligned.items()
+        }
     windows = [aligned]
     while True:
         shifted = {}
@@ -97,8 +107,13 @@ def qlib_segments(segments: Mapping[str, Sequence[Any]], calendar: Sequence[Any]
         windows.append(shifted)
 
 
-def plan_windows(segments: Mapping[str, Sequence[Any]], calendar: Sequence[Any], step: int,
-                 rtype: str, trunc_days: int | None = None) -> list[dict[str, list[str]]]:
+def plan_windows(
+    segments: Mapping[str, Sequence[Any]],
+    calendar: Sequence[Any],
+    step: int,
+    rtype: str,
+    trunc_days: int | None = None,
+) -> list[dict[str, list[str]]]:
     """The windows qjax trains: Qlib's segments with each test segment clipped to the config's
     test end (so they tile it), as ISO dates. Raises :class:`RollingError` on bad input."""
     if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step <= 0:
@@ -153,12 +168,18 @@ def trading_calendar(data_cfg: Mapping[str, Any]) -> pd.DatetimeIndex:
         return QlibBinaryData(data_cfg["provider_uri"]).calendar()
     from qjax.workflow import load_market
 
-    return pd.DatetimeIndex(load_market(data_cfg).index.get_level_values("datetime").unique())\
-        .sort_values()
+    return pd.DatetimeIndex(
+        load_market(data_cfg).index.get_level_values("datetime").unique()
+    ).sort_values()
 
 
-def window_config(cfg: Mapping[str, Any], window: Mapping[str, list[str]],
-                  calendar: pd.DatetimeIndex, shift: int, rtype: str) -> dict:
+def window_config(
+    cfg: Mapping[str, Any],
+    window: Mapping[str, list[str]],
+    calendar: pd.DatetimeIndex,
+    shift: int,
+    rtype: str,
+) -> dict:
     """One window's run config: its segments, the processors' fit period moved like the train
     segment, the handler's end extended to the test end (Qlib's ``handler_mod``), no backtest."""
     out = copy.deepcopy(dict(cfg))
@@ -175,13 +196,15 @@ def window_config(cfg: Mapping[str, Any], window: Mapping[str, list[str]],
             if idx is not None:
                 handler[key] = f"{calendar[min(idx, len(calendar) - 1)]:%Y-%m-%d}"
     test_end = window["test"][1]
-    if handler.get("end_time") is not None and pd.Timestamp(handler["end_time"]) < \
-            pd.Timestamp(test_end):
+    if handler.get("end_time") is not None and pd.Timestamp(handler["end_time"]) < pd.Timestamp(
+        test_end
+    ):
         handler["end_time"] = test_end
     return run_config.validate(out)
 
 
 # -- warm start ---------------------------------------------------------------------------------
+
 
 def save_variables(variables: Any, directory: Path) -> None:
     import orbax.checkpoint as ocp
@@ -205,11 +228,15 @@ def warm_start(previous: Any) -> Callable:
         fresh_leaves, tree = jax.tree.flatten(fresh)
         old_leaves = jax.tree.leaves(previous)
         if len(old_leaves) != len(fresh_leaves) or any(
-                np.shape(o) != f.shape for o, f in zip(old_leaves, fresh_leaves)):
-            raise RollingError("the previous window's variables do not fit this window's model "
-                               "(a changed config?); rerun without --warm-start or a new --out")
-        return jax.tree.unflatten(tree, [jnp.asarray(o, f.dtype)
-                                         for o, f in zip(old_leaves, fresh_leaves)])
+            np.shape(o) != f.shape for o, f in zip(old_leaves, fresh_leaves)
+        ):
+            raise RollingError(
+                "the previous window's variables do not fit this window's model "
+                "(a changed config?); rerun without --warm-start or a new --out"
+            )
+        return jax.tree.unflatten(
+            tree, [jnp.asarray(o, f.dtype) for o, f in zip(old_leaves, fresh_leaves)]
+        )
 
     return init
 
@@ -235,6 +262,7 @@ def _listen_to_compiles() -> None:
 
 # -- the run ------------------------------------------------------------------------------------
 
+
 def window_dir(out: Path, k: int) -> Path:
     return out / f"window_{k:04d}"
 
@@ -242,8 +270,11 @@ def window_dir(out: Path, k: int) -> Path:
 def is_finished(directory: Path, cfg: Mapping[str, Any]) -> bool:
     """A window whose run wrote its metrics for this very config."""
     saved = directory / "config.yaml"
-    if not ((directory / "metrics.json").is_file() and (directory / "predictions.parquet").is_file()
-            and saved.is_file()):
+    if not (
+        (directory / "metrics.json").is_file()
+        and (directory / "predictions.parquet").is_file()
+        and saved.is_file()
+    ):
         return False
     try:
         return run_config.validate(run_config.parse_yaml(saved.read_text())) == cfg
@@ -259,20 +290,32 @@ def _check_out(out: Path, plan: Mapping[str, Any]) -> None:
         return
     saved = out / PLAN_FILE
     if not saved.is_file():
-        raise RollingError(f"--out {str(out)!r} is a non-empty directory without {PLAN_FILE} "
-                           "(not a qjax rolling run); choose a new or empty directory")
+        raise RollingError(
+            f"--out {str(out)!r} is a non-empty directory without {PLAN_FILE} "
+            "(not a qjax rolling run); choose a new or empty directory"
+        )
     try:
         previous = json.loads(saved.read_text())
     except (OSError, ValueError):
         previous = None
     if previous != json.loads(json.dumps(plan, default=str)):
-        raise RollingError(f"{out} holds a rolling run of a different config, step, rtype or "
-                           "warm start; choose another --out (or delete it)")
+        raise RollingError(
+            f"{out} holds a rolling run of a different config, step, rtype or "
+            "warm start; choose another --out (or delete it)"
+        )
 
 
-def run(cfg: Mapping[str, Any], out_dir: str | Path, *, step: int, rtype: str = "expanding",
-        warm: bool = False, trunc_days: int | None = None, verbose: bool = True,
-        log: Callable[[str], None] = print) -> dict:
+def run(
+    cfg: Mapping[str, Any],
+    out_dir: str | Path,
+    *,
+    step: int,
+    rtype: str = "expanding",
+    warm: bool = False,
+    trunc_days: int | None = None,
+    verbose: bool = True,
+    log: Callable[[str], None] = print,
+) -> dict:
     """Train every window into ``out_dir`` and evaluate their joined test predictions; return
     the metrics written to ``out_dir/metrics.json``. Bad input raises before any training."""
     from qjax import workflow
@@ -285,16 +328,30 @@ def run(cfg: Mapping[str, Any], out_dir: str | Path, *, step: int, rtype: str = 
     windows = plan_windows(cfg["dataset"]["segments"], calendar, step, rtype, trunc_days)
     configs = [window_config(cfg, w, calendar, k * step, rtype) for k, w in enumerate(windows)]
     out = Path(out_dir)
-    plan = {"config": cfg, "step": int(step), "rtype": rtype, "warm_start": bool(warm),
-            "trunc_days": trunc_days, "windows": windows}
+    plan = {
+        "config": cfg,
+        "step": int(step),
+        "rtype": rtype,
+        "warm_start": bool(warm),
+        "trunc_days": trunc_days,
+        "windows": windows,
+    }
     _check_out(out, plan)
     with runlock.exclusive(out, "qjax rolling"):  # one process per output directory
         _check_out(out, plan)  # again under the lock: a run that held it may have changed it
         return _roll(cfg, out, plan, windows, configs, verbose=verbose, log=log)
 
 
-def _roll(cfg: Mapping[str, Any], out: Path, plan: Mapping[str, Any], windows: list,
-          configs: list, *, verbose: bool, log: Callable[[str], None]) -> dict:
+def _roll(
+    cfg: Mapping[str, Any],
+    out: Path,
+    plan: Mapping[str, Any],
+    windows: list,
+    configs: list,
+    *,
+    verbose: bool,
+    log: Callable[[str], None],
+) -> dict:
     """:func:`run` once the request and ``out`` are checked and ``out`` is locked."""
     from qjax import workflow
     from qjax.train.metrics import signal_metrics
@@ -310,38 +367,57 @@ def _roll(cfg: Mapping[str, Any], out: Path, plan: Mapping[str, Any], windows: l
     for k, (window, wcfg) in enumerate(zip(windows, configs)):
         directory = window_dir(out, k + 1)
         train, test = window["train"], window["test"]
-        head = (f"window {k + 1}/{n}: train {train[0]}..{train[1]} "
-                f"test {test[0]}..{test[1]}")
+        head = f"window {k + 1}/{n}: train {train[0]}..{train[1]} test {test[0]}..{test[1]}"
         if is_finished(directory, wcfg):
             log(f"{head}: finished earlier, skipped")
             done = json.loads((directory / "metrics.json").read_text())
-            summaries.append({"window": k + 1, "segments": window, "skipped": True,
-                              "test": done.get("test"),
-                              "best_epoch_1based": done.get("best_epoch_1based")})
+            summaries.append(
+                {
+                    "window": k + 1,
+                    "segments": window,
+                    "skipped": True,
+                    "test": done.get("test"),
+                    "best_epoch_1based": done.get("best_epoch_1based"),
+                }
+            )
             continue
         log(head)
         previous = window_dir(out, k) / WARM_START_DIR
         init = warm_start(load_variables(previous)) if warm and k > 0 else None
         compile0, t0 = _COMPILE_SECONDS[0], time.perf_counter()
         metrics = workflow.train(
-            wcfg, directory, verbose=verbose, init_variables=init,
-            on_fitted=lambda model, d=directory: save_variables(model.variables,
-                                                                d / WARM_START_DIR),
+            wcfg,
+            directory,
+            verbose=verbose,
+            init_variables=init,
+            on_fitted=lambda model, d=directory: save_variables(
+                model.variables, d / WARM_START_DIR
+            ),
         )
-        summaries.append({
-            "window": k + 1, "segments": window, "skipped": False,
-            "seconds": round(time.perf_counter() - t0, 2),
-            "compile_seconds": round(_COMPILE_SECONDS[0] - compile0, 2),
-            "test": metrics["test"], "best_epoch_1based": metrics["best_epoch_1based"],
-        })
+        summaries.append(
+            {
+                "window": k + 1,
+                "segments": window,
+                "skipped": False,
+                "seconds": round(time.perf_counter() - t0, 2),
+                "compile_seconds": round(_COMPILE_SECONDS[0] - compile0, 2),
+                "test": metrics["test"],
+                "best_epoch_1based": metrics["best_epoch_1based"],
+            }
+        )
 
     scores, label = join_windows(out, n)
     per_seed = {c: signal_metrics(scores[c], label) for c in scores.columns}
     summary = workflow._summarise(per_seed)
     metrics = {
         "model": cfg["model"]["name"],
-        "rolling": {"step": int(step), "rtype": rtype, "warm_start": bool(warm),
-                    "trunc_days": trunc_days, "windows": n},
+        "rolling": {
+            "step": int(step),
+            "rtype": rtype,
+            "warm_start": bool(warm),
+            "trunc_days": trunc_days,
+            "windows": n,
+        },
         "test": summary,
         "test_per_seed": per_seed if len(per_seed) > 1 else None,
         "samples": {"test": int(len(scores))},
@@ -350,8 +426,9 @@ def _roll(cfg: Mapping[str, Any], out: Path, plan: Mapping[str, Any], windows: l
     if cfg.get("backtest"):
         from qjax.backtest.record import record_backtest
 
-        metrics.update(record_backtest(cfg["backtest"], scores.iloc[:, 0], cfg["data"], out,
-                                       summary))
+        metrics.update(
+            record_backtest(cfg["backtest"], scores.iloc[:, 0], cfg["data"], out, summary)
+        )
     scores.to_parquet(out / "predictions.parquet")
     metrics = workflow._json_safe(metrics)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=False))
@@ -366,10 +443,12 @@ def _roll(cfg: Mapping[str, Any], out: Path, plan: Mapping[str, Any], windows: l
 def join_windows(out: Path, n: int) -> tuple[pd.DataFrame, pd.Series]:
     """The windows' test predictions and labels as one series over the span (windows tile it,
     so an index seen twice is a bug, not something to resolve)."""
-    scores = pd.concat([pd.read_parquet(window_dir(out, k) / "predictions.parquet")
-                        for k in range(1, n + 1)])
-    label = pd.concat([pd.read_parquet(window_dir(out, k) / "labels.parquet").iloc[:, 0]
-                       for k in range(1, n + 1)])
+    scores = pd.concat(
+        [pd.read_parquet(window_dir(out, k) / "predictions.parquet") for k in range(1, n + 1)]
+    )
+    label = pd.concat(
+        [pd.read_parquet(window_dir(out, k) / "labels.parquet").iloc[:, 0] for k in range(1, n + 1)]
+    )
     if scores.index.has_duplicates:
         raise RuntimeError("the windows' test predictions overlap; their segments must tile")
     return scores.sort_index(), label.sort_index()
@@ -390,11 +469,21 @@ def main(cfg: Mapping[str, Any], out: Path, args: Any) -> int:
 
     default_format, warnings.formatwarning = warnings.formatwarning, _one_line_warning
     try:
-        metrics = run(cfg, out, step=args.step, rtype=args.rtype, warm=args.warm_start,
-                      trunc_days=args.trunc_days, verbose=not args.quiet)
+        metrics = run(
+            cfg,
+            out,
+            step=args.step,
+            rtype=args.rtype,
+            warm=args.warm_start,
+            trunc_days=args.trunc_days,
+            verbose=not args.quiet,
+        )
     except (Interrupted, KeyboardInterrupt):
-        return fail("interrupted; run the same command again: finished windows are skipped "
-                    "and the interrupted one resumes from its checkpoint", 130)
+        return fail(
+            "interrupted; run the same command again: finished windows are skipped "
+            "and the interrupted one resumes from its checkpoint",
+            130,
+        )
     except RollingError as err:
         return fail(f"rolling: {err}", 2)
     except TrainingDiverged as err:
@@ -410,8 +499,10 @@ def main(cfg: Mapping[str, Any], out: Path, args: Any) -> int:
         warnings.formatwarning = default_format
     test = metrics["test"]
     rows = [f"windows: {metrics['rolling']['windows']}, test samples {metrics['samples']['test']}"]
-    rows += [f"test {k}: {test[k]:.4f}" if test.get(k) is not None else f"test {k}: n/a"
-             for k in ("IC", "ICIR", "Rank IC", "Rank ICIR")]
+    rows += [
+        f"test {k}: {test[k]:.4f}" if test.get(k) is not None else f"test {k}: n/a"
+        for k in ("IC", "ICIR", "Rank IC", "Rank ICIR")
+    ]
     for name, value in (metrics.get("seven_columns") or {}).items():
         if name not in test:
             rows.append(f"{name}: {value:.4f}" if value is not None else f"{name}: n/a")

@@ -17,8 +17,9 @@ import copy
 import datetime as _dt
 import difflib
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 
@@ -52,7 +53,8 @@ def parse_yaml(text: str):
         return yaml.load(text, Loader=_Loader)
     except (ValueError, OverflowError) as err:  # YAML reads 2015-02-30 as a date, then fails
         raise yaml.constructor.ConstructorError(
-            problem=f"{err}: a value that YAML reads as a date is not a valid date") from err
+            problem=f"{err}: a value that YAML reads as a date is not a valid date"
+        ) from err
 
 
 def read_config_text(path: Path) -> str:
@@ -60,11 +62,14 @@ def read_config_text(path: Path) -> str:
     try:
         return path.read_text(encoding="utf-8")
     except UnicodeDecodeError as err:
-        raise ConfigError(f"{path} is not a text file (byte {err.start} is not UTF-8); give a "
-                          "YAML config file, e.g. configs/lstm_alpha360.yaml") from err
+        raise ConfigError(
+            f"{path} is not a text file (byte {err.start} is not UTF-8); give a "
+            "YAML config file, e.g. configs/lstm_alpha360.yaml"
+        ) from err
     except OSError as err:
-        raise ConfigError(f"cannot read the config file {path}: {err.strerror or err}; check "
-                          "its permissions") from err
+        raise ConfigError(
+            f"cannot read the config file {path}: {err.strerror or err}; check its permissions"
+        ) from err
 
 
 # The keys each section reads. A key no code reads is an error (a typo would otherwise run
@@ -75,8 +80,16 @@ DATA_KEYS = {
     "csv": ("path", "column_map", "date_col", "instrument_col"),
     "parquet": ("path", "column_map", "date_col", "instrument_col"),
 }
-HANDLER_KEYS = ("name", "start_time", "end_time", "fit_start_time", "fit_end_time",
-                "infer_processors", "learn_processors", "process_type")
+HANDLER_KEYS = (
+    "name",
+    "start_time",
+    "end_time",
+    "fit_start_time",
+    "fit_end_time",
+    "infer_processors",
+    "learn_processors",
+    "process_type",
+)
 DATASET_KEYS = ("class", "segments", "step_len")
 MODEL_KEYS = ("name", "kwargs")
 TRAIN_KEYS = ("seeds",)
@@ -108,8 +121,10 @@ def load(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> dict:
     """Read a YAML config, apply ``key.sub=value`` overrides, validate and return it."""
     path = Path(path)
     if path.is_dir():
-        raise ConfigError(f"{str(path)!r} is a directory; give a YAML config file, e.g. "
-                          "configs/lstm_alpha360.yaml")
+        raise ConfigError(
+            f"{str(path)!r} is a directory; give a YAML config file, e.g. "
+            "configs/lstm_alpha360.yaml"
+        )
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist; see configs/ for examples")
     try:
@@ -126,7 +141,9 @@ def load(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> dict:
 def apply_override(cfg: dict, item: str) -> None:
     """Set ``cfg[a][b] = value`` for ``"a.b=value"`` (value parsed as YAML: 1e-3, [1, 2], true)."""
     if "=" not in item:
-        raise ConfigError(f"override {item!r} must look like section.key=value, e.g. model.kwargs.lr=1e-3")
+        raise ConfigError(
+            f"override {item!r} must look like section.key=value, e.g. model.kwargs.lr=1e-3"
+        )
     key, raw = item.split("=", 1)
     parts = [p for p in key.strip().split(".") if p]
     if not parts:
@@ -157,7 +174,9 @@ def validate(cfg: Mapping[str, Any]) -> dict:
         )
     for name in REQUIRED:
         if not isinstance(cfg.get(name), dict):
-            raise ConfigError(f"config needs a {name!r} section (a mapping); see configs/lstm_alpha360.yaml")
+            raise ConfigError(
+                f"config needs a {name!r} section (a mapping); see configs/lstm_alpha360.yaml"
+            )
     if cfg.setdefault("train", {}) is None:
         cfg["train"] = {}
     if not isinstance(cfg["train"], dict):
@@ -179,7 +198,9 @@ def validate(cfg: Mapping[str, Any]) -> dict:
         raise ConfigError(f"data.source {source!r} needs data.path (the {source} file)")
 
     if cfg["handler"].get("name") not in ("Alpha360", "Alpha158"):
-        raise ConfigError(f"handler.name must be Alpha360 or Alpha158, got {cfg['handler'].get('name')!r}")
+        raise ConfigError(
+            f"handler.name must be Alpha360 or Alpha158, got {cfg['handler'].get('name')!r}"
+        )
 
     if cfg["handler"].get("process_type", "append") not in ("append", "independent"):
         raise ConfigError(
@@ -188,14 +209,22 @@ def validate(cfg: Mapping[str, Any]) -> dict:
         )
     dataset = cfg["dataset"]
     if dataset.get("class", "Dataset") not in ("Dataset", "TSDataset"):
-        raise ConfigError(f"dataset.class must be Dataset or TSDataset, got {dataset.get('class')!r}")
-    check_keys("dataset", dataset, DATASET_KEYS if dataset.get("class") == "TSDataset"
-               else DATASET_KEYS[:2], {"step_len": "is read only when dataset.class is TSDataset"})
+        raise ConfigError(
+            f"dataset.class must be Dataset or TSDataset, got {dataset.get('class')!r}"
+        )
+    check_keys(
+        "dataset",
+        dataset,
+        DATASET_KEYS if dataset.get("class") == "TSDataset" else DATASET_KEYS[:2],
+        {"step_len": "is read only when dataset.class is TSDataset"},
+    )
     if "step_len" in dataset:
         _positive_int(dataset["step_len"], "dataset.step_len")
     segments = dataset.get("segments")
     if not isinstance(segments, dict) or "train" not in segments:
-        raise ConfigError("dataset.segments must map names to [start, end]; a 'train' segment is required")
+        raise ConfigError(
+            "dataset.segments must map names to [start, end]; a 'train' segment is required"
+        )
     for name in segments:
         if name not in SEGMENT_NAMES:  # a misspelt 'valid' would silently drop model selection
             raise ConfigError(
@@ -217,7 +246,8 @@ def validate(cfg: Mapping[str, Any]) -> dict:
         raise ConfigError("model.kwargs must be a mapping of the Qlib wrapper's keyword arguments")
     seeds = cfg["train"].get("seeds")
     if seeds is not None and (
-        not isinstance(seeds, list) or not seeds
+        not isinstance(seeds, list)
+        or not seeds
         or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)
     ):
         raise ConfigError(
@@ -242,12 +272,16 @@ def _check_signal_analysis(section: Any) -> None:
         raise ConfigError("signal_analysis must be a mapping, e.g. {ana_long_short: true}")
     check_keys("signal_analysis", section, SIGNAL_ANALYSIS_KEYS)
     if not isinstance(section.get("ana_long_short", False), bool):
-        raise ConfigError(f"signal_analysis.ana_long_short must be true or false, got "
-                          f"{section['ana_long_short']!r}")
+        raise ConfigError(
+            f"signal_analysis.ana_long_short must be true or false, got "
+            f"{section['ana_long_short']!r}"
+        )
     scaler = section.get("ann_scaler", 252)
     if isinstance(scaler, bool) or not isinstance(scaler, (int, float)) or not scaler > 0:
-        raise ConfigError(f"signal_analysis.ann_scaler must be a positive number (periods per "
-                          f"year, 252 for daily data), got {scaler!r}")
+        raise ConfigError(
+            f"signal_analysis.ann_scaler must be a positive number (periods per "
+            f"year, 252 for daily data), got {scaler!r}"
+        )
 
 
 def _check_data(data: Mapping[str, Any], source: str) -> None:

@@ -13,8 +13,9 @@ import dataclasses
 import json
 import os
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from qjax import run_config, runlock
 from qjax.errors import RunDirError
@@ -47,8 +48,10 @@ def plan(out: str | os.PathLike, cfg: Mapping[str, Any], overwrite: bool) -> Pla
     """Decide (without touching anything) how ``out`` will hold a run of ``cfg``."""
     out = Path(out)
     if out.exists() and not out.is_dir():
-        raise RunDirError(f"--out {str(out)!r} is an existing file, not a directory; choose a "
-                          "directory path for the run")
+        raise RunDirError(
+            f"--out {str(out)!r} is an existing file, not a directory; choose a "
+            "directory path for the run"
+        )
     if not out.exists():
         _check_creatable(out)
         return Plan(out, "create")
@@ -112,8 +115,10 @@ def prepare(plan: Plan, cfg: Mapping[str, Any]) -> None:
         run_config.dump(cfg, out / "config.yaml")
     except OSError as err:
         settle(plan)  # put a replaced run back
-        raise RunDirError(f"cannot write the run directory {str(out)!r}: {err.strerror or err}; "
-                          "choose a writable --out") from err
+        raise RunDirError(
+            f"cannot write the run directory {str(out)!r}: {err.strerror or err}; "
+            "choose a writable --out"
+        ) from err
 
 
 def _check_writable(directory: Path) -> None:

@@ -53,8 +53,10 @@ def exclusive(out: str | os.PathLike, command: str = "qjax train") -> Iterator[N
         fd = _acquire(path, out, command)
     except OSError as err:
         _remove_empty(created)
-        raise RunDirError(f"cannot create the lock file {str(path)!r} of --out {str(out)!r}: "
-                          f"{err.strerror or err}; choose a writable --out") from err
+        raise RunDirError(
+            f"cannot create the lock file {str(path)!r} of --out {str(out)!r}: "
+            f"{err.strerror or err}; choose a writable --out"
+        ) from err
     try:
         yield
     finally:
@@ -107,8 +109,12 @@ def _acquire(path: Path, out, command: str) -> int:
 
 
 def holder_record(command: str) -> dict:
-    return {"pid": os.getpid(), "host": socket.gethostname(), "command": command,
-            "started": datetime.datetime.now().isoformat(timespec="seconds")}
+    return {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "command": command,
+        "started": datetime.datetime.now().isoformat(timespec="seconds"),
+    }
 
 
 def _read(fd: int) -> dict:
@@ -122,11 +128,15 @@ def _read(fd: int) -> dict:
 def busy_message(out, holder: dict) -> str:
     who = "another qjax process"
     if holder.get("pid"):
-        who = (f"{holder.get('command', 'qjax')} (pid {holder['pid']} on host "
-               f"{holder.get('host', '?')}, started {holder.get('started', '?')})")
-    return (f"--out {str(out)!r} is in use by {who}; two runs in one directory would mix their "
-            "checkpoints. Wait for it to finish, or stop it and run the same command again "
-            "(it resumes from its last checkpoint), or choose another --out")
+        who = (
+            f"{holder.get('command', 'qjax')} (pid {holder['pid']} on host "
+            f"{holder.get('host', '?')}, started {holder.get('started', '?')})"
+        )
+    return (
+        f"--out {str(out)!r} is in use by {who}; two runs in one directory would mix their "
+        "checkpoints. Wait for it to finish, or stop it and run the same command again "
+        "(it resumes from its last checkpoint), or choose another --out"
+    )
 
 
 @contextlib.contextmanager

@@ -65,6 +65,7 @@ class SavedRun:
 
 # -- writing --------------------------------------------------------------------------------------
 
+
 def write(out: str | os.PathLike, cfg: Mapping[str, Any], model: Any, handler: Any) -> Path:
     """Write ``out/model/`` for a fitted estimator and the handler it was trained with.
 
@@ -130,6 +131,7 @@ def _iso_date(value: Any) -> str:
 
 # -- reading --------------------------------------------------------------------------------------
 
+
 def load(run_dir: str | os.PathLike) -> SavedRun:
     """The run in ``run_dir`` ready to predict: its estimator with the best variables and the
     processors as fitted on the train period. Raises :class:`SavedRunError` naming the fix."""
@@ -138,19 +140,22 @@ def load(run_dir: str | os.PathLike) -> SavedRun:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         what = "is a file" if run_dir.exists() else "does not exist"
-        raise SavedRunError(f"{str(run_dir)!r} {what}; give the --out directory of a finished "
-                            "`qjax train` run")
+        raise SavedRunError(
+            f"{str(run_dir)!r} {what}; give the --out directory of a finished `qjax train` run"
+        )
     model_dir = run_dir / MODEL_DIR
     meta_path = model_dir / META_FILE
     if not model_dir.exists():
         if not rundir.is_qjax_run(run_dir):
             raise SavedRunError(
                 f"{str(run_dir)!r} is not a qjax run directory (no {rundir.MARKER} marker and no "
-                f"{MODEL_DIR}/); give the --out directory of a finished `qjax train` run")
+                f"{MODEL_DIR}/); give the --out directory of a finished `qjax train` run"
+            )
         raise SavedRunError(
             f"the run in {str(run_dir)!r} has no saved model ({MODEL_DIR}/{META_FILE}): it has not "
             "finished, or an older qjax wrote it. Run its `qjax train` command again: it resumes "
-            "from the checkpoints without retraining finished epochs and saves the model")
+            "from the checkpoints without retraining finished epochs and saves the model"
+        )
     meta = _read_meta(meta_path)
     _check_format(meta, meta_path)
     if meta.get("unsaved"):
@@ -165,22 +170,28 @@ def load(run_dir: str | os.PathLike) -> SavedRun:
             raise
         raise SavedRunError(
             f"{meta_path} or {model_dir / ARRAYS_DIR} is damaged ({type(err).__name__}: {err}); "
-            "run the run's `qjax train` command again to rewrite it") from None
+            "run the run's `qjax train` command again to rewrite it"
+        ) from None
     return SavedRun(run_dir, config, model, processors, meta)
 
 
 def _read_meta(path: Path) -> dict:
     if not path.is_file():
-        raise SavedRunError(f"{path} is missing, so the saved model cannot be read; run the "
-                            "run's `qjax train` command again to rewrite it")
+        raise SavedRunError(
+            f"{path} is missing, so the saved model cannot be read; run the "
+            "run's `qjax train` command again to rewrite it"
+        )
     try:
         meta = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, ValueError) as err:
-        raise SavedRunError(f"{path} is damaged ({err}); run the run's `qjax train` command "
-                            "again to rewrite it") from None
+        raise SavedRunError(
+            f"{path} is damaged ({err}); run the run's `qjax train` command again to rewrite it"
+        ) from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise SavedRunError(f"{path} is not a qjax saved-run file; run the run's `qjax train` "
-                            "command again to rewrite it")
+        raise SavedRunError(
+            f"{path} is not a qjax saved-run file; run the run's `qjax train` "
+            "command again to rewrite it"
+        )
     return meta
 
 
@@ -191,21 +202,25 @@ def _check_format(meta: dict, path: Path) -> None:
     raise SavedRunError(
         f"{path} was written by qjax {meta.get('qjax_version', '?')} in saved-run format "
         f"{found}; this qjax ({_qjax_version()}) reads format {FORMAT_VERSION}. Load it with "
-        f"qjax {meta.get('qjax_version', 'of that version')}, or retrain the run with this one")
+        f"qjax {meta.get('qjax_version', 'of that version')}, or retrain the run with this one"
+    )
 
 
 def _read_arrays(path: Path) -> dict:
     from qjax.train.checkpoint import load_variables
 
     if not path.is_dir():
-        raise SavedRunError(f"{path} is missing, so the saved model cannot be read; run the "
-                            "run's `qjax train` command again to rewrite it")
+        raise SavedRunError(
+            f"{path} is missing, so the saved model cannot be read; run the "
+            "run's `qjax train` command again to rewrite it"
+        )
     try:
         return load_variables(path)
     except Exception as err:  # Orbax raises many types for a damaged checkpoint
         first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
-        raise SavedRunError(f"{path} is damaged ({first}); run the run's `qjax train` command "
-                            "again to rewrite it") from None
+        raise SavedRunError(
+            f"{path} is damaged ({first}); run the run's `qjax train` command again to rewrite it"
+        ) from None
 
 
 def _estimator(config: dict, info: dict, variables: Any) -> Any:
@@ -220,7 +235,9 @@ def _processors(settings: dict, arrays: dict) -> dict[str, list]:
     from qjax.data.processor_state import import_processor
 
     return {
-        stage: [import_processor(entry, arrays.get(stage, {}).get(str(k), {}))
-                for k, entry in enumerate(settings.get(stage, []))]
+        stage: [
+            import_processor(entry, arrays.get(stage, {}).get(str(k), {}))
+            for k, entry in enumerate(settings.get(stage, []))
+        ]
         for stage in STAGES
     }

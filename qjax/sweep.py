@@ -63,12 +63,16 @@ def parse_grid(items: Sequence[str]) -> list[tuple[str, list[str]]]:
         key, sep, raw = item.partition("=")
         key = key.strip()
         if not sep or not key:
-            raise ConfigError(f"--grid {item!r} must look like key=value1,value2, "
-                              "e.g. --grid model.kwargs.lr=1e-3,5e-4")
+            raise ConfigError(
+                f"--grid {item!r} must look like key=value1,value2, "
+                "e.g. --grid model.kwargs.lr=1e-3,5e-4"
+            )
         values = [v.strip() for v in _split_top_level(raw)]
         if not values or any(not v for v in values):
-            raise ConfigError(f"--grid {item!r} has an empty value; list values separated by "
-                              "commas, e.g. --grid model.kwargs.lr=1e-3,5e-4")
+            raise ConfigError(
+                f"--grid {item!r} has an empty value; list values separated by "
+                "commas, e.g. --grid model.kwargs.lr=1e-3,5e-4"
+            )
         if key in (k for k, _ in grid):
             raise ConfigError(f"--grid {key} is given twice; put all its values in one --grid")
         if len(set(values)) != len(values):
@@ -89,15 +93,21 @@ def _split_top_level(text: str) -> list[str]:
     return parts
 
 
-def plan(config: str | Path, grid: Sequence[tuple[str, list[str]]], seeds: int | None,
-         out: Path, overrides: Sequence[str] = ()) -> list[Fit]:
+def plan(
+    config: str | Path,
+    grid: Sequence[tuple[str, list[str]]],
+    seeds: int | None,
+    out: Path,
+    overrides: Sequence[str] = (),
+) -> list[Fit]:
     """Every setting of ``grid`` as a validated :class:`Fit`, before any training starts."""
     from qjax.qlib_workflow import load_any
     from qjax.workflow import checked
 
     if seeds is not None and seeds < 1:
-        raise ConfigError(f"--seeds {seeds}: give the number of seeds, at least 1 "
-                          "(e.g. --seeds 20)")
+        raise ConfigError(
+            f"--seeds {seeds}: give the number of seeds, at least 1 (e.g. --seeds 20)"
+        )
     seed_override = [f"train.seeds=[{', '.join(map(str, range(seeds)))}]"] if seeds else []
     keys = [key for key, _ in grid]
     fits = []
@@ -127,8 +137,9 @@ def run_fit(cfg: dict, out: str, verbose: bool) -> dict:
     return workflow.train(cfg, out, verbose=verbose)
 
 
-def run_in_process(fits: Sequence[Fit], verbose: bool,
-                   done: Callable[[Fit, dict], None]) -> list[dict]:
+def run_in_process(
+    fits: Sequence[Fit], verbose: bool, done: Callable[[Fit, dict], None]
+) -> list[dict]:
     """The fits one after another in this process."""
     results = []
     for fit in fits:
@@ -138,8 +149,9 @@ def run_in_process(fits: Sequence[Fit], verbose: bool,
     return results
 
 
-def run_on_ray(fits: Sequence[Fit], address: str | None,
-               done: Callable[[Fit, dict], None]) -> list[dict]:
+def run_on_ray(
+    fits: Sequence[Fit], address: str | None, done: Callable[[Fit, dict], None]
+) -> list[dict]:
     """The fits as Ray tasks (a local instance unless ``address`` names a cluster)."""
     import jax
     import ray
@@ -149,11 +161,15 @@ def run_on_ray(fits: Sequence[Fit], address: str | None,
     # Workers are fresh processes, perhaps on other machines: give them this process's CPU
     # device layout, so that each fit splits its batches as it would here.
     if not ray.is_initialized():  # before JAX starts its threads: Ray forks its daemons
-        ray.init(address=address, log_to_driver=False, include_dashboard=False,
-                 logging_level="ERROR")
+        ray.init(
+            address=address, log_to_driver=False, include_dashboard=False, logging_level="ERROR"
+        )
     flags = with_device_count(os.environ.get("XLA_FLAGS", ""), len(jax.devices("cpu")))
-    remote = ray.remote(run_fit).options(max_retries=RAY_RETRIES, retry_exceptions=False,
-                                         runtime_env={"env_vars": {"XLA_FLAGS": flags}})
+    remote = ray.remote(run_fit).options(
+        max_retries=RAY_RETRIES,
+        retry_exceptions=False,
+        runtime_env={"env_vars": {"XLA_FLAGS": flags}},
+    )
     pending = {remote.remote(fit.cfg, str(fit.out.resolve()), False): fit for fit in fits}
     results: dict[int, dict] = {}
     order = {id(fit): i for i, fit in enumerate(fits)}
@@ -201,8 +217,10 @@ def markdown_table(rows: Sequence[dict], keys: Sequence[str]) -> str:
     """Qlib's benchmark-table shape: settings, then mean ± std of each metric."""
     metrics = [m for m in (*METRICS, *BACKTEST_METRICS) if any(m in row for row in rows)]
     header = [*keys, "seeds", *metrics, "run"]
-    lines = ["| " + " | ".join(header) + " |",
-             "|" + "|".join("---" if h in (*keys, "run") else "---:" for h in header) + "|"]
+    lines = [
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join("---" if h in (*keys, "run") else "---:" for h in header) + "|",
+    ]
     for row in rows:
         cells = [str(row[k]) for k in keys] + [str(row["seeds"])]
         for name in metrics:
@@ -218,9 +236,17 @@ def _mean_std(mean: float | None, std: float | None) -> str:
     return f"{mean:.4f}" + (f" ± {std:.4f}" if std is not None else "")
 
 
-def sweep(config: str | Path, grid_items: Sequence[str], out: str | Path, *, seeds: int | None,
-          overrides: Sequence[str] = (), use_ray: bool | None = None, address: str | None = None,
-          verbose: bool = True) -> list[dict]:
+def sweep(
+    config: str | Path,
+    grid_items: Sequence[str],
+    out: str | Path,
+    *,
+    seeds: int | None,
+    overrides: Sequence[str] = (),
+    use_ray: bool | None = None,
+    address: str | None = None,
+    verbose: bool = True,
+) -> list[dict]:
     """Plan, run and tabulate a sweep; returns the table's rows (also in ``out/sweep.json``).
 
     ``use_ray``: ``None`` uses Ray where it is installed, ``True`` requires it, ``False`` runs
@@ -234,8 +260,10 @@ def sweep(config: str | Path, grid_items: Sequence[str], out: str | Path, *, see
     if use_ray is None:
         use_ray = ray_available() or address is not None
     if use_ray and not ray_available():
-        raise ConfigError("Ray is not installed: pip install 'qjax[ray]', or run the fits in "
-                          "this process with --no-ray")
+        raise ConfigError(
+            "Ray is not installed: pip install 'qjax[ray]', or run the fits in "
+            "this process with --no-ray"
+        )
     out.mkdir(parents=True, exist_ok=True)
 
     finished = 0
@@ -251,8 +279,9 @@ def sweep(config: str | Path, grid_items: Sequence[str], out: str | Path, *, see
     results = run_on_ray(fits, address, done) if use_ray else run_in_process(fits, verbose, done)
     rows = summary_rows(fits, results)
     keys = [key for key, _ in grid]
-    (out / "sweep.json").write_text(json.dumps({"grid": dict(grid), "seeds": seeds,
-                                                "rows": rows}, indent=2, allow_nan=False))
+    (out / "sweep.json").write_text(
+        json.dumps({"grid": dict(grid), "seeds": seeds, "rows": rows}, indent=2, allow_nan=False)
+    )
     title = f"# Sweep of {Path(config).name}\n\nSeeds per setting: {seeds or 'as configured'}. "
     title += "Test metrics, mean ± std over seeds.\n\n"
     (out / "sweep.md").write_text(title + markdown_table(rows, keys) + "\n")

@@ -25,19 +25,18 @@ from __future__ import annotations
 import json
 import time
 import warnings
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from qjax import run_config
-from qjax import rundir, runlock
-from qjax import saved_run
+from qjax import run_config, rundir, runlock, saved_run
 from qjax.data.checks import nonfinite_report, reject_infinite
 from qjax.data.dataset import Dataset, TSDataset
-from qjax.errors import TrainingDiverged
 from qjax.data.handler import DataHandler
+from qjax.errors import TrainingDiverged
 from qjax.estimators import estimator
 from qjax.train.metrics import signal_metrics
 
@@ -48,16 +47,26 @@ def load_market(data_cfg: Mapping[str, Any]) -> pd.DataFrame:
     if source == "generated":
         from qjax.data.market import generate_market
 
-        kwargs = {k: data_cfg[k] for k in ("n_instruments", "n_days", "start", "seed") if k in data_cfg}
+        kwargs = {
+            k: data_cfg[k] for k in ("n_instruments", "n_days", "start", "seed") if k in data_cfg
+        }
         return generate_market(**kwargs)
     from qjax.data.sources import load_ohlcv
 
-    return load_ohlcv(data_cfg["path"], column_map=data_cfg.get("column_map"),
-                      **{k: data_cfg[k] for k in ("date_col", "instrument_col") if k in data_cfg})
+    return load_ohlcv(
+        data_cfg["path"],
+        column_map=data_cfg.get("column_map"),
+        **{k: data_cfg[k] for k in ("date_col", "instrument_col") if k in data_cfg},
+    )
 
 
-def handler_input(data_cfg: Mapping[str, Any], handler_name: str, start: Any, end: Any,
-                  panel: pd.DataFrame | None = None) -> pd.DataFrame:
+def handler_input(
+    data_cfg: Mapping[str, Any],
+    handler_name: str,
+    start: Any,
+    end: Any,
+    panel: pd.DataFrame | None = None,
+) -> pd.DataFrame:
     """The handler's raw frame (features and label) for the days in [start, end], computed
     from the data section (or from ``panel``, an OHLCV panel loaded before)."""
     from qjax.data import features
@@ -99,9 +108,15 @@ def step_len(cfg: Mapping[str, Any]) -> int:
     return int(cfg["dataset"].get("step_len", 30))
 
 
-def train(cfg: Mapping[str, Any], out_dir: str | Path, *, verbose: bool = True,
-          overwrite: bool = False, init_variables: Callable | None = None,
-          on_fitted: Callable[[Any], None] | None = None) -> dict:
+def train(
+    cfg: Mapping[str, Any],
+    out_dir: str | Path,
+    *,
+    verbose: bool = True,
+    overwrite: bool = False,
+    init_variables: Callable | None = None,
+    on_fitted: Callable[[Any], None] | None = None,
+) -> dict:
     """Run a config into ``out_dir`` and return the metrics written to metrics.json.
 
     Everything that can be checked is checked before the output directory is touched and
@@ -118,12 +133,20 @@ def train(cfg: Mapping[str, Any], out_dir: str | Path, *, verbose: bool = True,
     with runlock.exclusive(out_dir):  # one process per run directory
         # Planned again under the lock: a run that held it may have changed the directory.
         plan = rundir.plan(out_dir, cfg, overwrite)
-        return _run(cfg, model, plan, verbose=verbose, init_variables=init_variables,
-                    on_fitted=on_fitted)
+        return _run(
+            cfg, model, plan, verbose=verbose, init_variables=init_variables, on_fitted=on_fitted
+        )
 
 
-def _run(cfg: dict, model: Any, plan: rundir.Plan, *, verbose: bool,
-         init_variables: Callable | None, on_fitted: Callable[[Any], None] | None) -> dict:
+def _run(
+    cfg: dict,
+    model: Any,
+    plan: rundir.Plan,
+    *,
+    verbose: bool,
+    init_variables: Callable | None,
+    on_fitted: Callable[[Any], None] | None,
+) -> dict:
     """:func:`train` once the config, the model's keywords and the directory are checked."""
     out = plan.out
     checkpoint_dir = out / "checkpoints"
@@ -140,8 +163,15 @@ def _run(cfg: dict, model: Any, plan: rundir.Plan, *, verbose: bool,
     seeds = cfg["train"].get("seeds")
     t0 = time.perf_counter()
     try:
-        model.fit(dataset, evals_result=evals, checkpoint_dir=str(checkpoint_dir.resolve()),
-                  resume=plan.resume, seeds=seeds, verbose=verbose, init_variables=init_variables)
+        model.fit(
+            dataset,
+            evals_result=evals,
+            checkpoint_dir=str(checkpoint_dir.resolve()),
+            resume=plan.resume,
+            seeds=seeds,
+            verbose=verbose,
+            init_variables=init_variables,
+        )
     except TrainingDiverged as err:
         raise _diagnosed(err, dataset) from None
     finally:
@@ -161,8 +191,9 @@ def _run(cfg: dict, model: Any, plan: rundir.Plan, *, verbose: bool,
         from qjax.backtest.risk import signal_analysis_long_short
 
         for col in per_seed.columns:
-            test_metrics[col].update(signal_analysis_long_short(
-                per_seed[col], label, analysis.get("ann_scaler", 252)))
+            test_metrics[col].update(
+                signal_analysis_long_short(per_seed[col], label, analysis.get("ann_scaler", 252))
+            )
     summary = _summarise(test_metrics)
     stopped = result.early_stopped if result.early_stopped is not None else ()
     metrics = {
@@ -175,16 +206,23 @@ def _run(cfg: dict, model: Any, plan: rundir.Plan, *, verbose: bool,
         "epochs_run": int(len(result.history.get("lr", []))),
         "early_stopped_at_epoch": [
             int(n) if s else None for n, s in zip(result.epochs_run, stopped)
-        ] if len(stopped) else None,
+        ]
+        if len(stopped)
+        else None,
         "resumed_from_epoch": result.resumed_from + 1 if result.resumed_from else None,
-        "seconds": {"data": round(t_data, 2), "fit": round(t_fit, 2),
-                    "compile": round(_compile_seconds(model), 2)},
+        "seconds": {
+            "data": round(t_data, 2),
+            "fit": round(t_fit, 2),
+            "compile": round(_compile_seconds(model), 2),
+        },
         "samples": {"test": int(len(per_seed))},
     }
     if cfg.get("backtest"):  # PortAnaRecord: TopK-dropout backtest of the (first seed's) scores
         from qjax.backtest.record import record_backtest
 
-        metrics.update(record_backtest(cfg["backtest"], per_seed.iloc[:, 0], cfg["data"], out, summary))
+        metrics.update(
+            record_backtest(cfg["backtest"], per_seed.iloc[:, 0], cfg["data"], out, summary)
+        )
     per_seed.to_parquet(out / "predictions.parquet")
     (out / "metrics.json").write_text(json.dumps(_json_safe(metrics), indent=2, allow_nan=False))
     from qjax.report import save_report_inputs, write_report
@@ -214,12 +252,14 @@ def check_segments_inside_handler(cfg: Mapping[str, Any]) -> None:
             raise run_config.ConfigError(
                 f"dataset.segments.{name} starts {start}, before handler.start_time {first}: "
                 "the handler loads no data before it, so the segment would silently start "
-                "later; move handler.start_time back or the segment's start forward")
+                "later; move handler.start_time back or the segment's start forward"
+            )
         if last is not None and pd.Timestamp(end) > pd.Timestamp(last):
             raise run_config.ConfigError(
                 f"dataset.segments.{name} ends {end}, after handler.end_time {last}: the "
                 "handler loads no data after it, so the segment would silently end earlier; "
-                "move handler.end_time forward or end the segment earlier")
+                "move handler.end_time forward or end the segment earlier"
+            )
 
 
 def _warn_about_look_ahead(cfg: Mapping[str, Any]) -> None:
@@ -273,13 +313,16 @@ def _diagnosed(err: TrainingDiverged, dataset: Dataset) -> TrainingDiverged:
     found = nonfinite_report(dataset, [n for n in dataset.segments if n != "test"])
     head = str(err).split(" NaN or inf in the features")[0]
     if found:
-        cause = (f"{head} The training data holds non-finite values:\n  "
-                 + found.replace("\n", "\n  ")
-                 + "\nAdd a Fillna processor for NaN features (e.g. infer_processors: "
-                 "- {class: Fillna, kwargs: {fields_group: feature}}), or clean the data.")
+        cause = (
+            f"{head} The training data holds non-finite values:\n  "
+            + found.replace("\n", "\n  ")
+            + "\nAdd a Fillna processor for NaN features (e.g. infer_processors: "
+            "- {class: Fillna, kwargs: {fields_group: feature}}), or clean the data."
+        )
     else:
-        cause = (f"{head} The data holds no NaN/inf features, so the optimisation diverged: "
-                 "lower lr.")
+        cause = (
+            f"{head} The data holds no NaN/inf features, so the optimisation diverged: lower lr."
+        )
     return TrainingDiverged(cause + " The last good checkpoint is kept.", epoch=err.epoch)
 
 
@@ -329,8 +372,12 @@ def _compile_seconds(model) -> float:
     return sum(stage.compile_seconds for stage in stages if stage is not None)
 
 
-LONG_SHORT_METRICS = ("Long-Short Ann Return", "Long-Short Ann Sharpe", "Long-Avg Ann Return",
-                      "Long-Avg Ann Sharpe")
+LONG_SHORT_METRICS = (
+    "Long-Short Ann Return",
+    "Long-Short Ann Sharpe",
+    "Long-Avg Ann Return",
+    "Long-Avg Ann Sharpe",
+)
 
 
 def format_table(metrics: Mapping[str, Any]) -> str:
@@ -347,9 +394,15 @@ def format_table(metrics: Mapping[str, Any]) -> str:
     rows += [
         ("best epoch", ", ".join(_number(e) for e in metrics["best_epoch_1based"])),
         ("epochs run", str(metrics["epochs_run"])),
-        ("fit seconds", f"{metrics['seconds']['fit']:.1f}"
-         + (f" (compiling {metrics['seconds']['compile']:.1f})"
-            if "compile" in metrics["seconds"] else "")),
+        (
+            "fit seconds",
+            f"{metrics['seconds']['fit']:.1f}"
+            + (
+                f" (compiling {metrics['seconds']['compile']:.1f})"
+                if "compile" in metrics["seconds"]
+                else ""
+            ),
+        ),
         ("test samples", str(metrics["samples"]["test"])),
     ]
     width = max(len(k) for k, _ in rows)

@@ -114,8 +114,11 @@ def pytest_runtest_makereport(item, call):
     report = outcome.get_result()
     if report.failed:
         report.sections.append(
-            ("random seed", f"rerun with {SEED_ENV}={session_seed()} to repeat this test's draws "
-                            f"(its own seed: {seed_for(item.nodeid)})")
+            (
+                "random seed",
+                f"rerun with {SEED_ENV}={session_seed()} to repeat this test's draws "
+                f"(its own seed: {seed_for(item.nodeid)})",
+            )
         )
 
 

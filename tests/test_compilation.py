@@ -29,10 +29,15 @@ CHILD = textwrap.dedent(
 
 def _child(cache: str) -> list[str]:
     env = {k: v for k, v in os.environ.items() if k != "QJAX_COMPILATION_CACHE"}
-    env.update(QJAX_COMPILATION_CACHE=cache, PYTHONPATH=os.pathsep.join(
-        [str(REPO), str(REPO / "tests" / "train"), os.environ.get("PYTHONPATH", "")]))
-    done = subprocess.run([sys.executable, "-c", CHILD], env=env, capture_output=True,
-                          text=True, timeout=600)
+    env.update(
+        QJAX_COMPILATION_CACHE=cache,
+        PYTHONPATH=os.pathsep.join(
+            [str(REPO), str(REPO / "tests" / "train"), os.environ.get("PYTHONPATH", "")]
+        ),
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", CHILD], env=env, capture_output=True, text=True, timeout=600
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     return done.stdout.split()
 
@@ -70,16 +75,29 @@ def test_two_processes_share_one_cache_directory(tmp_path):
     """Two processes writing and reading one cache at once, in JAX's file-locked mode: both
     finish. (Unbounded, JAX writes entries in place: a reader can load a half-written executable
     and abort, as a test-suite worker did.)"""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+    }
     cache = str(tmp_path / "xla")
-    procs = [subprocess.Popen([sys.executable, "-c", WRITER_READER, cache], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", WRITER_READER, cache],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
     for proc in procs:
         out, err = proc.communicate(timeout=600)
         assert proc.returncode == 0 and out.strip() == "ok", err[-2000:]
     # one entry per program: "<name>-<key>" (jax 0.4.30) or "<name>-<key>-cache" beside an
     # "-atime" file (newer jax)
-    entries = {path.name.removesuffix("-cache") for path in (tmp_path / "xla").glob("jit_*")
-               if not path.name.endswith("-atime")}
+    entries = {
+        path.name.removesuffix("-cache")
+        for path in (tmp_path / "xla").glob("jit_*")
+        if not path.name.endswith("-atime")
+    }
     assert len(entries) >= 40, sorted(entries)

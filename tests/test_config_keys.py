@@ -18,10 +18,14 @@ TS_CONFIG = REPO / "configs" / "gru_alpha158.yaml"
     "override, message",
     [
         # the three typos of issue 10, each of which used to run with exit code 0
-        ("data.n_instrumnts=5",
-         r"unknown key data.n_instrumnts \(did you mean 'n_instruments'\?\)"),
-        ("handler.fit_end_tme=2015-06-30",
-         r"unknown key handler.fit_end_tme \(did you mean 'fit_end_time'\?\)"),
+        (
+            "data.n_instrumnts=5",
+            r"unknown key data.n_instrumnts \(did you mean 'n_instruments'\?\)",
+        ),
+        (
+            "handler.fit_end_tme=2015-06-30",
+            r"unknown key handler.fit_end_tme \(did you mean 'fit_end_time'\?\)",
+        ),
         ("dataset.step_length=20", r"dataset.step_length \(did you mean 'step_len'\?\)"),
         ("model.kwarg={}", r"unknown key model.kwarg \(did you mean 'kwargs'\?\)"),
         ("train.seed=[0]", r"unknown key train.seed \(did you mean 'seeds'\?\)"),
@@ -31,8 +35,10 @@ TS_CONFIG = REPO / "configs" / "gru_alpha158.yaml"
         # step_len only shapes TSDataset windows
         ("dataset.step_len=20", r"dataset.step_len is read only when dataset.class is TSDataset"),
         # a misspelt valid segment would silently drop model selection
-        ("dataset.segments.vaild=[2016-01-04, 2016-05-31]",
-         r"unknown segment dataset.segments.vaild \(did you mean 'valid'\?\)"),
+        (
+            "dataset.segments.vaild=[2016-01-04, 2016-05-31]",
+            r"unknown segment dataset.segments.vaild \(did you mean 'valid'\?\)",
+        ),
         ("data.n_instruments=0", r"data.n_instruments must be a positive integer"),
         ("data.n_days=-5", r"data.n_days must be a positive integer"),
         ("data.source=csvv", r"data.source must be one of .* \(did you mean 'csv'\?\)"),

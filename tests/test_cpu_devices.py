@@ -17,13 +17,21 @@ REPO = Path(__file__).resolve().parents[1]
 
 def _run(code: str, **env: str) -> subprocess.CompletedProcess:
     """``code`` in a fresh interpreter with no inherited device-count settings."""
-    clean = {k: v for k, v in os.environ.items()
-             if k not in ("XLA_FLAGS", "JAX_NUM_CPU_DEVICES", "JAX_PLATFORMS", cpu_devices.ENV)}
+    clean = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("XLA_FLAGS", "JAX_NUM_CPU_DEVICES", "JAX_PLATFORMS", cpu_devices.ENV)
+    }
     clean["PYTHONPATH"] = os.pathsep.join(
         [str(REPO), str(REPO / "tests" / "train"), os.environ.get("PYTHONPATH", "")]
     )
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env={**clean, **env},
-                          capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def test_requested_count_and_user_choice():
@@ -41,9 +49,10 @@ def test_requested_count_and_user_choice():
     user = {cpu_devices.ENV: "3", "XLA_FLAGS": "--xla_force_host_platform_device_count=5"}
     assert cpu_devices.default_xla_flags(user) is None
     assert cpu_devices.default_xla_flags({cpu_devices.ENV: "off"}) is None
-    assert cpu_devices.with_device_count(
-        "--a --xla_force_host_platform_device_count=5 --b", 2
-    ) == "--a --b --xla_force_host_platform_device_count=2"
+    assert (
+        cpu_devices.with_device_count("--a --xla_force_host_platform_device_count=5 --b", 2)
+        == "--a --b --xla_force_host_platform_device_count=2"
+    )
 
 
 def test_import_qjax_sets_the_count_and_set_cpu_devices_fails_once_running():
@@ -67,8 +76,9 @@ def test_import_qjax_sets_the_count_and_set_cpu_devices_fails_once_running():
         QJAX_CPU_DEVICES="3",
     )
     assert done.returncode == 0 and done.stdout.startswith("OK"), done.stdout + done.stderr
-    done = _run("import qjax, jax; assert jax.device_count() == 1; print('OK')",
-                QJAX_CPU_DEVICES="off")
+    done = _run(
+        "import qjax, jax; assert jax.device_count() == 1; print('OK')", QJAX_CPU_DEVICES="off"
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     done = _run("import qjax", QJAX_CPU_DEVICES="many")
     assert done.returncode != 0 and "QJAX_CPU_DEVICES='many' is invalid" in done.stderr

@@ -12,14 +12,25 @@ from qjax.estimators import wrappers
 from qjax.model_checks import check_feature_layout, time_layout
 
 DROPOUT_KEYWORDS = sorted(
-    (name, key) for name, model in wrappers().items() for key in model.spec.defaults
+    (name, key)
+    for name, model in wrappers().items()
+    for key in model.spec.defaults
     if "dropout" in key
 )
 
 
 def test_every_model_with_dropout_is_covered():
     assert {name for name, _ in DROPOUT_KEYWORDS} >= {
-        "lstm", "gru", "alstm", "transformer", "localformer", "krnn", "sfm", "tcn", "gats", "hist"
+        "lstm",
+        "gru",
+        "alstm",
+        "transformer",
+        "localformer",
+        "krnn",
+        "sfm",
+        "tcn",
+        "gats",
+        "hist",
     }
 
 
@@ -58,8 +69,11 @@ def test_nested_general_network_dropout_is_checked():
         ("lstm", {"n_epochs": 0}, "n_epochs must be a positive integer"),
         ("lstm", {"lr": 0}, "lr must be a positive number"),
         ("lstm", {"lr": float("nan")}, "lr must be a positive number"),
-        ("mlp", {"pt_model_kwargs": {"input_dim": 360, "layers": (256, 0)}},
-         "layers entry must be a positive integer, got 0"),
+        (
+            "mlp",
+            {"pt_model_kwargs": {"input_dim": 360, "layers": (256, 0)}},
+            "layers entry must be a positive integer, got 0",
+        ),
     ],
 )
 def test_non_positive_sizes_are_an_error_at_construction(name, kwargs, message):

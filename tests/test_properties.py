@@ -23,20 +23,62 @@ from qjax.errors import QjaxError
 
 REPO = Path(__file__).resolve().parents[1]
 BASE = run_config.load(REPO / "configs" / "lstm_alpha360.yaml")
-FAST = settings(max_examples=150, deadline=None, derandomize=True, database=None,
-                suppress_health_check=[HealthCheck.too_slow])
+FAST = settings(
+    max_examples=150,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 
 junk = st.one_of(
-    st.none(), st.booleans(), st.integers(-5, 500), st.floats(allow_nan=True),
-    st.text(max_size=12), st.lists(st.integers(-3, 3), max_size=3),
+    st.none(),
+    st.booleans(),
+    st.integers(-5, 500),
+    st.floats(allow_nan=True),
+    st.text(max_size=12),
+    st.lists(st.integers(-3, 3), max_size=3),
     st.dictionaries(st.text(max_size=5), st.integers(), max_size=2),
-    st.sampled_from(["2015-01-05", "2016-13-45", "generated", "qlib", "csv", "TSDataset",
-                     "Alpha158", "lstm", [2015, 1], ["2016-01-04", "2015-01-04"]]),
+    st.sampled_from(
+        [
+            "2015-01-05",
+            "2016-13-45",
+            "generated",
+            "qlib",
+            "csv",
+            "TSDataset",
+            "Alpha158",
+            "lstm",
+            [2015, 1],
+            ["2016-01-04", "2015-01-04"],
+        ]
+    ),
 )
-KNOWN_KEYS = sorted({"source", "n_instruments", "n_days", "start", "seed", "provider_uri",
-                     "path", "name", "fit_end_time", "fit_end_tme", "segments", "class",
-                     "step_len", "step_length", "kwargs", "seeds", "valid", "vaild", "test",
-                     "infer_processors", "process_type"})
+KNOWN_KEYS = sorted(
+    {
+        "source",
+        "n_instruments",
+        "n_days",
+        "start",
+        "seed",
+        "provider_uri",
+        "path",
+        "name",
+        "fit_end_time",
+        "fit_end_tme",
+        "segments",
+        "class",
+        "step_len",
+        "step_length",
+        "kwargs",
+        "seeds",
+        "valid",
+        "vaild",
+        "test",
+        "infer_processors",
+        "process_type",
+    }
+)
 key = st.one_of(st.sampled_from(KNOWN_KEYS), st.text(min_size=1, max_size=8))
 
 
@@ -45,7 +87,9 @@ def mutated_configs(draw):
     """The shipped LSTM config with 1-4 random edits: set, add or delete a key anywhere."""
     cfg = copy.deepcopy(BASE)
     for _ in range(draw(st.integers(1, 4))):
-        section = draw(st.sampled_from(run_config.SECTIONS)) if draw(st.integers(0, 9)) else draw(key)
+        section = (
+            draw(st.sampled_from(run_config.SECTIONS)) if draw(st.integers(0, 9)) else draw(key)
+        )
         path = [section, *draw(st.lists(key, min_size=1, max_size=2))]
         if section == "dataset" and draw(st.booleans()):
             path = ["dataset", "segments", draw(key)]
@@ -80,15 +124,49 @@ def test_config_validation_accepts_or_raises_config_error(cfg):
     _no_unknown_key_survives(valid)
 
 
-MODEL_KEYWORDS = sorted({"d_feat", "hidden_size", "num_layers", "dropout", "lr", "n_epochs",
-                         "batch_size", "d_model", "nhead", "dropout_W", "n_chans", "kernel_size",
-                         "hiden_size", "dropuot", "early_stop", "n_steps", "vbs", "rnn_dups"})
+MODEL_KEYWORDS = sorted(
+    {
+        "d_feat",
+        "hidden_size",
+        "num_layers",
+        "dropout",
+        "lr",
+        "n_epochs",
+        "batch_size",
+        "d_model",
+        "nhead",
+        "dropout_W",
+        "n_chans",
+        "kernel_size",
+        "hiden_size",
+        "dropuot",
+        "early_stop",
+        "n_steps",
+        "vbs",
+        "rnn_dups",
+    }
+)
 
 
 @FAST
-@given(st.sampled_from(["lstm", "gru", "alstm", "transformer", "sfm", "tcn", "krnn", "tabnet",
-                        "gats", "hist", "mlp"]),
-       st.dictionaries(st.sampled_from(MODEL_KEYWORDS), junk, max_size=3))
+@given(
+    st.sampled_from(
+        [
+            "lstm",
+            "gru",
+            "alstm",
+            "transformer",
+            "sfm",
+            "tcn",
+            "krnn",
+            "tabnet",
+            "gats",
+            "hist",
+            "mlp",
+        ]
+    ),
+    st.dictionaries(st.sampled_from(MODEL_KEYWORDS), junk, max_size=3),
+)
 def test_estimator_construction_accepts_or_raises_a_qjax_error(name, kwargs):
     try:
         qjax.estimator(name, **kwargs)
@@ -98,11 +176,19 @@ def test_estimator_construction_accepts_or_raises_a_qjax_error(name, kwargs):
 
 # -- OHLCV frames -------------------------------------------------------------------------------
 
-cell = st.one_of(st.floats(allow_nan=True, allow_infinity=True, width=64), st.integers(-10, 10),
-                 st.none(), st.text(max_size=4), st.sampled_from(["1.5", "2020-01-02", "x"]))
-date_cell = st.one_of(st.sampled_from(["2020-01-02", "2020-01-03", "2020-01-06", "2020/01/07",
-                                       "not a date", "", None]),
-                      st.dates().map(str))
+cell = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True, width=64),
+    st.integers(-10, 10),
+    st.none(),
+    st.text(max_size=4),
+    st.sampled_from(["1.5", "2020-01-02", "x"]),
+)
+date_cell = st.one_of(
+    st.sampled_from(
+        ["2020-01-02", "2020-01-03", "2020-01-06", "2020/01/07", "not a date", "", None]
+    ),
+    st.dates().map(str),
+)
 instrument_cell = st.one_of(st.sampled_from(["A", "B", "C", None]), st.integers(0, 3))
 
 
@@ -110,8 +196,15 @@ instrument_cell = st.one_of(st.sampled_from(["A", "B", "C", None]), st.integers(
 def ohlcv_frames(draw):
     clean_keys = draw(st.booleans())
     if clean_keys:  # unique (date, instrument) pairs, so that the value checks get exercised
-        pairs = draw(st.lists(st.tuples(st.dates(dt.date(2000, 1, 1), dt.date(2030, 1, 1)),
-                                        st.sampled_from("ABC")), unique=True, max_size=8))
+        pairs = draw(
+            st.lists(
+                st.tuples(
+                    st.dates(dt.date(2000, 1, 1), dt.date(2030, 1, 1)), st.sampled_from("ABC")
+                ),
+                unique=True,
+                max_size=8,
+            )
+        )
         n = len(pairs)
     else:
         n = draw(st.integers(0, 8))
@@ -165,8 +258,13 @@ def panels_and_segments(draw):
     index = pd.MultiIndex.from_tuples(rows, names=["datetime", "instrument"])
     # mostly clean values with a few NaN/inf, so that both outcomes occur
     clean = draw(st.booleans())
-    cells = draw(st.lists(st.floats(-5, 5) if clean else st.one_of(st.floats(-5, 5), value),
-                          min_size=3 * len(rows), max_size=3 * len(rows)))
+    cells = draw(
+        st.lists(
+            st.floats(-5, 5) if clean else st.one_of(st.floats(-5, 5), value),
+            min_size=3 * len(rows),
+            max_size=3 * len(rows),
+        )
+    )
     columns = pd.MultiIndex.from_tuples([("feature", "f1"), ("feature", "f2"), ("label", "y")])
     frame = pd.DataFrame(np.asarray(cells).reshape(len(rows), 3), index=index, columns=columns)
     if draw(st.booleans()):  # segments inside the data
@@ -174,8 +272,11 @@ def panels_and_segments(draw):
     else:
         cuts = sorted(draw(st.lists(st.integers(-2, 14), min_size=4, max_size=4)))
     day = lambda i: str((DAYS[0] + pd.offsets.BDay(i)).date())  # noqa: E731
-    segments = {"train": [day(cuts[0]), day(cuts[1])], "valid": [day(cuts[1] + 1), day(cuts[2])],
-                "test": [day(cuts[2] + 1), day(cuts[3])]}
+    segments = {
+        "train": [day(cuts[0]), day(cuts[1])],
+        "valid": [day(cuts[1] + 1), day(cuts[2])],
+        "test": [day(cuts[2] + 1), day(cuts[3])],
+    }
     return frame, segments
 
 
@@ -188,9 +289,11 @@ def test_handler_and_dataset_checks_accept_a_trainable_dataset_or_raise_a_qjax_e
 
     frame, segments = case
     try:
-        handler = DataHandler(frame, infer_processors=[{"class": "Fillna",
-                                                         "kwargs": {"fields_group": "feature"}}],
-                              learn_processors=["DropnaLabel"])
+        handler = DataHandler(
+            frame,
+            infer_processors=[{"class": "Fillna", "kwargs": {"fields_group": "feature"}}],
+            learn_processors=["DropnaLabel"],
+        )
         dataset = Dataset(handler, segments)
         check_dataset(dataset)
     except QjaxError as err:

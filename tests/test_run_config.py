@@ -26,23 +26,39 @@ def test_override_sets_nested_values_parsed_as_yaml(tmp_path):
     assert cfg["train"]["seeds"] == [1, 2]
 
 
+SEGMENTS = "dataset: {segments: {train: [2015-01-01, 2015-02-01]}}\n"
+
+
 @pytest.mark.parametrize(
     "text, message",
     [
         ("data: [1, 2\n", "not valid YAML"),
         ("- a\n- b\n", "must hold a mapping"),
-        ("data: {}\nhandler: {name: Alpha360}\ndataset: {segments: {train: [2015-01-01, 2015-02-01]}}\n",
-         "needs a 'model' section"),
-        ("data: {source: ftp}\nhandler: {name: Alpha360}\ndataset: {segments: {train: [2015-01-01, 2015-02-01]}}\nmodel: {name: lstm}\n",
-         "data.source must be one of"),
-        ("data: {}\nhandler: {name: Alpha999}\ndataset: {segments: {train: [2015-01-01, 2015-02-01]}}\nmodel: {name: lstm}\n",
-         "handler.name must be Alpha360 or Alpha158"),
-        ("data: {}\nhandler: {name: Alpha360}\ndataset: {segments: {train: [2015-01-01]}}\nmodel: {name: lstm}\n",
-         r"segments.train must be \[start, end\]"),
-        ("data: {}\nhandler: {name: Alpha360}\ndataset: {segments: {train: [yesterday, 2015-02-01]}}\nmodel: {name: lstm}\n",
-         "is not a date"),
-        ("data: {}\nhandler: {name: Alpha360}\ndataset: {segments: {train: [2015-01-01, 2015-02-01]}}\nmodel: {name: lstm}\nextra: 1\n",
-         "unknown config section"),
+        (
+            "data: {}\nhandler: {name: Alpha360}\ndataset: {segments: {train: [2015-01-01, 2015-02-01]}}\n",
+            "needs a 'model' section",
+        ),
+        (
+            "data: {source: ftp}\nhandler: {name: Alpha360}\n" + SEGMENTS + "model: {name: lstm}\n",
+            "data.source must be one of",
+        ),
+        (
+            "data: {}\nhandler: {name: Alpha999}\n" + SEGMENTS + "model: {name: lstm}\n",
+            "handler.name must be Alpha360 or Alpha158",
+        ),
+        (
+            "data: {}\nhandler: {name: Alpha360}\ndataset: {segments: {train: [2015-01-01]}}\nmodel: {name: lstm}\n",
+            r"segments.train must be \[start, end\]",
+        ),
+        (
+            "data: {}\nhandler: {name: Alpha360}\n"
+            "dataset: {segments: {train: [yesterday, 2015-02-01]}}\nmodel: {name: lstm}\n",
+            "is not a date",
+        ),
+        (
+            "data: {}\nhandler: {name: Alpha360}\n" + SEGMENTS + "model: {name: lstm}\nextra: 1\n",
+            "unknown config section",
+        ),
     ],
 )
 def test_malformed_configs_raise_a_clear_error(tmp_path, text, message):

@@ -24,8 +24,28 @@ SEGMENTS = {
     "pretrain": ("2015-01-05", "2015-05-29"),
     "pretrain_validation": ("2015-06-01", "2015-07-10"),
 }
-FEATURES = ["KMID", "KLEN", "KMID2", "KUP", "KUP2", "KLOW", "KLOW2", "KSFT", "KSFT2", "OPEN0",
-            "HIGH0", "LOW0", "VWAP0", "ROC5", "ROC10", "ROC20", "ROC30", "ROC60", "MA5", "MA10"]
+FEATURES = [
+    "KMID",
+    "KLEN",
+    "KMID2",
+    "KUP",
+    "KUP2",
+    "KLOW",
+    "KLOW2",
+    "KSFT",
+    "KSFT2",
+    "OPEN0",
+    "HIGH0",
+    "LOW0",
+    "VWAP0",
+    "ROC5",
+    "ROC10",
+    "ROC20",
+    "ROC30",
+    "ROC60",
+    "MA5",
+    "MA10",
+]
 # No Fillna processor: the long-window features start with NaN, which TabNet must fill itself.
 PROCESSORS = dict(
     infer_processors=[
@@ -103,7 +123,9 @@ def test_pretrained_encoder_is_saved_and_copied_into_the_fine_tuning_model(qlib_
     fresh = model.module.init(jax.random.PRNGKey(5), jnp.ones((2, TINY["d_feat"])))
     started = init_variables(fresh)
     for collection in ("params", "batch_stats"):
-        jax.tree.map(np.testing.assert_array_equal, started[collection]["model"], best[collection]["encoder"])
+        jax.tree.map(
+            np.testing.assert_array_equal, started[collection]["model"], best[collection]["encoder"]
+        )
     jax.tree.map(np.testing.assert_array_equal, started["params"]["fc"], fresh["params"]["fc"])
 
 
@@ -112,15 +134,23 @@ def _refit_with_known_head(model, dataset, init_variables=None):
     spec, kw = TABNET, model.kwargs
     train, valid = (spec.samples(kw, name, *dataset.samples(name)) for name in ("train", "valid"))
     rng = np.random.default_rng(0)
-    head = jax.tree.map(lambda leaf: rng.normal(size=leaf.shape).astype(np.float32),
-                        model.variables["params"]["fc"])
+    head = jax.tree.map(
+        lambda leaf: rng.normal(size=leaf.shape).astype(np.float32), model.variables["params"]["fc"]
+    )
 
     def start(variables):
         variables = init_variables(variables) if init_variables else variables
         return {**variables, "params": {**variables["params"], "fc": head}}
 
-    result = fit(model.module, train, valid, model.config, loss_fn=spec.loss_fn(kw), init_variables=start,
-                 verbose=False)
+    result = fit(
+        model.module,
+        train,
+        valid,
+        model.config,
+        loss_fn=spec.loss_fn(kw),
+        init_variables=start,
+        verbose=False,
+    )
     return head, result.replica(0)["params"]
 
 
@@ -149,18 +179,26 @@ def test_paper_mode_trains_the_head_and_adds_the_sparsity_penalty(paper_mode, da
 
 
 def test_sparsity_penalty_is_lambda_times_the_sown_loss_in_training_only(seed):
-    module = TabNetFinetune(inp_dim=6, out_dim=4, n_d=4, n_a=4, n_steps=2, n_shared=1, n_ind=1, vbs=8, paper=True)
+    module = TabNetFinetune(
+        inp_dim=6, out_dim=4, n_d=4, n_a=4, n_steps=2, n_shared=1, n_ind=1, vbs=8, paper=True
+    )
     rng = np.random.default_rng(seed + 2)
     x = jnp.asarray(rng.normal(size=(16, 6)), jnp.float32)
-    batch = Batch(x=x, y=jnp.asarray(rng.normal(size=16), jnp.float32), w=jnp.ones(16),
-                  mask=jnp.ones(16, bool))
+    batch = Batch(
+        x=x,
+        y=jnp.asarray(rng.normal(size=16), jnp.float32),
+        w=jnp.ones(16),
+        mask=jnp.ones(16, bool),
+    )
     key = jax.random.PRNGKey(1)
     penalised = SparsityRegularisedMSE(0.5)
 
     @jax.jit  # one compilation for every quantity compared
     def run(init_key):
         variables = module.init(init_key, x)
-        _, sown = module.apply(variables, x, train=True, mutable=["batch_stats", SPARSE_LOSS_COLLECTION])
+        _, sown = module.apply(
+            variables, x, train=True, mutable=["batch_stats", SPARSE_LOSS_COLLECTION]
+        )
         return sown[SPARSE_LOSS_COLLECTION]["sparse_loss"], {
             (name, train): objective(module.apply, variables, batch, key, train)
             for name, objective in (("plain", supervised_mse), ("penalised", penalised))
@@ -170,27 +208,38 @@ def test_sparsity_penalty_is_lambda_times_the_sown_loss_in_training_only(seed):
     sparse, out = run(jax.random.PRNGKey(0))
     assert float(sparse) > 0
     plain, with_penalty = out["plain", True], out["penalised", True]
-    np.testing.assert_allclose(with_penalty.total / with_penalty.count,
-                               plain.total / plain.count + 0.5 * float(sparse), rtol=1e-6)
+    np.testing.assert_allclose(
+        with_penalty.total / with_penalty.count,
+        plain.total / plain.count + 0.5 * float(sparse),
+        rtol=1e-6,
+    )
     jax.tree.map(np.testing.assert_array_equal, with_penalty.batch_stats, plain.batch_stats)
     assert float(out["penalised", False].total) == float(out["plain", False].total)
 
 
 def test_nan_features_are_filled_as_qlib_does():
-    values = np.array([[1.0, np.nan, np.nan], [np.nan, 2.0, np.nan], [3.0, 4.0, np.nan]], np.float32)
-    index = pd.MultiIndex.from_product([pd.date_range("2020-01-01", periods=3), ["A"]],
-                                       names=["datetime", "instrument"])
+    values = np.array(
+        [[1.0, np.nan, np.nan], [np.nan, 2.0, np.nan], [3.0, 4.0, np.nan]], np.float32
+    )
+    index = pd.MultiIndex.from_product(
+        [pd.date_range("2020-01-01", periods=3), ["A"]], names=["datetime", "instrument"]
+    )
     frame = pd.DataFrame(values)
     fill = TABNET.samples
-    for segment, expected in [("train", frame.fillna(frame.mean()).fillna(0.0)),
-                              ("pretrain_validation", frame.fillna(frame.mean()).fillna(0.0)),
-                              ("valid", frame.fillna(0.0)), ("test", frame.fillna(0.0))]:
+    for segment, expected in [
+        ("train", frame.fillna(frame.mean()).fillna(0.0)),
+        ("pretrain_validation", frame.fillna(frame.mean()).fillna(0.0)),
+        ("valid", frame.fillna(0.0)),
+        ("test", frame.fillna(0.0)),
+    ]:
         filled = fill({}, segment, tabular_samples(values, None, index), index)
         np.testing.assert_array_equal(np.asarray(filled.features), expected.to_numpy(np.float32))
 
 
 def test_input_errors_are_clear(handler, dataset):
-    no_pretrain = Dataset(handler, {k: v for k, v in SEGMENTS.items() if not k.startswith("pretrain")})
+    no_pretrain = Dataset(
+        handler, {k: v for k, v in SEGMENTS.items() if not k.startswith("pretrain")}
+    )
     with pytest.raises(KeyError, match=r"pretrain=True needs the dataset segments.*pretrain=False"):
         qjax.estimator("tabnet", **TINY).fit(no_pretrain, verbose=False)
     with pytest.raises(ValueError, match="d_feat=158 but the dataset has 20 feature columns"):

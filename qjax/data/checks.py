@@ -17,9 +17,11 @@ import pandas as pd
 from qjax.data.samples import Samples
 from qjax.errors import DataError
 
-FILLNA_FIX = ("add a Fillna processor for NaN features (handler.infer_processors: "
-              "- {class: Fillna, kwargs: {fields_group: feature}}), replace inf in the data, "
-              "or drop those columns")
+FILLNA_FIX = (
+    "add a Fillna processor for NaN features (handler.infer_processors: "
+    "- {class: Fillna, kwargs: {fields_group: feature}}), replace inf in the data, "
+    "or drop those columns"
+)
 
 
 def nonfinite_columns(frame: pd.DataFrame) -> dict[str, tuple[int, int]]:
@@ -28,23 +30,23 @@ def nonfinite_columns(frame: pd.DataFrame) -> dict[str, tuple[int, int]]:
     n_nan = np.isnan(values).sum(axis=0)
     n_inf = np.isinf(values).sum(axis=0)
     names = [c[-1] if isinstance(c, tuple) else c for c in frame.columns]
-    return {
-        str(name): (int(a), int(b))
-        for name, a, b in zip(names, n_nan, n_inf)
-        if a or b
-    }
+    return {str(name): (int(a), int(b)) for name, a, b in zip(names, n_nan, n_inf) if a or b}
 
 
 def segment_frame(dataset: Any, segment: str, col_set: str, data_key: str) -> pd.DataFrame:
     """The handler rows of a segment's dates (for either kind of dataset)."""
     start, end = dataset.segments[segment]
-    return dataset.handler.fetch(slice(start, end), level="datetime", col_set=col_set,
-                                 data_key=data_key)
+    return dataset.handler.fetch(
+        slice(start, end), level="datetime", col_set=col_set, data_key=data_key
+    )
 
 
 def nonfinite_report(
-    dataset: Any, segments: Iterable[str] = ("train", "valid"), data_key: str = "learn",
-    include_nan_labels: bool = False, limit: int = 6,
+    dataset: Any,
+    segments: Iterable[str] = ("train", "valid"),
+    data_key: str = "learn",
+    include_nan_labels: bool = False,
+    limit: int = 6,
 ) -> str:
     """One line per segment and column set that holds NaN/inf, e.g.
     ``segment 'train' features: KMID (12 NaN), ROC5 (3 inf)``; '' when all is finite.
@@ -68,8 +70,9 @@ def nonfinite_report(
 
 
 def _counts(n_nan: int, n_inf: int) -> str:
-    return ", ".join(part for part in (f"{n_nan} NaN" * bool(n_nan), f"{n_inf} inf" * bool(n_inf))
-                     if part)
+    return ", ".join(
+        part for part in (f"{n_nan} NaN" * bool(n_nan), f"{n_inf} inf" * bool(n_inf)) if part
+    )
 
 
 def reject_infinite(dataset: Any, segments: Iterable[str] = ("train", "valid")) -> None:
@@ -82,8 +85,10 @@ def reject_infinite(dataset: Any, segments: Iterable[str] = ("train", "valid")) 
             frame = segment_frame(dataset, segment, col_set, "learn")
             infinite = [k for k, (_, inf) in nonfinite_columns(frame).items() if inf]
             if infinite:
-                lines.append(f"segment {segment!r} {what}: {', '.join(infinite[:6])}"
-                             + (f" and {len(infinite) - 6} more" if len(infinite) > 6 else ""))
+                lines.append(
+                    f"segment {segment!r} {what}: {', '.join(infinite[:6])}"
+                    + (f" and {len(infinite) - 6} more" if len(infinite) > 6 else "")
+                )
     if lines:
         raise DataError(
             "infinite values would make the training loss inf/NaN: "
@@ -123,9 +128,13 @@ def _all_finite(samples: Samples) -> bool:
     return bool((np.isfinite(values).all(axis=-1) | ~present).all())
 
 
-def check_model_inputs(samples: Samples, segment: str, data_key: str,
-                       names: Sequence[str] | Callable[[], Sequence[str]] | None = None,
-                       limit: int = 6) -> None:
+def check_model_inputs(
+    samples: Samples,
+    segment: str,
+    data_key: str,
+    names: Sequence[str] | Callable[[], Sequence[str]] | None = None,
+    limit: int = 6,
+) -> None:
     """Raise :class:`DataError` naming the columns if the model's inputs of ``segment`` hold NaN
     or inf: a NaN input makes the loss (training) or the score (prediction) NaN. ``names``:
     the feature columns, or a function giving them (called only to write the message)."""

@@ -13,8 +13,9 @@ data_key="raw"|"infer"|"learn")``.
 from __future__ import annotations
 
 import bisect
+from collections.abc import Mapping, Sequence
 from functools import cached_property
-from typing import Any, Mapping, Protocol, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -37,8 +38,13 @@ SEGMENT_ROLES: dict[str, str] = {
 
 
 class Handler(Protocol):
-    def fetch(self, selector=slice(None, None), level: str = "datetime", col_set: Any = "__all",
-              data_key: str = "infer") -> pd.DataFrame: ...
+    def fetch(
+        self,
+        selector=slice(None, None),
+        level: str = "datetime",
+        col_set: Any = "__all",
+        data_key: str = "infer",
+    ) -> pd.DataFrame: ...
 
 
 def _as_date(value: Any, name: str, which: str) -> pd.Timestamp:
@@ -68,7 +74,7 @@ def validate_segments(segments: Mapping[str, Sequence[Any]]) -> dict[str, DateRa
         parsed[name] = (start, end)
     named = [n for n in parsed if n in SEGMENT_ROLES]
     for k, a in enumerate(named):
-        for b in named[k + 1:]:
+        for b in named[k + 1 :]:
             if SEGMENT_ROLES[a] == SEGMENT_ROLES[b]:
                 continue
             (a0, a1), (b0, b1) = parsed[a], parsed[b]
@@ -129,19 +135,26 @@ class Dataset:
 
     def _raw_rows(self, start: pd.Timestamp, end: pd.Timestamp) -> int:
         try:
-            return len(self.handler.fetch(slice(start, end), level="datetime", col_set="__all",
-                                          data_key="raw"))
+            return len(
+                self.handler.fetch(
+                    slice(start, end), level="datetime", col_set="__all", data_key="raw"
+                )
+            )
         except (KeyError, ValueError, TypeError):  # a handler without a raw frame
             return 0
 
     def _prepare_one(self, name: str, col_set: Any, data_key: str) -> pd.DataFrame:
         start, end = self._segment(name)
-        df = self.handler.fetch(slice(start, end), level="datetime", col_set=col_set, data_key=data_key)
+        df = self.handler.fetch(
+            slice(start, end), level="datetime", col_set=col_set, data_key=data_key
+        )
         if len(df) == 0:
             raise self._empty_error(name, col_set, data_key)
         return df
 
-    def prepare(self, segments: str | Sequence[str], col_set: Any = "__all", data_key: str = "infer"):
+    def prepare(
+        self, segments: str | Sequence[str], col_set: Any = "__all", data_key: str = "infer"
+    ):
         """A segment name gives its data; a list/tuple of names gives a list (Qlib semantics)."""
         if isinstance(segments, str):
             return self._prepare_one(segments, col_set, data_key)
@@ -154,11 +167,14 @@ class Dataset:
         (also on a :class:`TSDataset`, whose ``prepare`` gives windows instead of rows)."""
         labels = Dataset._prepare_one(self, segment, "label", data_key)
         if labels.shape[1] != 1:
-            raise DataError(f"one label column expected, got {list(labels.columns)}; select a single label")
+            raise DataError(
+                f"one label column expected, got {list(labels.columns)}; select a single label"
+            )
         return labels.iloc[:, 0]
 
-    def samples(self, segment: str, data_key: str = "learn",
-                label: bool = True) -> tuple[Samples, pd.MultiIndex]:
+    def samples(
+        self, segment: str, data_key: str = "learn", label: bool = True
+    ) -> tuple[Samples, pd.MultiIndex]:
         """Device samples of a segment (features float32 [n, F]; labels NaN if ``label=False``)
         and the (datetime, instrument) index in row order."""
         if label:
@@ -183,8 +199,13 @@ class TSDataset(Dataset):
     ``flt_col``: a boolean column set that removes samples while keeping their rows as history.
     """
 
-    def __init__(self, handler: Handler, segments: Mapping[str, Sequence[Any]], step_len: int = 30,
-                 flt_col: str | None = None):
+    def __init__(
+        self,
+        handler: Handler,
+        segments: Mapping[str, Sequence[Any]],
+        step_len: int = 30,
+        flt_col: str | None = None,
+    ):
         super().__init__(handler, segments)
         self.step_len = check_step_len(step_len)
         self.flt_col = flt_col
@@ -218,16 +239,24 @@ class TSDataset(Dataset):
         data = self.handler.fetch(history, level="datetime", col_set=col_set, data_key=data_key)
         flt_data = None
         if self.flt_col is not None:
-            flt_data = self.handler.fetch(history, level="datetime", col_set=self.flt_col,
-                                          data_key=data_key)
+            flt_data = self.handler.fetch(
+                history, level="datetime", col_set=self.flt_col, data_key=data_key
+            )
         sampler = WindowSampler(data, start, end, self.step_len, flt_data=flt_data)
         if sampler.empty:
-            what = "samples" if self.flt_col is None else f"samples passing flt_col={self.flt_col!r}"
+            what = (
+                "samples" if self.flt_col is None else f"samples passing flt_col={self.flt_col!r}"
+            )
             raise self._empty_error(name, col_set, data_key, what)
         return sampler
 
-    def samples(self, segment: str, data_key: str = "learn", label: bool = True,
-                fillna_type: str = "ffill+bfill") -> tuple[Samples, pd.MultiIndex]:
+    def samples(
+        self,
+        segment: str,
+        data_key: str = "learn",
+        label: bool = True,
+        fillna_type: str = "ffill+bfill",
+    ) -> tuple[Samples, pd.MultiIndex]:
         """Window samples of a segment (Qlib's models all use ``"ffill+bfill"``)."""
         col_set = ["feature", "label"] if label else ["feature"]
         sampler = self.prepare(segment, col_set=col_set, data_key=data_key)

@@ -92,7 +92,9 @@ def load_handler(
     first, last = data.locate(start_time, end_time)
     calendar = data.calendar()
     if isinstance(instruments, str):
-        spans: dict[str, list[Span]] | None = data.instruments(instruments, calendar[first], calendar[last])
+        spans: dict[str, list[Span]] | None = data.instruments(
+            instruments, calendar[first], calendar[last]
+        )
         codes = list(spans)
     else:
         spans, codes = None, sorted(set(instruments))
@@ -101,7 +103,11 @@ def load_handler(
             f"no instruments of {instruments!r} between {calendar[first].date()} and {calendar[last].date()}"
         )
     panel = data.load(
-        codes, REQUIRED_FIELDS + OPTIONAL_FIELDS, first - HISTORY_DAYS, last + FUTURE_DAYS, optional=OPTIONAL_FIELDS
+        codes,
+        REQUIRED_FIELDS + OPTIONAL_FIELDS,
+        first - HISTORY_DAYS,
+        last + FUTURE_DAYS,
+        optional=OPTIONAL_FIELDS,
     )
     rows = _in_range(panel.dates, calendar[first], calendar[last])[:, None] & _stored_any(panel)
     if spans is not None:
@@ -120,7 +126,9 @@ def handler_frame(name: str, panel: pd.DataFrame, start_time=None, end_time=None
     _check_handler(name)
     fields = _dense_fields(panel)
     first, last = locate_range(fields.dates, start_time, end_time)
-    rows = _in_range(fields.dates, fields.dates[first], fields.dates[last])[:, None] & _stored_any(fields)
+    rows = _in_range(fields.dates, fields.dates[first], fields.dates[last])[:, None] & _stored_any(
+        fields
+    )
     return _handler_frame(name, fields, rows)
 
 
@@ -140,7 +148,7 @@ def alpha360_columns(panel: FieldPanel) -> Iterator[tuple[str, np.ndarray]]:
 def alpha158_columns(panel: FieldPanel) -> Iterator[tuple[str, np.ndarray]]:
     """Alpha158 columns as (name, [T, N] array), computed window by window to bound memory."""
     v, stored = panel.values, panel.stored
-    o, h, l, c, vol, vwap = (v[f] for f in ("open", "high", "low", "close", "volume", "vwap"))
+    o, h, l, c, vol, vwap = (v[f] for f in ("open", "high", "low", "close", "volume", "vwap"))  # noqa: E741 (Qlib's OHLC letters)
 
     # kbar and price features: pure float32 arithmetic
     spread = h - l + _EPS
@@ -161,7 +169,9 @@ def alpha158_columns(panel: FieldPanel) -> Iterator[tuple[str, np.ndarray]]:
     c_prev, vol_prev = ops.ref(c, 1), ops.ref(vol, 1)
     close_change, vol_change = c - c_prev, vol - vol_prev
     price_ratio = c / c_prev
-    up_day = np.where(stored["close"], c > c_prev, np.nan)  # False on NaN days; absent before listing
+    up_day = np.where(
+        stored["close"], c > c_prev, np.nan
+    )  # False on NaN days; absent before listing
     down_day = np.where(stored["close"], c < c_prev, np.nan)
     log_volume = np.log(vol + 1)
     log_volume_ratio = np.log(vol / vol_prev + 1)
@@ -178,7 +188,10 @@ def alpha158_columns(panel: FieldPanel) -> Iterator[tuple[str, np.ndarray]]:
         fit = ops.rolling_ols(c, d)
         high_max, low_min = ops.rolling_max(h, d), ops.rolling_min(l, d)
         q_up, q_down = ops.rolling_quantiles(c, d, (0.8, 0.2))
-        idx_max, idx_min = ops.rolling_idxmax(h, d, stored["high"]), ops.rolling_idxmin(l, d, stored["low"])
+        idx_max, idx_min = (
+            ops.rolling_idxmax(h, d, stored["high"]),
+            ops.rolling_idxmin(l, d, stored["low"]),
+        )
         up_share, down_share = ops.rolling_mean(up_day, d), ops.rolling_mean(down_day, d)
         yield f"ROC{d}", ops.ref(c, d) / c
         yield f"MA{d}", ops.rolling_mean(c, d) / c
@@ -209,7 +222,10 @@ def alpha158_columns(panel: FieldPanel) -> Iterator[tuple[str, np.ndarray]]:
             yield f"{prefix}SUMD{d}", (gain_sum - loss_sum) / total
         yield f"VMA{d}", ops.rolling_mean(vol, d) / vol_scale
         yield f"VSTD{d}", ops.rolling_std(vol, d) / vol_scale
-        yield f"WVMA{d}", ops.rolling_std(weighted_move, d) / (ops.rolling_mean(weighted_move, d) + _EPS)
+        yield (
+            f"WVMA{d}",
+            ops.rolling_std(weighted_move, d) / (ops.rolling_mean(weighted_move, d) + _EPS),
+        )
 
 
 def label(panel: FieldPanel) -> np.ndarray:
@@ -253,11 +269,17 @@ def _stored_any(panel: FieldPanel) -> np.ndarray:
     return np.logical_or.reduce([panel.stored[f] for f in panel.stored])
 
 
-def _membership(dates: pd.DatetimeIndex, codes: Sequence[str], spans: dict[str, list[Span]]) -> np.ndarray:
+def _membership(
+    dates: pd.DatetimeIndex, codes: Sequence[str], spans: dict[str, list[Span]]
+) -> np.ndarray:
     """[T, N] bool: the day lies in one of the instrument's membership spans (inclusive)."""
     column = np.concatenate([np.full(len(spans[c]), j) for j, c in enumerate(codes)])
-    begin = dates.searchsorted(pd.DatetimeIndex([b for c in codes for b, _ in spans[c]]), side="left")
-    end = dates.searchsorted(pd.DatetimeIndex([e for c in codes for _, e in spans[c]]), side="right")
+    begin = dates.searchsorted(
+        pd.DatetimeIndex([b for c in codes for b, _ in spans[c]]), side="left"
+    )
+    end = dates.searchsorted(
+        pd.DatetimeIndex([e for c in codes for _, e in spans[c]]), side="right"
+    )
     # +1 at each span start and -1 past its end; a running sum > 0 marks covered days
     edges = np.zeros((len(dates) + 1, len(codes)), dtype=np.int32)
     np.add.at(edges, (begin, column), 1)
@@ -267,7 +289,11 @@ def _membership(dates: pd.DatetimeIndex, codes: Sequence[str], spans: dict[str, 
 
 def _dense_fields(panel: pd.DataFrame) -> FieldPanel:
     """Pivot a (datetime, instrument)-indexed OHLCV frame into dense float32 [T, N] fields."""
-    if not isinstance(panel, pd.DataFrame) or not isinstance(panel.index, pd.MultiIndex) or panel.index.nlevels != 2:
+    if (
+        not isinstance(panel, pd.DataFrame)
+        or not isinstance(panel.index, pd.MultiIndex)
+        or panel.index.nlevels != 2
+    ):
         raise ValueError("panel must be a DataFrame indexed by a (datetime, instrument) MultiIndex")
     if list(panel.index.names) == ["instrument", "datetime"]:
         panel = panel.swaplevel()
@@ -280,7 +306,9 @@ def _dense_fields(panel: pd.DataFrame) -> FieldPanel:
     try:
         when = pd.DatetimeIndex(panel.index.get_level_values(0))
     except (TypeError, ValueError) as err:
-        raise ValueError("the first index level of panel must hold dates (datetime, instrument)") from err
+        raise ValueError(
+            "the first index level of panel must hold dates (datetime, instrument)"
+        ) from err
     codes = panel.index.get_level_values(1).astype(str)
     dates, instruments = when.unique().sort_values(), codes.unique().sort_values()
     t, n = dates.get_indexer(when), instruments.get_indexer(codes)

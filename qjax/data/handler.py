@@ -39,7 +39,9 @@ def _validated(data: pd.DataFrame) -> pd.DataFrame:
     if not isinstance(data, pd.DataFrame):
         raise TypeError(f"DataHandler needs a pandas DataFrame, got {type(data).__name__}")
     if data.shape[0] == 0 or data.shape[1] == 0:
-        raise DataError(f"DataHandler got an empty frame (shape {data.shape}); load some data first")
+        raise DataError(
+            f"DataHandler got an empty frame (shape {data.shape}); load some data first"
+        )
     columns = data.columns
     if not isinstance(columns, pd.MultiIndex) or columns.nlevels != 2:
         raise DataError(
@@ -48,7 +50,9 @@ def _validated(data: pd.DataFrame) -> pd.DataFrame:
         )
     groups = list(dict.fromkeys(columns.get_level_values(0)))
     if "feature" not in groups:
-        raise DataError(f"DataHandler needs a 'feature' column group; the frame has groups {groups}")
+        raise DataError(
+            f"DataHandler needs a 'feature' column group; the frame has groups {groups}"
+        )
     index = data.index
     if not isinstance(index, pd.MultiIndex) or tuple(index.names) != INDEX_NAMES:
         fix = (
@@ -56,13 +60,17 @@ def _validated(data: pd.DataFrame) -> pd.DataFrame:
             if tuple(index.names) == INDEX_NAMES[::-1]
             else "set them with df.rename_axis(['datetime', 'instrument'])"
         )
-        raise DataError(f"DataHandler needs an index named {INDEX_NAMES}, got {tuple(index.names)}; {fix}")
+        raise DataError(
+            f"DataHandler needs an index named {INDEX_NAMES}, got {tuple(index.names)}; {fix}"
+        )
     if not pd.api.types.is_datetime64_any_dtype(index.levels[0].dtype):
         raise DataError(
             f"the 'datetime' index level has dtype {index.levels[0].dtype}, not datetime64; "
             "convert it with pd.to_datetime"
         )
-    non_numeric = [col for col, dtype in data.dtypes.items() if not pd.api.types.is_numeric_dtype(dtype)]
+    non_numeric = [
+        col for col, dtype in data.dtypes.items() if not pd.api.types.is_numeric_dtype(dtype)
+    ]
     if non_numeric:
         raise DataError(f"DataHandler needs numeric columns; these are not: {non_numeric[:10]}")
     if not index.is_monotonic_increasing:
@@ -120,7 +128,9 @@ class DataHandler:
         shared_processors: Sequence[Any] = (),
     ):
         if process_type not in (self.PTYPE_A, self.PTYPE_I):
-            raise DataError(f"process_type={process_type!r} must be {self.PTYPE_A!r} or {self.PTYPE_I!r}")
+            raise DataError(
+                f"process_type={process_type!r} must be {self.PTYPE_A!r} or {self.PTYPE_I!r}"
+            )
         self.process_type = process_type
         self.fit_start_time = fit_start_time
         self.fit_end_time = fit_end_time
@@ -153,8 +163,12 @@ class DataHandler:
         self._frames = {self.DK_R: raw, self.DK_I: infer, self.DK_L: learn}
 
     @classmethod
-    def from_fitted(cls, data: pd.DataFrame, infer_processors: Sequence[Processor],
-                    shared_processors: Sequence[Processor] = ()) -> "DataHandler":
+    def from_fitted(
+        cls,
+        data: pd.DataFrame,
+        infer_processors: Sequence[Processor],
+        shared_processors: Sequence[Processor] = (),
+    ) -> DataHandler:
         """A handler for inference only: ``data`` through processors fitted before (e.g. on a
         run's train period, restored by :mod:`qjax.saved_run`), nothing refitted. It has the
         "raw" and "infer" data keys; there is no "learn" data (no labels are needed)."""
@@ -166,8 +180,10 @@ class DataHandler:
         handler.learn_processors = []
         raw = _validated(data)
         shared = _run(raw, handler.shared_processors, fit=False)
-        handler._frames = {cls.DK_R: raw, cls.DK_I: _run(shared, handler.infer_processors,
-                                                          fit=False)}
+        handler._frames = {
+            cls.DK_R: raw,
+            cls.DK_I: _run(shared, handler.infer_processors, fit=False),
+        }
         return handler
 
     def fetch(
@@ -226,7 +242,9 @@ def _select_rows(df: pd.DataFrame, selector: Any, level: str | int | None) -> pd
         return df.loc[selector]
     if isinstance(level, str):
         if level not in df.index.names:
-            raise KeyError(f"level={level!r} is not an index level; use one of {list(df.index.names)}")
+            raise KeyError(
+                f"level={level!r} is not an index level; use one of {list(df.index.names)}"
+            )
         level = df.index.names.index(level)
     elif level not in (0, 1):
         raise DataError(f"level={level!r} must be 'datetime', 'instrument', 0, 1 or None")
@@ -237,4 +255,6 @@ def _select_rows(df: pd.DataFrame, selector: Any, level: str | int | None) -> pd
     try:
         return df.loc[pd.IndexSlice[key], :]
     except KeyError as err:
-        raise KeyError(f"selector {selector!r} matches no {df.index.names[level]} in the data") from err
+        raise KeyError(
+            f"selector {selector!r} matches no {df.index.names[level]} in the data"
+        ) from err

@@ -105,7 +105,9 @@ def _membership(n_instruments: int, seed: int) -> _Membership:
     n_sectors = min(N_SECTORS, n_instruments)
     # Unequal sector sizes, but every sector gets at least one member.
     weights = rng.dirichlet(np.full(n_sectors, 4.0))
-    sector = np.concatenate([np.arange(n_sectors), rng.choice(n_sectors, n_instruments - n_sectors, p=weights)])
+    sector = np.concatenate(
+        [np.arange(n_sectors), rng.choice(n_sectors, n_instruments - n_sectors, p=weights)]
+    )
     sector = rng.permutation(sector)
     themes = rng.random((n_instruments, N_THEMES)) < THEME_MEMBERSHIP
     empty = ~themes.any(axis=0)
@@ -113,7 +115,9 @@ def _membership(n_instruments: int, seed: int) -> _Membership:
     return _Membership(sector, themes)
 
 
-def _garch(z: np.ndarray, variance: np.ndarray, alpha: float, beta: float) -> tuple[np.ndarray, np.ndarray]:
+def _garch(
+    z: np.ndarray, variance: np.ndarray, alpha: float, beta: float
+) -> tuple[np.ndarray, np.ndarray]:
     """GARCH(1,1) innovations for unit-variance shocks ``z`` [T, K] with long-run ``variance`` [K].
 
     Returns (innovations, conditional standard deviations), both [T, K].
@@ -140,7 +144,9 @@ def _lifetimes(rng: np.random.Generator, n: int, n_days: int) -> tuple[np.ndarra
     """First and one-past-last trading day of each instrument: 8% list late, 5% delist early."""
     listed = np.where(rng.random(n) < 0.08, rng.integers(1, max(2, int(0.8 * n_days)), n), 0)
     early = rng.random(n) < 0.05
-    delisted = np.where(early, listed + 20 + (rng.random(n) * (n_days - listed)).astype(int), n_days)
+    delisted = np.where(
+        early, listed + 20 + (rng.random(n) * (n_days - listed)).astype(int), n_days
+    )
     return listed, np.minimum(delisted, n_days)
 
 
@@ -165,7 +171,9 @@ def _zscore(x: np.ndarray) -> np.ndarray:
     return np.clip((x - x.mean()) / std, -Z_CLIP, Z_CLIP) if std > 0 else np.zeros_like(x)
 
 
-def _alpha(log_close: np.ndarray, volume_shock: np.ndarray, t: int, eligible: np.ndarray) -> np.ndarray:
+def _alpha(
+    log_close: np.ndarray, volume_shock: np.ndarray, t: int, eligible: np.ndarray
+) -> np.ndarray:
     """The planted alpha of day ``t`` from forward-filled log closes up to ``t`` (module docstring)."""
     alpha = np.zeros(log_close.shape[1])
     if eligible.sum() < 3:
@@ -176,7 +184,9 @@ def _alpha(log_close: np.ndarray, volume_shock: np.ndarray, t: int, eligible: np
     momentum = month - quarter
     volume_return = volume_shock[t, eligible] * (now - prev)
     w_rev, w_mom, w_vol = SIGNAL_WEIGHTS
-    alpha[eligible] = w_rev * _zscore(reversal) + w_mom * _zscore(momentum) + w_vol * _zscore(volume_return)
+    alpha[eligible] = (
+        w_rev * _zscore(reversal) + w_mom * _zscore(momentum) + w_vol * _zscore(volume_return)
+    )
     return alpha
 
 
@@ -204,7 +214,9 @@ def generate_market(
     try:
         first_day = pd.Timestamp(start)
     except (ValueError, TypeError) as err:
-        raise ValueError(f"start must be a date such as '2015-01-05', got {start!r} ({err})") from None
+        raise ValueError(
+            f"start must be a date such as '2015-01-05', got {start!r} ({err})"
+        ) from None
     if pd.isna(first_day):
         raise ValueError(f"start must be a date such as '2015-01-05', got {start!r}")
     dates = pd.bdate_range(first_day, periods=n_days).astype("datetime64[ns]")
@@ -214,7 +226,9 @@ def generate_market(
 
     # Factor model: market, sectors, themes (each a GARCH process) and per-instrument loadings.
     n_sectors = int(member.sector.max()) + 1
-    factor_var = np.concatenate([[0.010**2], np.full(n_sectors, 0.007**2), np.full(N_THEMES, 0.005**2)])
+    factor_var = np.concatenate(
+        [[0.010**2], np.full(n_sectors, 0.007**2), np.full(N_THEMES, 0.005**2)]
+    )
     factor_eps, _ = _garch(_student_t(rng, (n_days, factor_var.size)), factor_var, 0.08, 0.90)
     loadings = np.zeros((n, factor_var.size))
     loadings[:, 0] = rng.normal(1.0, 0.3, n)
@@ -223,7 +237,9 @@ def generate_market(
     idio_vol = np.exp(rng.uniform(np.log(0.010), np.log(0.030), n))
     idio_eps, idio_sigma = _garch(_student_t(rng, (n_days, n)), idio_vol**2, 0.08, 0.90)
     base_return = 0.0003 + factor_eps @ loadings.T + idio_eps
-    day_sigma = np.sqrt(idio_sigma**2 + (loadings**2) @ factor_var)  # [T, N] (factors at long-run vol)
+    day_sigma = np.sqrt(
+        idio_sigma**2 + (loadings**2) @ factor_var
+    )  # [T, N] (factors at long-run vol)
 
     # Who trades when.
     listed, delisted = _lifetimes(rng, n, n_days)
@@ -265,20 +281,32 @@ def generate_market(
 
 
 def _bars(
-    rng: np.random.Generator, log_close: np.ndarray, base_return: np.ndarray, sigma: np.ndarray, log_volume: np.ndarray
+    rng: np.random.Generator,
+    log_close: np.ndarray,
+    base_return: np.ndarray,
+    sigma: np.ndarray,
+    log_volume: np.ndarray,
 ) -> dict[str, np.ndarray]:
     """Open/high/low/vwap from a Brownian bridge between the previous close and the close."""
     prev = np.vstack([log_close[:1] - base_return[:1], log_close[:-1]])
     w = OVERNIGHT_SHARE
-    log_open = prev + w * (log_close - prev) + np.sqrt(w * (1 - w)) * sigma * rng.standard_normal(prev.shape)
+    log_open = (
+        prev
+        + w * (log_close - prev)
+        + np.sqrt(w * (1 - w)) * sigma * rng.standard_normal(prev.shape)
+    )
     # Exact draws of the max and min of a Brownian bridge from open to close with variance v.
     v = (1 - w) * sigma**2
     mid, half_gap2 = log_open + log_close, (log_close - log_open) ** 2
     log_high = 0.5 * (mid + np.sqrt(half_gap2 - 2 * v * np.log(rng.random(prev.shape))))
     log_low = 0.5 * (mid - np.sqrt(half_gap2 - 2 * v * np.log(rng.random(prev.shape))))
     log_vwap = 0.5 * mid + np.sqrt(v / 12) * rng.standard_normal(prev.shape)  # mean of the bridge
-    f32 = {k: np.exp(a).astype(np.float32) for k, a in
-           dict(open=log_open, high=log_high, low=log_low, close=log_close, vwap=log_vwap).items()}
+    f32 = {
+        k: np.exp(a).astype(np.float32)
+        for k, a in dict(
+            open=log_open, high=log_high, low=log_low, close=log_close, vwap=log_vwap
+        ).items()
+    }
     # Re-impose the bar ordering after rounding to float32.
     f32["high"] = np.maximum.reduce([f32["high"], f32["open"], f32["close"]])
     f32["low"] = np.minimum.reduce([f32["low"], f32["open"], f32["close"]])
@@ -287,7 +315,9 @@ def _bars(
     return {k: f32[k] for k in ("open", "high", "low", "close", "volume", "vwap")}
 
 
-def _adjustment_factor(rng: np.random.Generator, alive: np.ndarray, listed: np.ndarray) -> np.ndarray:
+def _adjustment_factor(
+    rng: np.random.Generator, alive: np.ndarray, listed: np.ndarray
+) -> np.ndarray:
     """1 at listing, times the split ratio at a split, times ~1.005 at a quarterly-ish dividend."""
     shape = alive.shape
     split = np.where(rng.random(shape) < 1 / 4000, rng.choice([1.5, 2.0, 3.0], shape), 1.0)
@@ -303,7 +333,9 @@ def _to_panel(
     """Rows of the [T, N] arrays where ``present``, in (datetime, instrument) order."""
     day_code, inst_code = np.nonzero(present)  # row-major: date-major, then instrument
     index = pd.MultiIndex(
-        levels=[dates, pd.Index(names)], codes=[day_code, inst_code], names=["datetime", "instrument"]
+        levels=[dates, pd.Index(names)],
+        codes=[day_code, inst_code],
+        names=["datetime", "instrument"],
     )
     return pd.DataFrame({k: columns[k][present] for k in FIELDS}, index=index)
 
@@ -326,4 +358,6 @@ def generate_concepts(n_instruments: int = 300, seed: int = 0) -> pd.DataFrame:
     sectors = member.sector[:, None] == np.arange(n_sectors)
     matrix = np.hstack([sectors, member.themes]).astype(np.float32)
     columns = [f"SECTOR{s:02d}" for s in range(n_sectors)] + [f"THEME{k}" for k in range(N_THEMES)]
-    return pd.DataFrame(matrix, index=pd.Index(instrument_names(n), name="instrument"), columns=columns)
+    return pd.DataFrame(
+        matrix, index=pd.Index(instrument_names(n), name="instrument"), columns=columns
+    )

@@ -197,7 +197,9 @@ def _rolling_arg(x: np.ndarray, d: int, stored: np.ndarray, find_max: bool) -> n
     never = -np.inf if find_max else np.inf
     windows = _windows(np.where(stored, x, never), d, never)
     position = (np.argmax if find_max else np.argmin)(windows, axis=-1)  # first NaN wins, as numpy
-    absent = _window_count(~stored, d) + np.maximum(d - 1 - np.arange(len(x)), 0).reshape((-1,) + (1,) * (x.ndim - 1))
+    absent = _window_count(~stored, d) + np.maximum(d - 1 - np.arange(len(x)), 0).reshape(
+        (-1,) + (1,) * (x.ndim - 1)
+    )
     valid = _window_count(stored & ~np.isnan(x), d)
     return np.where(valid > 0, position - absent + 1.0, np.nan)
 

@@ -38,7 +38,8 @@ def export_processor(proc: Processor) -> tuple[dict, dict[str, np.ndarray]]:
         return settings, {}
     if proc._shift is None:
         raise UnsavableProcessorError(
-            f"{cls.__name__} has not been fitted, so there is nothing to save")
+            f"{cls.__name__} has not been fitted, so there is nothing to save"
+        )
     settings["columns"] = [[_plain(part) for part in col] for col in proc.cols]
     return settings, {"shift": np.asarray(proc._shift), "scale": np.asarray(proc._scale)}
 

@@ -130,7 +130,9 @@ def _float_block(df: pd.DataFrame, positions: np.ndarray) -> np.ndarray:
     return sub.to_numpy(dtype=_float_dtype(df, positions), copy=True)
 
 
-def _with_columns(df: pd.DataFrame, positions: np.ndarray, values: np.ndarray | pd.DataFrame) -> pd.DataFrame:
+def _with_columns(
+    df: pd.DataFrame, positions: np.ndarray, values: np.ndarray | pd.DataFrame
+) -> pd.DataFrame:
     """``df`` with the columns at ``positions`` replaced by ``values``; ``df`` itself is untouched.
 
     Unchanged columns are concatenated as zero-copy references (pandas copy-on-write), so the
@@ -223,7 +225,7 @@ def _quiet():
 class Processor(abc.ABC):
     """Qlib's processor interface: ``fit(df)`` learns state, ``__call__(df)`` returns a new frame."""
 
-    def fit(self, df: pd.DataFrame | None = None) -> None:
+    def fit(self, df: pd.DataFrame | None = None) -> None:  # noqa: B027 (stateless by default)
         """Learn statistics from ``df`` (the previous processor's output). Stateless by default."""
 
     @abc.abstractmethod
@@ -319,7 +321,9 @@ class DropCol(Processor):
         names = df.columns.get_level_values(-1)
         absent = [c for c in self.col_list if c not in set(names)]
         if absent:
-            raise KeyError(f"DropCol: column(s) {absent} are not in the frame; remove them from col_list")
+            raise KeyError(
+                f"DropCol: column(s) {absent} are not in the frame; remove them from col_list"
+            )
         return df.loc[:, ~names.isin(self.col_list)]
 
 
@@ -375,7 +379,11 @@ class ProcessInf(Processor):
 
     def __call__(self, df: pd.DataFrame) -> pd.DataFrame:
         numeric = np.flatnonzero([pd.api.types.is_float_dtype(dt) for dt in df.dtypes])
-        has_inf = np.isinf(df.iloc[:, _as_indexer(numeric)].to_numpy()).any(axis=0) if numeric.size else []
+        has_inf = (
+            np.isinf(df.iloc[:, _as_indexer(numeric)].to_numpy()).any(axis=0)
+            if numeric.size
+            else []
+        )
         positions = numeric[np.asarray(has_inf, dtype=bool)]
         out = df.copy(deep=False)
         if positions.size:
@@ -445,7 +453,11 @@ class RobustZScoreNorm(_FittedNorm):
     """
 
     def __init__(
-        self, fit_start_time: Any, fit_end_time: Any, fields_group: str | None = None, clip_outlier: bool = True
+        self,
+        fit_start_time: Any,
+        fit_end_time: Any,
+        fields_group: str | None = None,
+        clip_outlier: bool = True,
     ):
         super().__init__(fit_start_time, fit_end_time, fields_group)
         self.clip_outlier = clip_outlier
@@ -457,7 +469,12 @@ class RobustZScoreNorm(_FittedNorm):
             mad = np.nanmedian(np.abs(values - median), axis=0)
         broken = np.isinf(values).any(axis=0) & ~(np.isfinite(median) & np.isfinite(mad))
         if broken.any():
-            _raise_inf("RobustZScoreNorm", self.cols, broken, "dominate the fit window (median/MAD not finite)")
+            _raise_inf(
+                "RobustZScoreNorm",
+                self.cols,
+                broken,
+                "dominate the fit window (median/MAD not finite)",
+            )
         sigma = mad + EPS
         sigma *= MAD_TO_STD
         self._shift, self._scale = median, sigma
@@ -554,10 +571,14 @@ class CSZFillna(Processor):
         is_inf = np.isinf(block)
         if is_inf.any():
             # Only a fill value polluted by an inf of the same day and column is an error.
-            day_has_inf = _by_datetime(pd.DataFrame(is_inf, index=frame.index), "CSZFillna").transform("any")
+            day_has_inf = _by_datetime(
+                pd.DataFrame(is_inf, index=frame.index), "CSZFillna"
+            ).transform("any")
             polluted = missing & day_has_inf.to_numpy() & ~np.isfinite(day_mean)
             if polluted.any():
-                _raise_inf("CSZFillna", frame.columns, polluted.any(axis=0), "on days with NaN to fill")
+                _raise_inf(
+                    "CSZFillna", frame.columns, polluted.any(axis=0), "on days with NaN to fill"
+                )
         block[missing] = day_mean[missing]
         return _with_columns(df, positions, block)
 
@@ -623,7 +644,9 @@ def build_processor(spec: Any, fit_start_time: Any = None, fit_end_time: Any = N
     if isinstance(spec, (str, type)):
         spec = {"class": spec}
     if not isinstance(spec, Mapping):
-        raise TypeError(f"cannot build a processor from {spec!r}: give an instance, a class name or a dict")
+        raise TypeError(
+            f"cannot build a processor from {spec!r}: give an instance, a class name or a dict"
+        )
     unknown = set(spec) - {"class", "kwargs", "module_path"}
     if "class" not in spec or unknown:
         raise DataError(
@@ -636,13 +659,21 @@ def build_processor(spec: Any, fit_start_time: Any = None, fit_end_time: Any = N
         for name, value in zip(_FIT_TIMES, (fit_start_time, fit_end_time)):
             if value is not None:
                 kwargs[name] = value
-        missing = [name for name in _FIT_TIMES if name not in kwargs and params[name].default is inspect._empty]
+        missing = [
+            name
+            for name in _FIT_TIMES
+            if name not in kwargs and params[name].default is inspect._empty
+        ]
         if missing:
             raise DataError(
                 f"{cls.__name__} needs {missing}: set them in its kwargs or pass "
                 f"fit_start_time/fit_end_time to the handler"
             )
-    bad = [k for k in kwargs if k not in params and not any(p.kind == p.VAR_KEYWORD for p in params.values())]
+    bad = [
+        k
+        for k in kwargs
+        if k not in params and not any(p.kind == p.VAR_KEYWORD for p in params.values())
+    ]
     if bad:
         raise TypeError(
             f"{cls.__name__} got unknown argument(s) {bad}{_closest(bad[0], params)}; it takes "

@@ -83,7 +83,9 @@ class QlibBinaryData:
         if self._calendar is None:
             lines = [s for s in self._calendar_file.read_text().split() if s]
             if not lines:
-                raise ValueError(f"{self._calendar_file} is empty; it must list one trading date per line")
+                raise ValueError(
+                    f"{self._calendar_file} is empty; it must list one trading date per line"
+                )
             self._calendar = pd.DatetimeIndex(pd.to_datetime(lines), name="datetime")
         return self._calendar
 
@@ -116,7 +118,9 @@ class QlibBinaryData:
                 continue
             parts = line.split("\t")
             if len(parts) < 3:
-                raise ValueError(f"{path}:{line_no}: expected 'CODE<TAB>start<TAB>end', got {line!r}")
+                raise ValueError(
+                    f"{path}:{line_no}: expected 'CODE<TAB>start<TAB>end', got {line!r}"
+                )
             begin, end = max(lo, pd.Timestamp(parts[1])), min(hi, pd.Timestamp(parts[2]))
             spans.setdefault(parts[0], [])
             if begin <= end:
@@ -147,10 +151,14 @@ class QlibBinaryData:
         n_cal = len(self.calendar())
         first_row, last_row = max(first_row, 0), min(last_row, n_cal - 1)
         if first_row > last_row:
-            raise ValueError(f"empty calendar row range [{first_row}, {last_row}] (calendar has {n_cal} days)")
+            raise ValueError(
+                f"empty calendar row range [{first_row}, {last_row}] (calendar has {n_cal} days)"
+            )
         optional = set(optional)
         instruments = tuple(instruments)
-        missing_dirs = [c for c in instruments if not (self.root / "features" / instrument_dirname(c)).is_dir()]
+        missing_dirs = [
+            c for c in instruments if not (self.root / "features" / instrument_dirname(c)).is_dir()
+        ]
         if missing_dirs:
             raise KeyError(
                 f"no feature data for instruments {missing_dirs[:10]}{' ...' if len(missing_dirs) > 10 else ''} "
@@ -162,7 +170,12 @@ class QlibBinaryData:
             arr = np.full((n_rows, len(instruments)), np.nan, dtype=np.float32)
             have = np.zeros((n_rows, len(instruments)), dtype=bool)
             for j, code in enumerate(instruments):
-                path = self.root / "features" / instrument_dirname(code) / f"{field.lower()}.{self.freq}.bin"
+                path = (
+                    self.root
+                    / "features"
+                    / instrument_dirname(code)
+                    / f"{field.lower()}.{self.freq}.bin"
+                )
                 try:
                     lo, hi = _read_bin_slice(path, first_row, last_row, arr[:, j])
                 except FileNotFoundError:
@@ -192,14 +205,20 @@ def _read_bin_slice(path: Path, first_row: int, last_row: int, out: np.ndarray) 
         if begin > end:
             return 0, 0
         fh.seek(4 * (begin - file_start + 1))
-        out[begin - first_row : end - first_row + 1] = np.frombuffer(fh.read(4 * (end - begin + 1)), dtype="<f4")
+        out[begin - first_row : end - first_row + 1] = np.frombuffer(
+            fh.read(4 * (end - begin + 1)), dtype="<f4"
+        )
     return begin - first_row, end - first_row + 1
 
 
 def locate_range(calendar: pd.DatetimeIndex, start_time=None, end_time=None) -> tuple[int, int]:
     """Rows [first, last] of ``calendar`` within [start_time, end_time] (None = open end), like
     Qlib's ``Cal.locate_index``: the first day on/after start and the last day on/before end."""
-    first = 0 if start_time is None else int(calendar.searchsorted(pd.Timestamp(start_time), side="left"))
+    first = (
+        0
+        if start_time is None
+        else int(calendar.searchsorted(pd.Timestamp(start_time), side="left"))
+    )
     last = len(calendar) - 1
     if end_time is not None:
         last = int(calendar.searchsorted(pd.Timestamp(end_time), side="right")) - 1

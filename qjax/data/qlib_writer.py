@@ -57,7 +57,7 @@ def write_qlib_binary(
     (root / "instruments").mkdir(parents=True, exist_ok=True)
     (root / "calendars" / "day.txt").write_text("".join(f"{d:%Y-%m-%d}\n" for d in cal))
 
-    fields = [c for c in panel.columns]
+    fields = list(panel.columns)
     spans: dict[str, tuple[pd.Timestamp, pd.Timestamp]] = {}
     for code, rows in panel.groupby(level="instrument", sort=True):
         day = cal.get_indexer(rows.index.get_level_values("datetime"))

@@ -11,7 +11,8 @@ to the objective (and the micro-batch split in between).
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax.struct
 import jax

@@ -56,7 +56,9 @@ def load_ohlcv(
     """
     fields = _check_fields(fields)
     if date_col == instrument_col:
-        raise DataError(f"date_col and instrument_col are both {date_col!r}; they must name two columns")
+        raise DataError(
+            f"date_col and instrument_col are both {date_col!r}; they must name two columns"
+        )
     frame = _read(source)
     if len(frame) == 0:
         raise DataError("the OHLCV input has no rows; expected one row per (date, instrument)")
@@ -92,8 +94,10 @@ def _read(source) -> pd.DataFrame:
     path = Path(source)
     name = path.name.lower()
     if path.is_dir():
-        raise DataError(f"data.path {str(path)!r} is a directory; give one .csv or .parquet file "
-                        "of OHLCV rows (date, instrument, open, high, low, close, volume)")
+        raise DataError(
+            f"data.path {str(path)!r} is a directory; give one .csv or .parquet file "
+            "of OHLCV rows (date, instrument, open, high, low, close, volume)"
+        )
     if name.endswith(_CSV_SUFFIXES):
         reader, kind = pd.read_csv, "CSV"
     elif name.endswith(_PARQUET_SUFFIXES):
@@ -109,24 +113,32 @@ def _read(source) -> pd.DataFrame:
     try:
         return reader(path)
     except (ValueError, OSError) as err:  # empty, truncated or another format (pandas, arrow)
-        raise DataError(f"cannot read {str(path)!r} as a {kind} file: {str(err).rstrip('.')}. Check that it is "
-                        f"a complete {kind} file of OHLCV rows with a header") from err
+        raise DataError(
+            f"cannot read {str(path)!r} as a {kind} file: {str(err).rstrip('.')}. Check that it is "
+            f"a complete {kind} file of OHLCV rows with a header"
+        ) from err
 
 
 def _rename(frame: pd.DataFrame, column_map: Mapping[str, str] | None) -> pd.DataFrame:
     if column_map is None:
         return frame
     if not isinstance(column_map, Mapping):
-        raise DataError(f"column_map must be a dict {{user column: qjax name}}, got {type(column_map).__name__}")
+        raise DataError(
+            f"column_map must be a dict {{user column: qjax name}}, got {type(column_map).__name__}"
+        )
     unknown = [k for k in column_map if k not in frame.columns]
     if unknown:
-        raise DataError(f"column_map renames columns that are not in the input: {unknown}; "
-                         f"available columns: {list(frame.columns)}")
+        raise DataError(
+            f"column_map renames columns that are not in the input: {unknown}; "
+            f"available columns: {list(frame.columns)}"
+        )
     renamed = frame.rename(columns=dict(column_map))
     clashes = renamed.columns[renamed.columns.duplicated()].unique().tolist()
     if clashes:
-        raise DataError(f"after applying column_map, these column names appear twice: {clashes}; "
-                         "drop or rename the original columns first")
+        raise DataError(
+            f"after applying column_map, these column names appear twice: {clashes}; "
+            "drop or rename the original columns first"
+        )
     return renamed
 
 
@@ -143,11 +155,15 @@ def _require_columns(frame: pd.DataFrame, required: list[str], column_map) -> No
     if suggestion:
         hints.append(f"pass column_map={ {**(column_map or {}), **suggestion}!r}")
     if unresolved:
-        hints.append(f"name a column for {unresolved} with column_map={{'<your column>': '<qjax name>'}} "
-                     "(e.g. {'Name': 'instrument'}), or set date_col= / instrument_col=, or leave an "
-                     "unavailable field out of fields=")
-    raise DataError(f"OHLCV input is missing required columns {missing}; available columns: "
-                     f"{available}. To fix, {'; and '.join(hints)}.")
+        hints.append(
+            f"name a column for {unresolved} with column_map={{'<your column>': '<qjax name>'}} "
+            "(e.g. {'Name': 'instrument'}), or set date_col= / instrument_col=, or leave an "
+            "unavailable field out of fields="
+        )
+    raise DataError(
+        f"OHLCV input is missing required columns {missing}; available columns: "
+        f"{available}. To fix, {'; and '.join(hints)}."
+    )
 
 
 def _examples(values: pd.Series, mask: np.ndarray, k: int = 3) -> str:
@@ -162,27 +178,35 @@ def _parse_dates(column: pd.Series, name: str) -> pd.DatetimeIndex:
         parsed = pd.to_datetime(column, errors="coerce")
     bad = (parsed.isna() & column.notna()).to_numpy()
     if bad.any():
-        raise DataError(f"column {name!r} has {bad.sum()} values that are not dates, e.g. "
-                         f"{_examples(column, bad)}; fix them or convert the column with "
-                         "pd.to_datetime(..., format=...) before loading")
+        raise DataError(
+            f"column {name!r} has {bad.sum()} values that are not dates, e.g. "
+            f"{_examples(column, bad)}; fix them or convert the column with "
+            "pd.to_datetime(..., format=...) before loading"
+        )
     missing = column.isna().to_numpy()
     if missing.any():
-        raise DataError(f"column {name!r} has {missing.sum()} empty dates; drop those rows before loading")
+        raise DataError(
+            f"column {name!r} has {missing.sum()} empty dates; drop those rows before loading"
+        )
     dates = pd.DatetimeIndex(parsed)
     if dates.tz is not None:
         dates = dates.tz_localize(None)  # keep the local wall-clock date
     try:
         return dates.astype("datetime64[ns]")
     except (pd.errors.OutOfBoundsDatetime, OverflowError) as err:
-        raise DataError(f"column {name!r} has dates outside 1677..2262, the range pandas "
-                        f"timestamps hold ({err}); fix or drop those rows") from err
+        raise DataError(
+            f"column {name!r} has dates outside 1677..2262, the range pandas "
+            f"timestamps hold ({err}); fix or drop those rows"
+        ) from err
 
 
 def _parse_instruments(column: pd.Series, name: str) -> pd.Index:
     missing = column.isna().to_numpy()
     if missing.any():
-        raise DataError(f"column {name!r} has {missing.sum()} empty instrument names; drop those rows "
-                         "before loading")
+        raise DataError(
+            f"column {name!r} has {missing.sum()} empty instrument names; drop those rows "
+            "before loading"
+        )
     return pd.Index(column.astype(str).to_numpy(), dtype=str)
 
 
@@ -190,9 +214,11 @@ def _reject_duplicates(index: pd.MultiIndex, date_col: str, instrument_col: str)
     duplicated = index.duplicated(keep=False)
     if duplicated.any():
         examples = ", ".join(f"({d.date()}, {i})" for d, i in index[duplicated].unique()[:3])
-        raise DataError(f"{duplicated.sum()} rows share a (date, instrument) pair with another row, e.g. "
-                         f"{examples}; keep one row per pair, e.g. "
-                         f"frame.drop_duplicates(subset=[{date_col!r}, {instrument_col!r}])")
+        raise DataError(
+            f"{duplicated.sum()} rows share a (date, instrument) pair with another row, e.g. "
+            f"{examples}; keep one row per pair, e.g. "
+            f"frame.drop_duplicates(subset=[{date_col!r}, {instrument_col!r}])"
+        )
 
 
 def _parse_field(column: pd.Series, name: str) -> np.ndarray:
@@ -202,12 +228,16 @@ def _parse_field(column: pd.Series, name: str) -> np.ndarray:
         numeric = pd.to_numeric(column, errors="coerce")
         bad = (numeric.isna() & column.notna()).to_numpy()
         if bad.any():
-            raise DataError(f"column {name!r} has {bad.sum()} non-numeric values, e.g. "
-                             f"{_examples(column, bad)}; clean them (or replace them with NaN) before loading")
+            raise DataError(
+                f"column {name!r} has {bad.sum()} non-numeric values, e.g. "
+                f"{_examples(column, bad)}; clean them (or replace them with NaN) before loading"
+            )
     with np.errstate(over="ignore"):  # overflow to inf is reported just below
         values = numeric.to_numpy(dtype=np.float32, na_value=np.nan)
     n_inf = int(np.isinf(values).sum())
     if n_inf:
-        raise DataError(f"column {name!r} has {n_inf} infinite values (or values beyond float32 range); "
-                         "replace them with NaN or drop those rows before loading")
+        raise DataError(
+            f"column {name!r} has {n_inf} infinite values (or values beyond float32 range); "
+            "replace them with NaN or drop those rows before loading"
+        )
     return values

@@ -84,8 +84,9 @@ def window_sources(last_valid, valid, start, fillna_type: str, xp=np):
 
 
 @partial(jax.jit, static_argnames=("step_len", "fillna_type"))
-def gather_windows(features: dict[str, jax.Array], ids: jax.Array, *, step_len: int,
-                   fillna_type: str) -> jax.Array:
+def gather_windows(
+    features: dict[str, jax.Array], ids: jax.Array, *, step_len: int, fillna_type: str
+) -> jax.Array:
     """Windows ``[B, step_len, F]`` for sample ids ``[B]`` (see :func:`window_features`)."""
     panel, valid, last_valid = features["panel"], features["valid"], features["last_valid"]
     n_features = panel.shape[-1]
@@ -160,8 +161,15 @@ def build_panel(data: pd.DataFrame, step_len: int) -> PanelTables:
     valid[pad + row_day, row_inst] = True
     day_of = np.arange(pad + n_days, dtype=np.int32)[:, None]
     last_valid = np.maximum.accumulate(np.where(valid, day_of, -1), axis=0).astype(np.int32)
-    return PanelTables(panel, valid, last_valid, pd.DatetimeIndex(dates), pd.Index(instruments),
-                       row_day.astype(np.int64), row_inst.astype(np.int64))
+    return PanelTables(
+        panel,
+        valid,
+        last_valid,
+        pd.DatetimeIndex(dates),
+        pd.Index(instruments),
+        row_day.astype(np.int64),
+        row_inst.astype(np.int64),
+    )
 
 
 def _day_bounds(dates: pd.DatetimeIndex, start, end) -> tuple[int, int]:
@@ -191,8 +199,15 @@ class WindowSampler:
     Windows are float32 (Qlib keeps the frame's dtype, usually float64).
     """
 
-    def __init__(self, data: pd.DataFrame, start=None, end=None, step_len: int = 30,
-                 fillna_type: str = "none", flt_data: pd.Series | pd.DataFrame | None = None):
+    def __init__(
+        self,
+        data: pd.DataFrame,
+        start=None,
+        end=None,
+        step_len: int = 30,
+        fillna_type: str = "none",
+        flt_data: pd.Series | pd.DataFrame | None = None,
+    ):
         self.step_len = check_step_len(step_len)
         self.fillna_type = check_fillna_type(fillna_type)
         self.start, self.end = start, end
@@ -200,7 +215,7 @@ class WindowSampler:
         self.feature_cols, self.label_cols = _column_groups(data.columns)
         self._tables = build_panel(data, self.step_len)
 
-        eligible = self._tables.valid[self.step_len - 1:].copy()
+        eligible = self._tables.valid[self.step_len - 1 :].copy()
         if flt_data is not None:
             eligible &= self._filter_mask(flt_data, data.index)
         lo, hi = _day_bounds(self._tables.dates, start, end)
@@ -220,7 +235,11 @@ class WindowSampler:
             if flt_data.shape[1] != 1:
                 raise DataError(f"flt_data must have one column, got {list(flt_data.columns)}")
             flt_data = flt_data.iloc[:, 0]
-        flt = flt_data.reorder_levels(index.names) if flt_data.index.names != index.names else flt_data
+        flt = (
+            flt_data.reorder_levels(index.names)
+            if flt_data.index.names != index.names
+            else flt_data
+        )
         keep = flt.reindex(index).fillna(False).astype(bool).to_numpy()
         mask = np.zeros((len(self._tables.dates), len(self._tables.instruments)), bool)
         mask[self._tables.row_day, self._tables.row_inst] = keep
@@ -292,7 +311,11 @@ class WindowSampler:
         """Device samples: ``take`` gathers feature windows [B, step_len, F] with the current
         fill rule; labels are each sample's own-date label."""
         n = len(self)
-        w = np.ones(n, np.float32) if weights is None else np.asarray(weights, np.float32).reshape(n)
+        w = (
+            np.ones(n, np.float32)
+            if weights is None
+            else np.asarray(weights, np.float32).reshape(n)
+        )
         samples = Samples(
             features=self.window_features(),
             labels=jnp.asarray(self.labels()),

@@ -71,7 +71,14 @@ class _StateDictUnpickler(pickle.Unpickler):
             return _rebuild_parameter
         if module == "torch" and name.endswith("Storage"):
             return _StorageType(name)
-        if module == "torch" and name in ("float32", "float64", "float16", "int64", "int32", "bool"):
+        if module == "torch" and name in (
+            "float32",
+            "float64",
+            "float16",
+            "int64",
+            "int32",
+            "bool",
+        ):
             return name
         raise pickle.UnpicklingError(
             f"checkpoint references {module}.{name}, which a plain state_dict does not contain; "
@@ -117,8 +124,19 @@ def read_torch_state_dict(path: str | PathLike | BinaryIO) -> dict[str, np.ndarr
     try:
         with archive:
             obj = _load_state_dict(archive, path)
-    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, KeyError, IndexError, RuntimeError,
-            NotImplementedError, struct.error, ValueError, pickle.UnpicklingError) as err:
+    except (
+        zipfile.BadZipFile,
+        zlib.error,
+        EOFError,
+        OSError,
+        KeyError,
+        IndexError,
+        RuntimeError,
+        NotImplementedError,
+        struct.error,
+        ValueError,
+        pickle.UnpicklingError,
+    ) as err:
         if isinstance(err, CheckpointError):
             raise
         raise CheckpointError(

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -32,7 +33,10 @@ def linear(sd: Mapping[str, np.ndarray], prefix: str, bias: bool = True) -> dict
 
 def conv1d(sd: Mapping[str, np.ndarray], prefix: str) -> dict:
     """torch Conv1d ``{prefix}.weight`` [out, in, k] -> Flax ``nn.Conv`` params (kernel [k, in, out])."""
-    return {"kernel": take(sd, f"{prefix}.weight").transpose(2, 1, 0).copy(), "bias": take(sd, f"{prefix}.bias")}
+    return {
+        "kernel": take(sd, f"{prefix}.weight").transpose(2, 1, 0).copy(),
+        "bias": take(sd, f"{prefix}.bias"),
+    }
 
 
 def batch_norm(sd: Mapping[str, np.ndarray], prefix: str) -> tuple[dict, dict]:
@@ -63,7 +67,9 @@ def check_shapes(module, variables: dict, *example_args, **example_kwargs) -> No
     if exp_flat.keys() != got_flat.keys():
         missing = sorted(set(exp_flat) - set(got_flat))
         extra = sorted(set(got_flat) - set(exp_flat))
-        raise ValueError(f"converted variables do not match the module: missing {missing}, extra {extra}")
+        raise ValueError(
+            f"converted variables do not match the module: missing {missing}, extra {extra}"
+        )
     bad = {k: (got_flat[k], exp_flat[k]) for k in exp_flat if exp_flat[k] != got_flat[k]}
     if bad:
         raise ValueError(
@@ -120,7 +126,11 @@ def finish_conversion(
     ``batch_stats``, when given, becomes the variables' ``"batch_stats"`` collection.
     """
     sd.check_all_used(ignore_suffixes)
-    collections = {"params": params} if batch_stats is None else {"params": params, "batch_stats": batch_stats}
+    collections = (
+        {"params": params}
+        if batch_stats is None
+        else {"params": params, "batch_stats": batch_stats}
+    )
     variables = jax.tree_util.tree_map(jnp.asarray, collections)
     check_shapes(module, variables, *example_inputs)
     return module, variables

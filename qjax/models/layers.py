@@ -180,7 +180,9 @@ def _scan_gates(cell: str, seq, k_ih, k_hh, b_ih, b_hh, hidden: int):
     return hs
 
 
-def conv1d(x: jax.Array, kernel: jax.Array, padding: tuple[int, int], dilation: int = 1) -> jax.Array:
+def conv1d(
+    x: jax.Array, kernel: jax.Array, padding: tuple[int, int], dilation: int = 1
+) -> jax.Array:
     """Conv1d over time, [N, T, C_in] x [K, C_in, C_out] -> [N, T_out, C_out], as K shifted matmuls.
 
     Equal to ``lax.conv_general_dilated`` (NWC/WIO, zero ``padding`` (left, right), ``rhs_dilation``)
@@ -191,7 +193,8 @@ def conv1d(x: jax.Array, kernel: jax.Array, padding: tuple[int, int], dilation: 
     padded = jnp.pad(x, ((0, 0), tuple(padding), (0, 0)))
     length = padded.shape[1] - (taps - 1) * dilation
     return sum(
-        jnp.dot(padded[:, tap * dilation : tap * dilation + length], kernel[tap]) for tap in range(taps)
+        jnp.dot(padded[:, tap * dilation : tap * dilation + length], kernel[tap])
+        for tap in range(taps)
     )
 
 

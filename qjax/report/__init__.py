@@ -22,8 +22,10 @@ SECTIONS = {
     ),
     "ic_daily.png": (
         "Information coefficient",
-        ("Daily cross-sectional IC (Pearson) and Rank IC (Spearman) of the test scores against "
-        "the raw label."),
+        (
+            "Daily cross-sectional IC (Pearson) and Rank IC (Spearman) of the test scores against "
+            "the raw label."
+        ),
     ),
     "ic_distribution.png": (
         "IC by month and its distribution",
@@ -31,18 +33,24 @@ SECTIONS = {
     ),
     "group_returns.png": (
         "Return by score quantile",
-        ("Each day the scored stocks are split into five equal groups by score (G1 highest); "
-        "the mean label return of each group."),
+        (
+            "Each day the scored stocks are split into five equal groups by score (G1 highest); "
+            "the mean label return of each group."
+        ),
     ),
     "long_short.png": (
         "Long-short and score autocorrelation",
-        ("Long-short = G1 − G5, long-average = G1 − the day's mean; autocorrelation of the "
-        "score's daily rank with the previous day's."),
+        (
+            "Long-short = G1 − G5, long-average = G1 − the day's mean; autocorrelation of the "
+            "score's daily rank with the previous day's."
+        ),
     ),
     "backtest.png": (
         "Backtest",
-        ("Qlib's report_graph quantities: returns are summed, not compounded; the shaded span "
-        "is the largest drawdown of the excess return with cost."),
+        (
+            "Qlib's report_graph quantities: returns are summed, not compounded; the shaded span "
+            "is the largest drawdown of the excess return with cost."
+        ),
     ),
 }
 
@@ -59,11 +67,14 @@ def write_report(run_dir: str | Path) -> Path:
     notes = list(run.notes)
     if run.evals:
         figures["learning_curves.png"] = curves.learning_curves(run.evals, run.best_epochs)
-    ic, rank_ic = analysis.daily_ic(run.scores, run.label) if run.label is not None else (None,
-                                                                                           None)
+    ic, rank_ic = (
+        analysis.daily_ic(run.scores, run.label) if run.label is not None else (None, None)
+    )
     if ic is not None and ic.isna().all().all():
-        notes.append("the daily IC is undefined on every test day (fewer than two instruments "
-                     "with a score and a label): no IC or quantile-group figures")
+        notes.append(
+            "the daily IC is undefined on every test day (fewer than two instruments "
+            "with a score and a label): no IC or quantile-group figures"
+        )
     elif ic is not None:
         figures["ic_daily.png"] = signal.ic_daily(ic, rank_ic)
         figures["ic_distribution.png"] = signal.ic_distribution(ic, rank_ic)
@@ -72,15 +83,23 @@ def write_report(run_dir: str | Path) -> Path:
             notes.append("fewer than 5 scored stocks on every day: no quantile-group figures")
         else:
             figures["group_returns.png"] = signal.group_returns(groups)
-            autocorr = pd.DataFrame({c: analysis.score_autocorr(run.scores[c])
-                                     for c in run.scores})
+            autocorr = pd.DataFrame({c: analysis.score_autocorr(run.scores[c]) for c in run.scores})
             figures["long_short.png"] = signal.long_short(groups, autocorr)
     if run.portfolio is not None:
-        traded = f"the first seed's scores ({run.seeds[0]})" if len(run.seeds) > 1 else \
-            "the test scores"
+        traded = (
+            f"the first seed's scores ({run.seeds[0]})" if len(run.seeds) > 1 else "the test scores"
+        )
         figures["backtest.png"] = portfolio.backtest(run.portfolio, run.benchmark, traded)
-    sections = [(SECTIONS[name][0], style.save(fig, folder / name), SECTIONS[name][1])
-                for name, fig in figures.items()]
+    sections = [
+        (SECTIONS[name][0], style.save(fig, folder / name), SECTIONS[name][1])
+        for name, fig in figures.items()
+    ]
     title, subtitle = describe(run)
-    return page.write_page(Path(run_dir) / "report.html", title, subtitle,
-                           page.metric_tables(run.metrics), sections, notes)
+    return page.write_page(
+        Path(run_dir) / "report.html",
+        title,
+        subtitle,
+        page.metric_tables(run.metrics),
+        sections,
+        notes,
+    )

@@ -37,8 +37,9 @@ def group_returns(score: pd.Series, label: pd.Series, n_groups: int = 5) -> pd.D
     ``long-short`` and ``long-average``; days with fewer than ``n_groups`` scores are NaN."""
     frame = pd.DataFrame({"score": score, "label": label}).dropna(subset=["score"])
     dates = frame.index.get_level_values("datetime")
-    frame = frame.assign(date=dates).sort_values(["date", "score"], ascending=[True, False],
-                                                 kind="stable")
+    frame = frame.assign(date=dates).sort_values(
+        ["date", "score"], ascending=[True, False], kind="stable"
+    )
     position = frame.groupby("date").cumcount().to_numpy()
     size = frame.groupby("date")["score"].transform("size").to_numpy() // n_groups
     group = np.where(size > 0, position // np.maximum(size, 1), n_groups)

@@ -51,13 +51,17 @@ def save_report_inputs(out_dir: str | Path, evals: Mapping[str, Any], label: pd.
     out = Path(out_dir)
     label.rename("label").to_frame().to_parquet(out / LABELS_FILE)
     # A seed that stopped early reads NaN afterwards; JSON has no NaN, so it is stored as null.
-    payload = {k: np.where(np.isfinite(a := np.asarray(v, dtype=float)), a, None).tolist()
-               for k, v in evals.items()}
+    payload = {
+        k: np.where(np.isfinite(a := np.asarray(v, dtype=float)), a, None).tolist()
+        for k, v in evals.items()
+    }
     (out / EVALS_FILE).write_text(json.dumps(payload, allow_nan=False) + "\n")
 
 
-REWRITE = ("run the same `qjax train` command again to rewrite the run's outputs (its "
-           "checkpoints are reused, nothing is retrained)")
+REWRITE = (
+    "run the same `qjax train` command again to rewrite the run's outputs (its "
+    "checkpoints are reused, nothing is retrained)"
+)
 
 
 class DamagedRunFileError(ValueError):
@@ -69,11 +73,13 @@ def _read(path: Path, reader, kind: type | None = None, fix: str = REWRITE):
     try:
         value = reader(path)
     except Exception as err:  # json, YAML, pandas and arrow each raise their own kinds
-        raise DamagedRunFileError(f"{path} cannot be read ({type(err).__name__}: "
-                             f"{' '.join(str(err).split())}); {fix}") from err
+        raise DamagedRunFileError(
+            f"{path} cannot be read ({type(err).__name__}: {' '.join(str(err).split())}); {fix}"
+        ) from err
     if kind is not None and not isinstance(value, kind):
-        raise DamagedRunFileError(f"{path} holds a {type(value).__name__}, not a "
-                             f"{kind.__name__}; {fix}")
+        raise DamagedRunFileError(
+            f"{path} holds a {type(value).__name__}, not a {kind.__name__}; {fix}"
+        )
     return value
 
 
@@ -89,12 +95,15 @@ def load_run(run_dir: str | Path) -> RunArtifacts:
 
     run = Path(run_dir)
     if not run.is_dir():
-        raise FileNotFoundError(f"{run} is not a directory; pass the --out directory of a "
-                                "finished `qjax train` run")
+        raise FileNotFoundError(
+            f"{run} is not a directory; pass the --out directory of a finished `qjax train` run"
+        )
     for name in ("config.yaml", "metrics.json", "predictions.parquet"):
         if not (run / name).exists():
-            raise FileNotFoundError(f"{run / name} is missing: {run} is not a finished run "
-                                    "(run `qjax train` to completion first)")
+            raise FileNotFoundError(
+                f"{run / name} is missing: {run} is not a finished run "
+                "(run `qjax train` to completion first)"
+            )
     notes = []
 
     def optional(path: Path, reader, kind: type, what: str):
@@ -104,18 +113,28 @@ def load_run(run_dir: str | Path) -> RunArtifacts:
             notes.append(f"{what} left out: {err}")
             return None
 
-    cfg = optional(run / "config.yaml", lambda p: run_config.parse_yaml(p.read_text()), dict,
-                   "the configuration in the title") or {}
+    cfg = (
+        optional(
+            run / "config.yaml",
+            lambda p: run_config.parse_yaml(p.read_text()),
+            dict,
+            "the configuration in the title",
+        )
+        or {}
+    )
     metrics = _read(run / "metrics.json", _json, dict)
     scores = _read(run / "predictions.parquet", pd.read_parquet, pd.DataFrame)
     label = None
     if (run / LABELS_FILE).exists():
-        frame = optional(run / LABELS_FILE, pd.read_parquet, pd.DataFrame,
-                         "IC and quantile-group figures")
+        frame = optional(
+            run / LABELS_FILE, pd.read_parquet, pd.DataFrame, "IC and quantile-group figures"
+        )
         label = None if frame is None else frame.iloc[:, 0]
     else:
-        notes.append(f"no {LABELS_FILE} (a run from an older qjax): IC and quantile-group "
-                     "figures are left out")
+        notes.append(
+            f"no {LABELS_FILE} (a run from an older qjax): IC and quantile-group "
+            "figures are left out"
+        )
     evals = {}
     if (run / EVALS_FILE).exists():
         stored = optional(run / EVALS_FILE, _json, dict, "learning curves") or {}
@@ -124,14 +143,23 @@ def load_run(run_dir: str | Path) -> RunArtifacts:
             evals[key] = arr[:, None] if arr.ndim == 1 else arr
     portfolio, benchmark = None, None
     if (run / "backtest" / "report.csv").exists():
-        portfolio = _read(run / "backtest" / "report.csv",
-                          lambda p: pd.read_csv(p, index_col=0, parse_dates=True))
+        portfolio = _read(
+            run / "backtest" / "report.csv", lambda p: pd.read_csv(p, index_col=0, parse_dates=True)
+        )
         info = run / "backtest" / "port_analysis.json"
         if info.exists():
             benchmark = (_read(info, _json, dict)).get("benchmark")
-    return RunArtifacts(name=run.resolve().name, config=cfg, metrics=metrics, scores=scores,
-                        label=label, evals=evals, portfolio=portfolio, benchmark=benchmark,
-                        notes=tuple(notes))
+    return RunArtifacts(
+        name=run.resolve().name,
+        config=cfg,
+        metrics=metrics,
+        scores=scores,
+        label=label,
+        evals=evals,
+        portfolio=portfolio,
+        benchmark=benchmark,
+        notes=tuple(notes),
+    )
 
 
 def describe(run: RunArtifacts) -> tuple[str, str]:
@@ -148,10 +176,14 @@ def describe(run: RunArtifacts) -> tuple[str, str]:
     else:
         universe = f"{Path(str(data.get('path', source))).name}"
     segments = cfg.get("dataset", {}).get("segments", {})
-    dates = "; ".join(f"{k} {_day(v[0])} – {_day(v[1])}" for k, v in segments.items()
-                      if isinstance(v, (list, tuple)) and len(v) == 2)
-    seeds = cfg.get("train", {}).get("seeds") or [cfg.get("model", {}).get("kwargs", {})
-                                                   .get("seed", 0)]
+    dates = "; ".join(
+        f"{k} {_day(v[0])} – {_day(v[1])}"
+        for k, v in segments.items()
+        if isinstance(v, (list, tuple)) and len(v) == 2
+    )
+    seeds = cfg.get("train", {}).get("seeds") or [
+        cfg.get("model", {}).get("kwargs", {}).get("seed", 0)
+    ]
     seed_text = f"seed {seeds[0]}" if len(seeds) == 1 else f"{len(seeds)} seeds {seeds}"
     title = f"{run.name}: {model} on {handler}" if handler else f"{run.name}: {model}"
     return title, f"{universe} · {dates} · {seed_text}"

@@ -19,14 +19,27 @@ from matplotlib.figure import Figure
 WIDTH = 11.0  # inches; at DPI this is the HTML page's column width
 DPI = 110
 COLORS = {
-    "main": "#1f77b4", "second": "#ff7f0e", "third": "#2ca02c", "bench": "#7f7f7f",
-    "bad": "#d62728", "best": "#d62728", "shade": "#d3d3d3",
+    "main": "#1f77b4",
+    "second": "#ff7f0e",
+    "third": "#2ca02c",
+    "bench": "#7f7f7f",
+    "bad": "#d62728",
+    "best": "#d62728",
+    "shade": "#d3d3d3",
 }
 RC = {
-    "font.size": 9.5, "axes.titlesize": 10.5, "axes.titleweight": "bold",
-    "axes.labelsize": 9.5, "legend.fontsize": 8.5, "legend.framealpha": 0.85,
-    "axes.spines.top": False, "axes.spines.right": False, "axes.grid": True,
-    "grid.alpha": 0.3, "grid.linewidth": 0.6, "lines.linewidth": 1.4,
+    "font.size": 9.5,
+    "axes.titlesize": 10.5,
+    "axes.titleweight": "bold",
+    "axes.labelsize": 9.5,
+    "legend.fontsize": 8.5,
+    "legend.framealpha": 0.85,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "grid.linewidth": 0.6,
+    "lines.linewidth": 1.4,
     "axes.prop_cycle": matplotlib.cycler(color=list(matplotlib.colormaps["tab10"].colors)),
 }
 
@@ -58,10 +71,22 @@ def spread(ax, frame: pd.DataFrame, label: str, color: str, **kwargs) -> None:
     if frame.shape[1] == 1:
         ax.plot(frame.index, frame.iloc[:, 0], color=color, label=label, **kwargs)
         return
-    ax.plot(frame.index, frame.mean(axis=1), color=color,
-            label=f"{label}: mean of {frame.shape[1]} seeds", **kwargs)
-    ax.fill_between(frame.index, frame.min(axis=1), frame.max(axis=1), color=color, alpha=0.18,
-                    linewidth=0, label=f"{label}: seed min–max")
+    ax.plot(
+        frame.index,
+        frame.mean(axis=1),
+        color=color,
+        label=f"{label}: mean of {frame.shape[1]} seeds",
+        **kwargs,
+    )
+    ax.fill_between(
+        frame.index,
+        frame.min(axis=1),
+        frame.max(axis=1),
+        color=color,
+        alpha=0.18,
+        linewidth=0,
+        label=f"{label}: seed min–max",
+    )
 
 
 def ordered_colors(n: int) -> list:

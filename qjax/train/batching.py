@@ -74,7 +74,9 @@ def make_segment(
     day = np.asarray(jax.device_get(samples.day))
     table = None
     if daily:
-        group = day if samples.batch_group is None else np.asarray(jax.device_get(samples.batch_group))
+        group = (
+            day if samples.batch_group is None else np.asarray(jax.device_get(samples.batch_group))
+        )
         table = day_table(group, width, multiple)
     return Segment(samples=samples, days=table, num_days=int(day.max()) + 1)
 

@@ -103,8 +103,11 @@ class RunCheckpoints:
         self.manager.reload()
 
     def save(self, epoch: int, state: FitState, history: History, elapsed_seconds: float) -> None:
-        meta = {"fingerprint": self.fingerprint, "history": history,
-                "elapsed_seconds": float(elapsed_seconds)}
+        meta = {
+            "fingerprint": self.fingerprint,
+            "history": history,
+            "elapsed_seconds": float(elapsed_seconds),
+        }
         self.manager.save(
             epoch,
             args=ocp.args.Composite(

@@ -12,7 +12,8 @@ import dataclasses
 import enum
 import math
 import numbers
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 OPTIMIZERS = ("adam", "gd")
 METRICS = ("loss", "ic")

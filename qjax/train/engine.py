@@ -31,7 +31,8 @@ import os
 import sys
 import time
 import warnings
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -143,7 +144,8 @@ class Trainer:
         new_state = state.replace(
             step=state.step + 1,
             params=optax.apply_updates(state.params, updates),
-            batch_stats=state.batch_stats if out is None or out.batch_stats is None
+            batch_stats=state.batch_stats
+            if out is None or out.batch_stats is None
             else out.batch_stats,
             opt_state=opt_state,
         )
@@ -321,9 +323,18 @@ def fit(
     enable_default_cache()
     with CompileClock.measure() as compiling:
         result = _fit(
-            module, train, valid, config, seeds=seeds, loss_fn=loss_fn,
-            init_variables=init_variables, checkpoint_dir=checkpoint_dir, resume=resume,
-            devices=devices, on_epoch=on_epoch, verbose=verbose,
+            module,
+            train,
+            valid,
+            config,
+            seeds=seeds,
+            loss_fn=loss_fn,
+            init_variables=init_variables,
+            checkpoint_dir=checkpoint_dir,
+            resume=resume,
+            devices=devices,
+            on_epoch=on_epoch,
+            verbose=verbose,
         )
     result = dataclasses.replace(result, compile_seconds=compiling["seconds"])
     if evals_result is not None:
@@ -332,8 +343,19 @@ def fit(
 
 
 def _fit(
-    module, train, valid, config, *, seeds, loss_fn, init_variables, checkpoint_dir, resume,
-    devices, on_epoch, verbose,
+    module,
+    train,
+    valid,
+    config,
+    *,
+    seeds,
+    loss_fn,
+    init_variables,
+    checkpoint_dir,
+    resume,
+    devices,
+    on_epoch,
+    verbose,
 ) -> FitResult:
     started = time.perf_counter()
     seeds = _check_seeds(config.seed if seeds is None else seeds)
@@ -553,7 +575,7 @@ def _say(line: str) -> None:
 
 
 def _stop_summary(result: FitResult, patience: int) -> str:
-    """"early-stopped at epoch N (best epoch B)", per seed when there are several."""
+    """ "early-stopped at epoch N (best epoch B)", per seed when there are several."""
     parts = [
         f"epoch {int(run)} (best epoch {int(best) + 1})"
         for run, best in zip(result.epochs_run, result.best_epoch)

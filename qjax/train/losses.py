@@ -20,7 +20,8 @@ engine then refuses a segment whose labels are all NaN before it compiles anythi
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple, Protocol
+from collections.abc import Callable
+from typing import Any, NamedTuple, Protocol
 
 import jax
 import jax.numpy as jnp

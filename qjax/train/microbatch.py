@@ -20,7 +20,8 @@ distributed) draws from the unchunked run's.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -99,7 +100,8 @@ def chunks_for(batch_rows: int, chunk_rows: int, multiple: int = 1) -> int:
     """The fewest chunks of at most ``chunk_rows`` rows that split ``batch_rows`` evenly, each
     chunk a multiple of ``multiple`` rows (the device count); the most such chunks if none fit."""
     valid = [
-        n for n in range(1, batch_rows + 1)
+        n
+        for n in range(1, batch_rows + 1)
         if batch_rows % n == 0 and (batch_rows // n) % multiple == 0
     ] or [1]
     fitting = [n for n in valid if batch_rows // n <= chunk_rows]

@@ -16,7 +16,8 @@ else through the chain above, whose state then covers the trained parameters onl
 from __future__ import annotations
 
 import functools
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import optax
@@ -59,7 +60,7 @@ def _frozen_labels(params: Any, frozen: tuple[str, ...]) -> Any:
     labels = {}
     for name, group in params.items():
         label = "frozen" if name in frozen else "trained"
-        labels[name] = jax.tree.map(lambda _: label, group)
+        labels[name] = jax.tree.map(lambda _, label=label: label, group)
     return labels
 
 

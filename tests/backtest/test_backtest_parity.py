@@ -47,9 +47,7 @@ def market_dir(qlib, tmp_path_factory):
         qlib.init(provider_uri=previous[0], region=previous[1], kernels=1)
 
 
-def _predictions(
-    panel: pd.DataFrame, seed: int, keep: float = 1.0, nan: float = 0.0
-) -> pd.Series:
+def _predictions(panel: pd.DataFrame, seed: int, keep: float = 1.0, nan: float = 0.0) -> pd.Series:
     """Random scores on every row (a share ``keep`` of rows, a share ``nan`` of them NaN), plus
     one instrument without data."""
     rng = np.random.default_rng(seed)

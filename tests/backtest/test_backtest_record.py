@@ -10,8 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from qjax import run_config
-from qjax import workflow
+from qjax import run_config, workflow
 from qjax.backtest import port_analysis
 from qjax.backtest.market import market_from_panel
 

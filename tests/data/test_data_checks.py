@@ -23,8 +23,11 @@ def frame(seed: int) -> pd.DataFrame:
     return pd.DataFrame(rng.standard_normal((len(index), 3)), index=index, columns=cols)
 
 
-SEGMENTS = {"train": ("2020-01-01", "2020-01-21"), "valid": ("2020-01-22", "2020-01-31"),
-            "test": ("2020-02-03", "2020-02-11")}
+SEGMENTS = {
+    "train": ("2020-01-01", "2020-01-21"),
+    "valid": ("2020-01-22", "2020-01-31"),
+    "test": ("2020-02-03", "2020-02-11"),
+}
 
 
 @pytest.mark.parametrize("kind", [Dataset, TSDataset])
@@ -34,15 +37,20 @@ def test_dropna_label_removing_every_train_label_is_named_as_the_cause(kind, see
     data.loc[train, ("label", "y")] = np.nan  # e.g. a label expression that is NaN there
     args = {"step_len": 3} if kind is TSDataset else {}
     dataset = kind(DataHandler(data, learn_processors=[DropnaLabel()]), SEGMENTS, **args)
-    with pytest.raises(ValueError, match=r"segment 'train' .* has 45 rows in the raw data but none "
-                       r"left in the 'learn' data: DropnaLabel removed them all") as err:
+    with pytest.raises(
+        ValueError,
+        match=r"segment 'train' .* has 45 rows in the raw data but none "
+        r"left in the 'learn' data: DropnaLabel removed them all",
+    ) as err:
         dataset.prepare("train", col_set=["feature", "label"], data_key="learn")
     assert "move the segment into the data's range" not in str(err.value)
 
 
 def test_a_segment_outside_the_data_still_says_so(seed):
-    dataset = Dataset(DataHandler(frame(seed), learn_processors=[DropnaLabel()]),
-                      {**SEGMENTS, "test": ("2021-01-01", "2021-02-01")})
+    dataset = Dataset(
+        DataHandler(frame(seed), learn_processors=[DropnaLabel()]),
+        {**SEGMENTS, "test": ("2021-01-01", "2021-02-01")},
+    )
     with pytest.raises(ValueError, match="move the segment into the data's range"):
         dataset.prepare("test", col_set="feature", data_key="infer")
 
@@ -84,17 +92,20 @@ def test_a_mistyped_processor_or_argument_suggests_the_name():
 
 # -- NaN/inf in the model's inputs: one check for flat rows and windows -------------------------
 
+
 @pytest.mark.parametrize("kind", [Dataset, TSDataset])
 @pytest.mark.parametrize("segment", ["train", "valid"])
 def test_nan_or_inf_features_stop_fit_before_training_naming_segment_and_column(
-        kind, segment, seed, monkeypatch):
+    kind, segment, seed, monkeypatch
+):
     from qjax.estimators import estimator
     from qjax.train import engine
 
     data = frame(seed)
     days = data.index.get_level_values("datetime")
-    rows = np.flatnonzero((days >= pd.Timestamp(SEGMENTS[segment][0]))
-                          & (days <= pd.Timestamp(SEGMENTS[segment][1])))
+    rows = np.flatnonzero(
+        (days >= pd.Timestamp(SEGMENTS[segment][0])) & (days <= pd.Timestamp(SEGMENTS[segment][1]))
+    )
     data.iloc[rows[4], 1] = np.nan  # f2
     data.iloc[rows[7], 1] = np.nan
     data.iloc[rows[5], 0] = -np.inf  # f1
@@ -102,8 +113,11 @@ def test_nan_or_inf_features_stop_fit_before_training_naming_segment_and_column(
     dataset = kind(DataHandler(data), SEGMENTS, **args)
     monkeypatch.setattr(engine, "_run_epoch", lambda *a, **k: pytest.fail("training started"))
     model = estimator("gru", d_feat=2, hidden_size=4, n_epochs=1, batch_size=8)
-    with pytest.raises(DataError, match=rf"segment '{segment}': the model's input features hold "
-                       rf"NaN/inf .* 'learn' data: f1 \(1 inf\), f2 \(2 NaN\)\. .*add a Fillna"):
+    with pytest.raises(
+        DataError,
+        match=rf"segment '{segment}': the model's input features hold "
+        rf"NaN/inf .* 'learn' data: f1 \(1 inf\), f2 \(2 NaN\)\. .*add a Fillna",
+    ):
         model.fit(dataset, verbose=False)
 
 

@@ -23,8 +23,12 @@ def panel(seed: int = 0, n_days: int = 30, n_inst: int = 5) -> pd.DataFrame:
     """Ragged (datetime, instrument) panel: late listings, suspensions, some NaN labels."""
     rng = np.random.default_rng(seed)
     dates = pd.bdate_range("2020-01-01", periods=n_days)
-    rows = [(d, f"I{k}") for k in range(n_inst) for i, d in enumerate(dates)
-            if i >= 3 * k and rng.random() > 0.15]
+    rows = [
+        (d, f"I{k}")
+        for k in range(n_inst)
+        for i, d in enumerate(dates)
+        if i >= 3 * k and rng.random() > 0.15
+    ]
     index = pd.MultiIndex.from_tuples(rows, names=["datetime", "instrument"])
     cols = pd.MultiIndex.from_tuples([("feature", "a"), ("feature", "b"), ("label", "y")])
     values = rng.standard_normal((len(index), 3))
@@ -32,8 +36,11 @@ def panel(seed: int = 0, n_days: int = 30, n_inst: int = 5) -> pd.DataFrame:
     return pd.DataFrame(values, index=index, columns=cols).sort_index()
 
 
-SEGMENTS = {"train": ("2020-01-01", "2020-01-21"), "valid": ("2020-01-22", "2020-01-31"),
-            "test": ("2020-02-03", "2020-02-11")}
+SEGMENTS = {
+    "train": ("2020-01-01", "2020-01-21"),
+    "valid": ("2020-01-22", "2020-01-31"),
+    "test": ("2020-02-03", "2020-02-11"),
+}
 
 
 def test_prepare_segments_inclusive_and_lists():
@@ -47,7 +54,10 @@ def test_prepare_segments_inclusive_and_lists():
     assert len(train) == n_rows
     parts = ds.prepare(["train", "valid", "test"], col_set=["feature", "label"])
     assert sum(map(len, parts)) == len(df) and list(parts[2].columns.get_level_values(0)) == [
-        "feature", "feature", "label"]
+        "feature",
+        "feature",
+        "label",
+    ]
     learn = ds.prepare("train", data_key="learn")
     assert len(learn) < len(train) and learn["y"].notna().all()
 
@@ -60,7 +70,9 @@ def test_tabular_samples():
     ref = ref[ref["label"].notna().all(axis=1)]
     assert index.equals(ref.index)
     np.testing.assert_array_equal(np.asarray(samples.features), ref["feature"].to_numpy(np.float32))
-    np.testing.assert_array_equal(np.asarray(samples.labels), ref[("label", "y")].to_numpy(np.float32))
+    np.testing.assert_array_equal(
+        np.asarray(samples.labels), ref[("label", "y")].to_numpy(np.float32)
+    )
     assert samples.features.dtype == jnp.float32
     x = jax.jit(lambda s, i: s.batch(i).x)(samples, jnp.array([2, 0]))
     np.testing.assert_array_equal(np.asarray(x), ref["feature"].to_numpy(np.float32)[[2, 0]])
@@ -76,10 +88,14 @@ def test_tabular_samples():
         ({"train": ("2020-01-01",)}, "pair"),
         ({"train": "2020-01-01"}, "pair"),
         ({}, "non-empty"),
-        ({"train": ("2020-01-01", "2020-01-10"), "test": ("2020-01-10", "2020-01-20")},
-         "'train' .* and 'test' .* overlap"),
-        ({"valid": ("2020-01-01", "2020-01-10"), "pretrain": ("2020-01-05", "2020-01-20")},
-         "'valid' .* and 'pretrain' .* overlap"),
+        (
+            {"train": ("2020-01-01", "2020-01-10"), "test": ("2020-01-10", "2020-01-20")},
+            "'train' .* and 'test' .* overlap",
+        ),
+        (
+            {"valid": ("2020-01-01", "2020-01-10"), "pretrain": ("2020-01-05", "2020-01-20")},
+            "'valid' .* and 'pretrain' .* overlap",
+        ),
     ],
 )
 def test_segment_errors(segments, message):
@@ -88,16 +104,22 @@ def test_segment_errors(segments, message):
 
 
 def test_pretrain_duplicates_and_other_names_allowed():
-    segs = validate_segments({
-        **SEGMENTS, "pretrain": SEGMENTS["train"], "pretrain_validation": SEGMENTS["valid"],
-        "insample": ("2020-01-01", "2020-02-11"),
-    })
+    segs = validate_segments(
+        {
+            **SEGMENTS,
+            "pretrain": SEGMENTS["train"],
+            "pretrain_validation": SEGMENTS["valid"],
+            "insample": ("2020-01-01", "2020-02-11"),
+        }
+    )
     assert segs["pretrain"] == (pd.Timestamp("2020-01-01"), pd.Timestamp("2020-01-21"))
 
 
 def test_empty_segment_and_unknown_name():
     ds = Dataset(handler(panel()), {**SEGMENTS, "late": ("2021-01-01", "2021-02-01")})
-    with pytest.raises(ValueError, match=r"'late' \(2021-01-01..2021-02-01\).*spans 2020-01-01..2020-02-11"):
+    with pytest.raises(
+        ValueError, match=r"'late' \(2021-01-01..2021-02-01\).*spans 2020-01-01..2020-02-11"
+    ):
         ds.prepare("late")
     with pytest.raises(KeyError, match="unknown segment 'tset'"):
         ds.prepare("tset")
@@ -117,7 +139,7 @@ def test_ts_dataset_extends_history_by_step_len():
     cal = sorted(df.index.get_level_values("datetime").unique())
     own = cal.index(pd.Timestamp("2020-01-22"))
     inst = index[0][1]
-    want = df[("feature", "a")].xs(inst, level="instrument").reindex(cal[own - 3: own + 1])
+    want = df[("feature", "a")].xs(inst, level="instrument").reindex(cal[own - 3 : own + 1])
     got = sampler.config(fillna_type="none")[0][:, 0]
     np.testing.assert_array_equal(got, want.to_numpy(np.float32))
     samples, sindex = ts.samples("valid")
@@ -133,8 +155,9 @@ def test_ts_dataset_equals_qlib_tsdataseth(qlib, data_key):
     from qlib.data.dataset.processor import DropnaLabel as QlibDropnaLabel
 
     df = panel(3, n_days=40, n_inst=6)
-    qhandler = DataHandlerLP(data_loader=StaticDataLoader(config=df.copy()),
-                             learn_processors=[QlibDropnaLabel()])
+    qhandler = DataHandlerLP(
+        data_loader=StaticDataLoader(config=df.copy()), learn_processors=[QlibDropnaLabel()]
+    )
     segs = {"train": ("2020-01-01", "2020-01-28"), "test": ("2020-01-29", "2020-02-25")}
     theirs = TSDatasetH(handler=qhandler, segments=segs, step_len=6)
     for h in (qhandler, handler(df)):  # qjax on Qlib's own handler, and on qjax's

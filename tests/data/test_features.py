@@ -36,7 +36,9 @@ def test_rolling_reductions_match_pandas(method, d):
     x = _series_with_gaps(rng)
     x[20] = np.inf  # pandas ignores inf inside rolling kernels
     ours = getattr(ops, f"rolling_{method}")(x[:, None], d)[:, 0]
-    np.testing.assert_allclose(ours, _pandas_rolling(x, d, method), rtol=1e-12, atol=1e-12, equal_nan=True)
+    np.testing.assert_allclose(
+        ours, _pandas_rolling(x, d, method), rtol=1e-12, atol=1e-12, equal_nan=True
+    )
 
 
 @pytest.mark.parametrize("d", [2, 5, 9])
@@ -45,9 +47,13 @@ def test_rolling_quantile_and_rank_match_pandas(d):
     x = np.round(_series_with_gaps(rng), 1)  # ties
     for q in (0.2, 0.8):
         ours = ops.rolling_quantile(x[:, None], d, q)[:, 0]
-        np.testing.assert_allclose(ours, _pandas_rolling(x, d, "quantile", q), rtol=1e-12, equal_nan=True)
+        np.testing.assert_allclose(
+            ours, _pandas_rolling(x, d, "quantile", q), rtol=1e-12, equal_nan=True
+        )
     ranks = pd.Series(x).rolling(d, min_periods=1).rank(pct=True).to_numpy()
-    np.testing.assert_allclose(ops.rolling_rank(x[:, None], d)[:, 0], ranks, rtol=1e-12, equal_nan=True)
+    np.testing.assert_allclose(
+        ops.rolling_rank(x[:, None], d)[:, 0], ranks, rtol=1e-12, equal_nan=True
+    )
 
 
 @pytest.mark.parametrize("d", [3, 7])
@@ -56,7 +62,9 @@ def test_rolling_corr_matches_pandas(d):
     x, y = _series_with_gaps(rng), _series_with_gaps(rng)
     y[25] = np.inf
     expected = pd.Series(x).rolling(d, min_periods=1).corr(pd.Series(y)).to_numpy()
-    np.testing.assert_allclose(ops.rolling_corr(x[:, None], y[:, None], d)[:, 0], expected, rtol=1e-9, equal_nan=True)
+    np.testing.assert_allclose(
+        ops.rolling_corr(x[:, None], y[:, None], d)[:, 0], expected, rtol=1e-9, equal_nan=True
+    )
 
 
 def test_idxmax_idxmin_follow_qlib_apply_including_nan_windows():
@@ -65,7 +73,11 @@ def test_idxmax_idxmin_follow_qlib_apply_including_nan_windows():
     stored = np.ones((len(x), 1), dtype=bool)
     for d in (1, 3, 4):
         for fn, arg in ((ops.rolling_idxmax, "argmax"), (ops.rolling_idxmin, "argmin")):
-            expected = pd.Series(x).rolling(d, min_periods=1).apply(lambda w, a=arg: getattr(w, a)() + 1, raw=True)
+            expected = (
+                pd.Series(x)
+                .rolling(d, min_periods=1)
+                .apply(lambda w, a=arg: getattr(w, a)() + 1, raw=True)
+            )
             np.testing.assert_array_equal(fn(x[:, None], d, stored)[:, 0], expected.to_numpy())
 
 
@@ -109,8 +121,14 @@ def test_ols_matches_qlib_cython_kernels(qlib, seed):
     y = _series_with_gaps(np.random.default_rng(seed + 3), 60)
     for d in (5, 20):
         fit = ops.rolling_ols(y[:, None], d)
-        for ours, theirs in ((fit.slope, rolling_slope), (fit.rsquare, rolling_rsquare), (fit.resi, rolling_resi)):
-            np.testing.assert_allclose(ours[2:, 0], theirs(y, d)[2:], rtol=1e-7, atol=1e-9, equal_nan=True)
+        for ours, theirs in (
+            (fit.slope, rolling_slope),
+            (fit.rsquare, rolling_rsquare),
+            (fit.resi, rolling_resi),
+        ):
+            np.testing.assert_allclose(
+                ours[2:, 0], theirs(y, d)[2:], rtol=1e-7, atol=1e-9, equal_nan=True
+            )
 
 
 def test_degenerate_windows_are_nan():
@@ -141,7 +159,14 @@ def _synthetic_panel(n_days: int = 90, codes=("AAA", "BBB", "CCC"), seed: int = 
         low = np.minimum(open_, close) * (1 - rng.uniform(0, 0.02, n_days))
         volume = rng.uniform(1e5, 1e6, n_days)
         frame = pd.DataFrame(
-            {"open": open_, "high": high, "low": low, "close": close, "volume": volume, "vwap": (high + low) / 2},
+            {
+                "open": open_,
+                "high": high,
+                "low": low,
+                "close": close,
+                "volume": volume,
+                "vwap": (high + low) / 2,
+            },
             index=pd.MultiIndex.from_product([dates, [code]], names=["datetime", "instrument"]),
         )
         frames.append(frame.iloc[10 * k :])  # later listings
@@ -166,10 +191,16 @@ def test_handler_frame_values_follow_their_definitions():
     got = df["feature"].xs("BBB", level="instrument")
     c, h = close["BBB"], high["BBB"]
     np.testing.assert_allclose(got["ROC5"], (c.shift(5) / c).loc["2021-03-01":], rtol=1e-6)
-    np.testing.assert_allclose(got["MA10"], (c.rolling(10, 1).mean() / c).loc["2021-03-01":], rtol=1e-6)
-    np.testing.assert_allclose(got["MAX20"], (h.rolling(20, 1).max() / c).loc["2021-03-01":], rtol=1e-6)
+    np.testing.assert_allclose(
+        got["MA10"], (c.rolling(10, 1).mean() / c).loc["2021-03-01":], rtol=1e-6
+    )
+    np.testing.assert_allclose(
+        got["MAX20"], (h.rolling(20, 1).max() / c).loc["2021-03-01":], rtol=1e-6
+    )
     label = df["label"]["LABEL0"].xs("BBB", level="instrument")
-    np.testing.assert_allclose(label, (c.shift(-2) / c.shift(-1) - 1).loc["2021-03-01":], rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(
+        label, (c.shift(-2) / c.shift(-1) - 1).loc["2021-03-01":], rtol=1e-5, atol=1e-7
+    )
     # the last two days have no future close
     assert label.iloc[-2:].isna().all() and label.iloc[:-2].notna().all()
 
@@ -252,7 +283,9 @@ def test_handler_matches_qlib_on_edge_instruments_over_full_history(name, qlib_c
     families = ours.columns.get_level_values(1).str.match(r"^(VSTD|WVMA)\d+$")
     roundoff = (b == 0) & families[None, :]
     agree = np.isclose(b, a, rtol=1e-5, atol=1e-6, equal_nan=True)
-    assert (agree | roundoff).all(), ours.columns[np.flatnonzero(~(agree | roundoff).all(axis=0))].tolist()
+    assert (agree | roundoff).all(), ours.columns[
+        np.flatnonzero(~(agree | roundoff).all(axis=0))
+    ].tolist()
     assert (~agree).sum() < 1e-4 * a.size
 
 

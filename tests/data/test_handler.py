@@ -17,7 +17,9 @@ def raw_frame(seed: int = 0, n_days: int = 12, n_inst: int = 9) -> pd.DataFrame:
     """A shuffled, unbalanced random panel with NaN labels/features and a few infs."""
     rng = np.random.default_rng(seed)
     dates = pd.date_range("2020-01-01", periods=n_days, freq="B")
-    index = pd.MultiIndex.from_product([dates, [f"SZ{i:04d}" for i in range(n_inst)]], names=["datetime", "instrument"])
+    index = pd.MultiIndex.from_product(
+        [dates, [f"SZ{i:04d}" for i in range(n_inst)]], names=["datetime", "instrument"]
+    )
     features = ["KLEN", "ROC5", "VWAP0", "STD5", "CORR5", "TIE"]
     columns = pd.MultiIndex.from_tuples([("feature", f) for f in features] + [("label", "LABEL0")])
     values = rng.standard_normal((len(index), len(columns))) * rng.uniform(0.2, 4, len(columns))
@@ -33,8 +35,14 @@ CONFIGS = {
     # benchmark "standard" variant (with the Alpha158-ts FilterCol)
     "standard": dict(
         infer=[
-            {"class": "FilterCol", "kwargs": {"fields_group": "feature", "col_list": ["STD5", "KLEN", "TIE"]}},
-            {"class": "RobustZScoreNorm", "kwargs": {"fields_group": "feature", "clip_outlier": True, **FIT}},
+            {
+                "class": "FilterCol",
+                "kwargs": {"fields_group": "feature", "col_list": ["STD5", "KLEN", "TIE"]},
+            },
+            {
+                "class": "RobustZScoreNorm",
+                "kwargs": {"fields_group": "feature", "clip_outlier": True, **FIT},
+            },
             {"class": "Fillna", "kwargs": {"fields_group": "feature"}},
         ],
         learn=["DropnaLabel", {"class": "CSRankNorm", "kwargs": {"fields_group": "label"}}],
@@ -137,7 +145,9 @@ def test_accepts_qlib_processor_instances_without_touching_raw(qlib):
     from qlib.data.dataset.processor import ZScoreNorm
 
     data = raw_frame(1).sort_index()
-    data[("feature", "ROC5")] = data[("feature", "ROC5")].clip(-1e9, 1e9)  # no infs for a plain z-score
+    data[("feature", "ROC5")] = data[("feature", "ROC5")].clip(
+        -1e9, 1e9
+    )  # no infs for a plain z-score
     pristine = data.copy()
     handler = DataHandler(data, infer_processors=[ZScoreNorm(FIT_START, FIT_END, "feature")])
     pd.testing.assert_frame_equal(data, pristine)
@@ -153,7 +163,9 @@ def test_accepts_qlib_processor_instances_without_touching_raw(qlib):
 
 def test_fetch_a_set_of_instruments():
     handler = DataHandler(raw_frame(6))
-    got = handler.fetch(pd.Index(["SZ0001", "SZ0007"]), level="instrument", col_set="__raw", data_key="raw")
+    got = handler.fetch(
+        pd.Index(["SZ0001", "SZ0007"]), level="instrument", col_set="__raw", data_key="raw"
+    )
     raw = handler.fetch(col_set="__raw", data_key="raw")
     expected = raw[raw.index.get_level_values("instrument").isin(["SZ0001", "SZ0007"])]
     pd.testing.assert_frame_equal(got, expected)
@@ -163,8 +175,12 @@ def test_append_vs_independent():
     data = raw_frame(2)
     infer = [P.ProcessInf(), P.Fillna(fields_group="feature", fill_value=-7.0)]
     learn = [P.DropnaLabel()]
-    append = DataHandler(data, infer_processors=infer, learn_processors=learn, process_type="append")
-    independent = DataHandler(data, infer_processors=infer, learn_processors=learn, process_type="independent")
+    append = DataHandler(
+        data, infer_processors=infer, learn_processors=learn, process_type="append"
+    )
+    independent = DataHandler(
+        data, infer_processors=infer, learn_processors=learn, process_type="independent"
+    )
     raw_label = append.fetch(col_set="label", data_key="raw")["LABEL0"]
     for handler, features_filled in ((append, True), (independent, False)):
         learn_df = handler.fetch(col_set="__raw", data_key="learn")
@@ -241,7 +257,9 @@ def test_rejects_bad_frames():
 
 def test_rejects_bad_processor_setup():
     data = raw_frame(0)
-    with pytest.raises(ValueError, match="DropnaLabel is not usable for inference.*learn_processors"):
+    with pytest.raises(
+        ValueError, match="DropnaLabel is not usable for inference.*learn_processors"
+    ):
         DataHandler(data, infer_processors=["DropnaLabel"])
     with pytest.raises(ValueError, match="process_type"):
         DataHandler(data, process_type="sequential")
@@ -253,7 +271,9 @@ def test_rejects_bad_fetch_arguments():
     handler = DataHandler(raw_frame(0))
     with pytest.raises(KeyError, match=r"data_key='train'.*'raw', 'infer', 'learn'"):
         handler.fetch(data_key="train")
-    with pytest.raises(KeyError, match=r"\['labels'\] not among the column groups \['feature', 'label'\]"):
+    with pytest.raises(
+        KeyError, match=r"\['labels'\] not among the column groups \['feature', 'label'\]"
+    ):
         handler.fetch(col_set=["feature", "labels"])
     with pytest.raises(KeyError, match="matches no datetime"):
         handler.fetch(pd.Timestamp("2021-06-01"))

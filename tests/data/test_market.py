@@ -34,7 +34,9 @@ def market(timed_market) -> pd.DataFrame:
 @pytest.fixture(scope="module")
 def wide(market) -> dict[str, np.ndarray]:
     """[days, instruments] arrays on the full calendar; NaN where a row is missing."""
-    return {col: market[col].unstack("instrument").to_numpy(np.float64) for col in ("close", "volume")}
+    return {
+        col: market[col].unstack("instrument").to_numpy(np.float64) for col in ("close", "volume")
+    }
 
 
 def _lag(a: np.ndarray, k: int) -> np.ndarray:
@@ -78,8 +80,12 @@ def signal_inputs(wide):
     label = np.full_like(close, np.nan)
     label[:-2] = close[2:] / close[1:-1] - 1  # Ref($close,-2)/Ref($close,-1)-1 on the calendar
     return dict(
-        log_close=log_close, log_volume=log_volume, eligible=eligible, r1=r1,
-        volume_shock=log_volume - trailing_volume, label=label,
+        log_close=log_close,
+        log_volume=log_volume,
+        eligible=eligible,
+        r1=r1,
+        volume_shock=log_volume - trailing_volume,
+        label=label,
     )
 
 
@@ -162,8 +168,14 @@ def test_deterministic_per_seed():
 def test_start_date_and_tiny_universe():
     frame = generate_market(n_instruments=3, n_days=5, start="2020-01-03", seed=1)
     dates = frame.index.get_level_values("datetime").unique()
-    assert dates[0] == pd.Timestamp("2020-01-03") and dates[1] == pd.Timestamp("2020-01-06")  # skips weekend
-    assert list(frame.index.get_level_values("instrument").unique()) == ["SIM0000", "SIM0001", "SIM0002"]
+    assert dates[0] == pd.Timestamp("2020-01-03") and dates[1] == pd.Timestamp(
+        "2020-01-06"
+    )  # skips weekend
+    assert list(frame.index.get_level_values("instrument").unique()) == [
+        "SIM0000",
+        "SIM0001",
+        "SIM0002",
+    ]
 
 
 @pytest.mark.parametrize(
@@ -189,8 +201,11 @@ def test_oracle_ic_of_documented_signal(signal_inputs):
     reversal = _lag(c, 5) - c
     momentum = _lag(c, 20) - _lag(c, 59)
     volume_return = s["volume_shock"] * s["r1"]
-    alpha = (0.6 * _cs_zscore(reversal, eligible) + 0.4 * _cs_zscore(momentum, eligible)
-             + 0.4 * _cs_zscore(volume_return, eligible))
+    alpha = (
+        0.6 * _cs_zscore(reversal, eligible)
+        + 0.4 * _cs_zscore(momentum, eligible)
+        + 0.4 * _cs_zscore(volume_return, eligible)
+    )
     ics = _daily_ic(alpha, s["label"])
     assert len(ics) > 900
     assert 0.10 <= ics.mean() <= 0.20, ics.mean()
@@ -202,10 +217,10 @@ def test_linear_model_on_lagged_returns_learns_the_signal(signal_inputs):
     s = signal_inputs
     c, eligible = s["log_close"], s["eligible"]
     raw = [
-        s["r1"],                       # last day
-        _lag(c, 1) - _lag(c, 5),       # days 2-5
-        _lag(c, 5) - _lag(c, 20),      # days 6-20
-        _lag(c, 20) - _lag(c, 59),     # days 21-59
+        s["r1"],  # last day
+        _lag(c, 1) - _lag(c, 5),  # days 2-5
+        _lag(c, 5) - _lag(c, 20),  # days 6-20
+        _lag(c, 20) - _lag(c, 59),  # days 21-59
         s["volume_shock"],
         s["volume_shock"] * s["r1"],
     ]
@@ -254,6 +269,8 @@ def test_concepts_depend_on_seed_and_validate():
     pd.testing.assert_frame_equal(a, generate_concepts(50, seed=0))
     assert not a.equals(generate_concepts(50, seed=1))
     small = generate_concepts(4, seed=0)
-    assert (small.filter(like="SECTOR").sum(axis=1) == 1).all() and small.filter(like="SECTOR").shape[1] == 4
+    assert (small.filter(like="SECTOR").sum(axis=1) == 1).all() and small.filter(
+        like="SECTOR"
+    ).shape[1] == 4
     with pytest.raises(ValueError, match="n_instruments must be a positive integer"):
         generate_concepts(0)

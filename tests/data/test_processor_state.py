@@ -54,9 +54,12 @@ def test_foreign_or_unfitted_processors_are_refused():
 
 def test_a_handler_from_fitted_processors_does_not_refit(seed):
     frame = random_frame(seed)
-    handler = DataHandler(frame, infer_processors=[
-        {"class": "ZScoreNorm", "kwargs": {"fields_group": "feature"}}, "Fillna"],
-        fit_start_time="2020-01-01", fit_end_time="2020-01-08")
+    handler = DataHandler(
+        frame,
+        infer_processors=[{"class": "ZScoreNorm", "kwargs": {"fields_group": "feature"}}, "Fillna"],
+        fit_start_time="2020-01-01",
+        fit_end_time="2020-01-08",
+    )
     # Days after the fit window only: a refit would find no rows to fit on and raise.
     later = frame.loc[pd.IndexSlice["2020-01-09":, :], :]
     inference = DataHandler.from_fitted(later, handler.infer_processors)

@@ -12,11 +12,15 @@ FIT_START, FIT_END = "2020-01-01", "2020-01-08"
 FEATURES = ["a", "b", "c", "const", "tie"]
 
 
-def random_frame(seed: int, label: str = "LABEL0", n_days: int = 9, n_inst: int = 8) -> pd.DataFrame:
+def random_frame(
+    seed: int, label: str = "LABEL0", n_days: int = 9, n_inst: int = 8
+) -> pd.DataFrame:
     """Unbalanced random panel: NaNs, a constant column, a tie-heavy column, an all-NaN day-column."""
     rng = np.random.default_rng(seed)
     dates = pd.date_range("2020-01-01", periods=n_days, freq="B")
-    index = pd.MultiIndex.from_product([dates, [f"SH{i:04d}" for i in range(n_inst)]], names=["datetime", "instrument"])
+    index = pd.MultiIndex.from_product(
+        [dates, [f"SH{i:04d}" for i in range(n_inst)]], names=["datetime", "instrument"]
+    )
     columns = pd.MultiIndex.from_tuples([("feature", n) for n in FEATURES] + [("label", label)])
     values = rng.standard_normal((len(index), len(columns))) * rng.uniform(0.5, 3, len(columns))
     values[:, 3] = 2.5
@@ -72,7 +76,9 @@ PARITY_CASES = [
 
 
 @pytest.mark.parity
-@pytest.mark.parametrize("name, kwargs, infs", PARITY_CASES, ids=lambda v: str(v) if isinstance(v, str) else None)
+@pytest.mark.parametrize(
+    "name, kwargs, infs", PARITY_CASES, ids=lambda v: str(v) if isinstance(v, str) else None
+)
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")
 def test_matches_qlib(qlib, name, kwargs, infs):
     from qlib.data.dataset import processor as qlib_processor
@@ -115,7 +121,9 @@ def test_filtercol_keeps_frame_order_and_other_groups():
 
 
 def test_csranknorm_scale_is_346():
-    index = pd.MultiIndex.from_product([[pd.Timestamp("2020-01-02")], list("wxyz")], names=["datetime", "instrument"])
+    index = pd.MultiIndex.from_product(
+        [[pd.Timestamp("2020-01-02")], list("wxyz")], names=["datetime", "instrument"]
+    )
     frame = pd.DataFrame({("label", "y"): [0.3, -1.0, 7.0, 0.3]}, index=index)
     got = P.CSRankNorm(fields_group="label")(frame).iloc[:, 0].to_numpy()
     # pct ranks: 0.3 and 0.3 tie at (2+3)/2/4 = 0.625, -1.0 -> 0.25, 7.0 -> 1.0
@@ -129,7 +137,9 @@ def test_robust_zscore_adds_eps_before_scaling():
     shifted = frame.copy()
     shifted[("feature", "const")] = 2.5 + 1e-9  # MAD of 'const' in the window is 0
     got = proc(shifted)[("feature", "const")].to_numpy()
-    np.testing.assert_allclose(got, 1e-9 / (1e-12 * 1.4826), rtol=1e-6)  # not 1e-9 / (0 * 1.4826 + 1e-12)
+    np.testing.assert_allclose(
+        got, 1e-9 / (1e-12 * 1.4826), rtol=1e-6
+    )  # not 1e-9 / (0 * 1.4826 + 1e-12)
     clipped = P.RobustZScoreNorm(FIT_START, FIT_END, fields_group="feature")
     clipped.fit(frame)
     assert clipped(shifted)[("feature", "const")].eq(3.0).all()
@@ -171,12 +181,18 @@ def test_transform_follows_columns_not_positions():
 def test_float32_stays_float32():
     frame = random_frame(seed=6)
     frame32 = frame.astype(np.float32)
-    for proc in (P.RobustZScoreNorm(FIT_START, FIT_END, "feature"), P.CSZScoreNorm("label"), P.CSRankNorm("feature")):
+    for proc in (
+        P.RobustZScoreNorm(FIT_START, FIT_END, "feature"),
+        P.CSZScoreNorm("label"),
+        P.CSRankNorm("feature"),
+    ):
         proc.fit(frame32)
         got = proc(frame32)
         assert (got.dtypes == np.float32).all(), type(proc).__name__
         proc.fit(frame)
-        np.testing.assert_allclose(got.to_numpy(np.float64), proc(frame).to_numpy(), rtol=2e-5, atol=2e-5)
+        np.testing.assert_allclose(
+            got.to_numpy(np.float64), proc(frame).to_numpy(), rtol=2e-5, atol=2e-5
+        )
 
 
 def test_dropnalabel_is_learn_only():
@@ -188,11 +204,15 @@ def test_dropnalabel_is_learn_only():
 
 
 def test_unknown_fields_group():
-    with pytest.raises(KeyError, match=r"fields_group='features'.*available groups: \['feature', 'label'\]"):
+    with pytest.raises(
+        KeyError, match=r"fields_group='features'.*available groups: \['feature', 'label'\]"
+    ):
         P.CSRankNorm(fields_group="features")(random_frame(0))
 
 
-@pytest.mark.parametrize("proc", [P.DropCol(col_list=["a", "nope"]), P.FilterCol(col_list=["a", "nope"])])
+@pytest.mark.parametrize(
+    "proc", [P.DropCol(col_list=["a", "nope"]), P.FilterCol(col_list=["a", "nope"])]
+)
 def test_col_list_names_absent_columns(proc):
     with pytest.raises(KeyError, match=r"\['nope'\]"):
         proc(random_frame(0))
@@ -273,19 +293,29 @@ def test_build_processor_forms():
     assert P.build_processor(instance) is instance
     assert isinstance(P.build_processor("DropnaLabel"), P.DropnaLabel)
     proc = P.build_processor(
-        {"class": "RobustZScoreNorm", "module_path": "qlib.data.dataset.processor", "kwargs": {"clip_outlier": False}},
+        {
+            "class": "RobustZScoreNorm",
+            "module_path": "qlib.data.dataset.processor",
+            "kwargs": {"clip_outlier": False},
+        },
         fit_start_time="2020-01-01",
         fit_end_time="2020-01-05",
     )
     assert isinstance(proc, P.RobustZScoreNorm)
-    assert (proc.fit_start_time, proc.fit_end_time, proc.clip_outlier) == ("2020-01-01", "2020-01-05", False)
+    assert (proc.fit_start_time, proc.fit_end_time, proc.clip_outlier) == (
+        "2020-01-01",
+        "2020-01-05",
+        False,
+    )
 
 
 def test_build_processor_injection_overrides_like_qlib():
     spec = {"class": "ZScoreNorm", "kwargs": {"fit_start_time": "2000", "fit_end_time": "2001"}}
     assert P.build_processor(spec).fit_end_time == "2001"
     assert P.build_processor(spec, "2020-01-01", "2020-02-01").fit_end_time == "2020-02-01"
-    assert P.build_processor({"class": "CSRankNorm", "kwargs": {"fields_group": "label"}}, "2020", "2021")
+    assert P.build_processor(
+        {"class": "CSRankNorm", "kwargs": {"fields_group": "label"}}, "2020", "2021"
+    )
 
 
 def test_build_processor_errors():

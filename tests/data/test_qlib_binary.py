@@ -22,7 +22,9 @@ def _write_bin(path: Path, first_index: int, values) -> None:
 @pytest.fixture
 def tiny_dir(tmp_path: Path) -> Path:
     (tmp_path / "calendars").mkdir()
-    (tmp_path / "calendars" / "day.txt").write_text("\n".join(d.strftime("%Y-%m-%d") for d in CALENDAR) + "\n")
+    (tmp_path / "calendars" / "day.txt").write_text(
+        "\n".join(d.strftime("%Y-%m-%d") for d in CALENDAR) + "\n"
+    )
     (tmp_path / "instruments").mkdir()
     (tmp_path / "instruments" / "mkt.txt").write_text(
         "SH600001\t2020-01-01\t2020-01-07\n"
@@ -31,7 +33,9 @@ def tiny_dir(tmp_path: Path) -> Path:
     )
     _write_bin(tmp_path / "features/sh600001/close.day.bin", 0, np.arange(1, 13))
     _write_bin(tmp_path / "features/sh600001/volume.day.bin", 0, np.full(12, 100.0))
-    _write_bin(tmp_path / "features/sz000002/close.day.bin", 2, [5.0, np.nan, 7.0, 8.0, 9.0])  # listed on day 2
+    _write_bin(
+        tmp_path / "features/sz000002/close.day.bin", 2, [5.0, np.nan, 7.0, 8.0, 9.0]
+    )  # listed on day 2
     _write_bin(tmp_path / "features/sz000002/volume.day.bin", 2, [1.0, 2, 3, 4, 5])
     return tmp_path
 
@@ -59,12 +63,17 @@ def test_load_dense_fields(tiny_dir):
     np.testing.assert_array_equal(close[:, 0], np.arange(2, 9))
     np.testing.assert_array_equal(close[:, 1], [np.nan, 5, np.nan, 7, 8, 9, np.nan])
     # stored: from the listing day to the last stored day; the NaN on day 3 is a stored (suspended) day
-    np.testing.assert_array_equal(panel.stored["close"][:, 1], [False, True, True, True, True, True, False])
+    np.testing.assert_array_equal(
+        panel.stored["close"][:, 1], [False, True, True, True, True, True, False]
+    )
 
 
 def test_locate_follows_qlib_calendar_rounding(tiny_dir):
     data = QlibBinaryData(tiny_dir)
-    assert data.locate("2020-01-04", "2020-01-11") == (3, 7)  # a weekend start rounds up, end rounds down
+    assert data.locate("2020-01-04", "2020-01-11") == (
+        3,
+        7,
+    )  # a weekend start rounds up, end rounds down
     with pytest.raises(ValueError, match="no trading days"):
         data.locate("2021-01-01", None)
 
@@ -83,7 +92,9 @@ def test_unknown_market_lists_available(tiny_dir):
 
 def test_missing_field_names_field_and_instrument(tiny_dir):
     data = QlibBinaryData(tiny_dir)
-    with pytest.raises(KeyError, match=r"'open' is missing for instrument 'SZ000002'.*\['close', 'volume'\]"):
+    with pytest.raises(
+        KeyError, match=r"'open' is missing for instrument 'SZ000002'.*\['close', 'volume'\]"
+    ):
         data.load(["SZ000002"], ["open"], 0, 5)
     optional = data.load(["SZ000002"], ["vwap"], 0, 5, optional=["vwap"])
     assert np.isnan(optional.values["vwap"]).all() and not optional.stored["vwap"].any()
@@ -98,14 +109,22 @@ def test_reserved_instrument_names_use_qlib_prefix():
 
 def test_load_handler_rows_follow_spans_and_listing(tiny_dir):
     """Rows are the stored days inside membership spans (no vwap bin: VWAP columns are NaN)."""
-    for code, first, n in (("sh600001", 0, 12), ("sz000002", 2, 5)):
+    for code, first, _ in (("sh600001", 0, 12), ("sz000002", 2, 5)):
         for field in ("open", "high", "low"):
             close = np.fromfile(tiny_dir / f"features/{code}/close.day.bin", dtype="<f4")[1:]
             _write_bin(tiny_dir / f"features/{code}/{field}.day.bin", first, close)
     df = load_handler("Alpha158", tiny_dir, "mkt", "2020-01-02", "2020-01-14")
     rows = set(df.index)
-    expected = {(d, "SH600001") for d in CALENDAR if pd.Timestamp("2020-01-02") <= d <= pd.Timestamp("2020-01-07")}
-    expected |= {(d, "SH600001") for d in CALENDAR if pd.Timestamp("2020-01-13") <= d <= pd.Timestamp("2020-01-14")}
+    expected = {
+        (d, "SH600001")
+        for d in CALENDAR
+        if pd.Timestamp("2020-01-02") <= d <= pd.Timestamp("2020-01-07")
+    }
+    expected |= {
+        (d, "SH600001")
+        for d in CALENDAR
+        if pd.Timestamp("2020-01-13") <= d <= pd.Timestamp("2020-01-14")
+    }
     expected |= {(d, "SZ000002") for d in CALENDAR[2:6]}  # listed on the 3rd, span ends on the 8th
     assert rows == expected
     by_list = load_handler("Alpha360", tiny_dir, ["SZ000002"], None, None)
@@ -120,5 +139,9 @@ def test_reads_shared_csi300(csi300_dir):
     assert 250 <= len(spans) <= 330
     first, last = data.locate("2019-07-01", "2019-12-31")
     panel = data.load(sorted(spans)[:5], ["close", "volume"], first, last)
-    raw = np.fromfile(csi300_dir / "features" / sorted(spans)[0].lower() / "close.day.bin", dtype="<f4")
-    np.testing.assert_array_equal(panel.values["close"][:, 0], raw[1 + first - int(raw[0]) : 2 + last - int(raw[0])])
+    raw = np.fromfile(
+        csi300_dir / "features" / sorted(spans)[0].lower() / "close.day.bin", dtype="<f4"
+    )
+    np.testing.assert_array_equal(
+        panel.values["close"][:, 0], raw[1 + first - int(raw[0]) : 2 + last - int(raw[0])]
+    )

@@ -24,12 +24,17 @@ def _long(panel: pd.DataFrame) -> pd.DataFrame:
 
 @pytest.fixture
 def ohlc() -> pd.DataFrame:
-    return pd.DataFrame({
-        "date": ["2020-01-02", "2020-01-02", "2020-01-03"],
-        "instrument": ["AAA", "BBB", "AAA"],
-        "open": [1.0, 2.0, 3.0], "high": [1.5, 2.5, 3.5], "low": [0.5, 1.5, 2.5],
-        "close": [1.2, 2.2, 3.2], "volume": [100, 200, 300],
-    })
+    return pd.DataFrame(
+        {
+            "date": ["2020-01-02", "2020-01-02", "2020-01-03"],
+            "instrument": ["AAA", "BBB", "AAA"],
+            "open": [1.0, 2.0, 3.0],
+            "high": [1.5, 2.5, 3.5],
+            "low": [0.5, 1.5, 2.5],
+            "close": [1.2, 2.2, 3.2],
+            "volume": [100, 200, 300],
+        }
+    )
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".parquet", ".csv.gz"])
@@ -90,7 +95,9 @@ def test_missing_columns_name_them_and_the_fix(ohlc):
 def test_non_numeric_field_values(ohlc):
     ohlc["close"] = ohlc["close"].astype(object)
     ohlc.loc[2, "close"] = "n/a"
-    with pytest.raises(ValueError, match=r"column 'close' has 1 non-numeric values, e.g. 'n/a' \(row 2\)"):
+    with pytest.raises(
+        ValueError, match=r"column 'close' has 1 non-numeric values, e.g. 'n/a' \(row 2\)"
+    ):
         load_ohlcv(ohlc)
 
 
@@ -101,14 +108,19 @@ def test_numeric_strings_are_parsed(ohlc):
 
 def test_unparseable_dates(ohlc):
     ohlc.loc[1, "date"] = "yesterday"
-    with pytest.raises(ValueError, match=r"column 'date' has 1 values that are not dates, e.g. 'yesterday'"):
+    with pytest.raises(
+        ValueError, match=r"column 'date' has 1 values that are not dates, e.g. 'yesterday'"
+    ):
         load_ohlcv(ohlc)
 
 
 def test_duplicated_rows(ohlc):
     doubled = pd.concat([ohlc, ohlc.iloc[[0]]], ignore_index=True)
-    with pytest.raises(ValueError, match=r"2 rows share a \(date, instrument\) pair.*\(2020-01-02, AAA\)"
-                                         r".*drop_duplicates"):
+    with pytest.raises(
+        ValueError,
+        match=r"2 rows share a \(date, instrument\) pair.*\(2020-01-02, AAA\)"
+        r".*drop_duplicates",
+    ):
         load_ohlcv(doubled)
 
 
@@ -120,7 +132,9 @@ def test_empty_input(ohlc):
 def test_unknown_file_type(tmp_path, ohlc):
     path = tmp_path / "prices.xlsx"
     path.write_bytes(b"")
-    with pytest.raises(ValueError, match=r"unknown file type for 'prices.xlsx'.*pass the DataFrame"):
+    with pytest.raises(
+        ValueError, match=r"unknown file type for 'prices.xlsx'.*pass the DataFrame"
+    ):
         load_ohlcv(path)
     with pytest.raises(FileNotFoundError, match="no such OHLCV file"):
         load_ohlcv(tmp_path / "absent.csv")
@@ -138,7 +152,9 @@ def test_infinite_values(ohlc):
 
 
 def test_bad_arguments(ohlc):
-    with pytest.raises(ValueError, match="column_map renames columns that are not in the input: \\['Ticker'\\]"):
+    with pytest.raises(
+        ValueError, match="column_map renames columns that are not in the input: \\['Ticker'\\]"
+    ):
         load_ohlcv(ohlc, column_map={"Ticker": "instrument"})
     with pytest.raises(ValueError, match="appear twice: \\['close'\\]"):
         load_ohlcv(ohlc, column_map={"open": "close"})

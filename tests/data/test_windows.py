@@ -71,7 +71,9 @@ def test_windows_equal_qlib_tsdatasampler(qlib, fill, seed):
 
     samples, index = ours.samples()
     assert index.equals(keys)
-    windows = np.asarray(jax.jit(lambda s, ids: s.take(s.features, ids))(samples, jnp.arange(len(ours))))
+    windows = np.asarray(
+        jax.jit(lambda s, ids: s.take(s.features, ids))(samples, jnp.arange(len(ours)))
+    )
     np.testing.assert_array_equal(windows, expected[:, :, :-1])
     np.testing.assert_array_equal(np.asarray(samples.labels), expected[:, -1, -1])
 
@@ -85,29 +87,38 @@ def test_filter_column_equals_qlib(qlib, seed):
     ts = qlib_sampler(qlib, df, None, None, "ffill+bfill", flt)
     ours = WindowSampler(df, None, None, STEP, "ffill+bfill", flt_data=flt)
     assert len(ours) == len(ts) < len(df)
-    np.testing.assert_array_equal(ours[np.arange(len(ours))], qlib_windows_by_key(ts, ours.get_index()))
+    np.testing.assert_array_equal(
+        ours[np.arange(len(ours))], qlib_windows_by_key(ts, ours.get_index())
+    )
 
 
 def test_fill_rules_by_hand():
     """One instrument on days 0..5, day 2 absent, windows of 4 days; b is absent on day 0."""
     dates = pd.bdate_range("2022-03-01", periods=6)
     rows = [(d, "a") for i, d in enumerate(dates) if i != 2] + [(d, "b") for d in dates[1:]]
-    df = pd.DataFrame({"x": np.arange(len(rows), dtype=float)},
-                      index=pd.MultiIndex.from_tuples(rows, names=["datetime", "instrument"]))
+    df = pd.DataFrame(
+        {"x": np.arange(len(rows), dtype=float)},
+        index=pd.MultiIndex.from_tuples(rows, names=["datetime", "instrument"]),
+    )
     x = df["x"]
     a = lambda i: x[(dates[i], "a")]  # noqa: E731
     s = WindowSampler(df, dates[3], dates[3], step_len=4)
     assert list(s.get_index()) == [(dates[3], "a"), (dates[3], "b")]
     nan = np.nan
     # a's window spans days 0..3 with day 2 absent.
-    expected = {"none": [a(0), a(1), nan, a(3)], "ffill": [a(0), a(1), a(1), a(3)],
-                "ffill+bfill": [a(0), a(1), a(1), a(3)]}
+    expected = {
+        "none": [a(0), a(1), nan, a(3)],
+        "ffill": [a(0), a(1), a(1), a(3)],
+        "ffill+bfill": [a(0), a(1), a(1), a(3)],
+    }
     for fill, want in expected.items():
         np.testing.assert_array_equal(s.config(fillna_type=fill)[0][:, 0], np.float32(want))
     # b's window: day 0 absent (leading gap) -> NaN under ffill, back-filled from day 1.
     b = [x[(dates[i], "b")] for i in (1, 2, 3)]
     np.testing.assert_array_equal(s.config(fillna_type="ffill")[1][:, 0], np.float32([nan, *b]))
-    np.testing.assert_array_equal(s.config(fillna_type="ffill+bfill")[1][:, 0], np.float32([b[0], *b]))
+    np.testing.assert_array_equal(
+        s.config(fillna_type="ffill+bfill")[1][:, 0], np.float32([b[0], *b])
+    )
     # Forward fill never reaches before the window: a at day 4 with step 2 sees days 3..4 only.
     s2 = WindowSampler(df, dates[4], dates[4], step_len=2, fillna_type="ffill")
     np.testing.assert_array_equal(s2[0][:, 0], np.float32([a(3), a(4)]))
@@ -121,7 +132,9 @@ def test_datetime_major_order_and_labels():
     assert index.is_monotonic_increasing and index.is_unique  # datetime-major, instruments sorted
     assert len(s) == len(df)
     labels = s.labels()
-    np.testing.assert_array_equal(labels, df[("label", "LABEL0")].reindex(index).to_numpy(np.float32))
+    np.testing.assert_array_equal(
+        labels, df[("label", "LABEL0")].reindex(index).to_numpy(np.float32)
+    )
 
 
 def test_take_works_in_scan_and_is_stable(seed):

@@ -18,7 +18,13 @@ pytestmark = pytest.mark.shared_data
 # file -> (qjax name, Qlib module and class that produced it, d_feat, input shape)
 PRETRAINED = {
     "model_lstm_csi300.pkl": ("lstm", "qlib.contrib.model.pytorch_lstm", "LSTMModel", 6, (32, 360)),
-    "csi300_lstm_ts.pkl": ("lstm", "qlib.contrib.model.pytorch_lstm_ts", "LSTMModel", 20, (32, 20, 20)),
+    "csi300_lstm_ts.pkl": (
+        "lstm",
+        "qlib.contrib.model.pytorch_lstm_ts",
+        "LSTMModel",
+        20,
+        (32, 20, 20),
+    ),
     "model_gru_csi300.pkl": ("gru", "qlib.contrib.model.pytorch_gru", "GRUModel", 6, (32, 360)),
     "csi300_gru_ts.pkl": ("gru", "qlib.contrib.model.pytorch_gru_ts", "GRUModel", 20, (32, 20, 20)),
 }
@@ -81,8 +87,18 @@ def test_loading_and_predicting_needs_no_torch(torch, shared_data):
     path = pretrained_path(shared_data, filename)
     name, _, _, d_feat, shape = PRETRAINED[filename]
     result = subprocess.run(
-        [sys.executable, "-c", _TORCH_FREE_SCRIPT, str(path), name, str(d_feat), json.dumps(list(shape))],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-c",
+            _TORCH_FREE_SCRIPT,
+            str(path),
+            name,
+            str(d_feat),
+            json.dumps(list(shape)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr
     got = np.array(json.loads(result.stdout.strip().splitlines()[-1]))

@@ -15,9 +15,7 @@ from qjax.interop import read_torch_state_dict
 def torch_load_numpy(torch, path) -> dict[str, np.ndarray]:
     """torch's own reading; bfloat16 widened to float32 as the reader documents."""
     state = torch.load(path, map_location="cpu", weights_only=True)
-    return {
-        k: (v.float() if v.dtype == torch.bfloat16 else v).numpy() for k, v in state.items()
-    }
+    return {k: (v.float() if v.dtype == torch.bfloat16 else v).numpy() for k, v in state.items()}
 
 
 def assert_same_state(got: dict, want: dict):
@@ -30,7 +28,8 @@ def assert_same_state(got: dict, want: dict):
 
 @pytest.mark.shared_data
 @pytest.mark.parametrize(
-    "filename", ["model_lstm_csi300.pkl", "csi300_lstm_ts.pkl", "model_gru_csi300.pkl", "csi300_gru_ts.pkl"]
+    "filename",
+    ["model_lstm_csi300.pkl", "csi300_lstm_ts.pkl", "model_gru_csi300.pkl", "csi300_gru_ts.pkl"],
 )
 def test_qlib_pretrained_pickles_read_like_torch_load(torch, shared_data, filename):
     path = shared_data / "qlib_pretrained" / filename

@@ -50,7 +50,8 @@ def tree_errors(got, want, floor_fraction: float = 1e-3) -> dict[str, float]:
     assert len(got_leaves) == len(want_leaves) > 0
     floor = floor_fraction * max(float(np.max(np.abs(np.asarray(w)))) for w in want_leaves.values())
     return {
-        jax.tree_util.keystr(path): rel_err(leaf, want_leaves[path], max(floor, 1e-12)) for path, leaf in got_leaves
+        jax.tree_util.keystr(path): rel_err(leaf, want_leaves[path], max(floor, 1e-12))
+        for path, leaf in got_leaves
     }
 
 
@@ -61,7 +62,9 @@ def assert_trees_close(got, want, tol: float, floor_fraction: float = 1e-3) -> N
     assert not too_far, f"leaves off by more than {tol}: {too_far}"
 
 
-def torch_output_and_grads(torch, net, x, y, *extra_inputs) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+def torch_output_and_grads(
+    torch, net, x, y, *extra_inputs
+) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
     """Eval-mode ``net(x, *extra_inputs)``, d MSE / d x and :func:`grad_state`."""
     net.eval()
     net.zero_grad(set_to_none=True)
@@ -123,9 +126,20 @@ def float32_bound(torch_error: float) -> float:
 
 
 def assert_matches_qlib_on(
-    torch, net, name: str, module, variables, x, y, *extra_inputs,
-    converter_kwargs: dict | None = None, floor_fraction: float = 1e-3, float64_tol: float = 1e-9,
-    torch_x=None, grad_x_as_torch=lambda g: g, qlib_runs_in_float64: bool = True,
+    torch,
+    net,
+    name: str,
+    module,
+    variables,
+    x,
+    y,
+    *extra_inputs,
+    converter_kwargs: dict | None = None,
+    floor_fraction: float = 1e-3,
+    float64_tol: float = 1e-9,
+    torch_x=None,
+    grad_x_as_torch=lambda g: g,
+    qlib_runs_in_float64: bool = True,
 ):
     """Eval-mode output, input gradient and parameter gradients of an MSE loss, against Qlib's.
 
@@ -164,12 +178,14 @@ def assert_matches_qlib_on(
         net.to(torch.float64)
         try:
             t_out, t_gx, t_grads = torch_output_and_grads(
-                torch, net, _float64(torch_x), _float64(y), *map(_float64, extra_inputs))
+                torch, net, _float64(torch_x), _float64(y), *map(_float64, extra_inputs)
+            )
         finally:
             net.to(torch.float32)
         variables64 = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), variables)
         j_out, j_gx, j_grads = jax_output_and_grads(
-            module, variables64, _float64(x), _float64(y), *map(_float64, extra_inputs))
+            module, variables64, _float64(x), _float64(y), *map(_float64, extra_inputs)
+        )
         assert j_out.dtype == np.float64
     truth = qlib_grads_as_params(name, t_grads, **kwargs)
     error = rel_err(j_out, t_out)
@@ -185,22 +201,41 @@ def assert_matches_qlib_on(
     assert rel_err(j32_out, t_out) <= bound, f"float32 output further from float64 than {bound}"
     bound = float32_bound(rel_err(t32_gx, t_gx))
     assert rel_err(grad_x_as_torch(j32_gx), t_gx) <= bound, f"float32 input gradient beyond {bound}"
-    torch_error = max(tree_errors(qlib_grads_as_params(name, t32_grads, **kwargs), truth, floor_fraction).values())
+    torch_error = max(
+        tree_errors(qlib_grads_as_params(name, t32_grads, **kwargs), truth, floor_fraction).values()
+    )
     assert_trees_close(j32_grads, truth, float32_bound(torch_error), floor_fraction)
     return j32_grads, truth
 
 
 def assert_matches_qlib(
-    torch, net, name: str, module, variables, shape: tuple[int, ...], converter_kwargs: dict,
-    seed: int = 1, floor_fraction: float = 1e-3, qlib_runs_in_float64: bool = True,
+    torch,
+    net,
+    name: str,
+    module,
+    variables,
+    shape: tuple[int, ...],
+    converter_kwargs: dict,
+    seed: int = 1,
+    floor_fraction: float = 1e-3,
+    qlib_runs_in_float64: bool = True,
 ) -> None:
     """:func:`assert_matches_qlib_on` a standard normal input of ``shape`` and target."""
     rng = np.random.default_rng(seed)
     x = rng.standard_normal(shape).astype(np.float32)
     y = rng.standard_normal(shape[0]).astype(np.float32)
-    assert_matches_qlib_on(torch, net, name, module, variables, x, y,
-                           converter_kwargs=converter_kwargs, floor_fraction=floor_fraction,
-                           qlib_runs_in_float64=qlib_runs_in_float64)
+    assert_matches_qlib_on(
+        torch,
+        net,
+        name,
+        module,
+        variables,
+        x,
+        y,
+        converter_kwargs=converter_kwargs,
+        floor_fraction=floor_fraction,
+        qlib_runs_in_float64=qlib_runs_in_float64,
+    )
 
 
 def qlib_grads_as_params(name: str, torch_grads: dict, **module_kwargs) -> dict:
@@ -249,13 +284,20 @@ def init_shapes(module, *example_inputs) -> Any:
     return jax.eval_shape(module.init, jax.random.PRNGKey(0), *example_inputs)
 
 
-def random_rnn_state_dict(cell: str, d_feat: int, hidden: int, layers: int) -> dict[str, np.ndarray]:
+def random_rnn_state_dict(
+    cell: str, d_feat: int, hidden: int, layers: int
+) -> dict[str, np.ndarray]:
     """A Qlib ``LSTMModel`` / ``GRUModel``-shaped state dict of random values, without torch."""
     gates = {"lstm": 4, "gru": 3}[cell.lower()]
     rng = np.random.default_rng(0)
-    state = {"fc_out.weight": rng.standard_normal((1, hidden)), "fc_out.bias": rng.standard_normal(1)}
+    state = {
+        "fc_out.weight": rng.standard_normal((1, hidden)),
+        "fc_out.bias": rng.standard_normal(1),
+    }
     for k in range(layers):
-        state[f"rnn.weight_ih_l{k}"] = rng.standard_normal((gates * hidden, d_feat if k == 0 else hidden))
+        state[f"rnn.weight_ih_l{k}"] = rng.standard_normal(
+            (gates * hidden, d_feat if k == 0 else hidden)
+        )
         state[f"rnn.weight_hh_l{k}"] = rng.standard_normal((gates * hidden, hidden))
         state[f"rnn.bias_ih_l{k}"] = rng.standard_normal(gates * hidden)
         state[f"rnn.bias_hh_l{k}"] = rng.standard_normal(gates * hidden)

@@ -40,15 +40,18 @@ def test_matches_qlib_forward_gradients_and_param_count(
 
 
 def test_attention_dropout_acts_only_in_training(seed):
-    module = ALSTMModel(d_feat=3, hidden_size=8, num_layers=1, dropout=0.5)  # one layer: no RNN dropout
+    module = ALSTMModel(
+        d_feat=3, hidden_size=8, num_layers=1, dropout=0.5
+    )  # one layer: no RNN dropout
     x = np.random.default_rng(seed + 2).standard_normal((6, 5, 3)).astype(np.float32)
     variables = module.init(jax.random.PRNGKey(0), x)
     train_out = module.apply(variables, x, train=True, rngs={"dropout": jax.random.PRNGKey(1)})
     assert not np.allclose(train_out, module.apply(variables, x))
     no_dropout = ALSTMModel(d_feat=3, hidden_size=8, num_layers=1, dropout=0.0)
     # Training and inference run the recurrence in different gate layouts: equal up to rounding.
-    np.testing.assert_allclose(no_dropout.apply(variables, x, train=True), module.apply(variables, x),
-                               rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(
+        no_dropout.apply(variables, x, train=True), module.apply(variables, x), rtol=1e-6, atol=1e-7
+    )
 
 
 def test_unknown_rnn_type_is_rejected():
@@ -58,7 +61,9 @@ def test_unknown_rnn_type_is_rejected():
 
 
 def test_converter_rejects_mismatched_rnn_type(torch):
-    net = require("qlib.contrib.model.pytorch_alstm").ALSTMModel(d_feat=6, hidden_size=8, rnn_type="GRU")
+    net = require("qlib.contrib.model.pytorch_alstm").ALSTMModel(
+        d_feat=6, hidden_size=8, rnn_type="GRU"
+    )
     with pytest.raises(ValueError, match="shapes do not fit"):
         from_qlib("alstm", net.state_dict(), d_feat=6, hidden_size=8, rnn_type="LSTM")
     with pytest.raises(ValueError, match="does not use"):

@@ -36,7 +36,10 @@ TRANSFORMATION_BIAS_FLOOR = 1e-2
 @pytest.mark.parametrize("base_model", ["GRU", "LSTM"])
 @pytest.mark.parametrize(
     "qlib_module,d_feat,shape",
-    [("qlib.contrib.model.pytorch_gats", 6, (12, 6 * 10)), ("qlib.contrib.model.pytorch_gats_ts", 5, (12, 10, 5))],
+    [
+        ("qlib.contrib.model.pytorch_gats", 6, (12, 6 * 10)),
+        ("qlib.contrib.model.pytorch_gats_ts", 5, (12, 10, 5)),
+    ],
 )
 def test_matches_qlib_forward_and_gradients(torch, qlib_module, d_feat, shape, base_model, seed):
     torch.manual_seed(seed)
@@ -44,8 +47,17 @@ def test_matches_qlib_forward_and_gradients(torch, qlib_module, d_feat, shape, b
     net = require(qlib_module).GATModel(**kwargs)
     module, variables = from_qlib("gats", net.state_dict(), **kwargs)
     assert isinstance(module, get("gats"))
-    assert_matches_qlib(torch, net, "gats", module, variables, shape, kwargs, seed=seed + 1,
-                        floor_fraction=TRANSFORMATION_BIAS_FLOOR)
+    assert_matches_qlib(
+        torch,
+        net,
+        "gats",
+        module,
+        variables,
+        shape,
+        kwargs,
+        seed=seed + 1,
+        floor_fraction=TRANSFORMATION_BIAS_FLOOR,
+    )
 
 
 @pytest.mark.parametrize("d_feat,expected", [(6, 60_225), (20, 63_809)])  # QLIB_REFERENCE §9
@@ -117,10 +129,14 @@ def test_load_base_weights_copies_rnn_and_head_and_rejects_mismatches():
     variables = module.init(jax.random.PRNGKey(0), np.zeros((3, 5, 6), np.float32))
     base = {k: v.astype(np.float32) for k, v in random_rnn_state_dict("LSTM", 6, 8, 2).items()}
     loaded = load_base_weights(variables, base, "LSTM", 2)
-    np.testing.assert_array_equal(loaded["params"]["rnn"]["kernel_hh_l1"], base["rnn.weight_hh_l1"].T)
+    np.testing.assert_array_equal(
+        loaded["params"]["rnn"]["kernel_hh_l1"], base["rnn.weight_hh_l1"].T
+    )
     np.testing.assert_array_equal(loaded["params"]["fc_out"]["bias"], base["fc_out.bias"])
     np.testing.assert_array_equal(loaded["params"]["a"], variables["params"]["a"])  # untouched
-    assert not np.array_equal(variables["params"]["fc_out"]["bias"], base["fc_out.bias"])  # input intact
+    assert not np.array_equal(
+        variables["params"]["fc_out"]["bias"], base["fc_out.bias"]
+    )  # input intact
 
     with pytest.raises(ValueError, match="pass base_model='GRU'"):
         load_base_weights(variables, random_rnn_state_dict("GRU", 6, 8, 2), "LSTM", 2)

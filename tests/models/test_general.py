@@ -77,7 +77,9 @@ def test_qjax_paths_registry_names_and_qlib_uris_build_the_qjax_port(path, seed)
     variables = model.init(jax.random.PRNGKey(0), x)
     direct = GATModel(d_feat=3, hidden_size=8, num_layers=1, base_model="LSTM")
     np.testing.assert_allclose(
-        model.apply(variables, x), direct.apply({"params": variables["params"]["net"]}, x), rtol=1e-6
+        model.apply(variables, x),
+        direct.apply({"params": variables["params"]["net"]}, x),
+        rtol=1e-6,
     )
 
 
@@ -111,7 +113,13 @@ def test_output_that_is_not_one_value_per_sample_is_rejected():
 
 
 def test_config_kwargs_are_frozen_so_the_module_is_hashable():
-    config = {"num_input": 2, "output_size": 1, "num_channels": [4, 4], "kernel_size": 2, "dropout": 0.0}
+    config = {
+        "num_input": 2,
+        "output_size": 1,
+        "num_channels": [4, 4],
+        "kernel_size": 2,
+        "dropout": 0.0,
+    }
     model = GeneralModel("tcn", config)
     assert hash(model) == hash(GeneralModel("tcn", dict(config)))
     x = np.zeros((3, 6, 2), np.float32)

@@ -77,7 +77,9 @@ def test_tiny_days_match_qlib(torch, qlib_hist):
             net.fc_es_back.bias.zero_()
             for p in net.rnn.parameters():
                 p.mul_(4.0)
-        module, variables = from_qlib("hist", net.state_dict(), d_feat=3, hidden_size=4, num_layers=1)
+        module, variables = from_qlib(
+            "hist", net.state_dict(), d_feat=3, hidden_size=4, num_layers=1
+        )
         rng = np.random.default_rng(seed)
         n = 1 if seed == 8 else 2 + seed % 2
         x = rng.standard_normal((n, 3 * 5)).astype(np.float32)
@@ -85,7 +87,9 @@ def test_tiny_days_match_qlib(torch, qlib_hist):
         if seed == 4:
             c[:] = 0.0
         with torch.no_grad():
-            want = net(torch.tensor(x), torch.tensor(c)).numpy().reshape(-1)  # Qlib squeezes N=1 to 0-d
+            want = (
+                net(torch.tensor(x), torch.tensor(c)).numpy().reshape(-1)
+            )  # Qlib squeezes N=1 to 0-d
         got, state = module.apply(variables, x, c, capture_intermediates=True)
         assert got.shape == (n,)
         assert rel_err(got, want) <= 1e-5, seed
@@ -104,7 +108,9 @@ def test_hidden_concept_matrix_by_hand():
     expected = np.array([[0.0, 0.0, 0.0], [0.0, 0.9, 0.3], [0.0, 0.3, 0.8]])
     np.testing.assert_allclose(hidden_concept_matrix(similarity, jnp.ones(3, bool)), expected)
     # Stock 2 padded: stock 1 may not pick it and falls back to itself; nothing is linked.
-    np.testing.assert_allclose(hidden_concept_matrix(similarity, jnp.array([True, True, False])), 0.0)
+    np.testing.assert_allclose(
+        hidden_concept_matrix(similarity, jnp.array([True, True, False])), 0.0
+    )
     # Gradient flows through the picked values and the diagonal, not through the argmax.
     grad = jax.grad(lambda s: jnp.sum(hidden_concept_matrix(s, jnp.ones(3, bool))))(similarity)
     np.testing.assert_allclose(grad, [[0.0, 0.0, 0.0], [0.0, 1.0, 1.0], [0.0, 1.0, 1.0]])
@@ -114,9 +120,14 @@ def test_param_count_matches_qlib_reference():
     module = HISTModel(d_feat=6, hidden_size=64, num_layers=2, base_model="LSTM")
     shapes = init_shapes(module, jnp.zeros((3, 360)), jnp.zeros((3, 5)))
     assert param_count(shapes["params"]) == 93_572  # §9
-    assert {"fc_es_middle", "fc_is_middle", "fc_indi_fore", "fc_out_es", "fc_out_is", "fc_out_indi"} <= set(
-        shapes["params"]
-    )
+    assert {
+        "fc_es_middle",
+        "fc_is_middle",
+        "fc_indi_fore",
+        "fc_out_es",
+        "fc_out_is",
+        "fc_out_indi",
+    } <= set(shapes["params"])
 
 
 @pytest.mark.parity

@@ -91,7 +91,9 @@ def sgd_step_in_jax(module, variables, x, y, x_eval, lr):
     """The same step with qjax's module: ``(out, grads, state after the step, eval output)``."""
 
     def loss(params):
-        out, updates = module.apply({**variables, "params": params}, x, train=True, mutable=["batch_stats"])
+        out, updates = module.apply(
+            {**variables, "params": params}, x, train=True, mutable=["batch_stats"]
+        )
         return jnp.mean((out - y) ** 2), (out, updates)
 
     (_, (out, updates)), grads = jax.value_and_grad(loss, has_aux=True)(variables["params"])
@@ -144,8 +146,10 @@ def test_train_step_matches_qlib_including_running_stats(torch, act, seed):
     assert ours[0].dtype == np.float32
     for got, reference, want in ((ours[0], theirs[0], truth[0]), (ours[3], theirs[3], truth[3])):
         assert rel_err(got, want) <= float32_bound(rel_err(reference, want))
-    for got, reference, want, floor in ((ours[1], theirs[1], truth[1], BN_BIAS_GRAD_FLOOR),
-                                        (ours[2], theirs[2], truth[2], 1e-3)):
+    for got, reference, want, floor in (
+        (ours[1], theirs[1], truth[1], BN_BIAS_GRAD_FLOOR),
+        (ours[2], theirs[2], truth[2], 1e-3),
+    ):
         bound = float32_bound(max(tree_errors(reference, want, floor).values()))
         assert_trees_close(got, want, bound, floor_fraction=floor)
 
@@ -157,8 +161,10 @@ def test_init_distribution_matches_qlib(torch):
     ours = variables["params"]
     theirs = {name: p.detach().numpy() for name, p in net.named_parameters()}
     # kaiming_normal(a=0.1) weights: same spread (tolerance ~ sampling error of the std).
-    for our, their, tol in [(ours["fc_0"]["kernel"], theirs["dnn_layers.1.0.weight"], 0.03),
-                            (ours["fc_out"]["kernel"], theirs["dnn_layers.3.weight"], 0.25)]:
+    for our, their, tol in [
+        (ours["fc_0"]["kernel"], theirs["dnn_layers.1.0.weight"], 0.03),
+        (ours["fc_out"]["kernel"], theirs["dnn_layers.3.weight"], 0.25),
+    ]:
         assert np.std(our) == pytest.approx(np.std(their), rel=tol)
         assert abs(float(np.mean(our))) < 0.2 * np.std(their)
     # Biases keep torch's default U(+-1/sqrt(fan_in)).
@@ -175,9 +181,14 @@ def test_dropout_needs_training_and_an_rng(seed):
     module = Net(input_dim=8, layers=(4,))
     x = np.random.default_rng(seed + 5).standard_normal((6, 8)).astype(np.float32)
     variables = module.init(jax.random.PRNGKey(0), x)
+
     def train_forward(seed):
         out, _ = module.apply(
-            variables, x, train=True, mutable=["batch_stats"], rngs={"dropout": jax.random.PRNGKey(seed)}
+            variables,
+            x,
+            train=True,
+            mutable=["batch_stats"],
+            rngs={"dropout": jax.random.PRNGKey(seed)},
         )
         return out
 
@@ -195,8 +206,13 @@ def test_bad_inputs_and_kwargs_are_rejected():
         Net(input_dim=8, act="ReLU").init(jax.random.PRNGKey(0), np.zeros((3, 8), np.float32))
     variables = module.init(jax.random.PRNGKey(0), np.zeros((3, 8), np.float32))
     with pytest.raises(ValueError, match="at least 2 rows"):
-        module.apply(variables, np.zeros((1, 8), np.float32), train=True, mutable=["batch_stats"],
-                     rngs={"dropout": jax.random.PRNGKey(0)})
+        module.apply(
+            variables,
+            np.zeros((1, 8), np.float32),
+            train=True,
+            mutable=["batch_stats"],
+            rngs={"dropout": jax.random.PRNGKey(0)},
+        )
 
 
 @pytest.mark.parity

@@ -51,14 +51,18 @@ def toy():
 def dataset(seed):
     rng = np.random.default_rng(seed)
     dates = pd.bdate_range("2020-01-01", periods=60)
-    index = pd.MultiIndex.from_product([dates, [f"S{i}" for i in range(20)]],
-                                       names=["datetime", "instrument"])
+    index = pd.MultiIndex.from_product(
+        [dates, [f"S{i}" for i in range(20)]], names=["datetime", "instrument"]
+    )
     x = rng.standard_normal((len(index), 4)).astype(np.float32)
     y = x @ np.array([0.5, -1.0, 0.25, 0.0], np.float32) + 0.1 * rng.standard_normal(len(index))
     columns = pd.MultiIndex.from_tuples([("feature", f"f{i}") for i in range(4)] + [("label", "y")])
     frame = pd.DataFrame(np.column_stack([x, y]), index=index, columns=columns)
-    segments = {"train": ("2020-01-01", "2020-02-21"), "valid": ("2020-02-24", "2020-03-06"),
-                "test": ("2020-03-09", "2020-03-24")}
+    segments = {
+        "train": ("2020-01-01", "2020-02-21"),
+        "valid": ("2020-02-24", "2020-03-06"),
+        "test": ("2020-03-09", "2020-03-24"),
+    }
     return Dataset(DataHandler(frame), segments)
 
 
@@ -91,8 +95,21 @@ def test_every_home_entry_is_consistent():
         assert entry.name == name
         assert issubclass(entry.network, nn.Module), name
     # Every Qlib wrapper spec has its network; the converters cover every zoo network.
-    assert set(wrappers()) == {"mlp", "lstm", "gru", "alstm", "transformer", "localformer", "gats",
-                               "tabnet", "krnn", "sfm", "hist", "tcn", "general"}
+    assert set(wrappers()) == {
+        "mlp",
+        "lstm",
+        "gru",
+        "alstm",
+        "transformer",
+        "localformer",
+        "gats",
+        "tabnet",
+        "krnn",
+        "sfm",
+        "hist",
+        "tcn",
+        "general",
+    }
     convertible = {name for name, entry in table.items() if entry.convert is not None}
     assert convertible == set(wrappers()) - {"general"} | {"tabnet_encoder", "tabnet_decoder"}
 

@@ -37,7 +37,9 @@ def test_matches_qlib_forward_gradients_and_param_count(
 ):
     torch.manual_seed(seed)
     net = getattr(require(qlib_module), cls)(d_feat=d_feat, hidden_size=64, num_layers=2)
-    module, variables = from_qlib(name, numpy_state(net), d_feat=d_feat, hidden_size=64, num_layers=2)
+    module, variables = from_qlib(
+        name, numpy_state(net), d_feat=d_feat, hidden_size=64, num_layers=2
+    )
     assert isinstance(module, get(name))
     kwargs = dict(d_feat=d_feat, hidden_size=64, num_layers=2)
     assert_matches_qlib(torch, net, name, module, variables, shape, kwargs, seed=seed + 1)
@@ -47,7 +49,10 @@ def test_matches_qlib_forward_gradients_and_param_count(
 @pytest.mark.parity
 @pytest.mark.parametrize(
     "name,qlib_module,cls",
-    [("lstm", "qlib.contrib.model.pytorch_lstm", "LSTMModel"), ("gru", "qlib.contrib.model.pytorch_gru", "GRUModel")],
+    [
+        ("lstm", "qlib.contrib.model.pytorch_lstm", "LSTMModel"),
+        ("gru", "qlib.contrib.model.pytorch_gru", "GRUModel"),
+    ],
 )
 def test_small_nondefault_config_matches_qlib(torch, name, qlib_module, cls, seed):
     kwargs = dict(d_feat=3, hidden_size=8, num_layers=3, dropout=0.3)  # dropout is inactive in eval
@@ -63,10 +68,14 @@ def test_small_nondefault_config_matches_qlib(torch, name, qlib_module, cls, see
 @pytest.mark.parametrize("name", ["lstm", "gru"])
 def test_flat_and_window_inputs_agree_and_batch_of_one_keeps_its_axis(name, seed):
     module = get(name)(d_feat=4, hidden_size=8, num_layers=2)
-    window = np.random.default_rng(seed + 4).standard_normal((5, 7, 4)).astype(np.float32)  # [N, T, F]
+    window = (
+        np.random.default_rng(seed + 4).standard_normal((5, 7, 4)).astype(np.float32)
+    )  # [N, T, F]
     flat = window.transpose(0, 2, 1).reshape(5, 28)  # Alpha360-style feature-major rows
     variables = module.init(jax.random.PRNGKey(0), window)
-    np.testing.assert_allclose(module.apply(variables, flat), module.apply(variables, window), rtol=1e-6)
+    np.testing.assert_allclose(
+        module.apply(variables, flat), module.apply(variables, window), rtol=1e-6
+    )
     assert module.apply(variables, window[:1]).shape == (1,)  # Qlib's squeeze would give 0-d
 
 
@@ -84,7 +93,8 @@ def test_dropout_between_layers_only_in_training(name, seed):
     np.testing.assert_allclose(  # torch drops only between layers: none with one layer
         single_layer.apply(v1, x, train=True, rngs={"dropout": jax.random.PRNGKey(1)}),
         single_layer.apply(v1, x),
-        rtol=1e-6, atol=1e-7,  # training and inference use different gate layouts (rounding)
+        rtol=1e-6,
+        atol=1e-7,  # training and inference use different gate layouts (rounding)
     )
 
 
@@ -99,7 +109,9 @@ def test_per_gate_and_fused_layouts_agree_in_value_and_gradient(cell, seed):
     def loss(module):
         return lambda v, x: jnp.sum(jnp.sin(module.apply(v, x)))
 
-    np.testing.assert_allclose(split.apply(variables, x), fused.apply(variables, x), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        split.apply(variables, x), fused.apply(variables, x), rtol=1e-5, atol=1e-6
+    )
     g_fused = jax.grad(loss(fused), argnums=(0, 1))(variables, x)
     g_split = jax.grad(loss(split), argnums=(0, 1))(variables, x)
     for a, b in zip(jax.tree.leaves(g_split), jax.tree.leaves(g_fused)):

@@ -6,8 +6,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from conftest import require
+
 from qjax.interop.qlib import from_qlib
 from qjax.models import get
 from qjax.models.sfm import SFM_Model
@@ -33,8 +33,17 @@ def test_matches_qlib_forward_and_gradients(torch, qlib_sfm, seed):
     module, variables = from_qlib("sfm", net.state_dict(), **kwargs)
     assert isinstance(module, get("sfm"))
     # Qlib's forward casts its amplitudes to float32 (``.float()``), so it has no float64 run.
-    assert_matches_qlib(torch, net, "sfm", module, variables, (16, 6 * 15), kwargs, seed=seed + 1,
-                        qlib_runs_in_float64=False)
+    assert_matches_qlib(
+        torch,
+        net,
+        "sfm",
+        module,
+        variables,
+        (16, 6 * 15),
+        kwargs,
+        seed=seed + 1,
+        qlib_runs_in_float64=False,
+    )
 
 
 @pytest.mark.parity
@@ -70,7 +79,9 @@ def test_init_follows_qlib():
 
 
 def test_dropout_arguments_are_ignored_and_layouts_agree(seed):
-    x_window = np.random.default_rng(seed + 4).standard_normal((5, 7, 3)).astype(np.float32)  # [N, T, F]
+    x_window = (
+        np.random.default_rng(seed + 4).standard_normal((5, 7, 3)).astype(np.float32)
+    )  # [N, T, F]
     x_flat = x_window.transpose(0, 2, 1).reshape(5, 21)  # Alpha360-style feature-major rows
     plain = SFM_Model(d_feat=3, freq_dim=4, hidden_size=8)
     variables = plain.init(jax.random.PRNGKey(0), x_flat)

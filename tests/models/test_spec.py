@@ -40,13 +40,24 @@ from qjax.train.config import Batching, Plateau
 from qjax.train.losses import is_supervised
 from tests.models.parity import random_rnn_state_dict
 
-BASE = {"n_epochs": 3, "lr": 1e-3, "early_stop": 2, "optimizer": "adam", "metric": "", "seed": None,
-        "loss": "mse", "eval_protocol": "exact", "eval_train": False, "eval_batch_size": None}
+BASE = {
+    "n_epochs": 3,
+    "lr": 1e-3,
+    "early_stop": 2,
+    "optimizer": "adam",
+    "metric": "",
+    "seed": None,
+    "loss": "mse",
+    "eval_protocol": "exact",
+    "eval_train": False,
+    "eval_batch_size": None,
+}
 
 
 def _index(days: int, stocks: list[str]) -> pd.MultiIndex:
-    return pd.MultiIndex.from_product([pd.bdate_range("2021-01-04", periods=days), stocks],
-                                      names=["datetime", "instrument"])
+    return pd.MultiIndex.from_product(
+        [pd.bdate_range("2021-01-04", periods=days), stocks], names=["datetime", "instrument"]
+    )
 
 
 def _samples(seed, days=3, stocks=("A", "B"), width=4):
@@ -69,8 +80,12 @@ def test_daily_batches_is_the_one_place_that_makes_a_model_daily():
     fields = DailyBatches().train_fields(BASE, epoch_loop_train(BASE))
     assert TrainConfig(**fields).batching is Batching.DAILY
     assert TrainConfig(**epoch_loop_train(BASE)).batching is Batching.SHUFFLE
-    assert GATS.train_config_fields({**GATS.resolve({}, False), "daily_batch": "true_daily"})[
-        "batching"] == "daily"
+    assert (
+        GATS.train_config_fields({**GATS.resolve({}, False), "daily_batch": "true_daily"})[
+            "batching"
+        ]
+        == "daily"
+    )
 
 
 def test_lr_plateau_sets_the_schedule_and_general_uses_qlibs():
@@ -135,14 +150,16 @@ def test_pretrained_base_copies_a_saved_qlib_gru(torch, tmp_path, seed):
 def test_concept_inputs_give_each_sample_its_stocks_row(seed):
     samples, index = _samples(seed, days=2, stocks=("A", "B"))
     table = pd.DataFrame([[1.0, 0.0], [0.0, 1.0]], index=["A", "B"])
-    out = ConceptInputs().samples({"stock2concept": table, "stock_index": None}, "test", samples,
-                                  index)
+    out = ConceptInputs().samples(
+        {"stock2concept": table, "stock_index": None}, "test", samples, index
+    )
     batch = out.batch(jnp.arange(4))
     np.testing.assert_array_equal(batch.inputs["concept_matrix"], [[1, 0], [0, 1], [1, 0], [0, 1]])
     np.testing.assert_array_equal(batch.x, samples.batch(jnp.arange(4)).x)
     with pytest.raises(ValueError, match="HIST needs stock2concept"):
-        ConceptInputs().samples({"stock2concept": None, "stock_index": None}, "test", samples,
-                                index)
+        ConceptInputs().samples(
+            {"stock2concept": None, "stock_index": None}, "test", samples, index
+        )
 
 
 def test_tabnet_flat_inputs_check_width_and_fill_nan():
@@ -172,8 +189,9 @@ def test_tabnet_pretraining_stage_keeps_the_pretrainers_names_and_feeds_the_enco
     with pytest.raises(KeyError, match="pretrain=True needs the dataset segments"):
         Pretraining().pretrain({"pretrain": True}, no_segments, None, False)
 
-    module = TabNetFinetune(inp_dim=4, out_dim=4, n_d=4, n_a=4, n_steps=1, n_shared=1, n_ind=1,
-                            vbs=8)
+    module = TabNetFinetune(
+        inp_dim=4, out_dim=4, n_d=4, n_a=4, n_steps=1, n_shared=1, n_ind=1, vbs=8
+    )
     stage = PretrainStage(module.pretrainer())
     shapes = jax.eval_shape(stage.init, jax.random.PRNGKey(seed), jnp.ones((8, 4)))
     # nn.share_scope: the encoder's variables are named as in the fine-tuning model's "model"
@@ -181,7 +199,8 @@ def test_tabnet_pretraining_stage_keeps_the_pretrainers_names_and_feeds_the_enco
     assert set(shapes["params"]) == {"encoder", "decoder"}
     fine = module.init(jax.random.PRNGKey(seed), jnp.ones((8, 4)))
     assert jax.tree.structure(shapes["params"]["encoder"]) == jax.tree.structure(
-        fine["params"]["model"])
+        fine["params"]["model"]
+    )
     encoder = {"params": {"marker": 1}}
     started = with_encoder(fine, encoder)
     assert started["params"]["model"] == {"marker": 1}
@@ -199,8 +218,9 @@ def test_a_spec_folds_its_adapters_in_order_and_refuses_two_objectives():
         def loss_fn(self, kw):
             return self.tag
 
-    spec = ModelSpec("test", {}, lambda kw, is_ts: {}, train_fields=lambda kw: {},
-                     adapters=(Tag("a"), Tag("b")))
+    spec = ModelSpec(
+        "test", {}, lambda kw, is_ts: {}, train_fields=lambda kw: {}, adapters=(Tag("a"), Tag("b"))
+    )
     assert spec.train_config_fields({})["tags"] == ("a", "b")
     with pytest.raises(ValueError, match="two adapters both set loss_fn"):
         spec.loss_fn({})

@@ -10,8 +10,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from conftest import require
+
 from qjax.interop.qlib import from_qlib
 from qjax.models import get
 from qjax.models.tabnet.network import (
@@ -75,11 +75,16 @@ def jax_loss_and_grads(module, variables, x, y, train):
     def loss_and_grads(variables, x, y):
         def loss(params, inputs):
             out, state = module.apply(
-                {**variables, "params": params}, inputs, train=train, mutable=["batch_stats", "losses"]
+                {**variables, "params": params},
+                inputs,
+                train=train,
+                mutable=["batch_stats", "losses"],
             )
             return jnp.mean((out - y) ** 2), (out, state)
 
-        (_, (out, state)), grads = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(variables["params"], x)
+        (_, (out, state)), grads = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(
+            variables["params"], x
+        )
         return out, state, *grads
 
     out, state, g_params, g_x = loss_and_grads(variables, x, y)
@@ -140,19 +145,30 @@ def test_finetune_model_matches_qlib(torch, qtabnet, train, n, vbs, seed):
         assert_trees_close(g_params, want_grads, 1e-6, floor_fraction=BN_BIAS_GRAD_FLOOR)
         truth_stats = from_qlib("tabnet", numpy_state(net64), **kwargs)[1]["batch_stats"]
         assert_trees_close(state["batch_stats"], truth_stats, 1e-6)
-    moved = jax.tree_util.tree_map(lambda a, b: bool(np.any(a != b)), state["batch_stats"], variables64["batch_stats"])
-    assert all(jax.tree_util.tree_leaves(moved)) == train  # every BN updates in training, none in eval
+    moved = jax.tree_util.tree_map(
+        lambda a, b: bool(np.any(a != b)), state["batch_stats"], variables64["batch_stats"]
+    )
+    assert (
+        all(jax.tree_util.tree_leaves(moved)) == train
+    )  # every BN updates in training, none in eval
 
     x32, y32 = x.astype(np.float32), y.astype(np.float32)
     t32_out, t32_gx, _ = torch_loss_and_grads(torch, net, x32, y32, train)
     out32, state32, g_x32, _ = jax_loss_and_grads(module, variables, x32, y32, train)
     assert out32.shape == (n,) and out32.dtype == np.float32
     bound = float32_bound(rel_err(t32_out, t_out))
-    assert rel_err(out32, t_out) <= bound, f"float32 output further from float64 than 10x torch's: {bound}"
+    assert rel_err(out32, t_out) <= bound, (
+        f"float32 output further from float64 than 10x torch's: {bound}"
+    )
     if not train:  # eval mode has no ghost batches: float32 gradients compare directly
         assert rel_err(g_x32, t_gx) <= float32_bound(rel_err(t32_gx, t_gx))
-    stats_bound = float32_bound(max(tree_errors(from_qlib("tabnet", numpy_state(net), **kwargs)[1]["batch_stats"],
-                                                truth_stats).values()))
+    stats_bound = float32_bound(
+        max(
+            tree_errors(
+                from_qlib("tabnet", numpy_state(net), **kwargs)[1]["batch_stats"], truth_stats
+            ).values()
+        )
+    )
     assert_trees_close(state32["batch_stats"], truth_stats, stats_bound)
 
 
@@ -177,7 +193,9 @@ def test_training_rejects_single_row_ghost_batches():
 @pytest.mark.parametrize("method", ["bisect", "sort"])
 def test_sparsemax_matches_qlib_forward_and_gradient(torch, qtabnet, method, seed):
     rng = np.random.default_rng(seed + 2)
-    x = (rng.standard_normal((64, 37)) * rng.choice([0.05, 1.0, 20.0], size=(64, 1))).astype(np.float32)
+    x = (rng.standard_normal((64, 37)) * rng.choice([0.05, 1.0, 20.0], size=(64, 1))).astype(
+        np.float32
+    )
     x[:, 5:9] = x[:, :1]  # ties with the row maximum
     x[::2, 20:30] = np.round(x[::2, 20:30], 1)  # ties anywhere
     x[3] = 0.7  # a constant row
@@ -194,7 +212,10 @@ def test_sparsemax_matches_qlib_forward_and_gradient(torch, qtabnet, method, see
 
 
 def test_sparsemax_methods_agree_and_reject_unknown():
-    x = jax.random.normal(jax.random.PRNGKey(3), (512, 158)) * jnp.array([0.01, 0.3, 3.0, 30.0]).repeat(128)[:, None]
+    x = (
+        jax.random.normal(jax.random.PRNGKey(3), (512, 158))
+        * jnp.array([0.01, 0.3, 3.0, 30.0]).repeat(128)[:, None]
+    )
     by_sort, by_bisection = sparsemax(x, "sort"), sparsemax(x, "bisect")
     np.testing.assert_array_equal(by_sort > 0, by_bisection > 0)
     assert float(jnp.max(jnp.abs(by_sort - by_bisection))) <= 1e-7
@@ -230,7 +251,9 @@ def test_pretrain_loss_matches_qlib(torch, qtabnet, seed):
 
     @functools.partial(jax.jit, static_argnames="train")
     def loss(params, batch_stats, x, s_mask, train=True):
-        return pretrain_loss(pretrainer.apply, {"params": params, "batch_stats": batch_stats}, x, s_mask, train)
+        return pretrain_loss(
+            pretrainer.apply, {"params": params, "batch_stats": batch_stats}, x, s_mask, train
+        )
 
     x_j, s_j = jnp.asarray(x.numpy()), jnp.asarray(s_mask.numpy())
     (got, new_stats), grads = jax.value_and_grad(loss, has_aux=True)(*variables.values(), x_j, s_j)
@@ -271,7 +294,9 @@ def torch_paper_forward(torch, qtabnet, net, x, relax):
     out = torch.zeros(x.shape[0], net.n_d)
     entropy = 0.0
     for step in net.steps:
-        mask = qtabnet.SparsemaxFunction.apply(step.atten_tran.bn(step.atten_tran.fc(attention_input)) * priors)
+        mask = qtabnet.SparsemaxFunction.apply(
+            step.atten_tran.bn(step.atten_tran.fc(attention_input)) * priors
+        )
         x_te = step.fea_tran(h * mask)
         out = out + torch.relu(x_te[:, : net.n_d])
         attention_input = x_te[:, net.n_d :]
@@ -287,7 +312,9 @@ def test_paper_switch_honours_dims_updates_priors_and_returns_sparsity_loss(torc
     encoder = qtabnet.TabNet(inp_dim=INP, out_dim=OUT, relax=1.3, vbs=16, **dims)
     net = qtabnet.FinetuneModel(OUT, 1, encoder).eval()
     randomise_batch_norms(torch, net)
-    module, variables = from_qlib("tabnet", numpy_state(net), **finetune_kwargs(16), **dims, paper=True)
+    module, variables = from_qlib(
+        "tabnet", numpy_state(net), **finetune_kwargs(16), **dims, paper=True
+    )
     x = np.random.default_rng(seed + 7).standard_normal((20, INP)).astype(np.float32)
     with torch.no_grad():
         vec, want_sparse = torch_paper_forward(torch, qtabnet, encoder, torch.tensor(x), relax=1.3)
@@ -297,7 +324,9 @@ def test_paper_switch_honours_dims_updates_priors_and_returns_sparsity_loss(torc
     assert rel_err(state["losses"]["sparse_loss"], want_sparse.item()) <= 1e-5
     assert module.frozen_param_names() == ()
 
-    qlib_mode = TabNetFinetune(**{**finetune_kwargs(16), **dims})  # the bugs: relax ignored, dims ignored
+    qlib_mode = TabNetFinetune(
+        **{**finetune_kwargs(16), **dims}
+    )  # the bugs: relax ignored, dims ignored
     assert qlib_mode.frozen_param_names() == ("fc",)
     with pytest.raises(ValueError, match="needs paper=True"):
         from_qlib("tabnet", numpy_state(net), **finetune_kwargs(16), **dims)
@@ -318,9 +347,15 @@ def test_qlib_mode_ignores_relax_and_encoder_dims_but_the_decoder_uses_them():
         assert np.allclose(*outputs) == same
     decoder = module.decoder()
     assert (decoder.inp_dim, decoder.out_dim, decoder.n_steps) == (OUT, INP, 3)
-    pretrain_shapes = jax.eval_shape(module.pretrainer().init, jax.random.PRNGKey(0), x, jnp.zeros_like(x))
-    same_layout = jax.tree_util.tree_map(lambda a, b: a.shape == b.shape, pretrain_shapes["params"]["encoder"], encoder)
-    assert all(jax.tree_util.tree_leaves(same_layout))  # pretrained encoder drops into params["model"]
+    pretrain_shapes = jax.eval_shape(
+        module.pretrainer().init, jax.random.PRNGKey(0), x, jnp.zeros_like(x)
+    )
+    same_layout = jax.tree_util.tree_map(
+        lambda a, b: a.shape == b.shape, pretrain_shapes["params"]["encoder"], encoder
+    )
+    assert all(
+        jax.tree_util.tree_leaves(same_layout)
+    )  # pretrained encoder drops into params["model"]
 
 
 @pytest.mark.parity

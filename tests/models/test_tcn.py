@@ -6,8 +6,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from conftest import require
+
 from qjax.interop.qlib import from_qlib
 from qjax.models import get
 from qjax.models.tcn import TCNModel
@@ -27,7 +27,9 @@ SMALL = dict(output_size=1, num_channels=[8, 8, 12], kernel_size=3, dropout=0.0)
 
 
 @pytest.mark.parity
-@pytest.mark.parametrize("qlib_module", ["qlib.contrib.model.pytorch_tcn", "qlib.contrib.model.pytorch_tcn_ts"])
+@pytest.mark.parametrize(
+    "qlib_module", ["qlib.contrib.model.pytorch_tcn", "qlib.contrib.model.pytorch_tcn_ts"]
+)
 def test_matches_qlib_forward_and_gradients(torch, qlib_module, seed):
     torch.manual_seed(seed)
     net = require(qlib_module).TCNModel(num_input=6, **SMALL).eval()
@@ -44,9 +46,18 @@ def test_matches_qlib_forward_and_gradients(torch, qlib_module, seed):
     y = rng.standard_normal(16).astype(np.float32)
 
     assert_matches_qlib_on(
-        torch, net, "tcn", module, variables, x_jax, y, converter_kwargs=dict(num_input=6, **SMALL),
+        torch,
+        net,
+        "tcn",
+        module,
+        variables,
+        x_jax,
+        y,
+        converter_kwargs=dict(num_input=6, **SMALL),
         torch_x=np.ascontiguousarray(x_torch),
-        grad_x_as_torch=(lambda g: np.swapaxes(g, 1, 2)) if qlib_module.endswith("_ts") else (lambda g: g),
+        grad_x_as_torch=(lambda g: np.swapaxes(g, 1, 2))
+        if qlib_module.endswith("_ts")
+        else (lambda g: g),
     )
 
 
@@ -62,8 +73,12 @@ def test_param_count_matches_qlib_reference(num_input, channels, kernel_size, ex
 
 @pytest.mark.parity
 @pytest.mark.parametrize("num_input,channels,kernel_size,expected", COUNT_CASES)
-def test_torch_param_count_matches_qlib_reference(torch, num_input, channels, kernel_size, expected):
-    net = require("qlib.contrib.model.pytorch_tcn").TCNModel(num_input, 1, [channels] * 5, kernel_size, 0.5)
+def test_torch_param_count_matches_qlib_reference(
+    torch, num_input, channels, kernel_size, expected
+):
+    net = require("qlib.contrib.model.pytorch_tcn").TCNModel(
+        num_input, 1, [channels] * 5, kernel_size, 0.5
+    )
     assert torch_param_count(net) == expected
 
 
@@ -71,7 +86,9 @@ def test_effective_init_is_default_conv_init_under_weight_norm():
     module = TCNModel(num_input=16, output_size=1, num_channels=[32], kernel_size=5, dropout=0.0)
     params = module.init(jax.random.PRNGKey(0), jnp.zeros((2, 10, 16)))["params"]["network_0"]
     v = np.asarray(params["conv1"]["weight_v"])  # [k, in, out]
-    np.testing.assert_allclose(params["conv1"]["weight_g"], np.sqrt((v**2).sum(axis=(0, 1))), rtol=1e-6)
+    np.testing.assert_allclose(
+        params["conv1"]["weight_g"], np.sqrt((v**2).sum(axis=(0, 1))), rtol=1e-6
+    )
     bound = 1 / np.sqrt(16 * 5)  # torch Conv1d default, not Qlib's no-op N(0, 0.01)
     assert 0.9 * bound < np.abs(v).max() <= bound
     downsample = np.asarray(params["downsample"]["kernel"])  # not weight-normed: N(0, 0.01) applies
@@ -83,7 +100,9 @@ def test_window_and_flat_inputs_agree_and_output_size(seed):
     window = np.random.default_rng(seed + 2).standard_normal((5, 9, 3)).astype(np.float32)
     variables = module.init(jax.random.PRNGKey(0), window)
     flat = window.transpose(0, 2, 1).reshape(5, 27)
-    np.testing.assert_allclose(module.apply(variables, flat), module.apply(variables, window), rtol=1e-6)
+    np.testing.assert_allclose(
+        module.apply(variables, flat), module.apply(variables, window), rtol=1e-6
+    )
     wide = TCNModel(num_input=3, output_size=2, num_channels=[4], kernel_size=2, dropout=0.0)
     assert wide.apply(wide.init(jax.random.PRNGKey(0), window), window).shape == (5, 2)
     hash(TCNModel(3, 1, [4, 4], 2, 0.0))  # list from a config is stored as a tuple

@@ -6,8 +6,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from conftest import require
+
 from qjax.interop.qlib import from_qlib
 from qjax.models import get
 from qjax.models.transformer import positional_encoding
@@ -46,7 +46,11 @@ def test_matches_qlib_forward_and_gradients(torch, name, qlib_module, d_feat, sh
     # One position table for both sides: numpy's and torch's float32 sines differ by up to 1e-6
     # (compared on their own below), which would be the whole float64 gap.
     with torch.no_grad():
-        net.pos_encoder.pe.copy_(torch.from_numpy(positional_encoding(len(net.pos_encoder.pe), SMALL["d_model"]))[:, None])
+        net.pos_encoder.pe.copy_(
+            torch.from_numpy(positional_encoding(len(net.pos_encoder.pe), SMALL["d_model"]))[
+                :, None
+            ]
+        )
     module, variables = from_qlib(name, net.state_dict(), d_feat=d_feat, **SMALL)
     assert isinstance(module, get(name))
 
@@ -60,11 +64,20 @@ def test_matches_qlib_forward_and_gradients(torch, name, qlib_module, d_feat, sh
     assert rel_err(got, want) <= 1e-5
 
     got_grads, want_grads = assert_matches_qlib_on(
-        torch, net, name, module, variables, x, y, converter_kwargs=dict(d_feat=d_feat, **SMALL))
-    template = [path for path, _ in jax.tree_util.tree_leaves_with_path(want_grads) if "encoder_layer" in str(path)]
+        torch, net, name, module, variables, x, y, converter_kwargs=dict(d_feat=d_feat, **SMALL)
+    )
+    template = [
+        path
+        for path, _ in jax.tree_util.tree_leaves_with_path(want_grads)
+        if "encoder_layer" in str(path)
+    ]
     assert template  # Qlib's unused template layer: no gradient on either side
     for tree in (got_grads, want_grads):
-        assert not any(np.any(leaf) for path, leaf in jax.tree_util.tree_leaves_with_path(tree) if path in template)
+        assert not any(
+            np.any(leaf)
+            for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
+            if path in template
+        )
 
 
 @pytest.mark.parity
@@ -109,10 +122,16 @@ def test_copies_start_identical_like_torch_deepcopy(initialised):
             jax.tree_util.tree_map(np.testing.assert_array_equal, group[0], other)
     layer = layers[0]  # ...but the tensors inside one layer are independent draws
     assert not np.allclose(layer["linear1"]["kernel"][:8, :8], layer["linear2"]["kernel"][:8, :8])
-    assert not np.any(layer["self_attn"]["in_proj_bias"]) and not np.any(layer["self_attn"]["out_proj"]["bias"])
+    assert not np.any(layer["self_attn"]["in_proj_bias"]) and not np.any(
+        layer["self_attn"]["out_proj"]["bias"]
+    )
     # torch's init ranges: xavier-uniform in_proj [8, 24], U(+-1/sqrt(fan_in)) Linears and Conv1d
-    bounds = {("self_attn", "in_proj_kernel"): (6 / 32) ** 0.5, ("linear1", "kernel"): 8**-0.5,
-              ("linear1", "bias"): 8**-0.5, ("linear2", "kernel"): 2048**-0.5}
+    bounds = {
+        ("self_attn", "in_proj_kernel"): (6 / 32) ** 0.5,
+        ("linear1", "kernel"): 8**-0.5,
+        ("linear1", "bias"): 8**-0.5,
+        ("linear2", "kernel"): 2048**-0.5,
+    }
     if name == "localformer":
         layer = {**layer, "conv": encoder["conv_0"]}
         bounds[("conv", "kernel")] = 24**-0.5
@@ -124,7 +143,9 @@ def test_copies_start_identical_like_torch_deepcopy(initialised):
 def test_flat_and_window_inputs_agree(initialised):
     _, module, variables, window = initialised
     flat = window.transpose(0, 2, 1).reshape(len(window), -1)  # Alpha360-style feature-major rows
-    np.testing.assert_allclose(module.apply(variables, flat), module.apply(variables, window), rtol=1e-6)
+    np.testing.assert_allclose(
+        module.apply(variables, flat), module.apply(variables, window), rtol=1e-6
+    )
 
 
 def test_dropout_only_in_training(initialised):
@@ -135,13 +156,19 @@ def test_dropout_only_in_training(initialised):
     assert not np.allclose(train_a, eval_out) and not np.allclose(train_a, train_b)
     no_dropout = get(name)(**{**SMALL_INIT, "dropout": 0.0})
     # Localformer's GRU head runs a different gate layout in training: equal up to rounding.
-    np.testing.assert_allclose(no_dropout.apply(variables, x, train=True), no_dropout.apply(variables, x),
-                               rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(
+        no_dropout.apply(variables, x, train=True),
+        no_dropout.apply(variables, x),
+        rtol=1e-6,
+        atol=1e-7,
+    )
 
 
 @pytest.mark.parity
 def test_positional_encoding_equals_qlib_buffer(torch):
-    pe = require("qlib.contrib.model.pytorch_transformer").PositionalEncoding(16).pe[:, 0, :].numpy()
+    pe = (
+        require("qlib.contrib.model.pytorch_transformer").PositionalEncoding(16).pe[:, 0, :].numpy()
+    )
     np.testing.assert_allclose(positional_encoding(1000, 16), pe, rtol=0, atol=2e-6)
 
 
@@ -173,4 +200,8 @@ def test_converter_rejects_kwargs_that_do_not_fit_the_state_dict(torch):
     with pytest.raises(ValueError, match="does not use"):
         from_qlib("localformer", state, **{**kwargs, "num_layers": 1})
     with pytest.raises(KeyError, match="conv"):
-        from_qlib("localformer", require(QLIB_MODULE["transformer"]).Transformer(**kwargs).state_dict(), **kwargs)
+        from_qlib(
+            "localformer",
+            require(QLIB_MODULE["transformer"]).Transformer(**kwargs).state_dict(),
+            **kwargs,
+        )

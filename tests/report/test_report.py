@@ -13,13 +13,20 @@ from scipy import stats
 from qjax.report import analysis, curves, load_run, signal, write_report
 from tests.report.synthetic_run import write_synthetic_run
 
-FIGURES = ["learning_curves.png", "ic_daily.png", "ic_distribution.png", "group_returns.png",
-           "long_short.png", "backtest.png"]
+FIGURES = [
+    "learning_curves.png",
+    "ic_daily.png",
+    "ic_distribution.png",
+    "group_returns.png",
+    "long_short.png",
+    "backtest.png",
+]
 
 
 def _index(days, names):
-    return pd.MultiIndex.from_product([pd.to_datetime(days), names],
-                                      names=["datetime", "instrument"])
+    return pd.MultiIndex.from_product(
+        [pd.to_datetime(days), names], names=["datetime", "instrument"]
+    )
 
 
 def test_quantile_groups_follow_qlib_slicing():
@@ -27,34 +34,42 @@ def test_quantile_groups_follow_qlib_slicing():
     # left out (Qlib's x[len//N*i : len//N*(i+1)]). Day 2 has a NaN score, dropped first.
     index = _index(["2021-01-04", "2021-01-05"], list("ABCDEFG"))
     score = pd.Series([7, 6, 5, 4, 3, 2, 1, 1, 2, np.nan, 4, 5, 6, 7], index=index, dtype=float)
-    label = pd.Series([.07, .06, .05, .04, .03, .02, .01,
-                       .10, .20, .30, .40, .50, .60, .70], index=index)
+    label = pd.Series(
+        [0.07, 0.06, 0.05, 0.04, 0.03, 0.02, 0.01, 0.10, 0.20, 0.30, 0.40, 0.50, 0.60, 0.70],
+        index=index,
+    )
     got = analysis.group_returns(score, label, n_groups=3)
     # day 1 order A..G: groups {A,B} {C,D} {E,F}; G left out.
     # day 2 scored G,F,E,D,B,A (C has no score): 6 // 3 = 2: {G,F} {E,D} {B,A}.
-    expected = pd.DataFrame({"Group1": [.065, .65], "Group2": [.045, .45], "Group3": [.025, .15]},
-                            index=pd.to_datetime(["2021-01-04", "2021-01-05"]))
-    day_mean = [np.mean([.07, .06, .05, .04, .03, .02, .01]), np.mean([.1, .2, .3, .4, .5, .6, .7])]
+    expected = pd.DataFrame(
+        {"Group1": [0.065, 0.65], "Group2": [0.045, 0.45], "Group3": [0.025, 0.15]},
+        index=pd.to_datetime(["2021-01-04", "2021-01-05"]),
+    )
+    day_mean = [
+        np.mean([0.07, 0.06, 0.05, 0.04, 0.03, 0.02, 0.01]),
+        np.mean([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7]),
+    ]
     expected["long-short"] = expected["Group1"] - expected["Group3"]
     expected["long-average"] = expected["Group1"] - day_mean
-    pd.testing.assert_frame_equal(got, expected, check_names=False, check_freq=False,
-                                  rtol=1e-12, atol=1e-15)
+    pd.testing.assert_frame_equal(
+        got, expected, check_names=False, check_freq=False, rtol=1e-12, atol=1e-15
+    )
 
 
 def test_daily_ic_autocorr_and_monthly_mean_match_scipy(seed):
     rng = np.random.default_rng(seed)
     days = pd.bdate_range("2021-01-28", periods=6)
     index = _index(days, [f"S{i}" for i in range(9)])
-    scores = pd.DataFrame({"seed_0": rng.normal(size=len(index)),
-                           "seed_1": rng.normal(size=len(index))}, index=index)
+    scores = pd.DataFrame(
+        {"seed_0": rng.normal(size=len(index)), "seed_1": rng.normal(size=len(index))}, index=index
+    )
     label = pd.Series(rng.normal(size=len(index)), index=index)
     ic, rank_ic = analysis.daily_ic(scores, label)
     for col in scores:
         for day in days:
             s, y = scores[col].xs(day, level="datetime"), label.xs(day, level="datetime")
             assert ic.loc[day, col] == pytest.approx(stats.pearsonr(s, y)[0], abs=1e-12), seed
-            assert rank_ic.loc[day, col] == pytest.approx(stats.spearmanr(s, y)[0],
-                                                          abs=1e-12), seed
+            assert rank_ic.loc[day, col] == pytest.approx(stats.spearmanr(s, y)[0], abs=1e-12), seed
     month = analysis.monthly_mean(ic["seed_0"])
     january = ic["seed_0"][ic.index.month == 1].mean()
     assert list(month.index) == [pd.Timestamp("2021-01-01"), pd.Timestamp("2021-02-01")]
@@ -71,13 +86,21 @@ def test_daily_ic_autocorr_and_monthly_mean_match_scipy(seed):
 
 def test_portfolio_curves_sum_returns_and_measure_drawdown_from_the_peak():
     days = pd.bdate_range("2021-03-01", periods=4)
-    report = pd.DataFrame({"return": [.01, -.02, .005, .02], "cost": [.001, 0, 0, .001],
-                           "bench": [0, .01, 0, 0], "turnover": [1, .2, .2, .3]}, index=days)
+    report = pd.DataFrame(
+        {
+            "return": [0.01, -0.02, 0.005, 0.02],
+            "cost": [0.001, 0, 0, 0.001],
+            "bench": [0, 0.01, 0, 0],
+            "turnover": [1, 0.2, 0.2, 0.3],
+        },
+        index=days,
+    )
     curves = analysis.portfolio_curves(report)
-    np.testing.assert_allclose(curves["cum_ex_return_wo_cost"], [.01, -.02, -.015, .005])
-    np.testing.assert_allclose(curves["cum_ex_return_w_cost"], [.009, -.021, -.016, .003])
-    np.testing.assert_allclose(curves["cum_ex_return_w_cost_mdd"], [0, -.03, -.025, -.006],
-                               atol=1e-15)
+    np.testing.assert_allclose(curves["cum_ex_return_wo_cost"], [0.01, -0.02, -0.015, 0.005])
+    np.testing.assert_allclose(curves["cum_ex_return_w_cost"], [0.009, -0.021, -0.016, 0.003])
+    np.testing.assert_allclose(
+        curves["cum_ex_return_w_cost_mdd"], [0, -0.03, -0.025, -0.006], atol=1e-15
+    )
     assert analysis.drawdown_span(curves["cum_ex_return_w_cost"]) == (days[0], days[1])
 
 
@@ -138,8 +161,11 @@ def test_ic_legends_describe_the_lines_they_label(seed):
     want = seed_mean.rolling(20, min_periods=5).mean().to_numpy()
     np.testing.assert_allclose(rolled, want, rtol=1e-12, err_msg=f"seed {seed}")
     cumulative = {line.get_label(): line.get_ydata() for line in bottom.get_lines()}
-    np.testing.assert_allclose(cumulative["cumulative IC: mean of 3 seeds"],
-                               sum(ic[c].cumsum() for c in ic) / 3, rtol=1e-12)
+    np.testing.assert_allclose(
+        cumulative["cumulative IC: mean of 3 seeds"],
+        sum(ic[c].cumsum() for c in ic) / 3,
+        rtol=1e-12,
+    )
     legend = [t.get_text() for t in bottom.get_legend().get_texts()]
     assert "cumulative IC: seed min–max" in legend
 
@@ -163,8 +189,12 @@ def test_learning_curves_star_each_seeds_best_valid_epoch(seed):
     valid[6:, 2] = np.nan  # the third seed stopped after six epochs
     best = [int(np.nanargmax(valid[:, s])) + 1 for s in range(3)]
     ax = curves.learning_curves({"valid": valid}, best).axes[0]
-    stars = [(x, y) for line in ax.get_lines() if line.get_marker() == "*"
-             for x, y in zip(line.get_xdata(), line.get_ydata())]
+    stars = [
+        (x, y)
+        for line in ax.get_lines()
+        if line.get_marker() == "*"
+        for x, y in zip(line.get_xdata(), line.get_ydata())
+    ]
     assert stars == [(b, np.nanmax(valid[:, s])) for s, b in enumerate(best)], seed
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
     assert labels.count("best epoch of each seed") == 1

@@ -12,13 +12,24 @@ from qjax import cli
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = [
-    "--set", "data.n_instruments=30", "--set", "data.n_days=260",
-    "--set", "handler.fit_end_time=2015-08-31",
-    "--set", "dataset.segments.train=[2015-01-05, 2015-08-31]",
-    "--set", "dataset.segments.valid=[2015-09-01, 2015-10-30]",
-    "--set", "dataset.segments.test=[2015-11-02, 2015-12-31]",
-    "--set", "model.kwargs.hidden_size=8", "--set", "model.kwargs.batch_size=512",
-    "--set", "model.kwargs.n_epochs=1",
+    "--set",
+    "data.n_instruments=30",
+    "--set",
+    "data.n_days=260",
+    "--set",
+    "handler.fit_end_time=2015-08-31",
+    "--set",
+    "dataset.segments.train=[2015-01-05, 2015-08-31]",
+    "--set",
+    "dataset.segments.valid=[2015-09-01, 2015-10-30]",
+    "--set",
+    "dataset.segments.test=[2015-11-02, 2015-12-31]",
+    "--set",
+    "model.kwargs.hidden_size=8",
+    "--set",
+    "model.kwargs.batch_size=512",
+    "--set",
+    "model.kwargs.n_epochs=1",
 ]
 
 
@@ -41,8 +52,13 @@ def test_qjax_report_rebuilds_the_report_of_a_train_run(tmp_path, capsys):
     html = page.read_text()
     names = sorted(p.name for p in (out / "report").iterdir())
     # No backtest section in this config: every figure but the backtest's.
-    assert names == ["group_returns.png", "ic_daily.png", "ic_distribution.png",
-                     "learning_curves.png", "long_short.png"]
+    assert names == [
+        "group_returns.png",
+        "ic_daily.png",
+        "ic_distribution.png",
+        "learning_curves.png",
+        "long_short.png",
+    ]
     for name in names:
         assert base64.b64encode((out / "report" / name).read_bytes()).decode() in html, name
     assert "tiny_lstm: lstm on Alpha360" in html

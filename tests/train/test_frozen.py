@@ -18,18 +18,24 @@ from qjax.train.optim import make_optimizer
 
 def _params(rng):
     return {
-        "body": {"kernel": jnp.asarray(rng.normal(size=(5, 4)), jnp.float32),
-                 "bias": jnp.asarray(rng.normal(size=4), jnp.float32)},
+        "body": {
+            "kernel": jnp.asarray(rng.normal(size=(5, 4)), jnp.float32),
+            "bias": jnp.asarray(rng.normal(size=4), jnp.float32),
+        },
         "head": {"kernel": jnp.asarray(rng.normal(size=(4, 1)), jnp.float32)},
     }
 
 
 @pytest.mark.parametrize("weight_decay, clip_value", [(0.0, 3.0), (1e-2, None)])
-def test_frozen_group_is_bitwise_unchanged_and_the_rest_follows_the_plain_chain(weight_decay, clip_value, seed):
+def test_frozen_group_is_bitwise_unchanged_and_the_rest_follows_the_plain_chain(
+    weight_decay, clip_value, seed
+):
     rng = np.random.default_rng(seed)
     params = _params(rng)
-    grads = [jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape) * 4, jnp.float32), params)
-             for _ in range(5)]
+    grads = [
+        jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape) * 4, jnp.float32), params)
+        for _ in range(5)
+    ]
     common = dict(lr=0.05, weight_decay=weight_decay, clip_value=clip_value)
     frozen_tx = make_optimizer(TrainConfig(frozen=("head",), **common))
     plain_tx = make_optimizer(TrainConfig(**common))
@@ -75,18 +81,30 @@ def test_fit_leaves_a_frozen_group_untouched(seed):
     x = rng.normal(size=(64, 3)).astype(np.float32)
     y = x @ np.array([1.0, -2.0, 0.5], np.float32)
     index = pd.MultiIndex.from_product(
-        [pd.date_range("2020-01-01", periods=8), [f"S{i}" for i in range(8)]], names=["datetime", "instrument"]
+        [pd.date_range("2020-01-01", periods=8), [f"S{i}" for i in range(8)]],
+        names=["datetime", "instrument"],
     )
     head = rng.normal(size=(8, 1)).astype(np.float32)
     body = rng.normal(size=(3, 8)).astype(np.float32)
 
     def start_from(variables):  # known starting values to compare against
         params = variables["params"]
-        return {"params": {"head": {**params["head"], "kernel": jnp.asarray(head)},
-                           "body": {**params["body"], "kernel": jnp.asarray(body)}}}
+        return {
+            "params": {
+                "head": {**params["head"], "kernel": jnp.asarray(head)},
+                "body": {**params["body"], "kernel": jnp.asarray(body)},
+            }
+        }
 
     config = TrainConfig(n_epochs=3, lr=1e-2, batch_size=16, frozen=("head",))
-    result = fit(TwoLayers(), tabular_samples(x, y, index), None, config, init_variables=start_from, verbose=False)
+    result = fit(
+        TwoLayers(),
+        tabular_samples(x, y, index),
+        None,
+        config,
+        init_variables=start_from,
+        verbose=False,
+    )
     trained = result.replica(0)["params"]
     assert np.asarray(trained["head"]["kernel"]).tobytes() == head.tobytes()
     assert not np.array_equal(trained["body"]["kernel"], body)

@@ -91,12 +91,19 @@ def test_fit_with_micro_batches_matches_whole_batches(seed):
     train, valid = panel(n_feat=20, seed=seed), panel(n_days=8, n_feat=20, seed=seed + 1)
     runs = {
         micro: fit(
-            TinyAttention(), train, valid,
+            TinyAttention(),
+            train,
+            valid,
             TrainConfig(
-                n_epochs=3, lr=0.05, optimizer="gd", batch_size=48, early_stop=5,
+                n_epochs=3,
+                lr=0.05,
+                optimizer="gd",
+                batch_size=48,
+                early_stop=5,
                 micro_batch=micro,
             ),
-            seeds=[0, 1], verbose=False,
+            seeds=[0, 1],
+            verbose=False,
         )
         for micro in ("off", 12)
     }
@@ -130,11 +137,27 @@ def test_footprint_and_auto_chunks():
 def test_micro_batch_refuses_what_it_cannot_split(seed):
     train = panel(seed=seed)
     with pytest.raises(ValueError, match="BatchNorm"):
-        fit(TinyMLP(), train, None, TrainConfig(n_epochs=1, batch_size=48, micro_batch=12),
-            verbose=False)
+        fit(
+            TinyMLP(),
+            train,
+            None,
+            TrainConfig(n_epochs=1, batch_size=48, micro_batch=12),
+            verbose=False,
+        )
     with pytest.raises(ValueError, match="must divide batch_size=48"):
-        fit(TinyGRU(), train, None, TrainConfig(n_epochs=1, batch_size=48, micro_batch=10),
-            verbose=False, devices=jax.devices()[:1])
+        fit(
+            TinyGRU(),
+            train,
+            None,
+            TrainConfig(n_epochs=1, batch_size=48, micro_batch=10),
+            verbose=False,
+            devices=jax.devices()[:1],
+        )
     with pytest.raises(ValueError, match="daily"):
-        fit(CrossSection(), train, None, TrainConfig(n_epochs=1, batching="daily", micro_batch=4),
-            verbose=False)
+        fit(
+            CrossSection(),
+            train,
+            None,
+            TrainConfig(n_epochs=1, batching="daily", micro_batch=4),
+            verbose=False,
+        )

@@ -37,20 +37,19 @@ def poison_epoch(monkeypatch, at: int, make):
     monkeypatch.setattr(engine, "_run_epoch", run)
 
 
-def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch,
-                                                                      data):
+def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, data):
     directory = tmp_path / "ckpt"
     poison_epoch(monkeypatch, 3, lambda m: {**m, "train_loss": m["train_loss"] * jnp.nan})
-    with pytest.raises(TrainingDiverged,
-                       match=r"training loss became nan at epoch 3 \(seeds \[0\]\)") as err:
+    with pytest.raises(
+        TrainingDiverged, match=r"training loss became nan at epoch 3 \(seeds \[0\]\)"
+    ) as err:
         fit(TinyMLP(), *data, CONFIG, checkpoint_dir=directory, verbose=False)
     assert err.value.epoch == 3
     assert steps(directory) == [0, 1]  # epoch 3 (step 2) was never saved
     monkeypatch.undo()
 
     # The kept checkpoint resumes to the result of a run that never diverged.
-    resumed = fit(TinyMLP(), *data, CONFIG, checkpoint_dir=directory, resume=True,
-                  verbose=False)
+    resumed = fit(TinyMLP(), *data, CONFIG, checkpoint_dir=directory, resume=True, verbose=False)
     reference = fit(TinyMLP(), *data, CONFIG, verbose=False)
     assert resumed.resumed_from == 2
     assert max_abs_diff(resumed.variables, reference.variables) == 0.0
@@ -97,8 +96,9 @@ def test_a_corrupted_latest_checkpoint_falls_back_to_the_newest_intact_one(tmp_p
     _garble(directory / "3" / "state")
     message = r"skipped unreadable checkpoint\(s\) .*ckpt/3/state/_METADATA .*epoch 3"
     with pytest.warns(UserWarning, match=message):
-        resumed = fit(TinyMLP(), *data, CONFIG, checkpoint_dir=directory, resume=True,
-                      verbose=False)
+        resumed = fit(
+            TinyMLP(), *data, CONFIG, checkpoint_dir=directory, resume=True, verbose=False
+        )
     assert resumed.resumed_from == 3  # restored step 2 (3 epochs done), replayed epoch 4
     assert max_abs_diff(resumed.variables, reference.variables) == 0.0
     assert (directory / "corrupt-3").is_dir() and steps(directory) == [2, 3]
@@ -113,13 +113,15 @@ def test_truncated_metadata_of_the_only_checkpoint_names_the_file(tmp_path, data
         shutil.rmtree(directory / str(step))
     meta = directory / "3" / "meta" / "metadata"
     meta.write_text(meta.read_text()[:40])
-    with pytest.raises(CheckpointError,
-                       match=r"no checkpoint in .*ckpt can be read: .*ckpt/3/meta/metadata "):
+    with pytest.raises(
+        CheckpointError, match=r"no checkpoint in .*ckpt can be read: .*ckpt/3/meta/metadata "
+    ):
         fit(TinyMLP(), *data, CONFIG, checkpoint_dir=directory, resume=True, verbose=False)
 
 
-def test_ctrl_c_becomes_interrupted_with_the_epoch_and_the_run_resumes(tmp_path, monkeypatch,
-                                                                       capsys, data):
+def test_ctrl_c_becomes_interrupted_with_the_epoch_and_the_run_resumes(
+    tmp_path, monkeypatch, capsys, data
+):
     directory = tmp_path / "ckpt"
 
     def interrupt(metrics):

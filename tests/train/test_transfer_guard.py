@@ -72,26 +72,36 @@ def window_samples(seed):
 CASES = {
     # flat rows, shuffled batches; eval_train and the daily-IC metric add the scatter paths
     "flat": lambda seed: (
-        TinyMLP(), panel(seed=seed), panel(n_days=8, seed=seed + 1),
+        TinyMLP(),
+        panel(seed=seed),
+        panel(n_days=8, seed=seed + 1),
         TrainConfig(n_epochs=2, batch_size=64, metric="ic", eval_train=True),
     ),
     # flat feature-major windows into a recurrent model, Qlib's evaluation protocol
     "recurrent": lambda seed: (
-        TinyGRU(d_feat=2), panel(seed=seed), panel(n_days=8, seed=seed + 1),
+        TinyGRU(d_feat=2),
+        panel(seed=seed),
+        panel(n_days=8, seed=seed + 1),
         TrainConfig(n_epochs=2, batch_size=64, eval_protocol="qlib"),
     ),
     # windows gathered on the device from the panel tables
     "windowed": lambda seed: (
-        WindowGRU(), *window_samples(seed), TrainConfig(n_epochs=2, batch_size=16),
+        WindowGRU(),
+        *window_samples(seed),
+        TrainConfig(n_epochs=2, batch_size=16),
     ),
     # one padded day per step, the row mask as a module input
     "daily": lambda seed: (
-        CrossSection(), panel(ragged=True, seed=seed), panel(n_days=8, ragged=True, seed=seed + 1),
+        CrossSection(),
+        panel(ragged=True, seed=seed),
+        panel(n_days=8, ragged=True, seed=seed + 1),
         TrainConfig(n_epochs=2, batching="daily", lr=0.01),
     ),
     # DNNModelPytorch: batches drawn with replacement, an evaluation every eval_steps steps
     "steps": lambda seed: (
-        TinyMLP(), panel(seed=seed), panel(n_days=8, seed=seed + 1),
+        TinyMLP(),
+        panel(seed=seed),
+        panel(n_days=8, seed=seed + 1),
         TrainConfig(batching="steps", max_steps=6, eval_steps=3, batch_size=32),
     ),
 }
@@ -100,12 +110,17 @@ CASES = {
 @pytest.mark.parametrize("case", list(CASES))
 def test_the_epoch_program_makes_no_host_transfer(case, guarded, seed):
     module, train, valid, config = CASES[case](seed)
-    result = fit(module, train, valid, config, seeds=[seed % 1000, seed % 1000 + 1],
-                 verbose=False)
+    result = fit(module, train, valid, config, seeds=[seed % 1000, seed % 1000 + 1], verbose=False)
     assert guarded["_run_epoch"] == config.n_evaluations, (case, guarded)
     assert np.isfinite(result.history["train_loss"]).all(), (case, seed)
-    preds = predict(module, result.variables, valid, batch_size=config.batch_size,
-                    daily=config.batching.daily, per_seed=True)
+    preds = predict(
+        module,
+        result.variables,
+        valid,
+        batch_size=config.batch_size,
+        daily=config.batching.daily,
+        per_seed=True,
+    )
     assert guarded["_predict"] == 1 and preds.shape == (2, valid.size), (case, guarded)
 
 
@@ -115,10 +130,12 @@ def test_the_guard_catches_a_batch_built_on_the_host(guarded):
     host = train.replace(features=np.asarray(train.features))
     config = TrainConfig(n_epochs=1, batch_size=64)
     segment = engine.batching.make_segment(host, False)
-    trainer = engine.Trainer(TinyMLP(), engine.supervised_mse, config,
-                             engine.data_parallel(jax.local_devices()[:1]))
+    trainer = engine.Trainer(
+        TinyMLP(), engine.supervised_mse, config, engine.data_parallel(jax.local_devices()[:1])
+    )
     keys = jnp.stack([jax.random.PRNGKey(0)])
-    state = engine._init_replicas(keys, engine.batching.make_segment(train, False),
-                                  trainer=trainer, init_variables=None)
+    state = engine._init_replicas(
+        keys, engine.batching.make_segment(train, False), trainer=trainer, init_variables=None
+    )
     with pytest.raises(Exception, match="[Dd]isallowed host-to-device transfer"):
         engine._run_epoch(state, segment, None, trainer=trainer, n_steps=None)

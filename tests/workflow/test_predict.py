@@ -26,8 +26,10 @@ STEP_LEN = 20  # configs/gru_alpha158.yaml
 
 def _train(config: str, out: Path, **changes) -> Path:
     flags = tiny_run.set_flags(model__kwargs__hidden_size=8, model__kwargs__n_epochs=2, **changes)
-    assert cli.main(["train", str(REPO / "configs" / config), "--out", str(out), "--quiet",
-                     *flags]) == 0
+    assert (
+        cli.main(["train", str(REPO / "configs" / config), "--out", str(out), "--quiet", *flags])
+        == 0
+    )
     return out
 
 
@@ -39,8 +41,9 @@ def flat_run(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def window_run(tmp_path_factory) -> Path:
     """Two seeds: the scores come back as one column per seed."""
-    return _train("gru_alpha158.yaml", tmp_path_factory.mktemp("window") / "run",
-                  train__seeds="[0, 1]")
+    return _train(
+        "gru_alpha158.yaml", tmp_path_factory.mktemp("window") / "run", train__seeds="[0, 1]"
+    )
 
 
 def _saved_scores(run: Path) -> pd.Series:
@@ -109,16 +112,31 @@ def test_a_window_model_reads_its_history_from_the_data(window_run):
 def test_qjax_predict_writes_the_scores_from_a_fresh_process(flat_run, tmp_path):
     out = tmp_path / "scores.csv"
     done = subprocess.run(
-        [sys.executable, "-m", "qjax.cli", "predict", str(flat_run), "--start", TEST[0],
-         "--end", TEST[1], "--out", str(out)],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "qjax.cli",
+            "predict",
+            str(flat_run),
+            "--start",
+            TEST[0],
+            "--end",
+            TEST[1],
+            "--out",
+            str(out),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
         env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "QJAX_CPU_DEVICES": "1"},
     )
     assert done.returncode == 0, done.stderr
     assert f"scored {len(_saved_scores(flat_run))} rows" in done.stdout
     written = pd.read_csv(out, index_col=[0, 1], parse_dates=[0])["score"]
-    np.testing.assert_allclose(written.to_numpy(), _saved_scores(flat_run).to_numpy(),
-                               rtol=1e-6)  # CSV text round trip of float32 values
+    np.testing.assert_allclose(
+        written.to_numpy(), _saved_scores(flat_run).to_numpy(), rtol=1e-6
+    )  # CSV text round trip of float32 values
 
 
 def test_cli_default_output_is_a_parquet_file_in_the_run(flat_run, tmp_path, capsys):
@@ -152,10 +170,14 @@ def _truncate_arrays(copy: Path) -> None:
 DAMAGES = {
     "no saved model": (lambda c: shutil.rmtree(c / "model"), r"has no saved model.*again"),
     "another format": (_set_version, r"qjax 9\.9\.9 in saved-run format 99.*reads format 1"),
-    "truncated json": (lambda c: (c / "model" / "saved_run.json").write_text('{"form'),
-                       r"saved_run\.json is damaged"),
-    "missing json": (lambda c: (c / "model" / "saved_run.json").unlink(),
-                     r"saved_run\.json is missing"),
+    "truncated json": (
+        lambda c: (c / "model" / "saved_run.json").write_text('{"form'),
+        r"saved_run\.json is damaged",
+    ),
+    "missing json": (
+        lambda c: (c / "model" / "saved_run.json").unlink(),
+        r"saved_run\.json is missing",
+    ),
     "missing arrays": (lambda c: shutil.rmtree(c / "model" / "arrays"), r"arrays is missing"),
     "damaged arrays": (_truncate_arrays, r"arrays.* damaged"),
 }
@@ -174,35 +196,47 @@ def test_a_damaged_or_foreign_run_is_named(flat_run, tmp_path, capsys, case):
 
 def test_a_directory_that_is_not_a_run_is_named(tmp_path, capsys):
     (tmp_path / "notes.txt").write_text("hello")
-    for path, message in ((tmp_path / "absent", "does not exist"),
-                          (tmp_path, "is not a qjax run directory"),
-                          (tmp_path / "notes.txt", "is a file")):
+    for path, message in (
+        (tmp_path / "absent", "does not exist"),
+        (tmp_path, "is not a qjax run directory"),
+        (tmp_path / "notes.txt", "is a file"),
+    ):
         with pytest.raises(SavedRunError, match=message):
             qjax.load(path)
         assert cli.main(["predict", str(path), "--start", TEST[0], "--end", TEST[1]]) == 2
         assert message in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("start, end, message", [
-    ("2015-12-31", "2015-11-02", "is after --end 2015-11-02; swap them"),
-    ("2015-11-02", "2019-01-01", "reach outside the data: the data covers 2015-01-05.."),
-    ("2014-01-01", "2015-01-09", "reach outside the data"),
-    ("2015-11-07", "2015-11-08", "no trading day between"),  # a weekend
-    ("yesterday-ish", "2015-11-08", "is not a date"),
-])
+@pytest.mark.parametrize(
+    "start, end, message",
+    [
+        ("2015-12-31", "2015-11-02", "is after --end 2015-11-02; swap them"),
+        ("2015-11-02", "2019-01-01", "reach outside the data: the data covers 2015-01-05.."),
+        ("2014-01-01", "2015-01-09", "reach outside the data"),
+        ("2015-11-07", "2015-11-08", "no trading day between"),  # a weekend
+        ("yesterday-ish", "2015-11-08", "is not a date"),
+    ],
+)
 def test_bad_dates_are_named(flat_run, capsys, start, end, message):
-    assert cli.main(["predict", str(flat_run), "--start", start, "--end", end,
-                     "--out", "unused.parquet"]) == 2
+    assert (
+        cli.main(
+            ["predict", str(flat_run), "--start", start, "--end", end, "--out", "unused.parquet"]
+        )
+        == 2
+    )
     assert message in capsys.readouterr().err
 
 
 def test_bad_data_or_output_paths_are_named(flat_run, tmp_path, capsys):
-    cases = [(["--data", str(tmp_path / "nope.csv")], "does not exist"),
-             (["--data", str(tmp_path)], "not a Qlib data directory"),
-             (["--out", str(tmp_path / "scores.txt")], "must end in .parquet or .csv")]
+    cases = [
+        (["--data", str(tmp_path / "nope.csv")], "does not exist"),
+        (["--data", str(tmp_path)], "not a Qlib data directory"),
+        (["--out", str(tmp_path / "scores.txt")], "must end in .parquet or .csv"),
+    ]
     for extra, message in cases:
-        assert cli.main(["predict", str(flat_run), "--start", TEST[0], "--end", TEST[1],
-                         *extra]) == 2
+        assert (
+            cli.main(["predict", str(flat_run), "--start", TEST[0], "--end", TEST[1], *extra]) == 2
+        )
         assert message in capsys.readouterr().err
 
 
@@ -228,8 +262,23 @@ def test_data_from_a_file_of_daily_bars(flat_run, tmp_path, capsys):
     bars = tmp_path / "bars.parquet"  # the long table a user exports: one row per date x stock
     _market(flat_run).reset_index().rename(columns={"datetime": "date"}).to_parquet(bars)
     out = tmp_path / "scores.parquet"
-    assert cli.main(["predict", str(flat_run), "--start", TEST[0], "--end", TEST[1],
-                     "--data", str(bars), "--out", str(out)]) == 0, capsys.readouterr().err
+    assert (
+        cli.main(
+            [
+                "predict",
+                str(flat_run),
+                "--start",
+                TEST[0],
+                "--end",
+                TEST[1],
+                "--data",
+                str(bars),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    ), capsys.readouterr().err
     written = pd.read_parquet(out)["score"]
     np.testing.assert_array_equal(written.to_numpy(), _saved_scores(flat_run).to_numpy())
 

@@ -27,9 +27,18 @@ SEGMENTS = {
 }
 # Qlib's model wrapper module -> the qjax name and dataset class the translation must give.
 EXPECTED = {
-    "DNNModelPytorch": "mlp", "LSTM": "lstm", "GRU": "gru", "ALSTM": "alstm",
-    "TransformerModel": "transformer", "LocalformerModel": "localformer", "GATs": "gats",
-    "TabnetModel": "tabnet", "KRNN": "krnn", "SFM": "sfm", "HIST": "hist", "TCN": "tcn",
+    "DNNModelPytorch": "mlp",
+    "LSTM": "lstm",
+    "GRU": "gru",
+    "ALSTM": "alstm",
+    "TransformerModel": "transformer",
+    "LocalformerModel": "localformer",
+    "GATs": "gats",
+    "TabnetModel": "tabnet",
+    "KRNN": "krnn",
+    "SFM": "sfm",
+    "HIST": "hist",
+    "TCN": "tcn",
     "GeneralPTNN": "general",
 }
 
@@ -42,8 +51,9 @@ def qlib_dir(tmp_path_factory) -> Path:
     from qjax.data.qlib_writer import write_qlib_binary
 
     root = tmp_path_factory.mktemp("qlib_data")
-    panel = generate_market(n_instruments=N_INSTRUMENTS, n_days=260, start="2015-01-05",
-                            seed=MARKET_SEED)
+    panel = generate_market(
+        n_instruments=N_INSTRUMENTS, n_days=260, start="2015-01-05", seed=MARKET_SEED
+    )
     codes = sorted(set(panel.index.get_level_values("instrument")))
     write_qlib_binary(panel, root, markets={"csi300": codes, "csi500": codes})
     concepts = generate_concepts(n_instruments=N_INSTRUMENTS, seed=MARKET_SEED)
@@ -73,17 +83,25 @@ def tiny(root: Path, workflow: dict) -> list[str]:
         # qjax trains on full batches only (so does Qlib's loop); fit them to ~1400 samples
         sets.append("task.model.kwargs.batch_size=256")
     if "pretrain" in segments:  # TabNet pretrains on the train span, validates on valid
-        sets += [f"task.dataset.kwargs.segments.pretrain={SEGMENTS['train']}",
-                 f"task.dataset.kwargs.segments.pretrain_validation={SEGMENTS['valid']}",
-                 "task.model.kwargs.pretrain_n_epochs=1", "task.model.kwargs.vbs=128"]
+        sets += [
+            f"task.dataset.kwargs.segments.pretrain={SEGMENTS['train']}",
+            f"task.dataset.kwargs.segments.pretrain_validation={SEGMENTS['valid']}",
+            "task.model.kwargs.pretrain_n_epochs=1",
+            "task.model.kwargs.vbs=128",
+        ]
     kwargs = model.get("kwargs") or {}
-    sets.append("task.model.kwargs.max_steps=2" if model["class"] == "DNNModelPytorch"
-                else "task.model.kwargs.n_epochs=1")
+    sets.append(
+        "task.model.kwargs.max_steps=2"
+        if model["class"] == "DNNModelPytorch"
+        else "task.model.kwargs.n_epochs=1"
+    )
     if "model_path" in kwargs:  # the pretrained LSTM of Qlib's benchmark run is not here
         sets.append("task.model.kwargs.model_path=null")
     if "stock2concept" in kwargs:
-        sets += [f"task.model.kwargs.stock2concept={root / 'stock2concept.npy'}",
-                 f"task.model.kwargs.stock_index={root / 'stock_index.npy'}"]
+        sets += [
+            f"task.model.kwargs.stock2concept={root / 'stock2concept.npy'}",
+            f"task.model.kwargs.stock_index={root / 'stock_index.npy'}",
+        ]
     return sets
 
 
@@ -109,24 +127,32 @@ def test_translation_keeps_what_qlib_reads(path, qlib_dir):
     handler = task["dataset"]["kwargs"]["handler"]
     assert cfg["model"]["name"] == EXPECTED[task["model"]["class"]]
     assert cfg["handler"]["name"] == handler["class"]
-    assert cfg["data"] == {"source": "qlib", "provider_uri": str(qlib_dir),
-                           "instruments": handler["kwargs"]["instruments"]}
+    assert cfg["data"] == {
+        "source": "qlib",
+        "provider_uri": str(qlib_dir),
+        "instruments": handler["kwargs"]["instruments"],
+    }
     is_ts = task["dataset"]["class"] == "TSDatasetH"
     assert cfg["dataset"]["class"] == ("TSDataset" if is_ts else "Dataset")
     if is_ts:
         assert cfg["dataset"]["step_len"] == task["dataset"]["kwargs"]["step_len"]
     # Model kwargs as Qlib passes them (its reader's floats), apart from the test's overrides.
-    overridden = {item.split("=")[0].rsplit(".", 1)[1] for item in tiny(qlib_dir, raw)
-                  if item.startswith("task.model.kwargs.")}
-    expected_kwargs = {k: v for k, v in (task["model"].get("kwargs") or {}).items()
-                       if k not in overridden}
+    overridden = {
+        item.split("=")[0].rsplit(".", 1)[1]
+        for item in tiny(qlib_dir, raw)
+        if item.startswith("task.model.kwargs.")
+    }
+    expected_kwargs = {
+        k: v for k, v in (task["model"].get("kwargs") or {}).items() if k not in overridden
+    }
     got = {k: v for k, v in cfg["model"]["kwargs"].items() if k not in overridden}
     assert got == expected_kwargs
     assert all(not isinstance(v, str) or not v[0].isdigit() for v in got.values()), got
     for group in ("infer_processors", "learn_processors"):
         assert cfg["handler"][group] == handler["kwargs"][group]
     assert cfg["handler"].get("process_type", "append") == handler["kwargs"].get(
-        "process_type", "append")
+        "process_type", "append"
+    )
     # PortAnaRecord's config is the port_analysis_config anchor, with the test's overrides.
     (port,) = [r["kwargs"]["config"] for r in task["record"] if r["class"] == "PortAnaRecord"]
     assert cfg["backtest"]["strategy"]["class"] == port["strategy"]["class"]
@@ -147,8 +173,9 @@ def test_provider_uri_with_a_tilde_is_expanded(tmp_path, monkeypatch, qlib_dir):
     (tmp_path / "data").symlink_to(qlib_dir)
     monkeypatch.setenv("HOME", str(tmp_path))
     path = next(p for p in YAMLS if p.stem == "workflow_config_lstm_Alpha360")
-    cfg = qlib_workflow.load(path, tiny(qlib_dir, qlib_workflow.read(path))
-                             + ["qlib_init.provider_uri=~/data"])
+    cfg = qlib_workflow.load(
+        path, tiny(qlib_dir, qlib_workflow.read(path)) + ["qlib_init.provider_uri=~/data"]
+    )
     assert cfg["data"]["provider_uri"] == str(tmp_path / "data")
 
 
@@ -162,8 +189,10 @@ def test_provider_uri_with_a_tilde_is_expanded(tmp_path, monkeypatch, qlib_dir):
         ("data_handler_config.inst_processors=[]", r"\['inst_processors'\] not implemented"),
         ("data_handler_config.label=[Ref($vwap, -2)]", r"label .* is not supported"),
         ("task.dataset.class=TSDatasetH", r"takes DatasetH but task.dataset is TSDatasetH; use"),
-        ("task.model.module_path=null;task.dataset.class=TSDatasetH",
-         r"SFM takes DatasetH but task.dataset is TSDatasetH"),
+        (
+            "task.model.module_path=null;task.dataset.class=TSDatasetH",
+            r"SFM takes DatasetH but task.dataset is TSDatasetH",
+        ),
         ("task.dataset.kwargs.fillna_type=ffill", r"\['fillna_type'\] not implemented"),
         ("qlib_init.region=us", r"region 'us' is not supported"),
         ("port_analysis_config.backtest.verbose=true", r"unsupported key.*verbose"),
@@ -186,21 +215,32 @@ def test_sigana_long_short_becomes_the_signal_analysis_section(qlib_dir):
     path = next(p for p in YAMLS if p.stem == "workflow_config_lstm_Alpha360")
     raw = qlib_workflow.read(path, tiny(qlib_dir, qlib_workflow.read(path)))
     record = raw["task"]["record"][1]
-    assert record["class"] == "SigAnaRecord" and "signal_analysis" not in qlib_workflow.translate(raw)
+    assert record["class"] == "SigAnaRecord" and "signal_analysis" not in qlib_workflow.translate(
+        raw
+    )
     record["kwargs"].update(ana_long_short=True, ann_scaler=250)  # a list index: edit directly
-    assert qlib_workflow.translate(raw)["signal_analysis"] == {"ana_long_short": True,
-                                                               "ann_scaler": 250}
+    assert qlib_workflow.translate(raw)["signal_analysis"] == {
+        "ana_long_short": True,
+        "ann_scaler": 250,
+    }
 
 
 # One epoch end to end, through `qjax run`: a representative handful always, every other file
 # of the zoo under the `slow` marker (deselect with -m "not slow").
-TRAINED = ["LSTM/workflow_config_lstm_Alpha360", "GRU/workflow_config_gru_Alpha158",
-           "GATs/workflow_config_gats_Alpha158", "TabNet/workflow_config_TabNet_Alpha158"]
+TRAINED = [
+    "LSTM/workflow_config_lstm_Alpha360",
+    "GRU/workflow_config_gru_Alpha158",
+    "GATs/workflow_config_gats_Alpha158",
+    "TabNet/workflow_config_TabNet_Alpha158",
+]
 ALL_NAMES = [f"{p.parent.name}/{p.stem}" for p in YAMLS]
 
 
-@pytest.mark.parametrize("name", TRAINED + [
-    pytest.param(name, marks=pytest.mark.slow) for name in ALL_NAMES if name not in TRAINED])
+@pytest.mark.parametrize(
+    "name",
+    TRAINED
+    + [pytest.param(name, marks=pytest.mark.slow) for name in ALL_NAMES if name not in TRAINED],
+)
 def test_qjax_run_trains_a_qlib_workflow_for_one_epoch(name, qlib_dir, tmp_path, capsys):
     path = Path(__file__).parent / "qlib_yamls" / f"{name}.yaml"
     sets = tiny(qlib_dir, qlib_workflow.read(path))
@@ -221,8 +261,7 @@ def test_qjax_run_trains_a_qlib_workflow_for_one_epoch(name, qlib_dir, tmp_path,
     assert report.index.min() >= pd.Timestamp("2015-11-02") and len(report) > 20
 
 
-def test_qjax_train_recognises_a_qlib_workflow_and_stops_before_work(tmp_path, monkeypatch,
-                                                                     capsys):
+def test_qjax_train_recognises_a_qlib_workflow_and_stops_before_work(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.qlib data here
     path = next(p for p in YAMLS if p.stem == "workflow_config_lstm_Alpha360")
     assert cli.main(["train", str(path), "--out", str(tmp_path / "run")]) == 2

@@ -10,16 +10,19 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from qjax import cli, rolling
-from qjax import run_config
+from qjax import cli, rolling, run_config
 from qjax.data.market import generate_market
 from tests.workflow import tiny_run
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "configs" / "gru_alpha360.yaml"
-TINY = tiny_run.overrides(data__n_instruments=30, handler__fit_start_time="2015-01-05",
-                          model__kwargs__hidden_size=8, model__kwargs__batch_size=512,
-                          model__kwargs__n_epochs=1)
+TINY = tiny_run.overrides(
+    data__n_instruments=30,
+    handler__fit_start_time="2015-01-05",
+    model__kwargs__hidden_size=8,
+    model__kwargs__batch_size=512,
+    model__kwargs__n_epochs=1,
+)
 STEP = 20  # the 44 test days -> windows of 20, 20 and 4 days
 PORT_ANALYSIS = """
 strategy:
@@ -70,8 +73,9 @@ def test_windows_equal_qlib_rolling_gen(qlib_calendar_dir, rtype, step, trunc_da
     from qlib.workflow.task.gen import RollingGen
 
     task = {"dataset": {"kwargs": {"segments": dict(SEGMENTS)}}}
-    made = RollingGen(step=step, rtype=rtype, ds_extra_mod_func=None,
-                      trunc_days=trunc_days).generate(task)
+    made = RollingGen(
+        step=step, rtype=rtype, ds_extra_mod_func=None, trunc_days=trunc_days
+    ).generate(task)
     expected = [t["dataset"]["kwargs"]["segments"] for t in made]
     calendar = D.calendar(freq="day")
     got = rolling.qlib_segments(SEGMENTS, calendar, step, rtype, trunc_days)
@@ -82,8 +86,11 @@ def test_windows_equal_qlib_rolling_gen(qlib_calendar_dir, rtype, step, trunc_da
     for mine, theirs in zip(planned, expected):
         for name, (start, end) in theirs.items():
             if name == "test":  # the test segment's last trading day: Friday 2015-12-18
-                end = pd.Timestamp("2015-12-18") if end is None else min(
-                    end, pd.Timestamp("2015-12-18"))
+                end = (
+                    pd.Timestamp("2015-12-18")
+                    if end is None
+                    else min(end, pd.Timestamp("2015-12-18"))
+                )
             assert mine[name] == [f"{start:%Y-%m-%d}", f"{end:%Y-%m-%d}"], (name, step)
 
 
@@ -105,8 +112,18 @@ def test_bad_rolling_requests_are_refused(step, segments, message):
 
 def test_cli_refuses_a_bad_step_before_creating_anything(tmp_path, capsys):
     out = tmp_path / "roll"
-    args = ["rolling", str(CONFIG), "--step", "0", "--out", str(out), "--quiet",
-            "--compilation-cache", "off", *(a for item in TINY for a in ("--set", item))]
+    args = [
+        "rolling",
+        str(CONFIG),
+        "--step",
+        "0",
+        "--out",
+        str(out),
+        "--quiet",
+        "--compilation-cache",
+        "off",
+        *(a for item in TINY for a in ("--set", item)),
+    ]
     assert cli.main(args) == 2
     assert "--step must be a positive number" in capsys.readouterr().err
     assert not out.exists()
@@ -127,8 +144,9 @@ def rolled(tmp_path_factory):
 
     rolling.warm_start = spy
     try:
-        metrics = rolling.run(cfg, out, step=STEP, rtype="sliding", warm=True, verbose=False,
-                              log=lines.append)
+        metrics = rolling.run(
+            cfg, out, step=STEP, rtype="sliding", warm=True, verbose=False, log=lines.append
+        )
     finally:
         rolling.warm_start = original
     return cfg, out, metrics, lines, applied
@@ -171,12 +189,12 @@ def test_windows_tile_the_test_span_and_predictions_cover_it(rolled):
 
 def test_rerun_skips_finished_windows_and_retrains_an_unfinished_one(rolled):
     cfg, out, _, _, _ = rolled
-    finished = {k: (out / f"window_{k:04d}" / "metrics.json").stat().st_mtime_ns
-                for k in (1, 2)}
+    finished = {k: (out / f"window_{k:04d}" / "metrics.json").stat().st_mtime_ns for k in (1, 2)}
     (out / "window_0003" / "metrics.json").unlink()  # as if stopped before its end
     lines: list[str] = []
-    metrics = rolling.run(cfg, out, step=STEP, rtype="sliding", warm=True, verbose=False,
-                          log=lines.append)
+    metrics = rolling.run(
+        cfg, out, step=STEP, rtype="sliding", warm=True, verbose=False, log=lines.append
+    )
     assert [w["skipped"] for w in metrics["windows"]] == [True, True, False]
     assert lines[0].endswith("finished earlier, skipped") and lines[1].endswith("skipped")
     for k, mtime in finished.items():
@@ -190,8 +208,9 @@ def test_rerun_skips_finished_windows_and_retrains_an_unfinished_one(rolled):
 def test_a_different_plan_in_the_same_out_is_refused(rolled):
     cfg, out, _, _, _ = rolled
     with pytest.raises(rolling.RollingError, match="different config, step"):
-        rolling.run(cfg, out, step=STEP + 1, rtype="sliding", warm=True, verbose=False,
-                    log=lambda _: None)
+        rolling.run(
+            cfg, out, step=STEP + 1, rtype="sliding", warm=True, verbose=False, log=lambda _: None
+        )
 
 
 def test_warm_start_hands_the_previous_variables_to_every_replica(seed):
@@ -204,8 +223,9 @@ def test_warm_start_hands_the_previous_variables_to_every_replica(seed):
     started = rolling.warm_start(previous)(fresh)
     for name in ("w", "b"):
         assert started["params"][name].dtype == jnp.float32
-        np.testing.assert_allclose(started["params"][name], previous["params"][name], rtol=1e-6,
-                                   err_msg=f"seed {seed}")
+        np.testing.assert_allclose(
+            started["params"][name], previous["params"][name], rtol=1e-6, err_msg=f"seed {seed}"
+        )
     with pytest.raises(rolling.RollingError, match="do not fit"):
         rolling.warm_start(previous)({"params": {"w": jnp.zeros((4, 2)), "b": jnp.zeros(2)}})
 
@@ -227,8 +247,9 @@ def qlib_market(tmp_path_factory) -> Path:
     from tests.workflow.test_qlib_workflow import MARKET_SEED, N_INSTRUMENTS
 
     root = tmp_path_factory.mktemp("qlib_market")
-    panel = generate_market(n_instruments=N_INSTRUMENTS, n_days=260, start="2015-01-05",
-                            seed=MARKET_SEED)
+    panel = generate_market(
+        n_instruments=N_INSTRUMENTS, n_days=260, start="2015-01-05", seed=MARKET_SEED
+    )
     codes = sorted(set(panel.index.get_level_values("instrument")))
     write_qlib_binary(panel, root, markets={"csi300": codes, "csi500": codes})
     return root
@@ -242,8 +263,17 @@ def test_qjax_rolling_runs_a_qlib_workflow_file_unchanged(qlib_market, tmp_path,
 
     path = REPO / "tests" / "workflow" / "qlib_yamls" / "GRU" / "workflow_config_gru_Alpha360.yaml"
     out = tmp_path / "roll"
-    argv = ["rolling", str(path), "--step", "25", "--out", str(out), "--quiet",
-            "--compilation-cache", "off"]
+    argv = [
+        "rolling",
+        str(path),
+        "--step",
+        "25",
+        "--out",
+        str(out),
+        "--quiet",
+        "--compilation-cache",
+        "off",
+    ]
     for item in tiny(qlib_market, qlib_workflow.read(path)):
         argv += ["--set", item]
     assert cli.main(argv) == 0, capsys.readouterr().err
@@ -251,10 +281,14 @@ def test_qjax_rolling_runs_a_qlib_workflow_file_unchanged(qlib_market, tmp_path,
     # Expanding (Qlib's default): the train segment keeps its start and grows by 25 days.
     cal = pd.DatetimeIndex((qlib_market / "calendars" / "day.txt").read_text().split())
     day = lambda d, shift=0: f"{cal[cal.get_loc(pd.Timestamp(d)) + shift]:%Y-%m-%d}"  # noqa: E731
-    assert (f"window 1/2: train 2015-03-02..2015-08-31 test 2015-11-02..{day('2015-11-02', 24)}"
-            in printed)
-    assert (f"window 2/2: train 2015-03-02..{day('2015-08-31', 25)} "
-            f"test {day('2015-11-02', 25)}..2015-12-29" in printed)
+    assert (
+        f"window 1/2: train 2015-03-02..2015-08-31 test 2015-11-02..{day('2015-11-02', 24)}"
+        in printed
+    )
+    assert (
+        f"window 2/2: train 2015-03-02..{day('2015-08-31', 25)} "
+        f"test {day('2015-11-02', 25)}..2015-12-29" in printed
+    )
     metrics = json.loads((out / "metrics.json").read_text())
     assert all(np.isfinite(v) for v in metrics["seven_columns"].values()), metrics
     days = pd.read_parquet(out / "predictions.parquet").index.get_level_values("datetime")

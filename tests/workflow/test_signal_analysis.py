@@ -34,9 +34,12 @@ def test_long_short_metrics_equal_qlibs_sigana_record(qlib, tmp_path):
     from qlib.workflow.record_temp import SigAnaRecord
 
     out = tmp_path / "run"
-    flags = tiny_run.set_flags(model__kwargs__hidden_size=8, model__kwargs__n_epochs=1,
-                               signal_analysis__ana_long_short="true",
-                               signal_analysis__ann_scaler=250)
+    flags = tiny_run.set_flags(
+        model__kwargs__hidden_size=8,
+        model__kwargs__n_epochs=1,
+        signal_analysis__ana_long_short="true",
+        signal_analysis__ann_scaler=250,
+    )
     assert cli.main(["train", CONFIG, "--out", str(out), "--quiet", *flags]) == 0
     ours = json.loads((out / "metrics.json").read_text())["test"]
 
@@ -56,8 +59,10 @@ def test_long_short_metrics_equal_qlibs_sigana_record(qlib, tmp_path):
 
 def test_signal_analysis_settings_are_checked():
     cfg = run_config.load(CONFIG)
-    for section, message in (({"ana_long_short": "yes"}, "must be true or false"),
-                             ({"ann_scaler": 0}, "positive number"),
-                             ({"ana_long_shrt": True}, "did you mean 'ana_long_short'")):
+    for section, message in (
+        ({"ana_long_short": "yes"}, "must be true or false"),
+        ({"ann_scaler": 0}, "positive number"),
+        ({"ana_long_shrt": True}, "did you mean 'ana_long_short'"),
+    ):
         with pytest.raises(run_config.ConfigError, match=message):
             run_config.validate({**cfg, "signal_analysis": section})

@@ -26,19 +26,30 @@ GRID = ["model.kwargs.lr=1e-3,3e-3"]
 
 def test_grid_values_split_at_commas_outside_brackets():
     months = ["[2015-11-02, 2015-11-30]", "[2015-12-01, 2015-12-31]"]
-    grid = parse_grid(["model.kwargs.lr=1e-3, 5e-4", "dataset.segments.test=" + ",".join(months),
-                       "model.name=lstm"])
-    assert grid == [("model.kwargs.lr", ["1e-3", "5e-4"]), ("dataset.segments.test", months),
-                    ("model.name", ["lstm"])]
+    grid = parse_grid(
+        [
+            "model.kwargs.lr=1e-3, 5e-4",
+            "dataset.segments.test=" + ",".join(months),
+            "model.name=lstm",
+        ]
+    )
+    assert grid == [
+        ("model.kwargs.lr", ["1e-3", "5e-4"]),
+        ("dataset.segments.test", months),
+        ("model.name", ["lstm"]),
+    ]
 
 
-@pytest.mark.parametrize("items,message", [
-    (["model.kwargs.lr"], "must look like key=value1,value2"),
-    (["=1,2"], "must look like key=value1,value2"),
-    (["model.kwargs.lr=1e-3,,2e-3"], "has an empty value"),
-    (["model.kwargs.lr=1e-3", "model.kwargs.lr=2e-3"], "given twice"),
-    (["model.name=lstm,lstm"], "repeats a value"),
-])
+@pytest.mark.parametrize(
+    "items,message",
+    [
+        (["model.kwargs.lr"], "must look like key=value1,value2"),
+        (["=1,2"], "must look like key=value1,value2"),
+        (["model.kwargs.lr=1e-3,,2e-3"], "has an empty value"),
+        (["model.kwargs.lr=1e-3", "model.kwargs.lr=2e-3"], "given twice"),
+        (["model.name=lstm,lstm"], "repeats a value"),
+    ],
+)
 def test_malformed_grids_are_refused_with_the_fix(items, message):
     with pytest.raises(ConfigError, match=message):
         parse_grid(items)
@@ -52,8 +63,12 @@ def test_a_bad_setting_is_refused_before_any_fit(tmp_path):
 
 
 def test_cli_reports_bad_input_in_one_line(tmp_path, capsys):
-    assert cli.main(["sweep", CONFIG, "--grid", "model.kwargs.lr", "--out", str(tmp_path / "s"),
-                     "--no-ray"]) == 2
+    assert (
+        cli.main(
+            ["sweep", CONFIG, "--grid", "model.kwargs.lr", "--out", str(tmp_path / "s"), "--no-ray"]
+        )
+        == 2
+    )
     assert "must look like key=value1,value2" in capsys.readouterr().err
     assert cli.main(["sweep", CONFIG, "--no-ray", "--address", "auto"]) == 2
     assert "contradict" in capsys.readouterr().err
@@ -67,8 +82,15 @@ def _metric_rows(out: Path) -> list[dict]:
 def in_process(tmp_path_factory) -> Path:
     """Two settings × two seeds, fitted one after another in this process."""
     out = tmp_path_factory.mktemp("in_process") / "sweep"
-    sweep(CONFIG, GRID, out, seeds=2, overrides=overrides(model__kwargs__n_epochs=3),
-          use_ray=False, verbose=False)
+    sweep(
+        CONFIG,
+        GRID,
+        out,
+        seeds=2,
+        overrides=overrides(model__kwargs__n_epochs=3),
+        use_ray=False,
+        verbose=False,
+    )
     return out
 
 
@@ -90,8 +112,15 @@ def test_table_holds_each_settings_mean_and_std_over_seeds(in_process):
 
 def test_running_a_finished_sweep_again_gives_the_same_table(in_process):
     before = _metric_rows(in_process)
-    sweep(CONFIG, GRID, in_process, seeds=2, overrides=overrides(model__kwargs__n_epochs=3),
-          use_ray=False, verbose=False)
+    sweep(
+        CONFIG,
+        GRID,
+        in_process,
+        seeds=2,
+        overrides=overrides(model__kwargs__n_epochs=3),
+        use_ray=False,
+        verbose=False,
+    )
     assert _metric_rows(in_process) == before
 
 
@@ -106,8 +135,15 @@ def ray_local():
 @pytest.mark.filterwarnings("ignore:os.fork:RuntimeWarning")  # ray.init starts its daemons
 def test_ray_tasks_give_the_in_process_results(in_process, ray_local, tmp_path):
     out = tmp_path / "sweep"
-    sweep(CONFIG, GRID, out, seeds=2, overrides=overrides(model__kwargs__n_epochs=3),
-          use_ray=True, verbose=False)
+    sweep(
+        CONFIG,
+        GRID,
+        out,
+        seeds=2,
+        overrides=overrides(model__kwargs__n_epochs=3),
+        use_ray=True,
+        verbose=False,
+    )
     assert _metric_rows(out) == _metric_rows(in_process)
 
 
@@ -130,16 +166,32 @@ def test_a_killed_ray_worker_is_retried_and_resumes_from_its_checkpoint(tmp_path
     env = {**os.environ, "PYTHONPATH": str(REPO)}
 
     def command(out: Path, *extra: str) -> list[str]:
-        return [sys.executable, "-m", "qjax.cli", "sweep", CONFIG, "--grid", "model.kwargs.lr=2e-3",
-                "--seeds", "1", "--out", str(out), "--quiet", *settings, *extra]
+        return [
+            sys.executable,
+            "-m",
+            "qjax.cli",
+            "sweep",
+            CONFIG,
+            "--grid",
+            "model.kwargs.lr=2e-3",
+            "--seeds",
+            "1",
+            "--out",
+            str(out),
+            "--quiet",
+            *settings,
+            *extra,
+        ]
 
     reference = tmp_path / "reference"
-    subprocess.run(command(reference, "--no-ray"), check=True, env=env, capture_output=True,
-                   timeout=600)
+    subprocess.run(
+        command(reference, "--no-ray"), check=True, env=env, capture_output=True, timeout=600
+    )
 
     out = tmp_path / "killed"
-    proc = subprocess.Popen(command(out), env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        command(out), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     deadline, killed = time.time() + 300, []
     while time.time() < deadline and proc.poll() is None and not killed:
         checkpoints = [p for p in out.glob("*/checkpoints/*") if p.name.isdigit()]

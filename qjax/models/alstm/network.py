@@ -37,7 +37,9 @@ class ALSTMModel(nn.Module):
         if cell not in ("gru", "lstm"):
             raise ValueError(f"unknown rnn_type {self.rnn_type!r}; use 'GRU' or 'LSTM'")
         seq = jnp.tanh(Linear(self.hidden_size, name="fc_in")(as_sequence(x, self.d_feat)))
-        states = RNN(self.hidden_size, self.num_layers, self.dropout, cell=cell, name="rnn")(seq, train)
+        states = RNN(self.hidden_size, self.num_layers, self.dropout, cell=cell, name="rnn")(
+            seq, train
+        )
 
         att_hidden = Linear(self.hidden_size // 2, name="att_fc_in")(states)
         att_hidden = nn.Dropout(self.dropout, deterministic=not train)(att_hidden)

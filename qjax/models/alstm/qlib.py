@@ -7,7 +7,7 @@ built; a model trained by Qlib's ``ALSTM`` estimator is a GRU whatever its confi
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import jax.numpy as jnp
 import numpy as np

@@ -51,7 +51,9 @@ def stock_mask(mask: jax.Array | None, n_stocks: int) -> jax.Array:
         return jnp.ones(n_stocks, bool)
     mask = jnp.asarray(mask)
     if mask.shape != (n_stocks,):
-        raise ValueError(f"mask must have shape [N]=({n_stocks},) (one flag per stock), got {mask.shape}")
+        raise ValueError(
+            f"mask must have shape [N]=({n_stocks},) (one flag per stock), got {mask.shape}"
+        )
     return mask.astype(bool)
 
 
@@ -79,7 +81,9 @@ class GATModel(nn.Module):
         seq = as_sequence(x, self.d_feat)
         valid = stock_mask(mask, seq.shape[0])
         seq = zero_padded_rows(seq, valid)
-        rnn = RNN(hidden_size, self.num_layers, self.dropout, cell=rnn_cell(self.base_model), name="rnn")
+        rnn = RNN(
+            hidden_size, self.num_layers, self.dropout, cell=rnn_cell(self.base_model), name="rnn"
+        )
         hidden = rnn(seq, train=train)[:, -1, :]  # [N, H]
 
         projected = Linear(hidden_size, name="transformation")(hidden)

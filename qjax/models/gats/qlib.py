@@ -7,7 +7,7 @@ matching parameters of the attention model. HIST uses it too.
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
@@ -64,7 +64,11 @@ def load_base_weights(
     state_dict.check_all_used()
     for group, new in loaded.items():
         old = params[group]
-        mismatched = {k: (np.shape(new[k]), np.shape(old[k])) for k in old if np.shape(new[k]) != np.shape(old[k])}
+        mismatched = {
+            k: (np.shape(new[k]), np.shape(old[k]))
+            for k in old
+            if np.shape(new[k]) != np.shape(old[k])
+        }
         if mismatched:
             raise ValueError(
                 f"pretrained {group} weights do not fit the model (pretrained, model): {mismatched}. "

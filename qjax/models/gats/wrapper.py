@@ -56,11 +56,24 @@ class LegacyDayGroups(Adapter):
 
 GATS = ModelSpec(
     "qlib.contrib.model.pytorch_gats.GATs / pytorch_gats_ts.GATs",
-    {"d_feat": 6, "hidden_size": 64, "num_layers": 2, "dropout": 0.0, "n_epochs": 200,
-     "lr": 0.001, "metric": "", "early_stop": 20, "loss": "mse", "base_model": "GRU",
-     "model_path": None, "optimizer": "adam", "GPU": 0, "seed": None,
-     # qjax: "qlib_legacy" batches GATs_ts's contiguous instrument-major ranges (not days)
-     "daily_batch": "true_daily"},
+    {
+        "d_feat": 6,
+        "hidden_size": 64,
+        "num_layers": 2,
+        "dropout": 0.0,
+        "n_epochs": 200,
+        "lr": 0.001,
+        "metric": "",
+        "early_stop": 20,
+        "loss": "mse",
+        "base_model": "GRU",
+        "model_path": None,
+        "optimizer": "adam",
+        "GPU": 0,
+        "seed": None,
+        # qjax: "qlib_legacy" batches GATs_ts's contiguous instrument-major ranges (not days)
+        "daily_batch": "true_daily",
+    },
     pick("d_feat", "hidden_size", "num_layers", "dropout", "base_model"),
     ts_defaults={"d_feat": 20, "n_jobs": 10},
     adapters=(SequenceInput("d_feat"), DailyBatches(), LegacyDayGroups(), PretrainedBase()),

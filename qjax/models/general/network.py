@@ -20,7 +20,8 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import inspect
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -53,7 +54,9 @@ _QLIB_ZOO = {
 def resolve(module_path: str) -> type[nn.Module]:
     """The Flax module class named by ``module_path`` (dotted path, registry name or Qlib URI)."""
     if not isinstance(module_path, str) or not module_path.strip():
-        raise ValueError(f"module_path must be a non-empty string like 'pkg.mod.ClassName', got {module_path!r}")
+        raise ValueError(
+            f"module_path must be a non-empty string like 'pkg.mod.ClassName', got {module_path!r}"
+        )
     if module_path in _QLIB_ZOO:
         return registry.get(_QLIB_ZOO[module_path])
     if "." not in module_path:
@@ -67,7 +70,9 @@ def resolve(module_path: str) -> type[nn.Module]:
             "give 'package.module.ClassName' of an importable Flax module"
         ) from err
     if not hasattr(module, attr):
-        raise ValueError(f"module {module_name!r} has no attribute {attr!r} (module_path {module_path!r})")
+        raise ValueError(
+            f"module {module_name!r} has no attribute {attr!r} (module_path {module_path!r})"
+        )
     cls = getattr(module, attr)
     if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
         hint = ""
@@ -77,28 +82,40 @@ def resolve(module_path: str) -> type[nn.Module]:
     return cls
 
 
-def build(module_path: str, module_kwargs: Mapping[str, Any] | None = None, *, name: str | None = None) -> nn.Module:
+def build(
+    module_path: str, module_kwargs: Mapping[str, Any] | None = None, *, name: str | None = None
+) -> nn.Module:
     """Instantiate the Flax module at ``module_path`` with ``module_kwargs``, checking the kwargs."""
     cls = resolve(module_path)
     return cls(**checked_kwargs(cls, module_path, module_kwargs), name=name)
 
 
-def checked_kwargs(cls: type[nn.Module], module_path: str, module_kwargs: Mapping[str, Any] | None) -> dict:
+def checked_kwargs(
+    cls: type[nn.Module], module_path: str, module_kwargs: Mapping[str, Any] | None
+) -> dict:
     """``module_kwargs`` as a dict, or a clear error if ``cls`` rejects or lacks some of them."""
     kwargs = dict(module_kwargs or {})
     if module_path in _QLIB_ZOO:
         kwargs.pop("device", None)  # torch-only argument of Qlib's modules
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init and f.name not in ("parent", "name")}
+    fields = {
+        f.name: f for f in dataclasses.fields(cls) if f.init and f.name not in ("parent", "name")
+    }
     unknown = sorted(set(kwargs) - set(fields))
     if unknown:
-        raise ValueError(f"{cls.__name__} does not accept {unknown}; its fields are {sorted(fields)}")
+        raise ValueError(
+            f"{cls.__name__} does not accept {unknown}; its fields are {sorted(fields)}"
+        )
     missing = sorted(
         key
         for key, f in fields.items()
-        if key not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        if key not in kwargs
+        and f.default is dataclasses.MISSING
+        and f.default_factory is dataclasses.MISSING
     )
     if missing:
-        raise ValueError(f"{cls.__name__} needs {missing} in module_kwargs; its fields are {sorted(fields)}")
+        raise ValueError(
+            f"{cls.__name__} needs {missing} in module_kwargs; its fields are {sorted(fields)}"
+        )
     return kwargs
 
 

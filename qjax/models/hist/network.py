@@ -57,7 +57,9 @@ def hidden_concept_matrix(similarity: jax.Array, valid: jax.Array) -> jax.Array:
     candidates = jnp.where(valid[None, :], off_diagonal, -jnp.inf)
     picked = jnp.argmax(candidates, axis=1)
     value = jnp.take_along_axis(off_diagonal, picked[:, None], axis=1)[:, 0]
-    links = jax.nn.one_hot(picked, n, dtype=similarity.dtype) * jnp.where(valid, value, 0.0)[:, None]
+    links = (
+        jax.nn.one_hot(picked, n, dtype=similarity.dtype) * jnp.where(valid, value, 0.0)[:, None]
+    )
     picked_columns = jnp.sum(links, axis=0) != 0
     return links + jnp.diag(jnp.where(picked_columns, jnp.diagonal(similarity), 0.0))
 
@@ -99,7 +101,9 @@ class HISTModel(nn.Module):
             )
         valid = stock_mask(mask, n_stocks)
         seq = zero_padded_rows(seq, valid)
-        rnn = RNN(hidden_size, self.num_layers, self.dropout, cell=rnn_cell(self.base_model), name="rnn")
+        rnn = RNN(
+            hidden_size, self.num_layers, self.dropout, cell=rnn_cell(self.base_model), name="rnn"
+        )
         hidden = rnn(seq, train=train)[:, -1, :]  # [N, H]
 
         # Predefined concepts: member-weighted concept vectors, then attention back to stocks.
@@ -108,7 +112,9 @@ class HISTModel(nn.Module):
         weights = membership / (members[None, :] * membership + 1.0)
         concepts = weights.T @ hidden  # [K, H]
         concept_valid = jnp.sum(concepts, axis=1) != 0
-        to_concept = masked_softmax(cosine_similarity(hidden, concepts), concept_valid[None, :], axis=1)
+        to_concept = masked_softmax(
+            cosine_similarity(hidden, concepts), concept_valid[None, :], axis=1
+        )
         shared = dense["fc_es"](to_concept @ concepts)
         shared_back = dense["fc_es_back"](shared)
         out_shared = nn.leaky_relu(dense["fc_es_fore"](shared), negative_slope=0.01)
@@ -118,7 +124,9 @@ class HISTModel(nn.Module):
         links = hidden_concept_matrix(cosine_similarity(residual, residual), valid)
         hidden_concepts = links.T @ residual  # [N, H]
         hidden_valid = (jnp.sum(hidden_concepts, axis=1) != 0) & valid
-        to_hidden = masked_softmax(cosine_similarity(residual, hidden_concepts), hidden_valid[None, :], axis=1)
+        to_hidden = masked_softmax(
+            cosine_similarity(residual, hidden_concepts), hidden_valid[None, :], axis=1
+        )
         implicit = dense["fc_is"](to_hidden @ hidden_concepts)
         implicit_back = dense["fc_is_back"](implicit)
         out_implicit = nn.leaky_relu(dense["fc_is_fore"](implicit), negative_slope=0.01)

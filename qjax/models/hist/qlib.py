@@ -6,7 +6,7 @@ as for GATs (Qlib's HIST ``fit`` uses the same copy procedure).
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -14,8 +14,20 @@ from qjax.interop.weights import TrackedStateDict, finish_conversion, linear, rn
 from qjax.models.hist.network import HISTModel
 
 _LINEARS = (
-    "fc_es", "fc_is", "fc_es_middle", "fc_is_middle", "fc_es_fore", "fc_is_fore", "fc_indi_fore",
-    "fc_es_back", "fc_is_back", "fc_indi", "fc_out_es", "fc_out_is", "fc_out_indi", "fc_out",
+    "fc_es",
+    "fc_is",
+    "fc_es_middle",
+    "fc_is_middle",
+    "fc_es_fore",
+    "fc_is_fore",
+    "fc_indi_fore",
+    "fc_es_back",
+    "fc_is_back",
+    "fc_indi",
+    "fc_out_es",
+    "fc_out_is",
+    "fc_out_indi",
+    "fc_out",
 )
 
 
@@ -32,4 +44,6 @@ def convert_hist(
     sd = TrackedStateDict(sd)
     params = {"rnn": rnn(sd, "rnn", num_layers)}
     params.update({name: linear(sd, name) for name in _LINEARS})
-    return finish_conversion(module, sd, params, np.zeros((2, d_feat), np.float32), np.zeros((2, 1), np.float32))
+    return finish_conversion(
+        module, sd, params, np.zeros((2, d_feat), np.float32), np.zeros((2, 1), np.float32)
+    )

@@ -23,10 +23,24 @@ class ConceptInputs(Adapter):
 
 HIST = ModelSpec(
     "qlib.contrib.model.pytorch_hist.HIST",
-    {"d_feat": 6, "hidden_size": 64, "num_layers": 2, "dropout": 0.0, "n_epochs": 200,
-     "lr": 0.001, "metric": "ic", "early_stop": 20, "loss": "mse", "base_model": "GRU",
-     "model_path": None, "stock2concept": None, "stock_index": None, "optimizer": "adam",
-     "GPU": 0, "seed": None},
+    {
+        "d_feat": 6,
+        "hidden_size": 64,
+        "num_layers": 2,
+        "dropout": 0.0,
+        "n_epochs": 200,
+        "lr": 0.001,
+        "metric": "ic",
+        "early_stop": 20,
+        "loss": "mse",
+        "base_model": "GRU",
+        "model_path": None,
+        "stock2concept": None,
+        "stock_index": None,
+        "optimizer": "adam",
+        "GPU": 0,
+        "seed": None,
+    },
     pick("d_feat", "hidden_size", "num_layers", "dropout", "base_model"),
     adapters=(SequenceInput("d_feat"), DailyBatches(), ConceptInputs(), PretrainedBase()),
 )

@@ -7,7 +7,7 @@ torch keys: ``encoder.cnn_encoder.conv.{weight,bias}`` (Conv1d [out, in, k]),
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import jax.numpy as jnp
 import numpy as np

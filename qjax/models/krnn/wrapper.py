@@ -17,7 +17,15 @@ KRNN = ModelSpec(
         **EPOCH_LOOP,
         "layout": "qlib",  # qjax switch: "feature_major" fixes Qlib's row-major reshape
     },
-    pick("fea_dim", "cnn_dim", "cnn_kernel_size", "rnn_dim", "rnn_dups", "rnn_layers", "dropout",
-         "layout"),
+    pick(
+        "fea_dim",
+        "cnn_dim",
+        "cnn_kernel_size",
+        "rnn_dim",
+        "rnn_dups",
+        "rnn_layers",
+        "dropout",
+        "layout",
+    ),
     adapters=(SequenceInput("fea_dim"),),
 )

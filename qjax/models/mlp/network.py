@@ -8,7 +8,7 @@ uniform default.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
@@ -86,7 +86,9 @@ class Net(nn.Module):
     @nn.compact
     def __call__(self, x, train: bool = False):
         if self.act not in _ACTIVATIONS:
-            raise ValueError(f"unknown act {self.act!r}; Qlib's Net supports {sorted(_ACTIVATIONS)}")
+            raise ValueError(
+                f"unknown act {self.act!r}; Qlib's Net supports {sorted(_ACTIVATIONS)}"
+            )
         if x.ndim != 2 or x.shape[1] != self.input_dim:
             raise ValueError(
                 f"Net expects input [N, {self.input_dim}], got {x.shape}; set input_dim to the "

@@ -8,7 +8,7 @@ then a Dropout and the output Linear at ``dnn_layers.{L+2}``. A ``module.`` pref
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import jax.numpy as jnp
 import numpy as np
@@ -26,7 +26,7 @@ def mlp_from_qlib(state_dict: Mapping[str, np.ndarray], **kwargs) -> tuple[Net, 
     """
     module = Net(**kwargs)
     if state_dict and all(k.startswith(_DATA_PARALLEL_PREFIX) for k in state_dict):
-        state_dict = {k[len(_DATA_PARALLEL_PREFIX):]: v for k, v in state_dict.items()}
+        state_dict = {k[len(_DATA_PARALLEL_PREFIX) :]: v for k, v in state_dict.items()}
     sd = TrackedStateDict(state_dict)
     params, stats = {}, {}
     for i in range(len(module.layers)):

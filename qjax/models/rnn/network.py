@@ -31,7 +31,9 @@ class _LastStepRegressor(nn.Module):
     @nn.compact
     def __call__(self, x, train: bool = False):
         seq = as_sequence(x, self.d_feat)
-        out = RNN(self.hidden_size, self.num_layers, self.dropout, cell=self.cell, name="rnn")(seq, train)
+        out = RNN(self.hidden_size, self.num_layers, self.dropout, cell=self.cell, name="rnn")(
+            seq, train
+        )
         return Linear(1, name="fc_out")(out[:, -1, :])[:, 0]
 
 

@@ -6,7 +6,7 @@ non-ts and ts modules and for Qlib's pretrained ``model_*_csi300.pkl`` / ``csi30
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import jax.numpy as jnp
 import numpy as np

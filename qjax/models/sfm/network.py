@@ -37,7 +37,9 @@ def frequency_table(steps: int, freq_dim: int) -> tuple[np.ndarray, np.ndarray]:
 
     Qlib multiplies a float32 2π by the step t in float32, then by the float64 vector k/K.
     """
-    step_phase = (np.float32(2 * np.pi) * np.arange(1, steps + 1, dtype=np.float32)).astype(np.float64)
+    step_phase = (np.float32(2 * np.pi) * np.arange(1, steps + 1, dtype=np.float32)).astype(
+        np.float64
+    )
     omega = step_phase[:, None] * (np.arange(freq_dim, dtype=np.float64) / freq_dim)[None, :]
     return np.cos(omega).astype(np.float32), np.sin(omega).astype(np.float32)
 
@@ -66,10 +68,17 @@ class SFM_Model(nn.Module):  # noqa: N801 -- Qlib's class name
         xavier, orthogonal = nn.initializers.xavier_uniform(), nn.initializers.orthogonal()
         bias_init = {"ste": nn.initializers.ones, "fre": nn.initializers.ones}
         # One fused matmul per step: the gates' matrices are concatenated in _GATES order.
-        w = jnp.concatenate([self.param(f"W_{g}", xavier, (self.d_feat, width[g])) for g in _GATES], 1)
-        u = jnp.concatenate([self.param(f"U_{g}", orthogonal, (hidden, width[g])) for g in _GATES], 1)
+        w = jnp.concatenate(
+            [self.param(f"W_{g}", xavier, (self.d_feat, width[g])) for g in _GATES], 1
+        )
+        u = jnp.concatenate(
+            [self.param(f"U_{g}", orthogonal, (hidden, width[g])) for g in _GATES], 1
+        )
         b = jnp.concatenate(
-            [self.param(f"b_{g}", bias_init.get(g, nn.initializers.zeros), (width[g],)) for g in _GATES]
+            [
+                self.param(f"b_{g}", bias_init.get(g, nn.initializers.zeros), (width[g],))
+                for g in _GATES
+            ]
         )
         u_a = self.param("U_a", orthogonal, (freq, 1))
         b_a = self.param("b_a", nn.initializers.zeros, (hidden,))

@@ -6,14 +6,16 @@ are; only the ``fc_out`` Linear is transposed.
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 
 from qjax.interop.weights import TrackedStateDict, finish_conversion, linear, take
 from qjax.models.sfm.network import SFM_Model
 
-_MATRICES = tuple(f"{kind}_{gate}" for kind in ("W", "U", "b") for gate in ("i", "ste", "fre", "c", "o"))
+_MATRICES = tuple(
+    f"{kind}_{gate}" for kind in ("W", "U", "b") for gate in ("i", "ste", "fre", "c", "o")
+)
 
 
 def convert_sfm(

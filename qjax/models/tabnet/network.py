@@ -50,7 +50,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
@@ -177,7 +177,9 @@ class GhostBatchNorm(nn.Module):
         running_mean = self.variable("batch_stats", "mean", jnp.zeros, (features,), jnp.float32)
         running_var = self.variable("batch_stats", "var", jnp.ones, (features,), jnp.float32)
         if not train:
-            return (x - running_mean.value) * jax.lax.rsqrt(running_var.value + self.eps) * scale + bias
+            return (x - running_mean.value) * jax.lax.rsqrt(
+                running_var.value + self.eps
+            ) * scale + bias
 
         sizes = ghost_batch_sizes(x.shape[0], self.vbs)
         if min(sizes) < 2:
@@ -189,7 +191,9 @@ class GhostBatchNorm(nn.Module):
         if not self.is_initializing():
             counts = jnp.asarray(sizes, x.dtype)[:, None]
             running_mean.value = _sequential_ema(running_mean.value, means, self.momentum)
-            running_var.value = _sequential_ema(running_var.value, variances * counts / (counts - 1), self.momentum)
+            running_var.value = _sequential_ema(
+                running_var.value, variances * counts / (counts - 1), self.momentum
+            )
         return normalised * scale + bias
 
 
@@ -215,7 +219,9 @@ def _sequential_ema(running: jax.Array, batch_stats: jax.Array, momentum: float)
     n = batch_stats.shape[0]
     decay = 1.0 - momentum
     weights = momentum * decay ** jnp.arange(n - 1, -1, -1, dtype=running.dtype)
-    return decay**n * running + jnp.sum(weights[:, None] * batch_stats, axis=0)  # no matmul: no TF32 on GPU
+    return decay**n * running + jnp.sum(
+        weights[:, None] * batch_stats, axis=0
+    )  # no matmul: no TF32 on GPU
 
 
 class GLU(nn.Module):
@@ -248,7 +254,9 @@ class FeatureTransformer(nn.Module):
         if self.shared:
             x = GLU(self.out_dim, self.vbs, fc=self.shared[0], name="shared_0")(x, train)
             for i, fc in enumerate(self.shared[1:], start=1):
-                x = (x + GLU(self.out_dim, self.vbs, fc=fc, name=f"shared_{i}")(x, train)) * RESIDUAL_SCALE
+                x = (
+                    x + GLU(self.out_dim, self.vbs, fc=fc, name=f"shared_{i}")(x, train)
+                ) * RESIDUAL_SCALE
         elif x.shape[-1] != self.out_dim:
             raise ValueError(
                 f"n_shared=0 needs input width == output width ({x.shape[-1]} != {self.out_dim}): "
@@ -284,7 +292,9 @@ class DecisionStep(nn.Module):
     @nn.compact
     def __call__(self, x, a, priors, train: bool = False) -> tuple[jax.Array, jax.Array]:
         mask = AttentionTransformer(self.inp_dim, self.vbs, name="atten_tran")(a, priors, train)
-        transform = FeatureTransformer(self.n_d + self.n_a, self.shared, self.n_ind, self.vbs, name="fea_tran")
+        transform = FeatureTransformer(
+            self.n_d + self.n_a, self.shared, self.n_ind, self.vbs, name="fea_tran"
+        )
         return transform(x * mask, train), mask
 
 
@@ -327,18 +337,24 @@ class TabNet(nn.Module):
     def __call__(self, x: jax.Array, priors: jax.Array | None = None, train: bool = False):
         _check_input(x, self.inp_dim)
         if self.n_steps < 2:
-            raise ValueError(f"n_steps={self.n_steps}: TabNet needs n_steps >= 2 (n_steps - 1 decision steps)")
+            raise ValueError(
+                f"n_steps={self.n_steps}: TabNet needs n_steps >= 2 (n_steps - 1 decision steps)"
+            )
         priors = jnp.ones_like(x) if priors is None else priors
         if priors.shape != x.shape:
             raise ValueError(f"priors shape {priors.shape} must equal the input shape {x.shape}")
         shared = _shared_linears(self.n_shared, 2 * (self.n_d + self.n_a))
         x = GhostBatchNorm(None, name="bn")(x, train)
-        first = FeatureTransformer(self.n_d + self.n_a, shared, self.n_ind, self.vbs, name="first_step")
+        first = FeatureTransformer(
+            self.n_d + self.n_a, shared, self.n_ind, self.vbs, name="first_step"
+        )
         attention_input = first(x, train)[:, self.n_d :]
         out = jnp.zeros((x.shape[0], self.n_d), x.dtype)
         entropies = []
         for i in range(self.n_steps - 1):
-            step = DecisionStep(self.inp_dim, self.n_d, self.n_a, shared, self.n_ind, self.vbs, name=f"steps_{i}")
+            step = DecisionStep(
+                self.inp_dim, self.n_d, self.n_a, shared, self.n_ind, self.vbs, name=f"steps_{i}"
+            )
             x_te, mask = step(x, attention_input, priors, train)
             out = out + jax.nn.relu(x_te[:, : self.n_d])
             attention_input = x_te[:, self.n_d :]
@@ -362,7 +378,9 @@ class DecoderStep(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        x = FeatureTransformer(self.out_dim, self.shared, self.n_ind, self.vbs, name="fea_tran")(x, train)
+        x = FeatureTransformer(self.out_dim, self.shared, self.n_ind, self.vbs, name="fea_tran")(
+            x, train
+        )
         return Linear(self.out_dim, name="fc")(x)
 
 
@@ -382,7 +400,9 @@ class TabNetDecoder(nn.Module):
         shared = _shared_linears(self.n_shared, 2 * self.out_dim)
         out = jnp.zeros((x.shape[0], self.out_dim), x.dtype)
         for i in range(self.n_steps):
-            out = out + DecoderStep(self.out_dim, shared, self.n_ind, self.vbs, name=f"steps_{i}")(x, train)
+            out = out + DecoderStep(self.out_dim, shared, self.n_ind, self.vbs, name=f"steps_{i}")(
+                x, train
+            )
         return out
 
 
@@ -408,7 +428,13 @@ class TabNetFinetune(nn.Module):
 
     def _encoder_kwargs(self) -> dict:
         dims = {k: getattr(self, k) for k in QLIB_ENCODER_DIMS} if self.paper else QLIB_ENCODER_DIMS
-        fixed = dict(inp_dim=self.inp_dim, out_dim=self.out_dim, relax=self.relax, vbs=self.vbs, paper=self.paper)
+        fixed = dict(
+            inp_dim=self.inp_dim,
+            out_dim=self.out_dim,
+            relax=self.relax,
+            vbs=self.vbs,
+            paper=self.paper,
+        )
         return {**fixed, **dims}
 
     def encoder(self) -> TabNet:
@@ -418,7 +444,13 @@ class TabNetFinetune(nn.Module):
     def decoder(self) -> TabNetDecoder:
         """The pretraining decoder as ``TabnetModel`` builds it (always with these fields' values)."""
         return TabNetDecoder(
-            self.out_dim, self.inp_dim, self.n_shared, self.n_ind, self.vbs, self.n_steps, parent=None
+            self.out_dim,
+            self.inp_dim,
+            self.n_shared,
+            self.n_ind,
+            self.vbs,
+            self.n_steps,
+            parent=None,
         )
 
     def pretrainer(self) -> TabNetPretrainer:
@@ -430,11 +462,17 @@ class TabNetFinetune(nn.Module):
         return () if self.paper else ("fc",)
 
     @nn.compact
-    def __call__(self, x: jax.Array, priors: jax.Array | None = None, train: bool = False) -> jax.Array:
+    def __call__(
+        self, x: jax.Array, priors: jax.Array | None = None, train: bool = False
+    ) -> jax.Array:
         vec, sparse_loss = TabNet(**self._encoder_kwargs(), name="model")(x, priors, train)
         if not self.is_initializing():  # keep the loss out of the variables that init returns
             self.sow(
-                SPARSE_LOSS_COLLECTION, "sparse_loss", sparse_loss, init_fn=lambda: 0.0, reduce_fn=lambda _, new: new
+                SPARSE_LOSS_COLLECTION,
+                "sparse_loss",
+                sparse_loss,
+                init_fn=lambda: 0.0,
+                reduce_fn=lambda _, new: new,
             )
         out = Linear(self.final_out_dim, name="fc")(vec)
         return out[:, 0] if self.final_out_dim == 1 else out
@@ -455,7 +493,9 @@ def reconstruction_loss(x: jax.Array, reconstruction: jax.Array, s_mask: jax.Arr
     D_j = sqrt(sum_b (f_bj - mean_b f_j)^2) is the spread of the *reconstruction* f (the paper
     uses the data's), there is no 1/N, and D is differentiated through, all as in Qlib.
     """
-    spread = jnp.sqrt(jnp.sum(jnp.square(reconstruction - jnp.mean(reconstruction, axis=0)), axis=0))
+    spread = jnp.sqrt(
+        jnp.sum(jnp.square(reconstruction - jnp.mean(reconstruction, axis=0)), axis=0)
+    )
     return jnp.sum(jnp.square((x * s_mask - reconstruction) * s_mask / spread))
 
 
@@ -487,6 +527,8 @@ def pretrain_loss(apply_fn, variables: dict, x: jax.Array, s_mask: jax.Array, tr
     over the batch (no 1/N): as an engine objective its count is 1.
     """
     if train:
-        reconstruction, updates = apply_fn(variables, x, s_mask, train=True, mutable=["batch_stats"])
+        reconstruction, updates = apply_fn(
+            variables, x, s_mask, train=True, mutable=["batch_stats"]
+        )
         return reconstruction_loss(x, reconstruction, s_mask), updates["batch_stats"]
     return reconstruction_loss(x, apply_fn(variables, x, s_mask), s_mask), None

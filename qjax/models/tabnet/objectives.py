@@ -26,7 +26,9 @@ class TabNetPretrainObjective:
 
     def __call__(self, apply_fn, variables, batch, rng, train) -> LossOutput:
         x = batch.x
-        loss, batch_stats = pretrain_loss(apply_fn, variables, x, pretrain_mask(rng, x.shape, self.ps), train)
+        loss, batch_stats = pretrain_loss(
+            apply_fn, variables, x, pretrain_mask(rng, x.shape, self.ps), train
+        )
         return LossOutput(loss, jnp.float32(1.0), batch_stats)
 
 

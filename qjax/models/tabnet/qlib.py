@@ -12,7 +12,7 @@ torch repeats each shared Linear under every FeatureTransformer that uses it
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -47,7 +47,9 @@ def _feature_transformer(sd, prefix, params, stats, path, shared: list[dict], n_
         _batch_norm(sd, f"{prefix}.shared.{i}.bn.bn", params, stats, path + (f"shared_{i}", "bn"))
     for i in range(n_ind):
         _nested(params, path + (f"independ_{i}",))["fc"] = linear(sd, f"{prefix}.independ.{i}.fc")
-        _batch_norm(sd, f"{prefix}.independ.{i}.bn.bn", params, stats, path + (f"independ_{i}", "bn"))
+        _batch_norm(
+            sd, f"{prefix}.independ.{i}.bn.bn", params, stats, path + (f"independ_{i}", "bn")
+        )
 
 
 def _shared(sd, prefix: str, n_shared: int) -> list[dict]:
@@ -61,12 +63,16 @@ def encoder_variables(sd, prefix: str, encoder: TabNet) -> tuple[dict, dict]:
     shared = _shared(sd, prefix, encoder.n_shared)
     params.update({f"shared_{i}": p for i, p in enumerate(shared)})
     _batch_norm(sd, f"{prefix}bn", params, stats, ("bn",))
-    _feature_transformer(sd, f"{prefix}first_step", params, stats, ("first_step",), shared, encoder.n_ind)
+    _feature_transformer(
+        sd, f"{prefix}first_step", params, stats, ("first_step",), shared, encoder.n_ind
+    )
     for s in range(encoder.n_steps - 1):
         step, path = f"{prefix}steps.{s}", (f"steps_{s}",)
         _nested(params, path + ("atten_tran",))["fc"] = linear(sd, f"{step}.atten_tran.fc")
         _batch_norm(sd, f"{step}.atten_tran.bn.bn", params, stats, path + ("atten_tran", "bn"))
-        _feature_transformer(sd, f"{step}.fea_tran", params, stats, path + ("fea_tran",), shared, encoder.n_ind)
+        _feature_transformer(
+            sd, f"{step}.fea_tran", params, stats, path + ("fea_tran",), shared, encoder.n_ind
+        )
     params["fc"] = linear(sd, f"{prefix}fc")
     return params, stats
 
@@ -79,7 +85,9 @@ def decoder_variables(sd, prefix: str, decoder: TabNetDecoder) -> tuple[dict, di
     params.update({f"shared_{i}": p for i, p in enumerate(shared)})
     for s in range(decoder.n_steps):
         step, path = f"{prefix}steps.{s}", (f"steps_{s}",)
-        _feature_transformer(sd, f"{step}.fea_tran", params, stats, path + ("fea_tran",), shared, decoder.n_ind)
+        _feature_transformer(
+            sd, f"{step}.fea_tran", params, stats, path + ("fea_tran",), shared, decoder.n_ind
+        )
         _nested(params, path)["fc"] = linear(sd, f"{step}.fc")
     return params, stats
 
@@ -112,7 +120,9 @@ def _check_encoder_dims(sd, prefix: str, encoder: TabNet, paper: bool) -> None:
             if not paper
             else "pass the n_d/n_a/n_shared/n_ind/n_steps the torch TabNet was built with"
         )
-        raise ValueError(f"state_dict encoder dims {saved} differ from the module's {wanted}: {hint}")
+        raise ValueError(
+            f"state_dict encoder dims {saved} differ from the module's {wanted}: {hint}"
+        )
 
 
 def tabnet_from_qlib(state_dict: Mapping[str, np.ndarray], **kwargs) -> tuple[TabNetFinetune, dict]:
@@ -135,12 +145,18 @@ def tabnet_encoder_from_qlib(state_dict: Mapping[str, np.ndarray], **kwargs) -> 
     module = TabNet(**kwargs)
     sd = TrackedStateDict(state_dict)
     params, stats = encoder_variables(sd, "", module)
-    return finish_conversion(module, sd, params, np.zeros((2, module.inp_dim), np.float32), batch_stats=stats)
+    return finish_conversion(
+        module, sd, params, np.zeros((2, module.inp_dim), np.float32), batch_stats=stats
+    )
 
 
-def tabnet_decoder_from_qlib(state_dict: Mapping[str, np.ndarray], **kwargs) -> tuple[TabNetDecoder, dict]:
+def tabnet_decoder_from_qlib(
+    state_dict: Mapping[str, np.ndarray], **kwargs
+) -> tuple[TabNetDecoder, dict]:
     """:class:`TabNetDecoder` ``(inp_dim, out_dim, n_shared, n_ind, vbs, n_steps)`` from ``TabNet_Decoder``."""
     module = TabNetDecoder(**kwargs)
     sd = TrackedStateDict(state_dict)
     params, stats = decoder_variables(sd, "", module)
-    return finish_conversion(module, sd, params, np.zeros((2, module.inp_dim), np.float32), batch_stats=stats)
+    return finish_conversion(
+        module, sd, params, np.zeros((2, module.inp_dim), np.float32), batch_stats=stats
+    )

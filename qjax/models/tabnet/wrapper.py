@@ -49,8 +49,18 @@ DEFAULTS = {
     "paper": False,
     "lambda_sparse": 1e-3,
 }
-_ARGS = ("out_dim", "final_out_dim", "n_d", "n_a", "n_shared", "n_ind", "n_steps", "relax", "vbs",
-         "paper")
+_ARGS = (
+    "out_dim",
+    "final_out_dim",
+    "n_d",
+    "n_a",
+    "n_shared",
+    "n_ind",
+    "n_steps",
+    "relax",
+    "vbs",
+    "paper",
+)
 
 
 def module_kwargs(kw: dict, is_ts: bool) -> dict:

@@ -21,7 +21,7 @@ effective init reproduced here is torch's default Conv1d init of v with g = ‖v
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -44,7 +44,9 @@ class WeightNormCausalConv(nn.Module):
     def __call__(self, x):
         in_channels = x.shape[-1]
         bound = 1.0 / math.sqrt(in_channels * self.kernel_size)
-        v = self.param("weight_v", uniform_init(bound), (self.kernel_size, in_channels, self.features))
+        v = self.param(
+            "weight_v", uniform_init(bound), (self.kernel_size, in_channels, self.features)
+        )
         # g starts at ‖v‖, so the initial effective weight is v itself (as weight_norm does).
         g = self.param("weight_g", lambda _key: jnp.sqrt(jnp.sum(v * v, axis=(0, 1))))
         bias = self.param("bias", uniform_init(bound), (self.features,))
@@ -65,11 +67,15 @@ class TemporalBlock(nn.Module):
     def __call__(self, x, train: bool = False):
         out = x
         for name in ("conv1", "conv2"):
-            out = WeightNormCausalConv(self.n_outputs, self.kernel_size, self.dilation, name=name)(out)
+            out = WeightNormCausalConv(self.n_outputs, self.kernel_size, self.dilation, name=name)(
+                out
+            )
             out = nn.Dropout(self.dropout, deterministic=not train)(nn.relu(out))
         residual = x
         if x.shape[-1] != self.n_outputs:
-            residual = Linear(self.n_outputs, kernel_init=nn.initializers.normal(0.01), name="downsample")(x)
+            residual = Linear(
+                self.n_outputs, kernel_init=nn.initializers.normal(0.01), name="downsample"
+            )(x)
         return nn.relu(out + residual)
 
 
@@ -95,7 +101,9 @@ class TCNModel(nn.Module):
     def __call__(self, x, train: bool = False):
         out = as_sequence(x, self.num_input)  # [N, T, F], channels-last
         for level, channels in enumerate(self.num_channels):
-            block = TemporalBlock(channels, self.kernel_size, 2**level, self.dropout, name=f"network_{level}")
+            block = TemporalBlock(
+                channels, self.kernel_size, 2**level, self.dropout, name=f"network_{level}"
+            )
             out = block(out, train=train)
         y = Linear(self.output_size, name="linear")(out[:, -1, :])
         return y[:, 0] if self.output_size == 1 else y

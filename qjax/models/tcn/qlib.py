@@ -7,7 +7,7 @@ Weight-normed convs map ``weight_v`` [out, in, k] -> [k, in, out] and ``weight_g
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 

@@ -17,8 +17,15 @@ def module_kwargs(kw: dict, is_ts: bool) -> dict:
 
 TCN = ModelSpec(
     "qlib.contrib.model.pytorch_tcn.TCN / pytorch_tcn_ts.TCN",
-    {"d_feat": 6, "n_chans": 128, "kernel_size": 5, "num_layers": 5, "dropout": 0.5,
-     **EPOCH_LOOP, "lr": 0.0001},
+    {
+        "d_feat": 6,
+        "n_chans": 128,
+        "kernel_size": 5,
+        "num_layers": 5,
+        "dropout": 0.5,
+        **EPOCH_LOOP,
+        "lr": 0.0001,
+    },
     module_kwargs,
     ts_defaults={"num_layers": 2, "dropout": 0.0, "lr": 0.001, "n_jobs": 10},
     adapters=(SequenceInput("d_feat"),),

@@ -45,9 +45,13 @@ def positional_encoding(length: int, d_model: int, max_len: int = MAX_LEN) -> np
     if d_model % 2:
         raise ValueError(f"d_model={d_model} must be even for the sinusoidal position encoding")
     if length > max_len:
-        raise ValueError(f"sequence length {length} exceeds the position encoding's max_len={max_len}")
+        raise ValueError(
+            f"sequence length {length} exceeds the position encoding's max_len={max_len}"
+        )
     position = np.arange(length, dtype=np.float32)[:, None]
-    div_term = np.exp(np.arange(0, d_model, 2, dtype=np.float32) * np.float32(-math.log(10000.0) / d_model))
+    div_term = np.exp(
+        np.arange(0, d_model, 2, dtype=np.float32) * np.float32(-math.log(10000.0) / d_model)
+    )
     pe = np.zeros((length, d_model), np.float32)
     pe[:, 0::2] = np.sin(position * div_term)
     pe[:, 1::2] = np.cos(position * div_term)
@@ -68,7 +72,9 @@ def _shared_init(init, key: jax.Array | None, tag: int):
     return shared
 
 
-def _torch_dense(features: int, fan_in: int, key, tag: int, name: str, zero_bias: bool = False) -> nn.Dense:
+def _torch_dense(
+    features: int, fan_in: int, key, tag: int, name: str, zero_bias: bool = False
+) -> nn.Dense:
     """``nn.Linear`` with torch's init (U(±1/sqrt(fan_in)); MHA's out_proj has a zero bias)."""
     bound = 1.0 / math.sqrt(fan_in)
     bias_init = nn.initializers.zeros if zero_bias else uniform_init(bound)
@@ -96,10 +102,16 @@ class MultiHeadSelfAttention(nn.Module):
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         d, heads = self.d_model, self.nhead
         if d % heads:
-            raise ValueError(f"d_model={d} is not divisible by nhead={heads}; pick nhead dividing d_model")
+            raise ValueError(
+                f"d_model={d} is not divisible by nhead={heads}; pick nhead dividing d_model"
+            )
         xavier_bound = math.sqrt(6.0 / (d + 3 * d))
-        w_in = self.param("in_proj_kernel", _shared_init(uniform_init(xavier_bound), self.init_key, 0), (d, 3 * d))
-        b_in = self.param("in_proj_bias", _shared_init(nn.initializers.zeros, self.init_key, 1), (3 * d,))
+        w_in = self.param(
+            "in_proj_kernel", _shared_init(uniform_init(xavier_bound), self.init_key, 0), (d, 3 * d)
+        )
+        b_in = self.param(
+            "in_proj_bias", _shared_init(nn.initializers.zeros, self.init_key, 1), (3 * d,)
+        )
         n, t, _ = x.shape
         q, k, v = jnp.split(jnp.dot(x, w_in) + b_in, 3, axis=-1)
         q, k, v = (a.reshape(n, t, heads, d // heads) for a in (q, k, v))
@@ -130,11 +142,17 @@ class TransformerEncoderLayer(nn.Module):
             return nn.Dropout(self.dropout, deterministic=not train)(y)
 
         sub = None if key is None else jax.random.fold_in(key, 0)
-        attn = MultiHeadSelfAttention(d, self.nhead, self.dropout, init_key=sub, name="self_attn")(x, train)
-        x = nn.LayerNorm(epsilon=LAYER_NORM_EPS, use_fast_variance=False, name="norm1")(x + drop(attn))
+        attn = MultiHeadSelfAttention(d, self.nhead, self.dropout, init_key=sub, name="self_attn")(
+            x, train
+        )
+        x = nn.LayerNorm(epsilon=LAYER_NORM_EPS, use_fast_variance=False, name="norm1")(
+            x + drop(attn)
+        )
         hidden = nn.relu(_torch_dense(self.dim_feedforward, d, key, 1, "linear1")(x))
         ff = _torch_dense(d, self.dim_feedforward, key, 2, "linear2")(drop(hidden))
-        return nn.LayerNorm(epsilon=LAYER_NORM_EPS, use_fast_variance=False, name="norm2")(x + drop(ff))
+        return nn.LayerNorm(epsilon=LAYER_NORM_EPS, use_fast_variance=False, name="norm2")(
+            x + drop(ff)
+        )
 
 
 class TransformerEncoder(nn.Module):
@@ -171,7 +189,9 @@ class LocalformerEncoder(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        bound = 1.0 / math.sqrt(3 * self.d_model)  # torch Conv1d: fan_in = in_channels * kernel_size
+        bound = 1.0 / math.sqrt(
+            3 * self.d_model
+        )  # torch Conv1d: fan_in = in_channels * kernel_size
         local = x
         for i in range(self.num_layers):
             conv = Conv1d(
@@ -232,7 +252,12 @@ class Transformer(nn.Module):
         if self.is_initializing():
             _unused_template(h, self.d_model, self.nhead, self.dropout, layer_key)
         encoder = TransformerEncoder(
-            self.d_model, self.nhead, self.num_layers, self.dropout, init_key=layer_key, name="transformer_encoder"
+            self.d_model,
+            self.nhead,
+            self.num_layers,
+            self.dropout,
+            init_key=layer_key,
+            name="transformer_encoder",
         )
         h = encoder(h, train)
         return Linear(1, name="decoder_layer")(h[:, -1, :])[:, 0]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -36,7 +36,8 @@ def _common(sd, num_layers: int) -> dict:
         "feature_layer": linear(sd, "feature_layer"),
         "encoder_layer": encoder_layer(sd, "encoder_layer"),
         "transformer_encoder": {
-            f"layers_{i}": encoder_layer(sd, f"transformer_encoder.layers.{i}") for i in range(num_layers)
+            f"layers_{i}": encoder_layer(sd, f"transformer_encoder.layers.{i}")
+            for i in range(num_layers)
         },
         "decoder_layer": linear(sd, "decoder_layer"),
     }
@@ -44,19 +45,25 @@ def _common(sd, num_layers: int) -> dict:
 
 def _checked(module, sd: TrackedStateDict, params: dict) -> tuple:
     example = np.zeros((1, _SEQ_LEN, module.d_feat), np.float32)
-    return finish_conversion(module, sd, params, example, ignore_suffixes=("pos_encoder.pe",))  # PE is recomputed
+    return finish_conversion(
+        module, sd, params, example, ignore_suffixes=("pos_encoder.pe",)
+    )  # PE is recomputed
 
 
 def transformer_from_qlib(sd, d_feat=6, d_model=8, nhead=4, num_layers=2, dropout=0.5):
     """Qlib ``pytorch_transformer(_ts).Transformer`` weights (the PE buffer is recomputed)."""
-    module = Transformer(d_feat=d_feat, d_model=d_model, nhead=nhead, num_layers=num_layers, dropout=dropout)
+    module = Transformer(
+        d_feat=d_feat, d_model=d_model, nhead=nhead, num_layers=num_layers, dropout=dropout
+    )
     sd = TrackedStateDict(sd)
     return _checked(module, sd, _common(sd, num_layers))
 
 
 def localformer_from_qlib(sd, d_feat=6, d_model=8, nhead=4, num_layers=2, dropout=0.5):
     """Qlib ``pytorch_localformer(_ts).Transformer`` weights (convs, encoder layers and GRU)."""
-    module = Localformer(d_feat=d_feat, d_model=d_model, nhead=nhead, num_layers=num_layers, dropout=dropout)
+    module = Localformer(
+        d_feat=d_feat, d_model=d_model, nhead=nhead, num_layers=num_layers, dropout=dropout
+    )
     sd = TrackedStateDict(sd)
     params = _common(sd, num_layers)
     for i in range(num_layers):
