@@ -202,6 +202,17 @@ class WholeBatchesOnCpu(Adapter):
 
 
 @dataclasses.dataclass(frozen=True)
+class OneCpuDevice(Adapter):
+    """Each batch on one CPU device, in the engine's micro-batches: KRNN and TabNet trained
+    slower split over the cores (0.85x and 0.69x of torch on 2 quiet cores, against 1.23x and
+    1.43x on one device; KRNN's micro-batches 1.44x), ``benchmarks/results/levers_cpu_more.md``.
+    """
+
+    def train_fields(self, kw: dict, fields: dict) -> dict:
+        return {**fields, "cpu_split": False}
+
+
+@dataclasses.dataclass(frozen=True)
 class DailyBatches(Adapter):
     """One batch per trading day (cross-sectional models: GATs, HIST); the fitted
     ``TrainConfig.batching`` is then the one place that says so, for fit and predict alike."""

@@ -109,6 +109,15 @@ def test_recurrent_models_train_whole_batches_on_one_cpu_device_unless_asked():
     assert (transformer.micro_batch, transformer.cpu_split) == (None, True)  # levers on
 
 
+def test_krnn_and_tabnet_train_on_one_cpu_device_in_automatic_micro_batches():
+    from qjax.models.krnn.wrapper import KRNN
+    from qjax.models.tabnet.wrapper import TABNET
+
+    for spec in (KRNN, TABNET):
+        config = TrainConfig(**spec.train_config_fields(spec.resolve({}, True)))
+        assert (config.micro_batch, config.cpu_split) == (None, False), spec.qlib_class
+
+
 def test_mlp_input_width_must_equal_the_feature_columns():
     InputWidth().check_input({"pt_model_kwargs": {"input_dim": 158}}, (1, 158))
     with pytest.raises(ValueError, match="input_dim=360 but the dataset has 158 feature columns"):

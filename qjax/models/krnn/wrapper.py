@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from qjax.models.spec import EPOCH_LOOP, ModelSpec, SequenceInput, pick
+from qjax.models.spec import EPOCH_LOOP, ModelSpec, OneCpuDevice, SequenceInput, pick
 
 KRNN = ModelSpec(
     "qlib.contrib.model.pytorch_krnn.KRNN",
@@ -27,5 +27,5 @@ KRNN = ModelSpec(
         "dropout",
         "layout",
     ),
-    adapters=(SequenceInput("fea_dim"),),
+    adapters=(SequenceInput("fea_dim"), OneCpuDevice()),
 )
