@@ -40,6 +40,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.add_argument(
+        "--mlflow",
+        metavar="URI",
+        help="log the finished run to MLflow: a folder (e.g. ./mlruns), sqlite:///mlflow.db or "
+        "a server (params, per-epoch metrics, test metrics, artifacts; see qjax.tracking)",
+    )
+    train.add_argument(
+        "--experiment", metavar="NAME", help="MLflow experiment (default: the config's name)"
+    )
+    train.add_argument(
         "--compilation-cache",
         metavar="DIR",
         default=default_cache_dir(),
@@ -208,6 +217,14 @@ def main(argv: list[str] | None = None) -> int:
         out = Path(args.out or Path("runs") / f"{Path(args.config).stem}-rolling")
         return rolling_main(cfg, out, args)
     out = Path(args.out or Path("runs") / Path(args.config).stem)
+    if args.mlflow:
+        from qjax.tracking import check_available
+
+        try:
+            check_available()
+        except run_config.ConfigError as err:
+            print(f"qjax: {err}", file=sys.stderr)
+            return 2
     return _train(cfg, out, args)
 
 
@@ -257,7 +274,26 @@ def _train(cfg: dict, out: Path, args: argparse.Namespace) -> int:
     if code == 0:
         print(workflow.format_table(metrics))
         print(f"run directory: {out}")
+    if code == 0 and args.mlflow:
+        return _log_to_mlflow(out, args.mlflow, args.experiment or Path(args.config).stem)
     return code
+
+
+def _log_to_mlflow(out: Path, uri: str, experiment: str) -> int:
+    from qjax.tracking import log_run
+
+    try:
+        run_id = log_run(out, uri, experiment)
+    except Exception as err:  # MLflow's own errors have no common base; the run itself is safe
+        print(
+            f"qjax: the run in {out} is complete, but logging it to MLflow ({uri}) failed: "
+            f"{type(err).__name__}: {err}; run the same command again to retry (nothing is "
+            "retrained)",
+            file=sys.stderr,
+        )
+        return 1
+    print(f"MLflow: experiment {experiment!r}, run {run_id} ({uri})")
+    return 0
 
 
 def _sweep(args: argparse.Namespace) -> int:
