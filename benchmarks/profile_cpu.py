@@ -1,7 +1,7 @@
 """Where one training epoch of each model goes on XLA:CPU, by kind of operation.
 
-Each model trains one epoch with ``fit``'s defaults (what a user gets: device split and
-micro-batches as the engine chooses) on ``train_vs_torch.py``'s data and Qlib settings, under
+Each model trains one epoch with the device split and micro-batches its home picks (what a
+user of ``qjax.estimator`` or ``qjax train`` gets) on ``train_vs_torch.py``'s data and Qlib settings, under
 ``jax.profiler``. The trace's XLA operations are summed by kind (matmuls, convolutions,
 gathers, scan bookkeeping, copies, reductions, cross-device collectives, other fusions) and
 divided by the wall time: ``busy cores`` is op-seconds per wall second, so on two cores a value
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import dataclasses
 import gzip
 import json
 import logging
@@ -30,7 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import train_vs_torch as tvt  # noqa: E402
 from _common import command_line, load_average, machine, publish, timed  # noqa: E402
 
-from qjax.train import fit  # noqa: E402
+from qjax.models import registry  # noqa: E402
+from qjax.train import TrainConfig, fit  # noqa: E402
 
 WAITING = "waiting for the other devices"
 KINDS = {  # first match wins; XLA:CPU names trace events after the HLO instruction
@@ -88,6 +90,15 @@ def exclusive_seconds(events: list[dict]) -> list[tuple[dict, float]]:
     return out
 
 
+def home_levers(name: str, config: TrainConfig) -> TrainConfig:
+    """``config`` with the device split and micro-batches the model's home picks for a user."""
+    spec = registry.model(name).spec
+    fields = spec.train_config_fields(spec.resolve({}, True))
+    return dataclasses.replace(
+        config, micro_batch=fields.get("micro_batch"), cpu_split=fields.get("cpu_split", True)
+    )
+
+
 def profile(case: tvt.Case, n_samples: int) -> dict:
     import qjax.models
 
@@ -95,7 +106,7 @@ def profile(case: tvt.Case, n_samples: int) -> dict:
     n = max(int(round(n_samples * case.sample_share)), case.batch_size, 2 * tvt.DAY_SIZES[1])
     data = tvt.make_data(case, n, seed=0)
     samples = tvt.qjax_samples(case, data)
-    config = tvt.train_config(case, data.n)
+    config = home_levers(case.name, tvt.train_config(case, data.n))
     first = fit(module, samples, None, config, verbose=False)  # compiles
     with tempfile.TemporaryDirectory() as folder:
         jax.profiler.start_trace(folder, create_perfetto_trace=True)
@@ -150,8 +161,8 @@ def main(argv: list[str] | None = None) -> int:
         f"Command: `{meta['command']}`",
         "",
         f"{meta['machine']['cpu']}, {meta['machine']['logical_cores']} logical cores; load average "
-        f"before {before}, after {meta['load_after']}. One epoch with `fit`'s defaults "
-        "(devices / micro-batches as chosen), after a compiling call.",
+        f"before {before}, after {meta['load_after']}. One epoch with the devices and micro-batches "
+        "each model's home picks, after a compiling call.",
         "",
         "Share of the XLA operation time by kind (summed over threads), and busy cores "
         "(operation seconds per wall second, waits excluded):",

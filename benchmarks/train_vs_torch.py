@@ -67,13 +67,12 @@ if torch.cuda.is_available():
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
 import qjax
 import qjax.models
-from qjax.data.samples import Samples, tabular_samples
+from qjax.data.samples import Samples, tabular_samples, with_keyword_inputs
 from qjax.train import TrainConfig, fit, predict
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -453,25 +452,10 @@ def make_data(case: Case, n: int, seed: int) -> Data:
     )
 
 
-def take_with_concepts(features: dict, ids: jax.Array) -> dict:
-    """HIST's inputs for sample ids: the rows and their stocks' concept memberships."""
-    return {
-        "x": jnp.take(features["x"], ids, axis=0),
-        "concept_matrix": jnp.take(
-            features["stock2concept"], jnp.take(features["stock"], ids), axis=0
-        ),
-    }
-
-
 def qjax_samples(case: Case, data: Data) -> Samples:
     samples = tabular_samples(data.x, data.y, data.index)
-    if case.inputs == "concepts":
-        features = {
-            "x": samples.features,
-            "stock": jnp.asarray(data.stock, jnp.int32),
-            "stock2concept": jnp.asarray(data.stock2concept),
-        }
-        samples = samples.replace(features=features, take=take_with_concepts)
+    if case.inputs == "concepts":  # HIST: each sample's stock row of stock2concept, as qjax does
+        samples = with_keyword_inputs(samples, concept_matrix=data.stock2concept[data.stock])
     return samples
 
 
