@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gzip
 import importlib
 import json
 import os
@@ -16,6 +17,7 @@ import platform
 import shlex
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -190,6 +192,19 @@ class CompileWatch:
         finally:
             got["compiles"] = self.compiles - before[0]
             got["compile_s"] = self.seconds - before[1]
+
+
+def traced(fn: Callable[[], object]) -> tuple[float, list[dict]]:
+    """Wall seconds of ``fn()`` under ``jax.profiler`` and the trace's events (perfetto JSON)."""
+    import jax
+
+    with tempfile.TemporaryDirectory() as folder:
+        jax.profiler.start_trace(folder, create_perfetto_trace=True)
+        wall = timed(fn)
+        jax.profiler.stop_trace()
+        trace = next(Path(folder).rglob("perfetto_trace.json.gz"))
+        with gzip.open(trace) as stream:
+            return wall, json.load(stream)["traceEvents"]
 
 
 def timed(fn: Callable[[], object]) -> float:

@@ -16,20 +16,15 @@ from __future__ import annotations
 import argparse
 import collections
 import dataclasses
-import gzip
-import json
 import logging
 import re
 import sys
-import tempfile
 import warnings
 from pathlib import Path
 
-import jax
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import train_vs_torch as tvt  # noqa: E402
-from _common import command_line, load_average, machine, publish, timed  # noqa: E402
+from _common import command_line, load_average, machine, publish, traced  # noqa: E402
 
 from qjax.models import registry  # noqa: E402
 from qjax.train import TrainConfig, fit  # noqa: E402
@@ -108,13 +103,7 @@ def profile(case: tvt.Case, n_samples: int) -> dict:
     samples = tvt.qjax_samples(case, data)
     config = home_levers(case.name, tvt.train_config(case, data.n))
     first = fit(module, samples, None, config, verbose=False)  # compiles
-    with tempfile.TemporaryDirectory() as folder:
-        jax.profiler.start_trace(folder, create_perfetto_trace=True)
-        wall = timed(lambda: fit(module, samples, None, config, verbose=False))
-        jax.profiler.stop_trace()
-        trace = next(Path(folder).rglob("perfetto_trace.json.gz"))
-        with gzip.open(trace) as stream:
-            events = json.load(stream)["traceEvents"]
+    wall, events = traced(lambda: fit(module, samples, None, config, verbose=False))
     by_kind, by_op = collections.Counter(), collections.Counter()
     for event, seconds in exclusive_seconds(events):
         kind = op_kind(event.get("name", ""))

@@ -17,17 +17,13 @@ from __future__ import annotations
 
 import argparse
 import collections
-import gzip
-import json
 import sys
-import tempfile
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
-from _common import command_line, load_average, machine, median, publish, timed
+from _common import command_line, load_average, machine, median, publish, timed, traced
 
 N, H, T, SAMPLES = 800, 64, 60, 9600
 
@@ -72,13 +68,7 @@ def profile_epoch(name: str) -> dict:
         n_epochs=1, lr=1e-3, batch_size=N, clip_value=3.0, optimizer="adam", seed=0
     )
     fit(module, samples, None, config, verbose=False)  # compile
-    with tempfile.TemporaryDirectory() as folder:
-        jax.profiler.start_trace(folder, create_perfetto_trace=True)
-        wall = timed(lambda: fit(module, samples, None, config, verbose=False))
-        jax.profiler.stop_trace()
-        trace = next(Path(folder).rglob("perfetto_trace.json.gz"))
-        with gzip.open(trace) as stream:
-            events = json.load(stream)["traceEvents"]
+    wall, events = traced(lambda: fit(module, samples, None, config, verbose=False))
     by_kind, by_thread = collections.Counter(), collections.Counter()
     for event in events:
         kind = op_kind(event.get("name", "")) if event.get("ph") == "X" else None

@@ -49,7 +49,11 @@ class Fit:
 
     @property
     def label(self) -> str:
-        return ", ".join(f"{key}={value}" for key, value in self.setting) or "(base config)"
+        return _label(self.setting)
+
+
+def _label(setting: Iterable[tuple[str, str]]) -> str:
+    return ", ".join(f"{key}={value}" for key, value in setting) or "the base config"
 
 
 def parse_grid(items: Sequence[str]) -> list[tuple[str, list[str]]]:
@@ -117,9 +121,8 @@ def plan(
         try:
             cfg, _ = checked(load_any(config, sets))
         except (ConfigError, KeyError, TypeError, ValueError) as err:
-            label = ", ".join(f"{k}={v}" for k, v in setting) or "the base config"
             message = err.args[0] if isinstance(err, KeyError) and err.args else err
-            raise ConfigError(f"setting {label}: {message}") from None
+            raise ConfigError(f"setting {_label(setting)}: {message}") from None
         fits.append(Fit(setting, cfg, out / _folder_name(index, setting)))
     return fits
 

@@ -23,21 +23,19 @@ TINY = tiny_run.set_flags()
 
 def test_train_writes_a_complete_run_with_a_positive_test_ic(tmp_path, capsys):
     out = tmp_path / "run"
-    code = cli.main(
-        [
-            "train",
-            CONFIG,
-            "--out",
-            str(out),
-            "--quiet",
-            *TINY,
-            "--set",
-            "model.kwargs.n_epochs=6",
-            "--set",
-            "model.kwargs.lr=3e-3",
-        ]
-    )
-    assert code == 0
+    argv = [
+        "train",
+        CONFIG,
+        "--out",
+        str(out),
+        "--quiet",
+        *TINY,
+        "--set",
+        "model.kwargs.n_epochs=6",
+        "--set",
+        "model.kwargs.lr=3e-3",
+    ]
+    assert cli.main(argv) == 0
     printed = capsys.readouterr().out
     assert "test IC" in printed and "Rank ICIR" in printed
     metrics = json.loads((out / "metrics.json").read_text())
@@ -52,23 +50,7 @@ def test_train_writes_a_complete_run_with_a_positive_test_ic(tmp_path, capsys):
     assert (out / "config.yaml").exists() and any((out / "checkpoints").iterdir())
 
     # Same command again: the finished run is found and nothing is retrained.
-    assert (
-        cli.main(
-            [
-                "train",
-                CONFIG,
-                "--out",
-                str(out),
-                "--quiet",
-                *TINY,
-                "--set",
-                "model.kwargs.n_epochs=6",
-                "--set",
-                "model.kwargs.lr=3e-3",
-            ]
-        )
-        == 0
-    )
+    assert cli.main(argv) == 0
     again = json.loads((out / "metrics.json").read_text())
     assert again["test"] == metrics["test"]
 

@@ -78,19 +78,24 @@ def _metric_rows(out: Path) -> list[dict]:
     return json.loads((out / "sweep.json").read_text())["rows"]
 
 
-@pytest.fixture(scope="module")
-def in_process(tmp_path_factory) -> Path:
-    """Two settings × two seeds, fitted one after another in this process."""
-    out = tmp_path_factory.mktemp("in_process") / "sweep"
+def tiny_sweep(out: Path, use_ray: bool) -> None:
+    """Two settings × two seeds of a few-second run into ``out``."""
     sweep(
         CONFIG,
         GRID,
         out,
         seeds=2,
         overrides=overrides(model__kwargs__n_epochs=3),
-        use_ray=False,
+        use_ray=use_ray,
         verbose=False,
     )
+
+
+@pytest.fixture(scope="module")
+def in_process(tmp_path_factory) -> Path:
+    """The tiny sweep, fitted one after another in this process."""
+    out = tmp_path_factory.mktemp("in_process") / "sweep"
+    tiny_sweep(out, use_ray=False)
     return out
 
 
@@ -112,15 +117,7 @@ def test_table_holds_each_settings_mean_and_std_over_seeds(in_process):
 
 def test_running_a_finished_sweep_again_gives_the_same_table(in_process):
     before = _metric_rows(in_process)
-    sweep(
-        CONFIG,
-        GRID,
-        in_process,
-        seeds=2,
-        overrides=overrides(model__kwargs__n_epochs=3),
-        use_ray=False,
-        verbose=False,
-    )
+    tiny_sweep(in_process, use_ray=False)
     assert _metric_rows(in_process) == before
 
 
@@ -135,15 +132,7 @@ def ray_local():
 @pytest.mark.filterwarnings("ignore:os.fork:RuntimeWarning")  # ray.init starts its daemons
 def test_ray_tasks_give_the_in_process_results(in_process, ray_local, tmp_path):
     out = tmp_path / "sweep"
-    sweep(
-        CONFIG,
-        GRID,
-        out,
-        seeds=2,
-        overrides=overrides(model__kwargs__n_epochs=3),
-        use_ray=True,
-        verbose=False,
-    )
+    tiny_sweep(out, use_ray=True)
     assert _metric_rows(out) == _metric_rows(in_process)
 
 
