@@ -105,7 +105,9 @@ class RunCheckpoints:
     def save(self, epoch: int, state: FitState, history: History, elapsed_seconds: float) -> None:
         meta = {
             "fingerprint": self.fingerprint,
-            "history": history,
+            # a snapshot: Orbax writes the JSON in a background thread, and the caller's lists grow
+            # with the next epoch meanwhile (a resume then skipped an epoch it had not trained)
+            "history": {name: list(values) for name, values in history.items()},
             "elapsed_seconds": float(elapsed_seconds),
         }
         self.manager.save(

@@ -3,6 +3,7 @@ turns Ctrl-C into :class:`qjax.errors.Interrupted`, and carries a run's time acr
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import jax.numpy as jnp
@@ -102,6 +103,19 @@ def test_a_corrupted_latest_checkpoint_falls_back_to_the_newest_intact_one(tmp_p
     assert resumed.resumed_from == 3  # restored step 2 (3 epochs done), replayed epoch 4
     assert max_abs_diff(resumed.variables, reference.variables) == 0.0
     assert (directory / "corrupt-3").is_dir() and steps(directory) == [2, 3]
+
+
+def test_each_checkpoint_holds_the_history_of_its_own_epochs(tmp_path, data):
+    """Orbax writes a checkpoint's JSON in the background while training goes on: each saved
+    history must stop at its own epoch (it once held the next epoch's entries, and a resume
+    from it skipped an epoch)."""
+    directory = tmp_path / "ckpt"
+    _checkpointed_run(directory, data)
+    for step in steps(directory):
+        history = json.loads((directory / str(step) / "meta" / "metadata").read_text())["history"]
+        assert {name: len(values) for name, values in history.items()} == dict.fromkeys(
+            history, step + 1
+        ), step
 
 
 def test_truncated_metadata_of_the_only_checkpoint_names_the_file(tmp_path, data):
