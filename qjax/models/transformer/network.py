@@ -236,35 +236,12 @@ def _init_keys(module: nn.Module) -> tuple[jax.Array | None, jax.Array | None]:
 
 
 class Transformer(nn.Module):
-    """Qlib ``pytorch_transformer.Transformer`` (see module docstring). Output [N]."""
+    """Qlib ``pytorch_transformer.Transformer`` (see module docstring). Output [N].
 
-    d_feat: int = 6
-    d_model: int = 8
-    nhead: int = 4
-    num_layers: int = 2
-    dropout: float = 0.5
-
-    @nn.compact
-    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        _check_layers(self.num_layers)
-        layer_key, _ = _init_keys(self)
-        h = _embed(x, self.d_feat, self.d_model)
-        if self.is_initializing():
-            _unused_template(h, self.d_model, self.nhead, self.dropout, layer_key)
-        encoder = TransformerEncoder(
-            self.d_model,
-            self.nhead,
-            self.num_layers,
-            self.dropout,
-            init_key=layer_key,
-            name="transformer_encoder",
-        )
-        h = encoder(h, train)
-        return Linear(1, name="decoder_layer")(h[:, -1, :])[:, 0]
-
-
-class Localformer(nn.Module):
-    """Qlib ``pytorch_localformer.Transformer``: conv-augmented encoder, then a GRU. Output [N]."""
+    The embedding, the unused template and the head are shared with :class:`Localformer`, which
+    overrides only :meth:`_encode`; parameters are created in the order feature_layer,
+    encoder_layer, transformer_encoder (, rnn), decoder_layer.
+    """
 
     d_feat: int = 6
     d_model: int = 8
@@ -279,6 +256,27 @@ class Localformer(nn.Module):
         h = _embed(x, self.d_feat, self.d_model)
         if self.is_initializing():
             _unused_template(h, self.d_model, self.nhead, self.dropout, layer_key)
+        h = self._encode(h, train, layer_key, conv_key)
+        return Linear(1, name="decoder_layer")(h[:, -1, :])[:, 0]
+
+    def _encode(self, h: jax.Array, train: bool, layer_key, conv_key) -> jax.Array:
+        """[N, T, d] embedded sequence -> [N, T, d]: the ``transformer_encoder`` stack."""
+        del conv_key  # only Localformer's convs use it
+        encoder = TransformerEncoder(
+            self.d_model,
+            self.nhead,
+            self.num_layers,
+            self.dropout,
+            init_key=layer_key,
+            name="transformer_encoder",
+        )
+        return encoder(h, train)
+
+
+class Localformer(Transformer):
+    """Qlib ``pytorch_localformer.Transformer``: conv-augmented encoder, then a GRU. Output [N]."""
+
+    def _encode(self, h: jax.Array, train: bool, layer_key, conv_key) -> jax.Array:
         encoder = LocalformerEncoder(
             self.d_model,
             self.nhead,
@@ -289,5 +287,4 @@ class Localformer(nn.Module):
             name="transformer_encoder",
         )
         h = encoder(h, train)
-        h = RNN(self.d_model, self.num_layers, self.dropout, cell="gru", name="rnn")(h, train)
-        return Linear(1, name="decoder_layer")(h[:, -1, :])[:, 0]
+        return RNN(self.d_model, self.num_layers, self.dropout, cell="gru", name="rnn")(h, train)
