@@ -62,11 +62,11 @@ def zero_padded_rows(x: jax.Array, valid: jax.Array) -> jax.Array:
     return jnp.where(valid.reshape((-1,) + (1,) * (x.ndim - 1)), x, 0.0)
 
 
-class GATModel(nn.Module):
-    """Qlib ``GATModel``: input [N, d_feat*T] (feature-major) or [N, T, d_feat] -> [N].
+class DailyStockRNN(nn.Module):
+    """Fields and recurrent encoder shared by GATs and HIST (Qlib's HIST copies GATs' here).
 
-    Parameters (torch names): ``rnn``, ``transformation`` (H->H), ``a`` [2H, 1] ~ N(0, 1),
-    ``fc`` (H->H), ``fc_out`` (H->1). ``dropout`` is the RNN's inter-layer dropout.
+    :meth:`encode_stocks` reads one day's stocks with the ``rnn`` (GRU or LSTM by
+    ``base_model``), padded stocks zeroed first; subclasses add what follows in ``__call__``.
     """
 
     d_feat: int = 6
@@ -75,16 +75,34 @@ class GATModel(nn.Module):
     dropout: float = 0.0
     base_model: str = "GRU"
 
-    @nn.compact
-    def __call__(self, x, mask: jax.Array | None = None, train: bool = False):
-        hidden_size = self.hidden_size
+    def encode_stocks(
+        self, x: jax.Array, mask: jax.Array | None, train: bool
+    ) -> tuple[jax.Array, jax.Array]:
+        """(last hidden state [N, H], valid [N] bool) of x [N, d_feat*T] or [N, T, d_feat]."""
         seq = as_sequence(x, self.d_feat)
         valid = stock_mask(mask, seq.shape[0])
         seq = zero_padded_rows(seq, valid)
         rnn = RNN(
-            hidden_size, self.num_layers, self.dropout, cell=rnn_cell(self.base_model), name="rnn"
+            self.hidden_size,
+            self.num_layers,
+            self.dropout,
+            cell=rnn_cell(self.base_model),
+            name="rnn",
         )
-        hidden = rnn(seq, train=train)[:, -1, :]  # [N, H]
+        return rnn(seq, train=train)[:, -1, :], valid
+
+
+class GATModel(DailyStockRNN):
+    """Qlib ``GATModel``: input [N, d_feat*T] (feature-major) or [N, T, d_feat] -> [N].
+
+    Parameters (torch names): ``rnn``, ``transformation`` (H->H), ``a`` [2H, 1] ~ N(0, 1),
+    ``fc`` (H->H), ``fc_out`` (H->1). ``dropout`` is the RNN's inter-layer dropout.
+    """
+
+    @nn.compact
+    def __call__(self, x, mask: jax.Array | None = None, train: bool = False):
+        hidden_size = self.hidden_size
+        hidden, valid = self.encode_stocks(x, mask, train)  # [N, H], [N]
 
         projected = Linear(hidden_size, name="transformation")(hidden)
         a = self.param("a", nn.initializers.normal(stddev=1.0), (2 * hidden_size, 1))

@@ -20,8 +20,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from qjax.models.gats.network import masked_softmax, rnn_cell, stock_mask, zero_padded_rows
-from qjax.models.layers import RNN, Linear, as_sequence
+from qjax.models.gats.network import DailyStockRNN, masked_softmax
+from qjax.models.layers import Linear
 
 # H->H layers with xavier-uniform kernels; the starred ones in Qlib's code are never used.
 _USED_HIDDEN = ("fc_es", "fc_is", "fc_es_fore", "fc_is_fore", "fc_es_back", "fc_is_back", "fc_indi")
@@ -64,7 +64,7 @@ def hidden_concept_matrix(similarity: jax.Array, valid: jax.Array) -> jax.Array:
     return links + jnp.diag(jnp.where(picked_columns, jnp.diagonal(similarity), 0.0))
 
 
-class HISTModel(nn.Module):
+class HISTModel(DailyStockRNN):
     """Qlib ``HISTModel``: ``(x [N, d_feat*T] or [N, T, d_feat], concept_matrix [N, K]) -> [N]``.
 
     Parameters (torch names): ``rnn``; ten H->H Linears with xavier-uniform kernels (``fc_es``,
@@ -73,12 +73,6 @@ class HISTModel(nn.Module):
     ``fc_out`` and the unused ``fc_out_es``, ``fc_out_is``, ``fc_out_indi``. The unused layers
     are kept so parameter counts and checkpoints match Qlib (they never receive gradient).
     """
-
-    d_feat: int = 6
-    hidden_size: int = 64
-    num_layers: int = 2
-    dropout: float = 0.0
-    base_model: str = "GRU"
 
     @nn.compact
     def __call__(self, x, concept_matrix, mask: jax.Array | None = None, train: bool = False):
@@ -92,19 +86,13 @@ class HISTModel(nn.Module):
             for name in _UNUSED_HEADS:
                 Linear(1, name=name)(probe)
 
-        seq = as_sequence(x, self.d_feat)
-        n_stocks = seq.shape[0]
+        hidden, valid = self.encode_stocks(x, mask, train)  # [N, H], [N]
+        n_stocks = hidden.shape[0]
         if concept_matrix.ndim != 2 or concept_matrix.shape[0] != n_stocks:
             raise ValueError(
                 f"concept_matrix must be [N={n_stocks}, n_concepts] (the day's rows of stock2concept), "
                 f"got shape {concept_matrix.shape}"
             )
-        valid = stock_mask(mask, n_stocks)
-        seq = zero_padded_rows(seq, valid)
-        rnn = RNN(
-            hidden_size, self.num_layers, self.dropout, cell=rnn_cell(self.base_model), name="rnn"
-        )
-        hidden = rnn(seq, train=train)[:, -1, :]  # [N, H]
 
         # Predefined concepts: member-weighted concept vectors, then attention back to stocks.
         membership = jnp.where(valid[:, None], concept_matrix.astype(hidden.dtype), 0.0)
