@@ -19,25 +19,18 @@ from qjax.models.gats.network import GATModel, rnn_cell
 _GATES = {"gru": 3, "lstm": 4}
 
 
-def convert_gats(
-    sd: Mapping[str, np.ndarray],
-    d_feat: int = 6,
-    hidden_size: int = 64,
-    num_layers: int = 2,
-    dropout: float = 0.0,
-    base_model: str = "GRU",
-):
-    """Qlib ``GATModel(d_feat, hidden_size, num_layers, dropout, base_model)`` state dict."""
-    module = GATModel(d_feat, hidden_size, num_layers, dropout, base_model)
-    sd = TrackedStateDict(sd)
+def convert_gats(state_dict: Mapping[str, np.ndarray], **kwargs) -> tuple[GATModel, dict]:
+    """``GATModel(**kwargs)`` and its variables from a Qlib ``GATModel`` state dict."""
+    module = GATModel(**kwargs)
+    sd = TrackedStateDict(state_dict)
     params = {
-        "rnn": rnn(sd, "rnn", num_layers),
+        "rnn": rnn(sd, "rnn", module.num_layers),
         "transformation": linear(sd, "transformation"),
         "a": take(sd, "a"),
         "fc": linear(sd, "fc"),
         "fc_out": linear(sd, "fc_out"),
     }
-    return finish_conversion(module, sd, params, np.zeros((2, d_feat), np.float32))
+    return finish_conversion(module, sd, params, np.zeros((2, module.d_feat), np.float32))
 
 
 def load_base_weights(

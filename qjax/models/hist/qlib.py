@@ -31,19 +31,11 @@ _LINEARS = (
 )
 
 
-def convert_hist(
-    sd: Mapping[str, np.ndarray],
-    d_feat: int = 6,
-    hidden_size: int = 64,
-    num_layers: int = 2,
-    dropout: float = 0.0,
-    base_model: str = "GRU",
-):
-    """Qlib ``HISTModel(d_feat, hidden_size, num_layers, dropout, base_model)`` state dict."""
-    module = HISTModel(d_feat, hidden_size, num_layers, dropout, base_model)
-    sd = TrackedStateDict(sd)
-    params = {"rnn": rnn(sd, "rnn", num_layers)}
+def convert_hist(state_dict: Mapping[str, np.ndarray], **kwargs) -> tuple[HISTModel, dict]:
+    """``HISTModel(**kwargs)`` and its variables from a Qlib ``HISTModel`` state dict."""
+    module = HISTModel(**kwargs)
+    sd = TrackedStateDict(state_dict)
+    params = {"rnn": rnn(sd, "rnn", module.num_layers)}
     params.update({name: linear(sd, name) for name in _LINEARS})
-    return finish_conversion(
-        module, sd, params, np.zeros((2, d_feat), np.float32), np.zeros((2, 1), np.float32)
-    )
+    x = np.zeros((2, module.d_feat), np.float32)
+    return finish_conversion(module, sd, params, x, np.zeros((2, 1), np.float32))

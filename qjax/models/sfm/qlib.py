@@ -18,18 +18,10 @@ _MATRICES = tuple(
 )
 
 
-def convert_sfm(
-    sd: Mapping[str, np.ndarray],
-    d_feat: int = 6,
-    output_dim: int = 1,
-    freq_dim: int = 10,
-    hidden_size: int = 64,
-    dropout_W: float = 0.0,  # noqa: N803 -- Qlib's keyword
-    dropout_U: float = 0.0,  # noqa: N803 -- Qlib's keyword
-):
-    """Qlib ``SFM_Model(d_feat, output_dim, freq_dim, hidden_size, dropout_W, dropout_U)``."""
-    module = SFM_Model(d_feat, output_dim, freq_dim, hidden_size, dropout_W, dropout_U)
-    sd = TrackedStateDict(sd)
+def convert_sfm(state_dict: Mapping[str, np.ndarray], **kwargs) -> tuple[SFM_Model, dict]:
+    """``SFM_Model(**kwargs)`` and its variables from a Qlib ``SFM_Model`` state dict."""
+    module = SFM_Model(**kwargs)
+    sd = TrackedStateDict(state_dict)
     params = {name: take(sd, name) for name in _MATRICES + ("U_a", "b_a", "W_p", "b_p")}
     params["fc_out"] = linear(sd, "fc_out")
-    return finish_conversion(module, sd, params, np.zeros((2, d_feat), np.float32))
+    return finish_conversion(module, sd, params, np.zeros((2, module.d_feat), np.float32))
