@@ -15,6 +15,24 @@ from qjax.models.gats.qlib import load_base_weights
 from qjax.models.spec import Adapter, DailyBatches, ModelSpec, SequenceInput, pick
 
 DAILY_BATCHES = ("true_daily", "qlib_legacy")
+# Keywords of Qlib's GATs wrapper; its HIST wrapper takes the same (metric "ic") plus concepts.
+BASE_MODEL_DEFAULTS = {
+    "d_feat": 6,
+    "hidden_size": 64,
+    "num_layers": 2,
+    "dropout": 0.0,
+    "n_epochs": 200,
+    "lr": 0.001,
+    "metric": "",
+    "early_stop": 20,
+    "loss": "mse",
+    "base_model": "GRU",
+    "model_path": None,
+    "optimizer": "adam",
+    "GPU": 0,
+    "seed": None,
+}
+MODULE_ARGS = ("d_feat", "hidden_size", "num_layers", "dropout", "base_model")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,24 +75,11 @@ class LegacyDayGroups(Adapter):
 GATS = ModelSpec(
     "qlib.contrib.model.pytorch_gats.GATs / pytorch_gats_ts.GATs",
     {
-        "d_feat": 6,
-        "hidden_size": 64,
-        "num_layers": 2,
-        "dropout": 0.0,
-        "n_epochs": 200,
-        "lr": 0.001,
-        "metric": "",
-        "early_stop": 20,
-        "loss": "mse",
-        "base_model": "GRU",
-        "model_path": None,
-        "optimizer": "adam",
-        "GPU": 0,
-        "seed": None,
+        **BASE_MODEL_DEFAULTS,
         # qjax: "qlib_legacy" batches GATs_ts's contiguous instrument-major ranges (not days)
         "daily_batch": "true_daily",
     },
-    pick("d_feat", "hidden_size", "num_layers", "dropout", "base_model"),
+    pick(*MODULE_ARGS),
     ts_defaults={"d_feat": 20, "n_jobs": 10},
     adapters=(SequenceInput("d_feat"), DailyBatches(), LegacyDayGroups(), PretrainedBase()),
 )

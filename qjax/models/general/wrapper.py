@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from qjax.models.spec import LRPlateau, ModelSpec
+from qjax.models.spec import EPOCH_LOOP, LRPlateau, ModelSpec
 from qjax.train.config import Plateau
 
 # GeneralPTNN's fixed ReduceLROnPlateau(patience 5, threshold 1e-5, min_lr 1e-6), per epoch.
@@ -16,17 +16,9 @@ def module_kwargs(kw: dict, is_ts: bool) -> dict:
 GENERAL = ModelSpec(
     "qlib.contrib.model.pytorch_general_nn.GeneralPTNN",
     {
-        "n_epochs": 200,
-        "lr": 0.001,
-        "metric": "",
-        "batch_size": 2000,
-        "early_stop": 20,
-        "loss": "mse",
+        **EPOCH_LOOP,
         "weight_decay": 0.0,
-        "optimizer": "adam",
         "n_jobs": 10,
-        "GPU": 0,
-        "seed": None,
         "pt_model_uri": "qlib.contrib.model.pytorch_gru_ts.GRUModel",
         "pt_model_kwargs": {"d_feat": 6, "hidden_size": 64, "num_layers": 2, "dropout": 0.0},
     },

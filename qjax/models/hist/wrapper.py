@@ -7,7 +7,7 @@ import dataclasses
 import pandas as pd
 
 from qjax.data.samples import Samples, with_keyword_inputs
-from qjax.models.gats.wrapper import PretrainedBase
+from qjax.models.gats.wrapper import BASE_MODEL_DEFAULTS, MODULE_ARGS, PretrainedBase
 from qjax.models.hist.concepts import concept_rows, concept_table
 from qjax.models.spec import Adapter, DailyBatches, ModelSpec, SequenceInput, pick
 
@@ -23,24 +23,7 @@ class ConceptInputs(Adapter):
 
 HIST = ModelSpec(
     "qlib.contrib.model.pytorch_hist.HIST",
-    {
-        "d_feat": 6,
-        "hidden_size": 64,
-        "num_layers": 2,
-        "dropout": 0.0,
-        "n_epochs": 200,
-        "lr": 0.001,
-        "metric": "ic",
-        "early_stop": 20,
-        "loss": "mse",
-        "base_model": "GRU",
-        "model_path": None,
-        "stock2concept": None,
-        "stock_index": None,
-        "optimizer": "adam",
-        "GPU": 0,
-        "seed": None,
-    },
-    pick("d_feat", "hidden_size", "num_layers", "dropout", "base_model"),
+    {**BASE_MODEL_DEFAULTS, "metric": "ic", "stock2concept": None, "stock_index": None},
+    pick(*MODULE_ARGS),
     adapters=(SequenceInput("d_feat"), DailyBatches(), ConceptInputs(), PretrainedBase()),
 )
