@@ -74,18 +74,7 @@ TOP_LEVEL = (
     "port_analysis_config",
 )
 QLIB_INIT_KEYS = ("provider_uri", "region")
-HANDLER_KEYS = (
-    "instruments",
-    "start_time",
-    "end_time",
-    "fit_start_time",
-    "fit_end_time",
-    "infer_processors",
-    "learn_processors",
-    "process_type",
-    "label",
-    "freq",
-)
+HANDLER_KEYS = ("instruments", *run_config.HANDLER_SETTINGS, "label", "freq")
 # Qlib's handler defaults (qlib.contrib.data.handler) where a YAML leaves a key out.
 DEFAULT_LEARN = [
     {"class": "DropnaLabel"},

@@ -80,8 +80,8 @@ DATA_KEYS = {
     "csv": ("path", "column_map", "date_col", "instrument_col"),
     "parquet": ("path", "column_map", "date_col", "instrument_col"),
 }
-HANDLER_KEYS = (
-    "name",
+# Keywords of Qlib's handlers that a qjax handler section takes as they are (qlib_workflow too).
+HANDLER_SETTINGS = (
     "start_time",
     "end_time",
     "fit_start_time",
@@ -90,6 +90,7 @@ HANDLER_KEYS = (
     "learn_processors",
     "process_type",
 )
+HANDLER_KEYS = ("name", *HANDLER_SETTINGS)
 DATASET_KEYS = ("class", "segments", "step_len")
 MODEL_KEYS = ("name", "kwargs")
 TRAIN_KEYS = ("seeds",)
