@@ -24,14 +24,7 @@ def main(argv: list[str] | None = None) -> int:
         "(qjax's or Qlib's workflow_config_*.yaml, which qjax translates)",
     )
     train.add_argument("config", help="a YAML run config, e.g. configs/lstm_alpha360.yaml")
-    train.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config value, e.g. --set model.kwargs.lr=2e-4 (repeatable)",
-    )
+    _add_overrides(train, "override a config value, e.g. --set model.kwargs.lr=2e-4 (repeatable)")
     train.add_argument("--out", help="run directory (default: runs/<config name>)")
     train.add_argument(
         "--overwrite",
@@ -48,20 +41,12 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument(
         "--experiment", metavar="NAME", help="MLflow experiment (default: the config's name)"
     )
-    train.add_argument(
-        "--compilation-cache",
-        metavar="DIR",
-        default=default_cache_dir(),
-        help="keep compiled XLA programs here so that a repeated run skips compilation "
+    _add_compile_options(
+        train,
+        cache_help="keep compiled XLA programs here so that a repeated run skips compilation "
         "(default: $QJAX_COMPILATION_CACHE or ~/.cache/qjax/xla; 'off' disables it)",
-    )
-    train.add_argument(
-        "--cpu-devices",
-        metavar="N",
-        type=_positive_int,
-        default=None,
-        help="XLA CPU devices to split each batch over (default: $QJAX_CPU_DEVICES or one per "
-        "usable core; 1 turns the split off); see qjax.cpu_devices",
+        devices_help="XLA CPU devices to split each batch over (default: $QJAX_CPU_DEVICES or "
+        "one per usable core; 1 turns the split off); see qjax.cpu_devices",
     )
 
     rolling = commands.add_parser(
@@ -89,25 +74,10 @@ def main(argv: list[str] | None = None) -> int:
         help="end the train and valid "
         "segments N trading days before each test start (Qlib's trunc_days)",
     )
-    rolling.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config value (repeatable)",
-    )
+    _add_overrides(rolling, "override a config value (repeatable)")
     rolling.add_argument("--out", help="output directory (default: runs/<config name>-rolling)")
     rolling.add_argument("--quiet", action="store_true", help="no progress bar")
-    rolling.add_argument(
-        "--compilation-cache",
-        metavar="DIR",
-        default=train.get_default("compilation_cache"),
-        help="as for train",
-    )
-    rolling.add_argument(
-        "--cpu-devices", metavar="N", type=_positive_int, default=None, help="as for train"
-    )
+    _add_compile_options(rolling)
 
     predict = commands.add_parser(
         "predict",
@@ -154,29 +124,14 @@ def main(argv: list[str] | None = None) -> int:
         metavar="N",
         help="seeds 0..N-1 per setting, trained as replicas of one program (default: the config's)",
     )
-    sweep.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config value for every setting",
-    )
+    _add_overrides(sweep, "override a config value for every setting")
     sweep.add_argument("--out", help="output directory (default: runs/<config name>-sweep)")
     sweep.add_argument("--address", help="a Ray cluster's address (default: a local Ray instance)")
     sweep.add_argument(
         "--no-ray", action="store_true", help="run the fits one after another in this process"
     )
     sweep.add_argument("--quiet", action="store_true", help="no progress bar")
-    sweep.add_argument(
-        "--compilation-cache",
-        metavar="DIR",
-        default=train.get_default("compilation_cache"),
-        help="as for train",
-    )
-    sweep.add_argument(
-        "--cpu-devices", metavar="N", type=_positive_int, default=None, help="as for train"
-    )
+    _add_compile_options(sweep)
 
     commands.add_parser("models", help="list the model names")
     report = commands.add_parser("report", help="rebuild a run's report.html and report/*.png")
@@ -226,6 +181,32 @@ def main(argv: list[str] | None = None) -> int:
             print(f"qjax: {err}", file=sys.stderr)
             return 2
     return _train(cfg, out, args)
+
+
+def _add_overrides(parser: argparse.ArgumentParser, help_text: str) -> None:
+    """``--set KEY=VALUE`` (repeatable) into ``args.overrides``."""
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=help_text,
+    )
+
+
+def _add_compile_options(
+    parser: argparse.ArgumentParser,
+    cache_help: str = "as for train",
+    devices_help: str = "as for train",
+) -> None:
+    """``--compilation-cache DIR`` and ``--cpu-devices N``, the same for every training command."""
+    parser.add_argument(
+        "--compilation-cache", metavar="DIR", default=default_cache_dir(), help=cache_help
+    )
+    parser.add_argument(
+        "--cpu-devices", metavar="N", type=_positive_int, default=None, help=devices_help
+    )
 
 
 def _guarded(work: Callable[[], Any], out: Path, resume_hint: str) -> tuple[int, Any]:
