@@ -175,12 +175,16 @@ def load(run_dir: str | os.PathLike) -> SavedRun:
     return SavedRun(run_dir, config, model, processors, meta)
 
 
+def _missing(path: Path) -> SavedRunError:
+    return SavedRunError(
+        f"{path} is missing, so the saved model cannot be read; run the "
+        "run's `qjax train` command again to rewrite it"
+    )
+
+
 def _read_meta(path: Path) -> dict:
     if not path.is_file():
-        raise SavedRunError(
-            f"{path} is missing, so the saved model cannot be read; run the "
-            "run's `qjax train` command again to rewrite it"
-        )
+        raise _missing(path)
     try:
         meta = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, ValueError) as err:
@@ -210,10 +214,7 @@ def _read_arrays(path: Path) -> dict:
     from qjax.train.checkpoint import load_variables
 
     if not path.is_dir():
-        raise SavedRunError(
-            f"{path} is missing, so the saved model cannot be read; run the "
-            "run's `qjax train` command again to rewrite it"
-        )
+        raise _missing(path)
     try:
         return load_variables(path)
     except Exception as err:  # Orbax raises many types for a damaged checkpoint
