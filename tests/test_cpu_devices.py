@@ -114,3 +114,63 @@ def test_two_devices_train_like_one(seed):
         QJAX_CPU_DEVICES="2",
     )
     assert done.returncode == 0 and done.stdout.startswith("OK"), done.stdout + done.stderr
+
+
+def test_seeds_split_over_the_devices_train_like_one_device(seed, tmp_path):
+    """Several seeds on XLA:CPU: whole replicas per device by default (the most devices that
+    divide the seeds), each replica computing what it computes alone; an interrupted run
+    resumes into the same layout and ends where an uninterrupted one does."""
+    done = _run(
+        f"""
+        import jax, numpy as np, qjax
+        from qjax.errors import Interrupted
+        from qjax.train import TrainConfig, fit
+        from qjax.train.parallel import choose_parallel
+        from train_synthetic import TinyGRU, max_abs_diff, panel
+
+        assert jax.device_count() == 3
+        # a 64-row batch stays on one device (shares of >= 64 rows), so seeds split instead
+        layouts = [choose_parallel(None, None, 64, n) for n in (1, 2, 3, 4, 6)]
+        assert [p.over_replicas for p in layouts] == [False, True, True, True, True]
+        assert [p.mesh.size for p in layouts[1:]] == [2, 3, 2, 3]
+        assert all(p.size == 1 for p in layouts[1:])  # no batch is split as well
+        # a batch that splits keeps splitting; daily batches (None) split the seeds
+        assert choose_parallel(None, None, 192, 4).size == 3
+        assert choose_parallel(None, None, None, 4).over_replicas
+        forced = choose_parallel(None, "seeds", 192, 4)
+        assert forced.over_replicas and forced.mesh.size == 2
+        assert choose_parallel(jax.devices()[:2], None, None, 4).size == 2  # devices: batch
+        try:
+            choose_parallel(None, "replicas", 64, 4)
+        except ValueError as err:
+            assert "split='replicas' is not one of ('batch', 'seeds')" in str(err), err
+        else:
+            raise AssertionError("no error")
+        train, valid = panel(seed={seed}), panel(n_days=8, seed={seed + 1})
+        config = TrainConfig(n_epochs=3, lr=0.01, batch_size=64, early_stop=5)
+        seeds = [0, 1, 2, 3, 4, 5]
+        split = fit(TinyGRU(), train, valid, config, seeds=seeds, verbose=False)
+        assert split.replica_devices == 3 and split.n_devices == 1
+        assert len(jax.tree.leaves(split.variables)[0].sharding.device_set) == 3
+        alone = fit(TinyGRU(), train, valid, config, seeds=[4], devices=jax.devices()[:1],
+                    verbose=False)
+        diff = max_abs_diff(split.replica(4), alone.replica(0))
+        assert diff < 1e-5, (diff, {seed})
+
+        def stop(epoch, metrics):
+            if epoch == 1:
+                raise KeyboardInterrupt
+        try:
+            fit(TinyGRU(), train, valid, config, seeds=seeds, checkpoint_dir=r"{tmp_path}",
+                on_epoch=stop, verbose=False)
+        except Interrupted:
+            pass
+        resumed = fit(TinyGRU(), train, valid, config, seeds=seeds,
+                      checkpoint_dir=r"{tmp_path}", resume=True, verbose=False)
+        assert resumed.resumed_from == 2 and resumed.replica_devices == 3
+        assert max_abs_diff(resumed.variables, split.variables) == 0.0
+        print("OK", diff)
+        """,
+        QJAX_CPU_DEVICES="3",
+    )
+    assert done.returncode == 0 and done.stdout.startswith("OK"), done.stdout + done.stderr

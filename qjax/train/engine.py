@@ -58,7 +58,7 @@ from qjax.train.losses import (
 )
 from qjax.train.metrics import daily_ic
 from qjax.train.optim import make_optimizer, make_plateau
-from qjax.train.parallel import DataParallel, auto_devices, data_parallel
+from qjax.train.parallel import DataParallel, auto_devices, choose_parallel, data_parallel
 from qjax.train.progress import Progress
 from qjax.train.state import FitState, TrainState, as_variables, initial_fit_state
 
@@ -273,6 +273,7 @@ class FitResult:
     earlier_seconds: float = 0.0  # wall time of the earlier parts of a resumed run, as saved
     compile_seconds: float = 0.0  # tracing + compiling (or loading from the cache) in this fit
     n_devices: int = 1  # devices each batch was split over
+    replica_devices: int = 1  # devices the replicas (seeds) were split over
     micro_batches: int = 1  # chunks per train batch (1: whole batches)
 
     def replica(self, index: int = 0) -> Variables:
@@ -293,6 +294,7 @@ def fit(
     resume: bool = False,
     evals_result: dict | None = None,
     devices: Sequence[jax.Device] | None = None,
+    split: str | None = None,
     on_epoch: Callable[[int, dict[str, np.ndarray]], None] | None = None,
     verbose: bool = True,
 ) -> FitResult:
@@ -313,9 +315,12 @@ def fit(
       evals_result: filled like Qlib's: ``"valid"`` the validation score per evaluation,
         ``"train"`` the train score if ``config.eval_train`` else minus the mean minibatch loss
         of the epoch. Floats for one seed, per-seed lists for several.
-      devices: devices to split every batch over (default: :func:`parallel.auto_devices`:
-        every accelerator, or as many CPU devices as split the batch evenly), see
-        :mod:`qjax.train.parallel` and :mod:`qjax.cpu_devices`.
+      devices: the devices of the run (default: every accelerator, or the CPU devices, one
+        per core), see :mod:`qjax.train.parallel` and :mod:`qjax.cpu_devices`.
+      split: what is split over the devices: ``"batch"`` (each batch), ``"seeds"`` (whole
+        replicas per device, no traffic between devices) or None: chosen per run by
+        :func:`parallel.choose_parallel` (on XLA:CPU, several seeds whose batch stays on one
+        device split the seeds). Given ``devices`` and no ``split``, each batch is split.
       on_epoch: ``on_epoch(evaluation_index, metrics)`` after every evaluation (e.g. to log to
         a Qlib recorder); metrics hold one value per seed.
       verbose: show a progress bar.
@@ -333,6 +338,7 @@ def fit(
             checkpoint_dir=checkpoint_dir,
             resume=resume,
             devices=devices,
+            split=split,
             on_epoch=on_epoch,
             verbose=verbose,
         )
@@ -354,6 +360,7 @@ def _fit(
     checkpoint_dir,
     resume,
     devices,
+    split,
     on_epoch,
     verbose,
 ) -> FitResult:
@@ -361,11 +368,11 @@ def _fit(
     seeds = _check_seeds(config.seed if seeds is None else seeds)
     loss_fn = supervised_mse if loss_fn is None else loss_fn
     split_rows = None if config.batching.daily or not config.cpu_split else config.batch_size
-    parallel = data_parallel(auto_devices(split_rows) if devices is None else devices)
+    parallel = choose_parallel(devices, split, split_rows, len(seeds))
     train_seg, valid_seg = _prepare_segments(train, valid, config, loss_fn, parallel)
     trainer = Trainer(module, loss_fn, config, parallel)
-    keys = parallel.replicate(jnp.stack([jax.random.PRNGKey(seed) for seed in seeds]))
-    state = parallel.replicate(
+    keys = parallel.place_replicas(jnp.stack([jax.random.PRNGKey(seed) for seed in seeds]))
+    state = parallel.place_replicas(
         _init_replicas(keys, train_seg, trainer=trainer, init_variables=init_variables)
     )
     trainer = dataclasses.replace(trainer, micro_batches=_micro_batches(trainer, train_seg, state))
@@ -429,6 +436,7 @@ def _fit(
         resumed_from=done,
         earlier_seconds=earlier_seconds,
         n_devices=parallel.size,
+        replica_devices=parallel.mesh.size if parallel.over_replicas else 1,
         micro_batches=trainer.micro_batches,
     )
     if verbose and result.early_stopped.any():
