@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import jax.numpy as jnp
+import numpy as np
 import pytest
 from train_synthetic import TinyMLP, max_abs_diff, panel
 
@@ -56,29 +57,40 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, m
     assert max_abs_diff(resumed.variables, reference.variables) == 0.0
 
 
+def _labelled_row(samples) -> int:
+    """A row whose label counts: a row with a NaN label leaves the loss, NaN features and all."""
+    return int(np.flatnonzero(np.isfinite(np.asarray(samples.labels)))[0])
+
+
 def test_nan_features_and_inf_labels_stop_at_the_first_epoch(data):
     train, valid = data
-    nan_x = train.replace(features=train.features.at[5, 2].set(jnp.nan))
+    row = _labelled_row(train)
+    nan_x = train.replace(features=train.features.at[row, 2].set(jnp.nan))
     with pytest.raises(TrainingDiverged, match="training loss became nan at epoch 1"):
         fit(TinyMLP(), nan_x, valid, CONFIG, verbose=False)
-    inf_y = train.replace(labels=train.labels.at[7].set(jnp.inf))
+    inf_y = train.replace(labels=train.labels.at[row].set(jnp.inf))
     with pytest.raises(TrainingDiverged, match=r"loss became (inf|nan) at epoch 1"):
         fit(TinyMLP(), inf_y, valid, CONFIG, verbose=False)
     # NaN in the validation features leaves the parameters finite: no error, as in Qlib, and
     # the valid score reads NaN (never an improvement; fit warns about that at the end).
-    nan_valid = valid.replace(features=valid.features.at[0, 0].set(jnp.nan))
+    nan_valid = valid.replace(features=valid.features.at[_labelled_row(valid), 0].set(jnp.nan))
     with pytest.warns(UserWarning, match="validation score never improved"):
         result = fit(TinyMLP(), train, nan_valid, CONFIG, verbose=False)
     assert result.best_epoch.tolist() == [-1]
 
 
 def test_a_stopped_replica_reading_nan_is_not_divergence(data):
-    # Stopped replicas report NaN metrics by design; early_stop=1 stops seeds at different epochs.
+    """Stopped replicas report NaN metrics by design. early_stop=1 stops seeds at different
+    epochs on most draws, though all four stopped together on one: up to five sets of seeds
+    are tried until one replica stops while another goes on, and no run may raise."""
     config = TrainConfig(n_epochs=40, lr=0.05, batch_size=40, early_stop=1)
-    result = fit(TinyMLP(), *data, config, seeds=[0, 1, 2, 3], verbose=False)
-    n_run = len(result.history["train_loss"])
-    # some replica stopped while another went on, so NaN metrics were seen: no error
-    assert (result.epochs_run < n_run).any(), result.epochs_run
+    for first in range(0, 20, 4):
+        result = fit(TinyMLP(), *data, config, seeds=range(first, first + 4), verbose=False)
+        if (result.epochs_run < len(result.history["train_loss"])).any():
+            return
+    pytest.fail(
+        f"every replica stopped at the same epoch in five sets of seeds: {result.epochs_run}"
+    )
 
 
 def _checkpointed_run(directory: Path, data):
