@@ -88,6 +88,19 @@ def load_handler(
     membership spans) or a list of instrument codes (every stored day is a row).
     """
     _check_handler(name)
+    return _handler_frame(
+        name, *load_handler_fields(provider_uri, instruments, start_time, end_time)
+    )
+
+
+def load_handler_fields(
+    provider_uri: str | os.PathLike,
+    instruments: str | Sequence[str] = "csi300",
+    start_time=None,
+    end_time=None,
+) -> tuple[FieldPanel, np.ndarray]:
+    """What :func:`load_handler` computes its columns from: the field panel (with the history
+    and future days the expressions read) and the [T, N] mask of the handler's rows."""
     data = QlibBinaryData(provider_uri)
     first, last = data.locate(start_time, end_time)
     calendar = data.calendar()
@@ -112,7 +125,7 @@ def load_handler(
     rows = _in_range(panel.dates, calendar[first], calendar[last])[:, None] & _stored_any(panel)
     if spans is not None:
         rows &= _membership(panel.dates, codes, spans)
-    return _handler_frame(name, panel, rows)
+    return panel, rows
 
 
 def handler_frame(name: str, panel: pd.DataFrame, start_time=None, end_time=None) -> pd.DataFrame:
@@ -124,12 +137,20 @@ def handler_frame(name: str, panel: pd.DataFrame, start_time=None, end_time=None
     (dates missing in between become NaN days). Every such day in [start_time, end_time] is a row.
     """
     _check_handler(name)
+    return _handler_frame(name, *handler_fields(panel, start_time, end_time))
+
+
+def handler_fields(
+    panel: pd.DataFrame, start_time=None, end_time=None
+) -> tuple[FieldPanel, np.ndarray]:
+    """What :func:`handler_frame` computes its columns from: the dense field panel and the
+    [T, N] mask of the handler's rows."""
     fields = _dense_fields(panel)
     first, last = locate_range(fields.dates, start_time, end_time)
     rows = _in_range(fields.dates, fields.dates[first], fields.dates[last])[:, None] & _stored_any(
         fields
     )
-    return _handler_frame(name, fields, rows)
+    return fields, rows
 
 
 # ----------------------------------------------------------------------------- features
