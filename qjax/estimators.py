@@ -239,8 +239,7 @@ def _is_ts(dataset) -> bool:
 
 
 def _feature_names(dataset: Dataset, data_key: str = "learn") -> list[str]:
-    columns = dataset.handler.fetch(slice(None, None), col_set="feature", data_key=data_key).columns
-    return [str(c[-1]) if isinstance(c, tuple) else str(c) for c in columns]
+    return dataset.feature_names(data_key)
 
 
 def _input_shape(samples: Samples) -> tuple[int, ...]:

@@ -35,7 +35,8 @@ import numpy as np
 import pandas as pd
 from jax import lax
 
-from qjax.data.features import LABEL, label
+from qjax.data.dataset import Dataset, validate_segments
+from qjax.data.features import ALPHA360_NAMES, LABEL, label
 from qjax.data.processors import EPS, MAD_TO_STD, Fillna, RobustZScoreNorm, build_processor
 from qjax.data.qlib_binary import FieldPanel
 from qjax.data.samples import Samples, day_numbers
@@ -303,13 +304,15 @@ def label_frame(panel: Alpha360Panel, learn_processors: Sequence[Any], fit_start
 
 
 # ----------------------------------------------------------------------------- dataset
-class Alpha360GatherDataset:
+class Alpha360GatherDataset(Dataset):
     """Alpha360 segments as device samples whose rows are computed in the gather.
 
     The counterpart of ``Dataset(DataHandler(handler_frame("Alpha360", ...), infer_processors,
-    learn_processors, fit_start_time, fit_end_time), segments)`` for :meth:`samples` and
-    :meth:`label`, with the processors restricted as :func:`fitted_normalizer` and
-    :func:`label_frame` say. ``panel`` comes from :func:`alpha360_panel`.
+    learn_processors, fit_start_time, fit_end_time), segments)`` for :meth:`samples`,
+    :meth:`label` and :meth:`feature_names` (what the estimators use), with the processors
+    restricted as :func:`fitted_normalizer` and :func:`label_frame` say. There is no handler
+    and no feature frame: :meth:`prepare` is refused. ``panel`` comes from
+    :func:`alpha360_panel`.
     """
 
     def __init__(
@@ -321,8 +324,8 @@ class Alpha360GatherDataset:
         fit_start_time=None,
         fit_end_time=None,
     ):
-        from qjax.data.dataset import validate_segments
-
+        # No Dataset.__init__: there is no handler, only the panel and the fitted constants.
+        self.handler = None
         self.panel = panel
         self.segments = validate_segments(segments)
         self.normalizer = fitted_normalizer(panel, infer_processors, fit_start_time, fit_end_time)
@@ -362,3 +365,19 @@ class Alpha360GatherDataset:
         """The segment's labels indexed (datetime, instrument)."""
         rows, labels = self._rows(segment, data_key)
         return pd.Series(labels, index=self.panel.index(rows), name=LABEL)
+
+    def feature_names(self, data_key: str = "learn") -> list[str]:
+        return list(ALPHA360_NAMES)
+
+    def prepare(self, segments, col_set: Any = "__all", data_key: str = "infer"):
+        raise DataError(
+            "an Alpha360GatherDataset computes its rows in the batch gather and has no feature "
+            "frame to prepare; use samples() or label(), or the flat Dataset for frames"
+        )
+
+    def __repr__(self) -> str:
+        segs = {k: (str(a.date()), str(b.date())) for k, (a, b) in self.segments.items()}
+        return (
+            f"Alpha360GatherDataset({len(self.panel.instruments)} instruments x "
+            f"{len(self.panel.dates)} days, segments={segs})"
+        )

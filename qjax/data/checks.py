@@ -109,9 +109,31 @@ def _model_input_values(samples: Samples) -> tuple[np.ndarray, np.ndarray | None
     return np.asarray(features).reshape(samples.size, -1), None
 
 
+def _computed_in_gather(samples: Samples) -> bool:
+    """Rows built by ``take`` from other arrays (e.g. Alpha360 from its fields panel)."""
+    features = samples.features
+    return isinstance(features, dict) and "panel" not in features
+
+
+def _gathered_nonfinite_counts(samples: Samples, chunk: int = 1 << 15):
+    """NaN and inf counts per column of rows that exist only once gathered, chunk by chunk
+    (fixed-size chunks: one compiled gather; the padding of the last one is not counted)."""
+    n_nan = n_inf = 0
+    for lo in range(0, samples.size, chunk):
+        ids = np.arange(lo, lo + chunk)
+        real = ids < samples.size
+        x = np.asarray(samples.take(samples.features, np.where(real, ids, 0).astype(np.int32)))
+        x = x.reshape(chunk, -1)[real]
+        n_nan = n_nan + np.isnan(x).sum(axis=0)
+        n_inf = n_inf + np.isinf(x).sum(axis=0)
+    return n_nan, n_inf
+
+
 def input_nonfinite_counts(samples: Samples) -> tuple[np.ndarray, np.ndarray]:
     """Per feature column, the NaN and the inf count among the values the model reads from
     ``samples``: a flat segment's [n, F] rows, or the present panel rows its windows reach."""
+    if _computed_in_gather(samples):
+        return _gathered_nonfinite_counts(samples)
     values, present = _model_input_values(samples)
     nan, inf = np.isnan(values), np.isinf(values)
     if present is not None:
@@ -122,6 +144,9 @@ def input_nonfinite_counts(samples: Samples) -> tuple[np.ndarray, np.ndarray]:
 
 def _all_finite(samples: Samples) -> bool:
     """One pass on the host (a view of a CPU device array, no copy): the common case."""
+    if _computed_in_gather(samples):
+        n_nan, n_inf = _gathered_nonfinite_counts(samples)
+        return not (np.any(n_nan) or np.any(n_inf))
     values, present = _model_input_values(samples)
     if present is None:
         return bool(np.isfinite(values).all())

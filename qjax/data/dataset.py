@@ -162,6 +162,13 @@ class Dataset:
             return [self._prepare_one(name, col_set, data_key) for name in segments]
         raise TypeError(f"segments must be a segment name or a list of names, got {segments!r}")
 
+    def feature_names(self, data_key: str = "learn") -> list[str]:
+        """The model input's column names, in order."""
+        columns = self.handler.fetch(
+            slice(None, None), col_set="feature", data_key=data_key
+        ).columns
+        return [str(c[-1]) if isinstance(c, tuple) else str(c) for c in columns]
+
     def label(self, segment: str, data_key: str = "raw") -> pd.Series:
         """The segment's label column indexed (datetime, instrument), for scoring predictions
         (also on a :class:`TSDataset`, whose ``prepare`` gives windows instead of rows)."""

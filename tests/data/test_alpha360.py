@@ -202,3 +202,32 @@ def test_lstm_trains_the_same_on_both_paths(seed):
             results[0].history[name], results[1].history[name], rtol=1e-5, err_msg=name
         )
     assert np.ptp(results[0].history["train_loss"]) > 0, seed  # it did train
+
+
+def test_estimator_fits_and_predicts_the_same_on_both_paths(seed):
+    """The Qlib-style wrapper (what ``qjax.estimator`` users call) takes the gather dataset."""
+    from qjax.estimators import estimator
+
+    market = _market(seed, n_instruments=20, n_days=300)
+    flat, gathered, _ = _both(market)
+    kwargs = dict(hidden_size=8, num_layers=1, n_epochs=2, batch_size=128, seed=seed % 1000)
+    predictions = [
+        estimator("lstm", **kwargs).fit(data, verbose=False).predict(data, "test")
+        for data in (flat, gathered)
+    ]
+    assert predictions[0].index.equals(predictions[1].index)
+    np.testing.assert_allclose(predictions[0], predictions[1], rtol=1e-5, atol=1e-6)
+    assert predictions[0].std() > 0, seed
+
+
+def test_nan_inputs_are_refused_before_training():
+    """Without Fillna a NaN row reaches the model: the same check as the flat path's."""
+    from qjax.estimators import estimator
+
+    market = _market(0, n_instruments=10, n_days=200)
+    panel = alpha360_panel(*features.handler_fields(market))
+    dataset = Alpha360GatherDataset(
+        panel, {"train": ("2015-01-05", "2015-06-30")}, INFER[:1], LEARN, *FIT
+    )
+    with pytest.raises(DataError, match="CLOSE59"):
+        estimator("lstm", n_epochs=1).fit(dataset, verbose=False)
