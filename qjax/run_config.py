@@ -90,7 +90,8 @@ HANDLER_SETTINGS = (
     "learn_processors",
     "process_type",
 )
-HANDLER_KEYS = ("name", *HANDLER_SETTINGS)
+# qjax's own: Alpha360 rows computed in the batch gather from the fields panel (qjax.data.alpha360)
+HANDLER_KEYS = ("name", *HANDLER_SETTINGS, "compute_in_gather")
 DATASET_KEYS = ("class", "segments", "step_len")
 MODEL_KEYS = ("name", "kwargs")
 TRAIN_KEYS = ("seeds",)
@@ -201,6 +202,19 @@ def validate(cfg: Mapping[str, Any]) -> dict:
     if cfg["handler"].get("name") not in ("Alpha360", "Alpha158"):
         raise ConfigError(
             f"handler.name must be Alpha360 or Alpha158, got {cfg['handler'].get('name')!r}"
+        )
+
+    in_gather = cfg["handler"].get("compute_in_gather", False)
+    if not isinstance(in_gather, bool):
+        raise ConfigError(f"handler.compute_in_gather must be true or false, got {in_gather!r}")
+    if in_gather and (
+        cfg["handler"]["name"] != "Alpha360"
+        or cfg["dataset"].get("class", "Dataset") != "Dataset"
+        or cfg["handler"].get("process_type", "append") != "append"
+    ):
+        raise ConfigError(
+            "handler.compute_in_gather computes Alpha360 rows for dataset.class Dataset "
+            "(process_type append); remove it for other handlers or a TSDataset"
         )
 
     if cfg["handler"].get("process_type", "append") not in ("append", "independent"):

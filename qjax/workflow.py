@@ -89,6 +89,8 @@ def build_dataset(cfg: Mapping[str, Any]) -> Dataset:
     segments = dataset_cfg["segments"]
     start = handler_cfg.get("start_time") or min(s for s, _ in segments.values())
     end = handler_cfg.get("end_time") or max(e for _, e in segments.values())
+    if handler_cfg.get("compute_in_gather"):
+        return _alpha360_in_gather(cfg, start, end)
     frame = handler_input(cfg["data"], handler_cfg["name"], start, end)
     handler = DataHandler(
         frame,
@@ -101,6 +103,28 @@ def build_dataset(cfg: Mapping[str, Any]) -> Dataset:
     if dataset_cfg.get("class", "Dataset") == "TSDataset":
         return TSDataset(handler, segments, step_len=step_len(cfg))
     return Dataset(handler, segments)
+
+
+def _alpha360_in_gather(cfg: Mapping[str, Any], start: Any, end: Any) -> Dataset:
+    """``handler.compute_in_gather``: Alpha360 rows built per batch from the fields panel."""
+    from qjax.data import features
+    from qjax.data.alpha360 import Alpha360GatherDataset, alpha360_panel
+
+    data_cfg, handler_cfg = cfg["data"], cfg["handler"]
+    if data_cfg.get("source", "generated") == "qlib":
+        fields = features.load_handler_fields(
+            data_cfg["provider_uri"], data_cfg.get("instruments", "csi300"), start, end
+        )
+    else:
+        fields = features.handler_fields(load_market(data_cfg), start, end)
+    return Alpha360GatherDataset(
+        alpha360_panel(*fields),
+        cfg["dataset"]["segments"],
+        handler_cfg.get("infer_processors") or (),
+        handler_cfg.get("learn_processors") or (),
+        handler_cfg.get("fit_start_time"),
+        handler_cfg.get("fit_end_time"),
+    )
 
 
 def step_len(cfg: Mapping[str, Any]) -> int:
@@ -290,6 +314,11 @@ def _warn_about_look_ahead(cfg: Mapping[str, Any]) -> None:
 def check_dataset(dataset: Dataset) -> None:
     """Before any training: every segment has rows in the data it is read from, the training
     data holds no inf, and the test segment has several instruments per day (IC needs them)."""
+    from qjax.data.alpha360 import Alpha360GatherDataset
+
+    if isinstance(dataset, Alpha360GatherDataset):  # no frames: its inputs are checked on fit
+        dataset.check_segments()
+        return
     if isinstance(dataset, TSDataset):
         dataset.check_step_len()
     test = None
@@ -310,6 +339,8 @@ def check_dataset(dataset: Dataset) -> None:
 
 def _diagnosed(err: TrainingDiverged, dataset: Dataset) -> TrainingDiverged:
     """The engine's error with the dataset's NaN/inf columns named."""
+    if not hasattr(dataset.handler, "fetch"):  # an Alpha360GatherDataset: no frames to report
+        return err
     found = nonfinite_report(dataset, [n for n in dataset.segments if n != "test"])
     head = str(err).split(" NaN or inf in the features")[0]
     if found:

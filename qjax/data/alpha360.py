@@ -37,7 +37,14 @@ from jax import lax
 
 from qjax.data.dataset import Dataset, validate_segments
 from qjax.data.features import ALPHA360_NAMES, LABEL, label
-from qjax.data.processors import EPS, MAD_TO_STD, Fillna, RobustZScoreNorm, build_processor
+from qjax.data.processors import (
+    EPS,
+    MAD_TO_STD,
+    Fillna,
+    Processor,
+    RobustZScoreNorm,
+    build_processor,
+)
 from qjax.data.qlib_binary import FieldPanel
 from qjax.data.samples import Samples, day_numbers
 from qjax.errors import DataError
@@ -206,18 +213,20 @@ def alpha360_samples(
     normalizer: Normalizer,
     labels: np.ndarray | None = None,
     weights: np.ndarray | None = None,
+    device_values: jax.Array | None = None,
 ) -> Samples:
     """Device samples of the handler rows ``rows`` (positions into ``panel.row_day``).
 
-    ``labels`` default to the rows' raw labels. The device holds the panel (shared by every
-    segment built from it), the rows' (day, instrument) and the 2 x 360 constants.
+    ``labels`` default to the rows' raw labels. The device holds the panel (pass it as
+    ``device_values`` to share one copy between segments), the rows' (day, instrument) and
+    the 2 x 360 constants.
     """
     rows = np.asarray(rows)
     n = len(rows)
     labels = panel.labels[rows] if labels is None else np.asarray(labels, np.float32).reshape(n)
     w = np.ones(n, np.float32) if weights is None else np.asarray(weights, np.float32).reshape(n)
     features = {
-        "values": jnp.asarray(panel.values),
+        "values": jnp.asarray(panel.values) if device_values is None else device_values,
         "day": jnp.asarray(panel.row_day[rows]),
         "instrument": jnp.asarray(panel.row_inst[rows]),
         "shift": jnp.asarray(normalizer.shift, jnp.float32),
@@ -233,10 +242,12 @@ def alpha360_samples(
 
 
 # ----------------------------------------------------------------------------- processors
-def fitted_normalizer(
+def fit_infer_processors(
     panel: Alpha360Panel, infer_processors: Sequence[Any], fit_start_time, fit_end_time
-) -> Normalizer:
-    """The constants of Alpha360's usual infer processors, fitted on the fit window's rows.
+) -> tuple[Normalizer, list]:
+    """The constants of Alpha360's usual infer processors fitted on the fit window's rows, and
+    the processors themselves in their fitted state (what a saved run keeps: ``qjax predict``
+    scores new dates with them on the flat path).
 
     Supported: ``[RobustZScoreNorm(fields_group="feature")]``, then ``[Fillna(fields_group=
     "feature")]``, each optional, in that order (Qlib's Alpha360 configs); anything else
@@ -262,12 +273,14 @@ def fitted_normalizer(
                     f"and fit_end_time {proc.fit_end_time}; move the fit window into the data"
                 )
             shift, scale = fit_robust_zscore(panel, fit_rows)
+            proc.cols = pd.MultiIndex.from_tuples([("feature", name) for name in ALPHA360_NAMES])
+            proc._shift, proc._scale = shift, scale  # as RobustZScoreNorm.fit leaves them
             normalizer = normalizer._replace(
                 shift=shift, scale=scale, clip=3.0 if proc.clip_outlier else None
             )
         else:
             normalizer = normalizer._replace(fill=float(proc.fill_value))
-    return normalizer
+    return normalizer, procs
 
 
 def _rows_between(panel: Alpha360Panel, start, end) -> np.ndarray:
@@ -281,12 +294,10 @@ def _rows_between(panel: Alpha360Panel, start, end) -> np.ndarray:
     return np.flatnonzero(keep)
 
 
-def label_frame(panel: Alpha360Panel, learn_processors: Sequence[Any], fit_start_time=None,
-                fit_end_time=None) -> tuple[pd.DataFrame, np.ndarray]:  # fmt: skip
+def label_frame(procs: Sequence[Processor], panel: Alpha360Panel) -> tuple[pd.Series, np.ndarray]:
     """The learn labels and the positions of their rows: the label column of every handler row
     through the learn processors, which may only read the label (DropnaLabel, CSRankNorm or
     CSZScoreNorm on ``fields_group="label"``)."""
-    procs = [build_processor(spec, fit_start_time, fit_end_time) for spec in learn_processors]
     for proc in procs:
         if getattr(proc, "fields_group", None) != "label":
             raise DataError(
@@ -304,15 +315,23 @@ def label_frame(panel: Alpha360Panel, learn_processors: Sequence[Any], fit_start
 
 
 # ----------------------------------------------------------------------------- dataset
+class FittedProcessors(NamedTuple):
+    """A handler's processors without its frames: what ``saved_run`` keeps of a handler."""
+
+    shared_processors: list
+    infer_processors: list
+    learn_processors: list
+
+
 class Alpha360GatherDataset(Dataset):
     """Alpha360 segments as device samples whose rows are computed in the gather.
 
     The counterpart of ``Dataset(DataHandler(handler_frame("Alpha360", ...), infer_processors,
     learn_processors, fit_start_time, fit_end_time), segments)`` for :meth:`samples`,
     :meth:`label` and :meth:`feature_names` (what the estimators use), with the processors
-    restricted as :func:`fitted_normalizer` and :func:`label_frame` say. There is no handler
-    and no feature frame: :meth:`prepare` is refused. ``panel`` comes from
-    :func:`alpha360_panel`.
+    restricted as :func:`fit_infer_processors` and :func:`label_frame` say. There is no
+    feature frame: :meth:`prepare` is refused, and ``handler`` holds only the fitted processors
+    (:class:`FittedProcessors`). ``panel`` comes from :func:`alpha360_panel`.
     """
 
     def __init__(
@@ -324,14 +343,16 @@ class Alpha360GatherDataset(Dataset):
         fit_start_time=None,
         fit_end_time=None,
     ):
-        # No Dataset.__init__: there is no handler, only the panel and the fitted constants.
-        self.handler = None
+        # No Dataset.__init__: there is no DataHandler, only the panel and fitted constants.
         self.panel = panel
         self.segments = validate_segments(segments)
-        self.normalizer = fitted_normalizer(panel, infer_processors, fit_start_time, fit_end_time)
-        self.learn_labels, self.learn_rows = label_frame(
-            panel, learn_processors, fit_start_time, fit_end_time
+        self.normalizer, infer = fit_infer_processors(
+            panel, infer_processors, fit_start_time, fit_end_time
         )
+        learn = [build_processor(spec, fit_start_time, fit_end_time) for spec in learn_processors]
+        self.learn_labels, self.learn_rows = label_frame(learn, panel)
+        self.handler = FittedProcessors([], infer, learn)
+        self._device_values: jax.Array | None = None
 
     def _rows(self, segment: str, data_key: str) -> tuple[np.ndarray, np.ndarray]:
         """Positions of the segment's rows and their labels in the ``data_key`` data."""
@@ -359,7 +380,12 @@ class Alpha360GatherDataset(Dataset):
         """Device samples of a segment (x: [B, 360] rows built per batch) and their index."""
         rows, labels = self._rows(segment, data_key)
         labels = labels if label else np.full(len(rows), np.nan, np.float32)
-        return alpha360_samples(self.panel, rows, self.normalizer, labels), self.panel.index(rows)
+        if self._device_values is None:  # one device copy, shared by the segments' samples
+            self._device_values = jnp.asarray(self.panel.values)
+        samples = alpha360_samples(
+            self.panel, rows, self.normalizer, labels, device_values=self._device_values
+        )
+        return samples, self.panel.index(rows)
 
     def label(self, segment: str, data_key: str = "raw") -> pd.Series:
         """The segment's labels indexed (datetime, instrument)."""
@@ -381,3 +407,8 @@ class Alpha360GatherDataset(Dataset):
             f"Alpha360GatherDataset({len(self.panel.instruments)} instruments x "
             f"{len(self.panel.dates)} days, segments={segs})"
         )
+
+    def check_segments(self) -> None:
+        """Every segment has rows in the data it is read from (test: "infer", else "learn")."""
+        for name in self.segments:
+            self._rows(name, "infer" if name == "test" else "learn")

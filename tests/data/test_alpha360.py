@@ -13,7 +13,7 @@ from qjax.data.alpha360 import (
     Normalizer,
     alpha360_panel,
     alpha360_samples,
-    fitted_normalizer,
+    fit_infer_processors,
 )
 from qjax.data.dataset import Dataset
 from qjax.data.handler import DataHandler
@@ -150,7 +150,8 @@ def test_fitted_constants_equal_robust_zscore_norm(seed):
         "class": "RobustZScoreNorm",
         "kwargs": {"fields_group": "feature", "clip_outlier": False},
     }
-    fitted = fitted_normalizer(panel, [spec], *FIT)
+    fitted, (proc,) = fit_infer_processors(panel, [spec], *FIT)
+    assert proc.cols.equals(norm.cols)
     np.testing.assert_array_equal(fitted.shift, norm._shift)
     np.testing.assert_array_equal(fitted.scale, norm._scale)
     assert fitted.clip is None and fitted.fill is None
