@@ -232,3 +232,38 @@ def test_nan_inputs_are_refused_before_training():
     )
     with pytest.raises(DataError, match="CLOSE59"):
         estimator("lstm", n_epochs=1).fit(dataset, verbose=False)
+
+
+def _gather_vs_flat_on_qlib_dir(root, instruments, start, end, fit):
+    """Processed train rows of both paths read from a Qlib data directory."""
+    frame = features.load_handler("Alpha360", root, instruments, start, end)
+    segments = {"train": (start, end)}
+    handler = DataHandler(frame, INFER, LEARN, fit_start_time=fit[0], fit_end_time=fit[1])
+    flat, index_flat = Dataset(handler, segments).samples("train")
+    panel = alpha360_panel(*features.load_handler_fields(root, instruments, start, end))
+    gathered, index = Alpha360GatherDataset(panel, segments, INFER, LEARN, *fit).samples("train")
+    assert index.equals(index_flat)
+    np.testing.assert_array_equal(np.asarray(gathered.labels), np.asarray(flat.labels))
+    return np.asarray(flat.features), _rows(gathered)
+
+
+def test_a_qlib_directory_with_market_spans_gives_the_flat_rows(seed, tmp_path):
+    """Rows limited to a market's membership spans, history read from before the start."""
+    from qjax.data.qlib_writer import write_qlib_binary
+
+    market = _market(seed, n_instruments=12, n_days=260)
+    codes = sorted(market.index.get_level_values("instrument").unique())
+    root = write_qlib_binary(market, tmp_path / "qlib", markets={"half": codes[::2]})
+    flat, gathered = _gather_vs_flat_on_qlib_dir(
+        root, "half", "2015-06-01", "2015-10-30", ("2015-06-01", "2015-08-31")
+    )
+    np.testing.assert_array_equal(gathered, flat)
+
+
+def test_csi300_rows_equal_the_flat_rows(csi300_dir):
+    """Real data: suspensions stored as NaN, index changes, instruments listed mid-span."""
+    flat, gathered = _gather_vs_flat_on_qlib_dir(
+        csi300_dir, "csi300", "2019-01-01", "2019-06-30", ("2019-01-01", "2019-04-30")
+    )
+    assert flat.shape[0] > 30000
+    np.testing.assert_array_equal(gathered, flat)
