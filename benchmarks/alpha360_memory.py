@@ -186,10 +186,14 @@ def report(cases: list[dict], meta: dict) -> list[str]:
         "and each sample's day and instrument (int32, 8 bytes), against 1,440 bytes per sample "
         "flat; hence about 40x, not 60x. Labels, weights and day numbers (12 bytes per sample) "
         "are the same on both paths and not counted.",
-        f"- Norm fit: RobustZScoreNorm over the whole train span at CSI300 size; over the last "
-        f"{meta['large_fit_days']} days of the large market, to keep the run short (build s "
-        "includes the fit; it reads one column of the fit rows at a time, so a longer window "
-        "costs time in proportion, and memory only for one column of its rows).",
+        "- Norm fit: RobustZScoreNorm over the whole train span at CSI300 size, and over "
+        + (
+            f"the last {meta['large_fit_days']} days of the large market"
+            if meta["large_fit_days"]
+            else "the whole train span of the large market too"
+        )
+        + " ('build s' includes it: one column of the fit rows at a time, so memory holds "
+        "one column, never [rows, 360]).",
         "- Peak RSS includes generating the market (a pandas frame of every row) and "
         "`handler_fields`; 'RSS after build' is what training holds.",
         "- Speed is per train sample of fixed-size steps; the large market's samples are not "
@@ -207,9 +211,9 @@ def main() -> None:
     parser.add_argument(
         "--large-fit-days",
         type=int,
-        default=250,
-        help="days of the large market's norm fit window (its last days; all days at CSI300 "
-        "size); the fit reads one column of those rows at a time",
+        default=0,
+        help="days of the large market's norm fit window, its last ones (0: the whole train "
+        "span, as at CSI300 size); the fit reads one column of those rows at a time",
     )
     parser.add_argument("--out", default=None, help="folder for alpha360_memory.{md,json}")
     parser.add_argument(

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from functools import partial
 from typing import Any, NamedTuple
 
@@ -105,18 +105,29 @@ def alpha360_panel(fields: FieldPanel, rows: np.ndarray) -> Alpha360Panel:
 
 
 # ----------------------------------------------------------------------------- host side
-def column_values(panel: Alpha360Panel, rows: np.ndarray, column: int) -> np.ndarray:
-    """One Alpha360 column (0..359, Qlib's order) at the given rows, float32, on the host."""
-    group, position = divmod(column, WINDOW)  # position 59 is lag 0, the row's own day
-    day, inst = panel.row_day[rows], panel.row_inst[rows]
-    own = day + WINDOW - 1  # padded day of the row itself
-    numerator = panel.values[inst, day + position, group]
-    if group == _VOLUME:
-        denominator = panel.values[inst, own, _VOLUME] + np.float32(EPS)
-    else:
-        denominator = panel.values[inst, own, _CLOSE]
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        return numerator / denominator
+def host_columns(panel: Alpha360Panel, rows: np.ndarray) -> Iterator[np.ndarray]:
+    """Alpha360 columns 0..359 (Qlib's order) at ``rows`` on the host, one at a time, float32
+    (the flat path's values: the same float32 division).
+
+    Rows are read in instrument-major order (the panel's), whatever order ``rows`` has, so a
+    column is one forward pass along the panel: 0.35 s per column of 17.9M rows, median and
+    MAD included (5,000 instruments x 15 years; 0.93 s reading datetime-major with per-column
+    index arithmetic). For order-free statistics only.
+    """
+    rows = rows[np.lexsort((panel.row_day[rows], panel.row_inst[rows]))]
+    flat = panel.values.reshape(-1)
+    n_fields, padded_days = len(FIELDS), panel.values.shape[1]
+    # Flat position of each row's window start; column (group, position) adds a constant.
+    start = (panel.row_inst[rows].astype(np.int64) * padded_days + panel.row_day[rows]) * n_fields
+    own = (WINDOW - 1) * n_fields
+    close = flat[own + _CLOSE :][start]
+    volume = flat[own + _VOLUME :][start] + np.float32(EPS)
+    for column in range(N_COLUMNS):
+        group, position = divmod(column, WINDOW)  # position 59 is lag 0, the row's day
+        numerator = flat[position * n_fields + group :][start]  # a view: no offset array
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            ratio = numerator / (volume if group == _VOLUME else close)
+        yield ratio
 
 
 def fit_robust_zscore(panel: Alpha360Panel, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -127,8 +138,7 @@ def fit_robust_zscore(panel: Alpha360Panel, rows: np.ndarray) -> tuple[np.ndarra
     """
     median = np.empty(N_COLUMNS, np.float32)
     sigma = np.empty(N_COLUMNS, np.float32)
-    for column in range(N_COLUMNS):
-        values = column_values(panel, rows, column)
+    for column, values in enumerate(host_columns(panel, rows)):
         finite_or_nan = ~np.isinf(values)
         with np.errstate(invalid="ignore"), warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN column: NaN, as Qlib
