@@ -267,3 +267,15 @@ def test_csi300_rows_equal_the_flat_rows(csi300_dir):
     )
     assert flat.shape[0] > 30000
     np.testing.assert_array_equal(gathered, flat)
+
+
+def test_tabnet_which_fills_nan_from_the_rows_is_pointed_to_the_flat_dataset():
+    from qjax.estimators import estimator
+
+    market = generate_market(10, 200, seed=0)
+    panel = alpha360_panel(*features.handler_fields(market))
+    dataset = Alpha360GatherDataset(
+        panel, {"train": ("2015-01-05", "2015-06-30")}, INFER, LEARN, *FIT
+    )
+    with pytest.raises(ValueError, match="Alpha360GatherDataset"):
+        estimator("tabnet", n_epochs=1, pretrain=False).fit(dataset, verbose=False)

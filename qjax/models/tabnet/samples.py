@@ -17,7 +17,8 @@ def fill_nan_features(segment: str, samples: Samples) -> Samples:
     if not isinstance(x, jax.Array) or x.ndim != 2:
         raise ValueError(
             "TabnetModel takes a flat qjax.data.Dataset (one row of d_feat features per sample), "
-            "not a TSDataset"
+            "not a TSDataset or an Alpha360GatherDataset (rows built per batch, so its NaN "
+            "fill cannot see them; use the flat Dataset)"
         )
     if segment in MEAN_FILLED_SEGMENTS:
         x = jnp.where(jnp.isnan(x), jnp.nanmean(x, axis=0), x)  # an all-NaN column stays NaN
