@@ -97,17 +97,24 @@ def versions(*names: str) -> dict[str, str | None]:
     return found
 
 
-def machine(torch_module=None) -> dict:
-    """CPU, memory, accelerators, library versions, threads and allocators of this process."""
-    import jax
-
-    info = {
+def host(*packages: str) -> dict:
+    """CPU, memory, platform, Python and the versions of ``packages`` (no JAX imported)."""
+    return {
         "cpu": cpu_model(),
         "logical_cores": os.cpu_count(),
         "ram_gib": ram_gib(),
         "platform": platform.platform(),
         "python": platform.python_version(),
-        "versions": versions("jax", "jaxlib", "flax", "optax", "numpy", "pandas", "torch", "qlib"),
+        "versions": versions(*packages),
+    }
+
+
+def machine(torch_module=None) -> dict:
+    """CPU, memory, accelerators, library versions, threads and allocators of this process."""
+    import jax
+
+    info = {
+        **host("jax", "jaxlib", "flax", "optax", "numpy", "pandas", "torch", "qlib"),
         "jax_backend": jax.default_backend(),
         "jax_devices": [str(d) for d in jax.devices()],
         "env": {k: os.environ[k] for k in ALLOCATION_ENV if k in os.environ},
@@ -148,6 +155,39 @@ def publish(lines: list[str], out: str | None, stem: str, payload: dict) -> None
     if out:
         (Path(out) / f"{stem}.md").write_text(text)
         (Path(out) / f"{stem}.json").write_text(json.dumps(payload, indent=2, default=str))
+
+
+def args_record(args, leave_out: tuple[str, ...] = ("data", "out")) -> dict:
+    """The parsed command-line arguments for a report, paths as text, ``leave_out`` dropped."""
+    return {
+        k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k not in leave_out
+    }
+
+
+def table_head(columns: list[str], align: str) -> list[str]:
+    """A Markdown table's header and rule lines; ``align`` has a letter a column: ``l`` or
+    ``r``."""
+    rule = {"l": "---", "r": "---:"}
+    return ["| " + " | ".join(columns) + " |", "|" + "|".join(rule[a] for a in align) + "|"]
+
+
+def results_table(
+    columns: list[str],
+    align: str,
+    results: dict[str, dict],
+    row: Callable[[str, dict], str],
+    failed: str = "failed",
+) -> list[str]:
+    """A Markdown table with a row for each ``name: result``: ``row(name, result)``, or, for a
+    result holding an ``"error"``, the name, ``failed: <error>`` and empty cells."""
+    blank = " |" * (len(columns) - 2)
+    return [
+        *table_head(columns, align),
+        *(
+            f"| {name} | {failed}: {res['error']} |" + blank if "error" in res else row(name, res)
+            for name, res in results.items()
+        ),
+    ]
 
 
 def median(values: list[float]) -> float:

@@ -28,15 +28,13 @@ import contextlib
 import io
 import json
 import logging
-import os
-import platform
 import statistics
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from _common import command_line, cpu_model, load_average, ram_gib, versions
+from _common import args_record, command_line, host, load_average
 
 from qjax.backtest import backtest, market_from_qlib
 from qjax.data.qlib_binary import QlibBinaryData
@@ -201,19 +199,8 @@ def main(argv: list[str] | None = None) -> dict:
     pred = member_predictions(args.data, args.market, args.start, args.end, args.seed)
     report = {
         "command": command_line(),
-        "args": {
-            k: str(v) if isinstance(v, Path) else v
-            for k, v in vars(args).items()
-            if k not in ("data", "out")
-        },
-        "machine": {
-            "cpu": cpu_model(),
-            "logical_cores": os.cpu_count(),
-            "ram_gib": ram_gib(),
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "versions": versions("numpy", "pandas", "qlib"),
-        },
+        "args": args_record(args),
+        "machine": host("numpy", "pandas", "qlib"),
         "predictions": len(pred),
         "load_before": load_average(),
         "qlib_s": [],

@@ -351,7 +351,28 @@ def _n(value) -> str:
     return "–" if value is None or not math.isfinite(value) else f"{value:,.0f}"
 
 
+def _throughput_row(name: str, res: dict) -> str:
+    t, i = res["train"], res["infer"]
+    return (
+        f"| {name} | {_n(t['qjax_samples_per_s'])} | {_n(t['torch_samples_per_s'])} | "
+        f"{_x(t['speedup'])} | {_n(i['qjax_samples_per_s'])} | "
+        f"{_n(i['torch_samples_per_s'])} | "
+        f"{_x(i['speedup'])} | {t['qjax_compile_s'] + i['qjax_compile_s']:.1f} |"
+    )
+
+
+def _seeds_row(name: str, s: dict) -> str:
+    return (
+        f"| {name} | {s['samples']} ({s['seeds']} seeds, {s['replicas_per_program']} per "
+        f"program) | {_n(s['qjax_seed_samples_per_s'])} | "
+        f"{_n(s['qjax_cold_seed_samples_per_s'])} ({s['qjax_compile_s']:.1f}) | "
+        f"{_n(s['torch_seed_samples_per_s'])} | {_x(s['speedup'])} | {_x(s['speedup_cold'])} |"
+    )
+
+
 def report(r: dict) -> str:
+    from _common import results_table
+
     m, sizes = r["machine"], r["sizes"]
     gpus = m.get("gpus") or [{"name": m.get("jax_device_kind"), "driver": "?", "memory": "?"}]
     on_cpu = r["machine_tag"] == "cpu"
@@ -377,43 +398,34 @@ def report(r: dict) -> str:
         "",
         "## Training and inference throughput (samples/s)",
         "",
-        "| model | qjax train | torch train | speed-up | qjax infer | torch infer | speed-up "
-        "| qjax compile s |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for name, res in r["throughput"].items():
-        if "error" in res:
-            lines.append(f"| {name} | failed: {res['error']} | | | | | | |")
-            continue
-        t, i = res["train"], res["infer"]
-        lines.append(
-            f"| {name} | {_n(t['qjax_samples_per_s'])} | {_n(t['torch_samples_per_s'])} | "
-            f"{_x(t['speedup'])} | {_n(i['qjax_samples_per_s'])} | "
-            f"{_n(i['torch_samples_per_s'])} | "
-            f"{_x(i['speedup'])} | {t['qjax_compile_s'] + i['qjax_compile_s']:.1f} |"
-        )
-    lines += [
+        *results_table(
+            [
+                "model",
+                *("qjax train", "torch train", "speed-up"),
+                *("qjax infer", "torch infer", "speed-up"),
+                "qjax compile s",
+            ],
+            "lrrrrrrr",
+            r["throughput"],
+            _throughput_row,
+        ),
         "",
         f"## The {sizes['seeds']}-seed job (seeds x samples/s; {sizes['seed_epochs']} epochs each)",
         "",
         "qjax: one `fit(..., seeds=[...])`, the seeds as vmapped replicas of one compiled program; "
         "cold includes compilation. torch: one fit per seed, one after another.",
         "",
-        "| model | samples | qjax warm | qjax cold (compile s) | torch | speed-up warm | "
-        "speed-up cold |",
-        "|---|---:|---:|---:|---:|---:|---:|",
-    ]
-    for name, s in r["seeds"].items():
-        if "error" in s:
-            lines.append(f"| {name} | failed: {s['error']} | | | | | |")
-            continue
-        lines.append(
-            f"| {name} | {s['samples']} ({s['seeds']} seeds, {s['replicas_per_program']} per "
-            f"program) | {_n(s['qjax_seed_samples_per_s'])} | "
-            f"{_n(s['qjax_cold_seed_samples_per_s'])} ({s['qjax_compile_s']:.1f}) | "
-            f"{_n(s['torch_seed_samples_per_s'])} | {_x(s['speedup'])} | {_x(s['speedup_cold'])} |"
-        )
-    lines += [
+        *results_table(
+            [
+                "model",
+                "samples",
+                *("qjax warm", "qjax cold (compile s)", "torch"),
+                *("speed-up warm", "speed-up cold"),
+            ],
+            "lrrrrrr",
+            r["seeds"],
+            _seeds_row,
+        ),
         "",
         "## LSTM: cuDNN (`jax.experimental.rnn`) vs `lax.scan`, both in qjax's engine",
         "",

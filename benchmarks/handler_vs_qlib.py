@@ -16,30 +16,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from _common import command_line, cpu_model, load_average, ram_gib, versions
+from _common import args_record, command_line, host, load_average
 
 from qjax.data.features import HANDLERS, load_handler
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _machine() -> dict:
-    return {
-        "cpu": cpu_model(),
-        "logical_cores": os.cpu_count(),
-        "ram_gib": ram_gib(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "versions": versions("numpy", "pandas", "qlib"),
-    }
 
 
 def _compare(theirs: pd.DataFrame, ours: pd.DataFrame) -> dict:
@@ -173,12 +160,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     report = {
         "command": command_line(),
-        "args": {
-            k: str(v) if isinstance(v, Path) else v
-            for k, v in vars(args).items()
-            if k not in ("data", "out")
-        },
-        "machine": _machine(),
+        "args": args_record(args),
+        "machine": host("numpy", "pandas", "qlib"),
         "load_before": load_average(),
         "results": {},
     }

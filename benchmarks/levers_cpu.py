@@ -34,7 +34,7 @@ import jax
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import train_vs_torch as tvt  # noqa: E402
-from _common import command_line, load_average, machine, median, timed  # noqa: E402
+from _common import command_line, load_average, machine, median, results_table, timed  # noqa: E402
 
 from qjax.compilation import CompileClock  # noqa: E402
 from qjax.train import fit, predict  # noqa: E402
@@ -148,6 +148,18 @@ def run_model(case: tvt.Case, n_samples: int, repeats: int, device) -> dict:
     }
 
 
+def _speedup_row(name: str, r: dict) -> str:
+    s, i = r["train_speedup"], r["infer_speedup"]
+    micro = "–" if r["micro_rows"] is None else str(r["micro_rows"])
+    micro += "*" if r["micro_forced"] else ""
+    return (
+        f"| {name} | {r['torch_samples_per_s']:,.0f} | "
+        + " | ".join(f"{s[v]:.2f}x" if v in s else "n/a" for v in VARIANTS)
+        + f" | {micro} | {r['default_devices']} / {r['auto_micro_batches']} | "
+        f"{r['torch_infer_per_s']:,.0f} | {i['one']:.2f}x | {i['all']:.2f}x |"
+    )
+
+
 def report(record: dict) -> str:
     m = record["machine"]
     lines = [
@@ -179,24 +191,16 @@ def report(record: dict) -> str:
         "default: `fit` with no arguments (its device count and micro-batch count in the last "
         "columns).",
         "",
-        "| model | torch train/s | baseline | devices | micro | both | default | micro rows "
-        "| default devices / chunks | torch infer/s | infer 1 device | infer all devices |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|",
-    ]
-    for name, r in record["models"].items():
-        if "error" in r:
-            lines.append(f"| {name} | failed: {r['error']} |" + " |" * 11)
-            continue
-        s, i = r["train_speedup"], r["infer_speedup"]
-        micro = "–" if r["micro_rows"] is None else str(r["micro_rows"])
-        micro += "*" if r["micro_forced"] else ""
-        lines.append(
-            f"| {name} | {r['torch_samples_per_s']:,.0f} | "
-            + " | ".join(f"{s[v]:.2f}x" if v in s else "n/a" for v in VARIANTS)
-            + f" | {micro} | {r['default_devices']} / {r['auto_micro_batches']} | "
-            f"{r['torch_infer_per_s']:,.0f} | {i['one']:.2f}x | {i['all']:.2f}x |"
-        )
-    lines += [
+        *results_table(
+            [
+                *("model", "torch train/s", *VARIANTS, "micro rows"),
+                *("default devices / chunks", "torch infer/s"),
+                *("infer 1 device", "infer all devices"),
+            ],
+            "lrrrrrrrlrrr",
+            record["models"],
+            _speedup_row,
+        ),
         "",
         "Epoch seconds (median; all repeats in the JSON) and first-call compile seconds:",
         "",

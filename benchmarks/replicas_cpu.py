@@ -32,7 +32,15 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import train_vs_torch as tvt  # noqa: E402
-from _common import command_line, load_average, machine, median, publish, timed  # noqa: E402
+from _common import (
+    command_line,
+    load_average,
+    machine,
+    median,
+    publish,
+    results_table,
+    timed,
+)  # noqa: E402
 
 from qjax.compilation import CompileClock  # noqa: E402
 from qjax.train import fit  # noqa: E402
@@ -105,6 +113,17 @@ def run_model(case: tvt.Case, n_samples: int, n_seeds: int, repeats: int, device
     }
 
 
+def _rates_row(name: str, r: dict) -> str:
+    rate, up = r["seed_samples_per_s"], r["speedup_vs_torch"]
+    return (
+        f"| {name} | {r['samples']} | "
+        + " | ".join(f"{rate[k]:,.0f}" for k in (*LAYOUTS, "torch"))
+        + " | "
+        + " | ".join(f"{up[k]:.2f}x" for k in LAYOUTS)
+        + f" | {r['replicas_vs_batch']:.2f}x |"
+    )
+
+
 def report(record: dict) -> list[str]:
     m = record["machine"]
     lines = [
@@ -118,23 +137,16 @@ def report(record: dict) -> list[str]:
         f"{record['load_average_after']}. Rates are seed-samples per second of one epoch per "
         "seed; speed-up = qjax rate / torch rate (above 1: qjax is faster).",
         "",
-        "| model | samples | replicas/s | batch/s | one/s | torch/s | replicas vs torch | "
-        "batch vs torch | one vs torch | replicas vs batch |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for name, r in record["models"].items():
-        if "error" in r:
-            lines.append(f"| {name} | error: {r['error']} |" + " |" * 8)
-            continue
-        rate, up = r["seed_samples_per_s"], r["speedup_vs_torch"]
-        lines.append(
-            f"| {name} | {r['samples']} | "
-            + " | ".join(f"{rate[k]:,.0f}" for k in (*LAYOUTS, "torch"))
-            + " | "
-            + " | ".join(f"{up[k]:.2f}x" for k in LAYOUTS)
-            + f" | {r['replicas_vs_batch']:.2f}x |"
-        )
-    lines += [
+        *results_table(
+            [
+                *("model", "samples", "replicas/s", "batch/s", "one/s", "torch/s"),
+                *("replicas vs torch", "batch vs torch", "one vs torch", "replicas vs batch"),
+            ],
+            "l" + "r" * 9,
+            record["models"],
+            _rates_row,
+            failed="error",
+        ),
         "",
         'Layouts: replicas = whole replicas per CPU device (`split="seeds"`); batch = each '
         "batch split over all CPU devices; one = one CPU device. torch = Qlib's "

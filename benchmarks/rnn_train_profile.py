@@ -122,14 +122,20 @@ def _lstm_forward(xp, k, b):
     return jax.lax.scan(step, (zero, zero), xp)[1]
 
 
-@jax.custom_vjp
-def lstm_manual(xp, k, b):
-    return _lstm_forward(xp, k, b)[0]
+def _hand_written_vjp(forward, backward):
+    """``forward(xp, k, b) -> (hs, saved)`` as a function of ``hs`` whose gradient is
+    ``backward((hs, saved, k), d_hs)`` instead of autodiff's."""
 
+    @jax.custom_vjp
+    def layer(xp, k, b):
+        return forward(xp, k, b)[0]
 
-def _lstm_fwd(xp, k, b):
-    hs, saved = _lstm_forward(xp, k, b)
-    return hs, (hs, saved, k)
+    def layer_fwd(xp, k, b):
+        hs, saved = forward(xp, k, b)
+        return hs, (hs, saved, k)
+
+    layer.defvjp(layer_fwd, backward)
+    return layer
 
 
 def _lstm_bwd(residuals, d_hs):
@@ -159,7 +165,7 @@ def _lstm_bwd(residuals, d_hs):
     return d_gates, d_k, d_gates.sum((0, 1))
 
 
-lstm_manual.defvjp(_lstm_fwd, _lstm_bwd)
+lstm_manual = _hand_written_vjp(_lstm_forward, _lstm_bwd)
 
 
 def _gru_forward(xp, k, b):
@@ -174,16 +180,6 @@ def _gru_forward(xp, k, b):
         return h_new, (h_new, jnp.concatenate([r, z, n, h_n], -1))
 
     return jax.lax.scan(step, jnp.zeros((xp.shape[1], hid), xp.dtype), xp)[1]
-
-
-@jax.custom_vjp
-def gru_manual(xp, k, b):
-    return _gru_forward(xp, k, b)[0]
-
-
-def _gru_fwd(xp, k, b):
-    hs, saved = _gru_forward(xp, k, b)
-    return hs, (hs, saved, k)
 
 
 def _gru_bwd(residuals, d_hs):
@@ -206,7 +202,7 @@ def _gru_bwd(residuals, d_hs):
     return d_x, jnp.einsum("tnh,tng->hg", _shifted(hs), d_hp), d_hp.sum((0, 1))
 
 
-gru_manual.defvjp(_gru_fwd, _gru_bwd)
+gru_manual = _hand_written_vjp(_gru_forward, _gru_bwd)
 
 
 def layer_gradients(repeats: int) -> dict:

@@ -76,7 +76,15 @@ from qjax.data.samples import Samples, tabular_samples, with_keyword_inputs
 from qjax.train import TrainConfig, fit, predict
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import CompileWatch, command_line, load_average, machine, median, timed  # noqa: E402
+from _common import (
+    CompileWatch,
+    command_line,
+    load_average,
+    machine,
+    median,
+    results_table,
+    timed,
+)  # noqa: E402
 
 DEVICE = "<device>"  # placeholder in torch kwargs for the torch device
 DAY_SIZES = (280, 300)  # stocks per trading day (CSI300 after suspensions), inclusive range
@@ -825,6 +833,36 @@ def _probe_lines(probe: dict | None, cores: int) -> list[str]:
     return [*lines, ""]
 
 
+def _model_row(name: str, res: dict, e: dict) -> str:
+    """The throughput row of one model, ``e`` its end-to-end record (empty if none)."""
+    t, i = res["train"], res["infer"]
+    e2e = (
+        ("–", "–", "–")
+        if "qlib_s" not in e
+        else (
+            f"{e['qjax']['like_qlib_cold']['s']:.1f}",
+            f"{e['qlib_s']:.1f}",
+            f"{e['speedup_like_qlib']:.2f}x",
+        )
+    )
+    return (
+        f"| {name} | {_fmt(t['qjax_samples_per_s'])} | {_fmt(t['torch_samples_per_s'])} | "
+        f"{t['speedup']:.2f}x | {_fmt(i['qjax_samples_per_s'])} | {_fmt(i['torch_samples_per_s'])} | "
+        f"{i['speedup']:.2f}x | {e2e[0]} | {e2e[1]} | {e2e[2]} |"
+    )
+
+
+def _e2e_row(name: str, e: dict) -> str:
+    q = e["qjax"]
+    return (
+        f"| {name} | {e['samples']['train']} / {e['samples']['valid']} | {e['kwargs']['n_epochs']} | "
+        f"{e['qlib_s']:.1f} | {q['like_qlib_cold']['s']:.1f} ({q['like_qlib_cold']['compile_s']:.1f}) | "
+        f"{q['like_qlib_warm']['s']:.1f} | {q['default_cold']['s']:.1f} "
+        f"({q['default_cold']['compile_s']:.1f}) | {e['speedup_like_qlib']:.2f}x / "
+        f"{e['speedup_default']:.2f}x |"
+    )
+
+
 def report(r: dict) -> str:
     m, c = r["machine"], r["config"]
     lines = [
@@ -845,31 +883,17 @@ def report(r: dict) -> str:
         "Speed-up = qjax rate / torch rate (or Qlib seconds / qjax seconds): above 1 means qjax is faster.",
         "",
         *_probe_lines(r.get("torch_thread_probe"), m["usable_cores"]),
-        "| model | qjax train/s | torch train/s | speed-up | qjax infer/s | torch infer/s | speed-up "
-        "| e2e qjax s | e2e Qlib s | speed-up |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for name, res in r["models"].items():
-        if "error" in res:
-            lines.append(f"| {name} | failed: {res['error']} | | | | | | | | |")
-            continue
-        t, i = res["train"], res["infer"]
-        e = r["e2e"].get(name, {})
-        e2e = (
-            ("–", "–", "–")
-            if "qlib_s" not in e
-            else (
-                f"{e['qjax']['like_qlib_cold']['s']:.1f}",
-                f"{e['qlib_s']:.1f}",
-                f"{e['speedup_like_qlib']:.2f}x",
-            )
-        )
-        lines.append(
-            f"| {name} | {_fmt(t['qjax_samples_per_s'])} | {_fmt(t['torch_samples_per_s'])} | "
-            f"{t['speedup']:.2f}x | {_fmt(i['qjax_samples_per_s'])} | {_fmt(i['torch_samples_per_s'])} | "
-            f"{i['speedup']:.2f}x | {e2e[0]} | {e2e[1]} | {e2e[2]} |"
-        )
-    lines += [
+        *results_table(
+            [
+                "model",
+                *("qjax train/s", "torch train/s", "speed-up"),
+                *("qjax infer/s", "torch infer/s", "speed-up"),
+                *("e2e qjax s", "e2e Qlib s", "speed-up"),
+            ],
+            "l" + "r" * 9,
+            r["models"],
+            lambda name, res: _model_row(name, res, r["e2e"].get(name, {})),
+        ),
         "",
         "## Details per model",
         "",
@@ -896,23 +920,16 @@ def report(r: dict) -> str:
             "",
             "## End-to-end `fit` (one in-memory frame, both libraries' data handling included)",
             "",
-            "| model | train / valid samples | epochs | Qlib `fit` s | qjax like Qlib, cold s (compile s) "
-            "| qjax like Qlib, warm s | qjax defaults, cold s (compile s) | speed-up like Qlib / defaults |",
-            "|---|---|---:|---:|---|---:|---|---|",
-        ]
-        for name, e in r["e2e"].items():
-            if "error" in e:
-                lines.append(f"| {name} | failed: {e['error']} | | | | | | |")
-                continue
-            q = e["qjax"]
-            lines.append(
-                f"| {name} | {e['samples']['train']} / {e['samples']['valid']} | {e['kwargs']['n_epochs']} | "
-                f"{e['qlib_s']:.1f} | {q['like_qlib_cold']['s']:.1f} ({q['like_qlib_cold']['compile_s']:.1f}) | "
-                f"{q['like_qlib_warm']['s']:.1f} | {q['default_cold']['s']:.1f} "
-                f"({q['default_cold']['compile_s']:.1f}) | {e['speedup_like_qlib']:.2f}x / "
-                f"{e['speedup_default']:.2f}x |"
-            )
-        lines += [
+            *results_table(
+                [
+                    *("model", "train / valid samples", "epochs", "Qlib `fit` s"),
+                    *("qjax like Qlib, cold s (compile s)", "qjax like Qlib, warm s"),
+                    *("qjax defaults, cold s (compile s)", "speed-up like Qlib / defaults"),
+                ],
+                "llrrlrll",
+                r["e2e"],
+                _e2e_row,
+            ),
             "",
             '"like Qlib": `eval_train=True, eval_protocol="qlib"` (Qlib\'s wrappers re-evaluate the '
             "whole train set after every epoch and score batches the way `test_epoch` does); "
