@@ -87,6 +87,29 @@ def jax_output_and_grads(module, variables, x, y, *extra_inputs, **apply_kwargs)
     return out, g_x, g_params
 
 
+def assert_padding_is_masked(module, params, inputs: tuple, padded_inputs: tuple, y) -> Any:
+    """A batch padded with extra stocks (``mask`` False) gives the valid rows the same outputs
+    and the parameters the same masked-MSE gradients as the valid rows alone; returns the
+    unpadded outputs. ``inputs`` are the positional inputs, valid rows first when padded."""
+
+    def loss(params, inputs, labels, valid):
+        out = module.apply({"params": params}, *inputs, mask=valid)
+        return jnp.sum(jnp.where(valid, (out - labels) ** 2, 0.0)) / jnp.sum(valid), out
+
+    n_valid, n_padded = len(y), len(padded_inputs[0])
+    y_padded = np.zeros(n_padded, np.float32)
+    y_padded[:n_valid] = y
+    mask = np.arange(n_padded) < n_valid
+    grad_fn = jax.jit(jax.value_and_grad(loss, has_aux=True))
+    (_, out_ref), g_ref = grad_fn(params, inputs, y, np.ones(n_valid, bool))
+    (_, out_pad), g_pad = grad_fn(params, padded_inputs, y_padded, mask)
+
+    assert np.all(np.isfinite(out_pad))
+    np.testing.assert_allclose(out_pad[:n_valid], out_ref, rtol=1e-5, atol=1e-6)
+    assert_trees_close(g_pad, g_ref, 1e-5)
+    return out_ref
+
+
 @contextlib.contextmanager
 def float64(torch):
     """float64 on both sides: JAX's x64 mode, and torch's default dtype for the tensors some Qlib

@@ -15,7 +15,7 @@ from qjax.models.gats import GATModel
 from qjax.models.gats.qlib import load_base_weights
 from tests.models.parity import (
     assert_matches_qlib,
-    assert_trees_close,
+    assert_padding_is_masked,
     init_shapes,
     load_base_like_qlib,
     param_count,
@@ -83,22 +83,8 @@ def test_padded_stocks_do_not_change_valid_rows_or_gradients(base_model, seed):
     padded = np.full((n_padded, 8, 4), np.nan, np.float32)  # NaN padding must not leak anywhere
     padded[:n_valid] = x
     padded[n_valid + 2] = 100.0 * rng.standard_normal((8, 4))
-    mask = np.arange(n_padded) < n_valid
     variables = module.init(jax.random.PRNGKey(0), x)
-
-    def loss(params, inputs, y_full, valid):
-        out = module.apply({"params": params}, inputs, mask=valid)
-        return jnp.sum(jnp.where(valid, (out - y_full) ** 2, 0.0)) / jnp.sum(valid), out
-
-    y_padded = np.zeros(n_padded, np.float32)
-    y_padded[:n_valid] = y
-    grad_fn = jax.jit(jax.value_and_grad(loss, has_aux=True))
-    (_, out_ref), g_ref = grad_fn(variables["params"], x, y, np.ones(n_valid, bool))
-    (_, out_pad), g_pad = grad_fn(variables["params"], padded, y_padded, mask)
-
-    assert np.all(np.isfinite(out_pad))
-    np.testing.assert_allclose(out_pad[:n_valid], out_ref, rtol=1e-5, atol=1e-6)
-    assert_trees_close(g_pad, g_ref, 1e-5)
+    out_ref = assert_padding_is_masked(module, variables["params"], (x,), (padded,), y)
     # Without the mask the padded rows take part in attention and change valid rows.
     finite = np.nan_to_num(padded)
     assert rel_err(module.apply(variables, finite)[:n_valid], out_ref) > 1e-3

@@ -21,7 +21,7 @@ from qjax.models.gats.qlib import load_base_weights
 from qjax.models.hist.network import HISTModel, hidden_concept_matrix
 from tests.models.parity import (
     assert_matches_qlib_on,
-    assert_trees_close,
+    assert_padding_is_masked,
     init_shapes,
     load_base_like_qlib,
     param_count,
@@ -158,22 +158,8 @@ def test_padded_stocks_do_not_change_valid_rows_or_gradients(base_model, seed):
     x_pad[:n_valid] = x
     c_pad = np.ones((n_padded, 7), np.float32)  # padded stocks "belong" to every concept
     c_pad[:n_valid] = c
-    y_pad = np.zeros(n_padded, np.float32)
-    y_pad[:n_valid] = y
-    mask = np.arange(n_padded) < n_valid
     variables = module.init(jax.random.PRNGKey(0), x, c)
-
-    def loss(params, inputs, matrix, labels, valid):
-        out = module.apply({"params": params}, inputs, matrix, mask=valid)
-        return jnp.sum(jnp.where(valid, (out - labels) ** 2, 0.0)) / jnp.sum(valid), out
-
-    grad_fn = jax.jit(jax.value_and_grad(loss, has_aux=True))
-    (_, out_ref), g_ref = grad_fn(variables["params"], x, c, y, np.ones(n_valid, bool))
-    (_, out_pad), g_pad = grad_fn(variables["params"], x_pad, c_pad, y_pad, mask)
-
-    assert np.all(np.isfinite(out_pad))
-    np.testing.assert_allclose(out_pad[:n_valid], out_ref, rtol=1e-5, atol=1e-6)
-    assert_trees_close(g_pad, g_ref, 1e-5)
+    out_ref = assert_padding_is_masked(module, variables["params"], (x, c), (x_pad, c_pad), y)
     unmasked = module.apply(variables, np.nan_to_num(x_pad), c_pad)
     assert rel_err(unmasked[:n_valid], out_ref) > 1e-3
 

@@ -64,17 +64,20 @@ def test_resume_after_sigkill_reaches_the_same_parameters(tmp_path):
     assert child.returncode == -signal.SIGKILL
     assert max(finished_steps(directory)) < CONFIG.n_epochs - 1  # really interrupted
 
+    def resume(on_epoch):
+        return fit(
+            TinyMLP(),
+            *data(),
+            CONFIG,
+            seeds=[0, 1],
+            checkpoint_dir=directory,
+            resume=True,
+            on_epoch=on_epoch,
+            verbose=False,
+        )
+
     seen = []
-    resumed = fit(
-        TinyMLP(),
-        *data(),
-        CONFIG,
-        seeds=[0, 1],
-        checkpoint_dir=directory,
-        resume=True,
-        on_epoch=lambda epoch, metrics: seen.append(epoch),
-        verbose=False,
-    )
+    resumed = resume(lambda epoch, metrics: seen.append(epoch))
     uninterrupted = fit(TinyMLP(), *data(), CONFIG, seeds=[0, 1], verbose=False)
 
     assert seen and seen[0] > 0  # it continued instead of starting over
@@ -85,32 +88,21 @@ def test_resume_after_sigkill_reaches_the_same_parameters(tmp_path):
         np.testing.assert_allclose(resumed.history[name], values, rtol=1e-6, err_msg=name)
 
     # A finished run resumes to the same result without training.
-    again = fit(
-        TinyMLP(),
-        *data(),
-        CONFIG,
-        seeds=[0, 1],
-        checkpoint_dir=directory,
-        resume=True,
-        on_epoch=lambda epoch, metrics: pytest.fail("trained again"),
-        verbose=False,
-    )
+    again = resume(lambda epoch, metrics: pytest.fail("trained again"))
     assert max_abs_diff(again.variables, resumed.variables) == 0.0
 
 
 def test_checkpoint_dir_guards_against_mixing_runs(tmp_path):
     train, valid = panel(n_days=5, n_inst=8, seed=1), None
     config = TrainConfig(n_epochs=1, batch_size=20)
-    fit(TinyMLP(), train, valid, config, checkpoint_dir=tmp_path, verbose=False)
-    with pytest.raises(ValueError, match="resume=True"):
-        fit(TinyMLP(), train, valid, config, checkpoint_dir=tmp_path, verbose=False)
-    with pytest.raises(ValueError, match="different config"):
-        fit(
-            TinyMLP(),
-            train,
-            valid,
-            TrainConfig(n_epochs=1, batch_size=20, lr=0.5),
-            checkpoint_dir=tmp_path,
-            resume=True,
-            verbose=False,
+
+    def run(config, **options):
+        return fit(
+            TinyMLP(), train, valid, config, checkpoint_dir=tmp_path, verbose=False, **options
         )
+
+    run(config)
+    with pytest.raises(ValueError, match="resume=True"):
+        run(config)
+    with pytest.raises(ValueError, match="different config"):
+        run(TrainConfig(n_epochs=1, batch_size=20, lr=0.5), resume=True)

@@ -136,28 +136,12 @@ def test_footprint_and_auto_chunks():
 
 def test_micro_batch_refuses_what_it_cannot_split(seed):
     train = panel(seed=seed)
-    with pytest.raises(ValueError, match="BatchNorm"):
-        fit(
-            TinyMLP(),
-            train,
-            None,
-            TrainConfig(n_epochs=1, batch_size=48, micro_batch=12),
-            verbose=False,
-        )
-    with pytest.raises(ValueError, match="must divide batch_size=48"):
-        fit(
-            TinyGRU(),
-            train,
-            None,
-            TrainConfig(n_epochs=1, batch_size=48, micro_batch=10),
-            verbose=False,
-            devices=jax.devices()[:1],
-        )
-    with pytest.raises(ValueError, match="daily"):
-        fit(
-            CrossSection(),
-            train,
-            None,
-            TrainConfig(n_epochs=1, batching="daily", micro_batch=4),
-            verbose=False,
-        )
+    one_device = dict(devices=jax.devices()[:1])
+    refused = [  # model, TrainConfig items, other fit options, the error's words
+        (TinyMLP(), dict(batch_size=48, micro_batch=12), {}, "BatchNorm"),
+        (TinyGRU(), dict(batch_size=48, micro_batch=10), one_device, "must divide batch_size=48"),
+        (CrossSection(), dict(batching="daily", micro_batch=4), {}, "daily"),
+    ]
+    for model, config, options, message in refused:
+        with pytest.raises(ValueError, match=message):
+            fit(model, train, None, TrainConfig(n_epochs=1, **config), verbose=False, **options)

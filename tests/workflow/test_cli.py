@@ -18,23 +18,13 @@ from tests.workflow import tiny_run
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = str(REPO / "configs" / "lstm_alpha360.yaml")
-TINY = tiny_run.set_flags()
 
 
 def test_train_writes_a_complete_run_with_a_positive_test_ic(tmp_path, capsys):
     out = tmp_path / "run"
-    argv = [
-        "train",
-        CONFIG,
-        "--out",
-        str(out),
-        "--quiet",
-        *TINY,
-        "--set",
-        "model.kwargs.n_epochs=6",
-        "--set",
-        "model.kwargs.lr=3e-3",
-    ]
+    argv = tiny_run.train_argv(
+        CONFIG, out, *tiny_run.sets("model.kwargs.n_epochs=6", "model.kwargs.lr=3e-3")
+    )
     assert cli.main(argv) == 0
     printed = capsys.readouterr().out
     assert "test IC" in printed and "Rank ICIR" in printed
@@ -56,19 +46,7 @@ def test_train_writes_a_complete_run_with_a_positive_test_ic(tmp_path, capsys):
 
     # A different configuration in the same directory is refused, not mixed in.
     assert (
-        cli.main(
-            [
-                "train",
-                CONFIG,
-                "--out",
-                str(out),
-                "--quiet",
-                *TINY,
-                "--set",
-                "model.kwargs.n_epochs=7",
-            ]
-        )
-        == 2
+        cli.main(tiny_run.train_argv(CONFIG, out, *tiny_run.sets("model.kwargs.n_epochs=7"))) == 2
     )
     assert "holds a run of a different configuration" in capsys.readouterr().err
 
@@ -79,18 +57,9 @@ def test_train_scores_a_window_dataset_config(tmp_path):
     config = str(REPO / "configs" / "gru_alpha158.yaml")
     assert (
         cli.main(
-            [
-                "train",
-                config,
-                "--out",
-                str(out),
-                "--quiet",
-                *TINY,
-                "--set",
-                "model.kwargs.n_epochs=2",
-                "--set",
-                "model.kwargs.lr=3e-3",
-            ]
+            tiny_run.train_argv(
+                config, out, *tiny_run.sets("model.kwargs.n_epochs=2", "model.kwargs.lr=3e-3")
+            )
         )
         == 0
     )
@@ -105,42 +74,22 @@ def test_train_scores_a_window_dataset_config(tmp_path):
 
 def test_compiled_programs_are_kept_for_the_next_run(tmp_path):
     cache = tmp_path / "xla"
-    command = [
-        sys.executable,
-        "-m",
-        "qjax.cli",
-        "train",
+    argv = tiny_run.train_argv(
         CONFIG,
-        "--out",
-        str(tmp_path / "run"),
-        "--quiet",
+        tmp_path / "run",
         "--compilation-cache",
         str(cache),
-        *TINY,
-        "--set",
-        "model.kwargs.n_epochs=1",
-    ]
+        *tiny_run.sets("model.kwargs.n_epochs=1"),
+    )
+    command = [sys.executable, "-m", "qjax.cli", *argv]
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     assert len(list(cache.iterdir())) >= 2  # at least the epoch and the evaluation programs
 
 
 def _train_command(out: Path) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "qjax.cli",
-        "train",
-        CONFIG,
-        "--out",
-        str(out),
-        "--quiet",
-        *TINY,
-        "--set",
-        "model.kwargs.n_epochs=30",
-        "--set",
-        "model.kwargs.early_stop=50",
-    ]
+    sets = tiny_run.sets("model.kwargs.n_epochs=30", "model.kwargs.early_stop=50")
+    return [sys.executable, "-m", "qjax.cli", *tiny_run.train_argv(CONFIG, out, *sets)]
 
 
 @pytest.mark.slow

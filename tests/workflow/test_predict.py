@@ -46,6 +46,11 @@ def window_run(tmp_path_factory) -> Path:
     )
 
 
+def _predict_test(run: Path, *extra: str) -> list[str]:
+    """``qjax predict RUN`` over the test segment, then ``extra``."""
+    return ["predict", str(run), "--start", TEST[0], "--end", TEST[1], *extra]
+
+
 def _saved_scores(run: Path) -> pd.Series:
     return pd.read_parquet(run / "predictions.parquet")["score"]
 
@@ -112,19 +117,7 @@ def test_a_window_model_reads_its_history_from_the_data(window_run):
 def test_qjax_predict_writes_the_scores_from_a_fresh_process(flat_run, tmp_path):
     out = tmp_path / "scores.csv"
     done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "qjax.cli",
-            "predict",
-            str(flat_run),
-            "--start",
-            TEST[0],
-            "--end",
-            TEST[1],
-            "--out",
-            str(out),
-        ],
+        [sys.executable, "-m", "qjax.cli", *_predict_test(flat_run, "--out", str(out))],
         cwd=tmp_path,
         capture_output=True,
         text=True,
@@ -189,7 +182,7 @@ def test_a_damaged_or_foreign_run_is_named(flat_run, tmp_path, capsys, case):
     copy = _corrupt(flat_run, tmp_path, damage)
     with pytest.raises(SavedRunError, match=message):
         qjax.load(copy)
-    assert cli.main(["predict", str(copy), "--start", TEST[0], "--end", TEST[1]]) == 2
+    assert cli.main(_predict_test(copy)) == 2
     err = capsys.readouterr().err
     assert err.startswith("qjax: ") and err.count("\n") == 1 and "Traceback" not in err
 
@@ -203,7 +196,7 @@ def test_a_directory_that_is_not_a_run_is_named(tmp_path, capsys):
     ):
         with pytest.raises(SavedRunError, match=message):
             qjax.load(path)
-        assert cli.main(["predict", str(path), "--start", TEST[0], "--end", TEST[1]]) == 2
+        assert cli.main(_predict_test(path)) == 2
         assert message in capsys.readouterr().err
 
 
@@ -234,9 +227,7 @@ def test_bad_data_or_output_paths_are_named(flat_run, tmp_path, capsys):
         (["--out", str(tmp_path / "scores.txt")], "must end in .parquet or .csv"),
     ]
     for extra, message in cases:
-        assert (
-            cli.main(["predict", str(flat_run), "--start", TEST[0], "--end", TEST[1], *extra]) == 2
-        )
+        assert cli.main(_predict_test(flat_run, *extra)) == 2
         assert message in capsys.readouterr().err
 
 
@@ -262,23 +253,9 @@ def test_data_from_a_file_of_daily_bars(flat_run, tmp_path, capsys):
     bars = tmp_path / "bars.parquet"  # the long table a user exports: one row per date x stock
     _market(flat_run).reset_index().rename(columns={"datetime": "date"}).to_parquet(bars)
     out = tmp_path / "scores.parquet"
-    assert (
-        cli.main(
-            [
-                "predict",
-                str(flat_run),
-                "--start",
-                TEST[0],
-                "--end",
-                TEST[1],
-                "--data",
-                str(bars),
-                "--out",
-                str(out),
-            ]
-        )
-        == 0
-    ), capsys.readouterr().err
+    assert cli.main(_predict_test(flat_run, "--data", str(bars), "--out", str(out))) == 0, (
+        capsys.readouterr().err
+    )
     written = pd.read_parquet(out)["score"]
     np.testing.assert_array_equal(written.to_numpy(), _saved_scores(flat_run).to_numpy())
 

@@ -41,7 +41,7 @@ NO_FILLNA = ["--set", "handler.infer_processors=[]"]
 
 
 def train(out: Path, *extra: str) -> int:
-    return cli.main(["train", CONFIG, "--out", str(out), "--quiet", *TINY, *extra])
+    return cli.main(tiny_run.train_argv(CONFIG, out, *extra, **SMALL))
 
 
 @pytest.fixture(scope="module")
@@ -169,21 +169,13 @@ def test_a_one_stock_universe_warns_and_writes_null_ic(tmp_path, capsys):
     one.rename(columns={"datetime": "date"}).to_parquet(path)
     out = tmp_path / "run"
     with pytest.warns(UserWarning, match="one instrument per day, so its daily IC"):
-        code = cli.main(
-            [
-                "train",
-                CONFIG,
-                "--out",
-                str(out),
-                "--quiet",
-                *TINY,
-                "--set",
+        code = train(
+            out,
+            *tiny_run.sets(
                 "data={source: parquet, path: " + str(path) + "}",
-                "--set",
                 "model.kwargs.batch_size=16",
-                "--set",
                 "model.kwargs.n_epochs=1",
-            ]
+            ),
         )
     captured = capsys.readouterr()
     assert code == 0, captured.err
@@ -378,7 +370,7 @@ def test_a_second_run_in_the_same_directory_refuses_and_a_killed_ones_lock_does_
     out = tmp_path / "run"
     lock = runlock.lock_path(out)
     holder = subprocess.Popen(
-        [sys.executable, "-m", "qjax.cli", "train", CONFIG, "--out", str(out), "--quiet", *TINY],
+        [sys.executable, "-m", "qjax.cli", *tiny_run.train_argv(CONFIG, out, **SMALL)],
         cwd=REPO,
         env={**os.environ, "PYTHONPATH": str(REPO)},
         stdout=subprocess.DEVNULL,

@@ -10,7 +10,7 @@ import yaml
 
 from qjax import cli
 from qjax.tracking import final_metrics, flat_params
-from tests.workflow.tiny_run import REPO, set_flags
+from tests.workflow.tiny_run import REPO, sets, train_argv
 
 CONFIG = str(REPO / "configs" / "gru_alpha360.yaml")
 
@@ -45,20 +45,16 @@ def logged(tmp_path_factory):
     pytest.importorskip("mlflow")
     root = tmp_path_factory.mktemp("tracking")
     out, store = root / "run", root / "mlruns"
-    argv = [
-        "train",
+    argv = train_argv(
         CONFIG,
-        "--out",
-        str(out),
-        "--quiet",
+        out,
         "--mlflow",
         str(store),
         "--experiment",
         "tiny",
-        "--set",
-        "train.seeds=[0, 1]",
-        *set_flags(model__kwargs__n_epochs=3),
-    ]
+        *sets("train.seeds=[0, 1]"),
+        model__kwargs__n_epochs=3,
+    )
     assert cli.main(argv) == 0
     return out, store, argv
 

@@ -28,4 +28,15 @@ def overrides(**changes: object) -> list[str]:
 
 def set_flags(**changes: object) -> list[str]:
     """The same as ``--set key=value`` command-line arguments."""
-    return [arg for item in overrides(**changes) for arg in ("--set", item)]
+    return sets(*overrides(**changes))
+
+
+def sets(*items: str) -> list[str]:
+    """``--set`` before each ``key=value`` item."""
+    return [arg for item in items for arg in ("--set", item)]
+
+
+def train_argv(config: object, out: object, *extra: str, **changes: object) -> list[str]:
+    """``qjax train CONFIG --out OUT --quiet``, shrunk by :data:`TINY` with ``changes``, then
+    ``extra`` (later ``--set`` items win)."""
+    return ["train", str(config), "--out", str(out), "--quiet", *set_flags(**changes), *extra]
