@@ -24,7 +24,6 @@ The result is an ordinary :class:`~qjax.data.samples.Samples` whose ``take`` is
 from __future__ import annotations
 
 import dataclasses
-import warnings
 from collections.abc import Iterator, Sequence
 from functools import partial
 from typing import Any, NamedTuple
@@ -39,11 +38,12 @@ from qjax.data.dataset import Dataset, validate_segments
 from qjax.data.features import ALPHA360_NAMES, LABEL, label
 from qjax.data.processors import (
     EPS,
-    MAD_TO_STD,
+    ROBUST_CLIP,
     Fillna,
     Processor,
     RobustZScoreNorm,
     build_processor,
+    robust_zscore_constants,
 )
 from qjax.data.qlib_binary import FieldPanel
 from qjax.data.samples import Samples, day_numbers
@@ -134,23 +134,18 @@ def fit_robust_zscore(panel: Alpha360Panel, rows: np.ndarray) -> tuple[np.ndarra
     """RobustZScoreNorm's (median, sigma) per column over ``rows`` (float32 [360] each).
 
     One column at a time: memory is one column of the fit rows, not [rows, 360]. The numbers
-    are RobustZScoreNorm.fit's (NaN-skipping median and MAD, sigma = (MAD + 1e-12) * 1.4826).
+    are RobustZScoreNorm.fit's (:func:`~qjax.data.processors.robust_zscore_constants`).
     """
     median = np.empty(N_COLUMNS, np.float32)
     sigma = np.empty(N_COLUMNS, np.float32)
     for column, values in enumerate(host_columns(panel, rows)):
-        finite_or_nan = ~np.isinf(values)
-        with np.errstate(invalid="ignore"), warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN column: NaN, as Qlib
-            center = np.nanmedian(values)
-            mad = np.nanmedian(np.abs(values - center))
-        if not finite_or_nan.all() and not (np.isfinite(center) and np.isfinite(mad)):
+        center, scale, broken = robust_zscore_constants(values[:, None])
+        if broken[0]:
             raise DataError(
                 f"RobustZScoreNorm: infinite values dominate column {column} of the fit window "
                 "(median/MAD not finite); drop the rows with a zero close or volume"
             )
-        median[column] = center
-        sigma[column] = (np.float32(mad) + EPS) * MAD_TO_STD
+        median[column], sigma[column] = center[0], scale[0]
     return median, sigma
 
 
@@ -286,7 +281,7 @@ def fit_infer_processors(
             proc.cols = pd.MultiIndex.from_tuples([("feature", name) for name in ALPHA360_NAMES])
             proc._shift, proc._scale = shift, scale  # as RobustZScoreNorm.fit leaves them
             normalizer = normalizer._replace(
-                shift=shift, scale=scale, clip=3.0 if proc.clip_outlier else None
+                shift=shift, scale=scale, clip=ROBUST_CLIP if proc.clip_outlier else None
             )
         else:
             normalizer = normalizer._replace(fill=float(proc.fill_value))

@@ -463,11 +463,7 @@ class RobustZScoreNorm(_FittedNorm):
         self.clip_outlier = clip_outlier
 
     def fit(self, df: pd.DataFrame | None = None) -> None:
-        values = self._window_values(df)
-        with _quiet():
-            median = np.nanmedian(values, axis=0)
-            mad = np.nanmedian(np.abs(values - median), axis=0)
-        broken = np.isinf(values).any(axis=0) & ~(np.isfinite(median) & np.isfinite(mad))
+        median, sigma, broken = robust_zscore_constants(self._window_values(df))
         if broken.any():
             _raise_inf(
                 "RobustZScoreNorm",
@@ -475,13 +471,30 @@ class RobustZScoreNorm(_FittedNorm):
                 broken,
                 "dominate the fit window (median/MAD not finite)",
             )
-        sigma = mad + EPS
-        sigma *= MAD_TO_STD
         self._shift, self._scale = median, sigma
 
     def _finish(self, block: np.ndarray) -> None:
         if self.clip_outlier:
-            np.clip(block, -3, 3, out=block)
+            np.clip(block, -ROBUST_CLIP, ROBUST_CLIP, out=block)
+
+
+ROBUST_CLIP = 3.0  # RobustZScoreNorm's bound with clip_outlier
+
+
+def robust_zscore_constants(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """RobustZScoreNorm's fit per column of ``values`` [rows, cols]: (median, sigma, broken).
+
+    NaN-skipping median and MAD, sigma = (MAD + EPS) * MAD_TO_STD; ``broken`` marks columns
+    whose infinite values leave the median or MAD not finite. Also used column by column where
+    the [rows, cols] matrix is never built (:mod:`qjax.data.alpha360`).
+    """
+    with _quiet():
+        median = np.nanmedian(values, axis=0)
+        mad = np.nanmedian(np.abs(values - median), axis=0)
+    broken = np.isinf(values).any(axis=0) & ~(np.isfinite(median) & np.isfinite(mad))
+    sigma = mad + EPS
+    sigma *= MAD_TO_STD
+    return median, sigma, broken
 
 
 # --------------------------------------------------------------------------- cross-sectional
