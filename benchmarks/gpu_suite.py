@@ -616,7 +616,8 @@ def main(argv=None) -> int:
     info = machine_description(torch)
     items = plan(models, seed_models, not (args.no_cudnn or args.cpu), tvt)
     record: dict[str, Any] = {
-        "command": tvt.command_line(),
+        # gpu_suite.sh passes the line it was called with (its output folder left out)
+        "command": os.environ.get("QJAX_SUITE_COMMAND") or tvt.command_line(),
         "dry_run": args.dry_run,
         "state": "running",
         "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),

@@ -3,8 +3,8 @@
 #
 # Needs python3 with JAX (CUDA), flax, optax, orbax-checkpoint, pandas and torch. Anything else
 # (pyqlib and its missing dependencies) comes from the wheels in the repository's .whl/ folder,
-# installed without network into a temporary folder put on PYTHONPATH; qjax itself runs from
-# the repository. Writes OUTDIR/gpu_<machine>.{md,json} (see benchmarks/README.md).
+# installed without network into a temporary folder put on PYTHONPATH (not by --dry-run, which
+# uses the local packages); qjax itself runs from the repository. Writes OUTDIR/gpu_<machine>.{md,json} (see benchmarks/README.md).
 #
 # Time: items start only while they fit before a soft deadline (QJAX_SUITE_BUDGET_S seconds
 # after this script started, default 420); a hard limit 45 s later stops the run, and the
@@ -21,13 +21,18 @@ if [ $# -lt 1 ] || [[ "$1" == -* ]]; then
 fi
 out="$1"
 shift
+# The line that reproduces the run, for the report: no local paths, the budget if one was set.
+QJAX_SUITE_COMMAND="${QJAX_SUITE_BUDGET_S:+QJAX_SUITE_BUDGET_S=$QJAX_SUITE_BUDGET_S }benchmarks/gpu_suite.sh OUTDIR"
+if [ $# -gt 0 ]; then QJAX_SUITE_COMMAND+=" $(printf '%q ' "$@")"; fi
+export QJAX_SUITE_COMMAND="${QJAX_SUITE_COMMAND% }"
 dry_run=0
 for arg in "$@"; do
     if [ "$arg" = "--dry-run" ]; then dry_run=1; fi
 done
 
 site=""
-if compgen -G "$repo/.whl/*.whl" > /dev/null; then
+# The wheels are for the GPU machine's python3; a dry run uses this machine's packages.
+if [ "$dry_run" = 0 ] && compgen -G "$repo/.whl/*.whl" > /dev/null; then
     site="$(mktemp -d)"
     trap 'rm -rf "$site"' EXIT
     echo "installing $(ls "$repo"/.whl/*.whl | wc -l) carried wheels into a temporary folder" >&2

@@ -559,6 +559,7 @@ def _micro_batches(trainer: Trainer, train: Segment, state: FitState) -> int:
         daily=trainer.daily,
         stateful=bool(jax.tree.leaves(first.batch_stats)),
         default_objective=trainer.loss_fn is supervised_mse,
+        on_cpu=trainer.parallel.mesh.devices.flat[0].platform == "cpu",
         forward=forward,
         example=example,
     )

@@ -172,18 +172,22 @@ def resolve(
     daily: bool,
     stateful: bool,
     default_objective: bool,
+    on_cpu: bool,
     forward: Callable[[Batch], Any],
     example: Callable[[], Batch],
 ) -> int:
     """The chunk count for ``TrainConfig.micro_batch`` (rows per chunk, None = auto, "off").
 
     Auto chunks only row batches of the default objective on models without batch statistics
-    (:func:`auto_chunks`); an explicit size is checked here, before any compilation.
+    (:func:`auto_chunks`), and only on XLA:CPU: the gain is a CPU cache's, and on a GPU the
+    chunk loop serialises work the device would run in parallel (LSTM trained 8x slower in
+    chunks of 100 rows on an H200, ``benchmarks/results/gpu_nvidia_h200.md``). An explicit size
+    is checked here, before any compilation, and applies on every platform.
     """
     if setting == "off":
         return 1
     if setting is None:
-        if daily or stateful or not default_objective:
+        if daily or stateful or not default_objective or not on_cpu:
             return 1
         return auto_chunks(forward, example(), batch_rows, multiple)[0]
     if daily:

@@ -13,7 +13,13 @@ from qjax.data.samples import Batch
 from qjax.models.transformer.network import TransformerEncoderLayer
 from qjax.train import TrainConfig, fit, supervised_mse
 from qjax.train.losses import batch_loss
-from qjax.train.microbatch import accumulated_loss_and_grad, auto_chunks, chunks_for, footprint
+from qjax.train.microbatch import (
+    accumulated_loss_and_grad,
+    auto_chunks,
+    chunks_for,
+    footprint,
+    resolve,
+)
 
 # float64 scope: jax.enable_x64, or jax.experimental's on the oldest supported JAX (0.4.30)
 if hasattr(jax, "enable_x64"):
@@ -132,6 +138,28 @@ def test_footprint_and_auto_chunks():
     assert auto_chunks(lambda x: jnp.tanh(x @ wide).sum(), x_prime, 509)[0] == 1
     assert chunks_for(2048, 32, 2) == 64
     assert chunks_for(48, 7, 2) == 8  # 6 rows: 7 does not divide, 6 is even
+
+
+def test_automatic_micro_batches_are_a_cpu_lever_and_an_asked_size_applies_everywhere():
+    wide = jnp.ones((100, 50_000), jnp.float32)  # 200 kB per row: 16 chunks on the CPU
+
+    def chunks(setting, on_cpu):
+        return resolve(
+            setting,
+            512,
+            1,
+            daily=False,
+            stateful=False,
+            default_objective=True,
+            on_cpu=on_cpu,
+            forward=lambda x: jnp.tanh(x @ wide).sum(),
+            example=lambda: jnp.ones((512, 100), jnp.float32),
+        )
+
+    assert chunks(None, on_cpu=True) == 16
+    assert chunks(None, on_cpu=False) == 1  # a GPU runs the batch's rows in parallel anyway
+    assert chunks(128, on_cpu=False) == 4
+    assert chunks("off", on_cpu=True) == 1
 
 
 def test_micro_batch_refuses_what_it_cannot_split(seed):
