@@ -372,6 +372,7 @@ def _seeds_row(name: str, s: dict) -> str:
 
 def report(r: dict) -> str:
     from _common import results_table
+    from _flops import flops_lines
 
     m, sizes = r["machine"], r["sizes"]
     gpus = m.get("gpus") or [{"name": m.get("jax_device_kind"), "driver": "?", "memory": "?"}]
@@ -410,6 +411,7 @@ def report(r: dict) -> str:
             _throughput_row,
         ),
         "",
+        *flops_lines({"matmul_peak": r.get("matmul_peak"), "models": r["throughput"]}),
         f"## The {sizes['seeds']}-seed job (seeds x samples/s; {sizes['seed_epochs']} epochs each)",
         "",
         "qjax: one `fit(..., seeds=[...])`, the seeds as vmapped replicas of one compiled program; "
@@ -627,6 +629,7 @@ def main(argv=None) -> int:
         "machine": info,
         "machine_tag": "cpu" if args.cpu else machine_tag(info, args.dry_run),
         "load_before": tvt.load_average(),
+        "matmul_peak": tvt.matmul_peak(256 if args.dry_run else 2048 if args.cpu else 8192),
         "running": None,
         "pending": [item.key for item in items],
         "skipped": {},

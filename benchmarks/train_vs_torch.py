@@ -67,13 +67,14 @@ if torch.cuda.is_available():
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
 import qjax
 import qjax.models
 from qjax.data.samples import Samples, tabular_samples, with_keyword_inputs
-from qjax.train import TrainConfig, fit, predict
+from qjax.train import TrainConfig, fit, predict, supervised_mse
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (
@@ -85,6 +86,7 @@ from _common import (
     results_table,
     timed,
 )  # noqa: E402
+from _flops import flops_lines, matmul_flops, matmul_peak  # noqa: E402
 
 DEVICE = "<device>"  # placeholder in torch kwargs for the torch device
 DAY_SIZES = (280, 300)  # stocks per trading day (CSI300 after suspensions), inclusive range
@@ -488,6 +490,29 @@ def trained_samples(case: Case, n: int) -> int:
     return n if case.batching == "daily" else n // case.batch_size * case.batch_size
 
 
+def step_flops(case: Case, module, samples: Samples, data: Data) -> dict:
+    """Matmul and convolution FLOPs per sample: one train step (forward and backward) on a
+    batch of the case's size (daily models: the first day, unpadded), and inference."""
+    daily = case.batching == "daily"
+    rows = int(data.day_counts[0]) if daily else case.batch_size
+    start = int(data.day_starts[0]) if daily else 0
+    batch = samples.batch(jnp.arange(start, start + rows, dtype=jnp.int32), mask_input=daily)
+    key = jax.random.PRNGKey(0)
+    variables = module.init({"params": key, "dropout": key}, batch.x, train=False, **batch.inputs)
+
+    def loss(params):
+        out = supervised_mse(module.apply, {**variables, "params": params}, batch, key, True)
+        return out.total / out.count
+
+    def infer(variables):
+        return module.apply(variables, batch.x, train=False, **batch.inputs)
+
+    return {
+        "train_per_sample": matmul_flops(jax.grad(loss), variables["params"]) / rows,
+        "infer_per_sample": matmul_flops(infer, variables) / rows,
+    }
+
+
 def qjax_param_count(variables: dict) -> int:
     return int(sum(np.size(leaf) for leaf in jax.tree.leaves(variables["params"])))
 
@@ -677,6 +702,7 @@ def run_case(case: Case, n_samples: int, repeats: int, watch: CompileWatch, devi
             "qjax_compile_s": predict_first["compile_s"],
             "qjax_compiles_timed": predict_recompiles,
         },
+        "flops": step_flops(case, module, samples, data),
         "note": case.note,
     }
 
@@ -895,6 +921,7 @@ def report(r: dict) -> str:
             lambda name, res: _model_row(name, res, r["e2e"].get(name, {})),
         ),
         "",
+        *flops_lines(r),
         "## Details per model",
         "",
         "| model | samples | batch | params qjax / torch | qjax epoch s (median, all) | torch epoch s "
@@ -1073,6 +1100,7 @@ def main(argv=None) -> None:
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "machine": {**machine(torch), "usable_cores": threads},
         "torch_thread_probe": probe,
+        "matmul_peak": matmul_peak(8192 if jax.default_backend() == "gpu" else 2048),
         "not_run": [name for name in CASES if name not in args.models],
         **results,
     }
