@@ -482,7 +482,21 @@ def train_config(case: Case, n: int) -> TrainConfig:
     )
     if case.batching == "steps":  # one evaluation period of N // batch_size steps
         settings.update(max_steps=n // case.batch_size, eval_steps=n // case.batch_size)
-    return TrainConfig(**settings)
+    return TrainConfig(**settings, **home_levers(case.name))
+
+
+def home_levers(name: str) -> dict:
+    """The speed levers (``micro_batch``, ``cpu_split``) that the model's home picks for it,
+    as ``qjax train`` and the estimators apply them (e.g. whole batches on one CPU device for
+    the recurrent models); empty where the home leaves the engine's defaults."""
+    model = qjax.estimators.wrappers().get(name)
+    if model is None:
+        return {}
+    kw = model.spec.resolve({}, False)  # the wrapper's defaults
+    fields: dict = {}
+    for adapter in model.spec.adapters:
+        fields = adapter.train_fields(kw, fields)
+    return {k: v for k, v in fields.items() if k in ("micro_batch", "cpu_split")}
 
 
 def trained_samples(case: Case, n: int) -> int:
