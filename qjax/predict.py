@@ -40,7 +40,12 @@ def predict(saved: Any, start: Any, end: Any, data: Any = None) -> pd.Series | p
     )
     handler = DataHandler.from_fitted(frame, saved.processors["infer"], saved.processors["shared"])
     segment = {"test": (calendar[first], calendar[last])}
-    dataset = TSDataset(handler, segment, step_len=step_len) if is_ts else Dataset(handler, segment)
+    storage = cfg["dataset"].get("storage_dtype", "float32")  # the features as the run stored them
+    dataset = (
+        TSDataset(handler, segment, step_len=step_len, storage_dtype=storage)
+        if is_ts
+        else Dataset(handler, segment, storage_dtype=storage)
+    )
     return saved.estimator.predict(dataset, "test")
 
 

@@ -92,7 +92,8 @@ HANDLER_SETTINGS = (
 )
 # qjax's own: Alpha360 rows computed in the batch gather from the fields panel (qjax.data.alpha360)
 HANDLER_KEYS = ("name", *HANDLER_SETTINGS, "compute_in_gather")
-DATASET_KEYS = ("class", "segments", "step_len")
+# storage_dtype: the device dtype of the feature matrix (qjax.data.storage)
+DATASET_KEYS = ("class", "segments", "step_len", "storage_dtype")
 MODEL_KEYS = ("name", "kwargs")
 TRAIN_KEYS = ("seeds",)
 SIGNAL_ANALYSIS_KEYS = ("ana_long_short", "ann_scaler")  # SigAnaRecord's keyword arguments
@@ -227,14 +228,16 @@ def validate(cfg: Mapping[str, Any]) -> dict:
         raise ConfigError(
             f"dataset.class must be Dataset or TSDataset, got {dataset.get('class')!r}"
         )
+    is_ts = dataset.get("class") == "TSDataset"
     check_keys(
         "dataset",
         dataset,
-        DATASET_KEYS if dataset.get("class") == "TSDataset" else DATASET_KEYS[:2],
+        DATASET_KEYS if is_ts else tuple(k for k in DATASET_KEYS if k != "step_len"),
         {"step_len": "is read only when dataset.class is TSDataset"},
     )
     if "step_len" in dataset:
         _positive_int(dataset["step_len"], "dataset.step_len")
+    _check_storage_dtype(dataset.get("storage_dtype", "float32"), in_gather)
     segments = dataset.get("segments")
     if not isinstance(segments, dict) or "train" not in segments:
         raise ConfigError(
@@ -280,6 +283,24 @@ def validate(cfg: Mapping[str, Any]) -> dict:
         except (ValueError, TypeError) as err:
             raise ConfigError(f"backtest: {err}") from err
     return cfg
+
+
+def _check_storage_dtype(name: Any, in_gather: bool) -> None:
+    from qjax.data.storage import STORAGE_DTYPES
+
+    if name not in STORAGE_DTYPES:
+        raise ConfigError(
+            f"dataset.storage_dtype must be one of {', '.join(STORAGE_DTYPES)}, got {name!r}"
+            f"{closest(name, STORAGE_DTYPES)}"
+        )
+    if in_gather and name != "float32":
+        # The gather path stores six price/volume fields, not features: rounding the prices
+        # before Alpha360's divisions would cost far more precision than rounding the features.
+        raise ConfigError(
+            f"dataset.storage_dtype {name!r} applies to stored feature matrices; "
+            "handler.compute_in_gather stores the price/volume fields (already ~40x smaller) in "
+            "float32; remove one of the two"
+        )
 
 
 def _check_signal_analysis(section: Any) -> None:

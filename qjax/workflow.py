@@ -100,9 +100,10 @@ def build_dataset(cfg: Mapping[str, Any]) -> Dataset:
         fit_start_time=handler_cfg.get("fit_start_time"),
         fit_end_time=handler_cfg.get("fit_end_time"),
     )
+    storage = dataset_cfg.get("storage_dtype", "float32")
     if dataset_cfg.get("class", "Dataset") == "TSDataset":
-        return TSDataset(handler, segments, step_len=step_len(cfg))
-    return Dataset(handler, segments)
+        return TSDataset(handler, segments, step_len=step_len(cfg), storage_dtype=storage)
+    return Dataset(handler, segments, storage_dtype=storage)
 
 
 def _alpha360_in_gather(cfg: Mapping[str, Any], start: Any, end: Any) -> Dataset:

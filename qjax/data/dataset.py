@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from qjax.data.samples import Samples, tabular_samples
+from qjax.data.storage import check_storage_dtype
 from qjax.data.windows import WindowSampler, check_fillna_type, check_step_len
 from qjax.errors import DataError
 
@@ -92,11 +93,22 @@ def _date_range(df: pd.DataFrame) -> str:
 
 
 class Dataset:
-    """``DatasetH`` equivalent: named, inclusive date segments over a handler."""
+    """``DatasetH`` equivalent: named, inclusive date segments over a handler.
 
-    def __init__(self, handler: Handler, segments: Mapping[str, Sequence[Any]]):
+    ``storage_dtype``: the dtype :meth:`samples` stores the features in on the device,
+    ``"float32"`` (the default), ``"bfloat16"`` or ``"float16"`` (half the bytes; batches are
+    cast to float32 in the gather, see :mod:`qjax.data.storage`). Labels stay float32.
+    """
+
+    def __init__(
+        self,
+        handler: Handler,
+        segments: Mapping[str, Sequence[Any]],
+        storage_dtype: str = "float32",
+    ):
         self.handler = handler
         self.segments = validate_segments(segments)
+        self.storage_dtype = check_storage_dtype(storage_dtype)
 
     def __repr__(self) -> str:
         segs = {k: (str(a.date()), str(b.date())) for k, (a, b) in self.segments.items()}
@@ -182,8 +194,9 @@ class Dataset:
     def samples(
         self, segment: str, data_key: str = "learn", label: bool = True
     ) -> tuple[Samples, pd.MultiIndex]:
-        """Device samples of a segment (features float32 [n, F]; labels NaN if ``label=False``)
-        and the (datetime, instrument) index in row order."""
+        """Device samples of a segment (features [n, F] in ``storage_dtype``, gathered as
+        float32; labels NaN if ``label=False``) and the (datetime, instrument) index in row
+        order. A feature that ``storage_dtype`` cannot hold raises :class:`DataError`."""
         if label:
             df = self.prepare(segment, col_set=["feature", "label"], data_key=data_key)
             y = df["label"]
@@ -191,11 +204,15 @@ class Dataset:
                 raise DataError(
                     f"one label column expected, got {list(y.columns)}; select a single label"
                 )
-            x, y = df["feature"].to_numpy(np.float32), y.to_numpy(np.float32)[:, 0]
+            x, y = df["feature"], y.to_numpy(np.float32)[:, 0]
         else:
-            df = self.prepare(segment, col_set="feature", data_key=data_key)
-            x, y = df.to_numpy(np.float32), None
-        return tabular_samples(x, y, df.index), df.index
+            x = df = self.prepare(segment, col_set="feature", data_key=data_key)
+            y = None
+        names = [str(c[-1]) if isinstance(c, tuple) else str(c) for c in x.columns]
+        samples = tabular_samples(
+            x.to_numpy(np.float32), y, df.index, storage_dtype=self.storage_dtype, names=names
+        )
+        return samples, df.index
 
 
 class TSDataset(Dataset):
@@ -204,6 +221,7 @@ class TSDataset(Dataset):
     Each segment's data is fetched from ``step_len`` trading days before its start (Qlib's
     ``_extend_slice``: one more than a window needs), so the first samples have history.
     ``flt_col``: a boolean column set that removes samples while keeping their rows as history.
+    ``storage_dtype``: the device dtype of the windows' feature panel (see :class:`Dataset`).
     """
 
     def __init__(
@@ -212,8 +230,9 @@ class TSDataset(Dataset):
         segments: Mapping[str, Sequence[Any]],
         step_len: int = 30,
         flt_col: str | None = None,
+        storage_dtype: str = "float32",
     ):
-        super().__init__(handler, segments)
+        super().__init__(handler, segments, storage_dtype)
         self.step_len = check_step_len(step_len)
         self.flt_col = flt_col
 
@@ -249,7 +268,14 @@ class TSDataset(Dataset):
             flt_data = self.handler.fetch(
                 history, level="datetime", col_set=self.flt_col, data_key=data_key
             )
-        sampler = WindowSampler(data, start, end, self.step_len, flt_data=flt_data)
+        sampler = WindowSampler(
+            data,
+            start,
+            end,
+            self.step_len,
+            flt_data=flt_data,
+            storage_dtype=self.storage_dtype,
+        )
         if sampler.empty:
             what = (
                 "samples" if self.flt_col is None else f"samples passing flt_col={self.flt_col!r}"

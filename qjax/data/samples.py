@@ -11,7 +11,7 @@ to the objective (and the micro-batch split in between).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import flax.struct
@@ -20,10 +20,13 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
+from qjax.data.storage import to_storage
+
 
 def take_rows(features: jax.Array, ids: jax.Array) -> jax.Array:
-    """``take`` for tabular samples: row gather of a [n, F] matrix."""
-    return jnp.take(features, ids, axis=0)
+    """``take`` for tabular samples: row gather of a [n, F] matrix, as float32 (a matrix stored
+    in a compact dtype, :mod:`qjax.data.storage`, is cast per batch; float32 is not copied)."""
+    return jnp.take(features, ids, axis=0).astype(jnp.float32)
 
 
 @flax.struct.dataclass
@@ -49,7 +52,9 @@ class Batch:
 class Samples:
     """Device-resident samples of one dataset segment.
 
-    features: pytree of arrays read by ``take`` ([n, F] rows, or a panel + lookup tables).
+    features: pytree of arrays read by ``take`` ([n, F] rows, or a panel + lookup tables);
+              feature values may be stored in a compact dtype (:mod:`qjax.data.storage`),
+              ``take`` returns float32.
     labels:   [n] float32, NaN where unknown (losses mask them).
     weights:  [n] float32 sample weights (ones unless a reweighter is used).
     day:      [n] int32 trading-day number of each sample (for daily batches and daily IC).
@@ -94,16 +99,25 @@ class Samples:
 
 
 def tabular_samples(
-    x: np.ndarray, y: np.ndarray | None, index: pd.MultiIndex, weights: np.ndarray | None = None
+    x: np.ndarray,
+    y: np.ndarray | None,
+    index: pd.MultiIndex,
+    weights: np.ndarray | None = None,
+    storage_dtype: str = "float32",
+    names: Sequence[str] | None = None,
 ) -> Samples:
-    """Samples from a feature matrix and labels indexed by (datetime, instrument)."""
+    """Samples from a feature matrix and labels indexed by (datetime, instrument).
+
+    ``storage_dtype``: the device dtype of the feature matrix (:mod:`qjax.data.storage`; batches
+    are float32 either way); ``names``: the feature columns, for its overflow error.
+    """
     n = len(index)
     if x.shape[0] != n:
         raise ValueError(f"{x.shape[0]} feature rows but {n} index entries")
     labels = np.full(n, np.nan, np.float32) if y is None else np.asarray(y, np.float32).reshape(n)
     w = np.ones(n, np.float32) if weights is None else np.asarray(weights, np.float32).reshape(n)
     return Samples(
-        features=jnp.asarray(np.asarray(x, np.float32)),
+        features=jnp.asarray(to_storage(x, storage_dtype, names)),
         labels=jnp.asarray(labels),
         weights=jnp.asarray(w),
         day=jnp.asarray(day_numbers(index)),

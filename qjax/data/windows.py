@@ -38,6 +38,7 @@ import pandas as pd
 from jax import lax
 
 from qjax.data.samples import Samples, day_numbers
+from qjax.data.storage import check_storage_dtype, to_storage
 from qjax.errors import DataError
 
 FILL_TYPES: tuple[str, ...] = ("ffill+bfill", "ffill", "none")
@@ -87,12 +88,14 @@ def window_sources(last_valid, valid, start, fillna_type: str, xp=np):
 def gather_windows(
     features: dict[str, jax.Array], ids: jax.Array, *, step_len: int, fillna_type: str
 ) -> jax.Array:
-    """Windows ``[B, step_len, F]`` for sample ids ``[B]`` (see :func:`window_features`)."""
+    """Windows ``[B, step_len, F]`` float32 for sample ids ``[B]`` (see :func:`window_features`;
+    the panel may be stored in a compact dtype)."""
     panel, valid, last_valid = features["panel"], features["valid"], features["last_valid"]
     n_features = panel.shape[-1]
 
     def one(start, inst):
         window = lax.dynamic_slice(panel, (start, inst, 0), (step_len, 1, n_features))[:, 0]
+        window = window.astype(jnp.float32)  # a compact storage dtype (qjax.data.storage)
         valid_win = lax.dynamic_slice(valid, (start, inst), (step_len, 1))[:, 0]
         last_win = lax.dynamic_slice(last_valid, (start, inst), (step_len, 1))[:, 0]
         source, present = window_sources(last_win, valid_win, start, fillna_type, jnp)
@@ -197,6 +200,8 @@ class WindowSampler:
     flt_data:  optional boolean Series/one-column DataFrame on the same index; False or missing
                rows are not samples but remain history (Qlib's ``flt_data``).
     Windows are float32 (Qlib keeps the frame's dtype, usually float64).
+    storage_dtype: the device dtype of the feature panel (:mod:`qjax.data.storage`); the gather
+               casts each window to float32. The NumPy ``__getitem__`` stays float32.
     """
 
     def __init__(
@@ -207,7 +212,9 @@ class WindowSampler:
         step_len: int = 30,
         fillna_type: str = "none",
         flt_data: pd.Series | pd.DataFrame | None = None,
+        storage_dtype: str = "float32",
     ):
+        self.storage_dtype = check_storage_dtype(storage_dtype)
         self.step_len = check_step_len(step_len)
         self.fillna_type = check_fillna_type(fillna_type)
         self.start, self.end = start, end
@@ -285,10 +292,17 @@ class WindowSampler:
     # -- device side -------------------------------------------------------------------------------
 
     def window_features(self) -> dict[str, jax.Array]:
-        """The device pytree read by :func:`gather_windows` (feature columns only)."""
+        """The device pytree read by :func:`gather_windows` (feature columns only; the panel in
+        ``storage_dtype``)."""
         t = self._tables
+        names = [str(c[-1]) if isinstance(c, tuple) else str(c) for c in self.columns]
+        panel = to_storage(
+            t.values[..., self.feature_cols],
+            self.storage_dtype,
+            [names[k] for k in self.feature_cols],
+        )
         return {
-            "panel": jnp.asarray(t.values[..., self.feature_cols]),
+            "panel": jnp.asarray(panel),
             "valid": jnp.asarray(t.valid),
             "last_valid": jnp.asarray(t.last_valid),
             "start": jnp.asarray(self._start),
