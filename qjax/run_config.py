@@ -4,7 +4,7 @@ A run configuration has five sections::
 
     data:     where the market comes from (source: generated | qlib | csv | parquet | dataframe)
     handler:  features (Alpha360 | Alpha158), time range, processors
-    dataset:  Dataset or TSDataset (step_len), named segments
+    dataset:  Dataset or TSDataset (step_len), named segments, storage_dtype of the features
     model:    the registry name and the Qlib wrapper's keyword arguments
     train:    optional: seeds (multi-seed training), resume behaviour
     backtest: optional: Qlib's port_analysis_config (strategy, backtest) run on the test scores

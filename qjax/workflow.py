@@ -322,6 +322,7 @@ def check_dataset(dataset: Dataset) -> None:
         return
     if isinstance(dataset, TSDataset):
         dataset.check_step_len()
+    check_storage_range(dataset)
     test = None
     for name in dataset.segments:
         if name == "test":  # predicted from the inference data, scored on the raw labels
@@ -336,6 +337,18 @@ def check_dataset(dataset: Dataset) -> None:
             "universe of several instruments",
             stacklevel=3,
         )
+
+
+def check_storage_range(dataset: Dataset) -> None:
+    """A compact ``storage_dtype`` that cannot hold some feature (float16 beyond 65504) is
+    refused here, before the run directory is touched, rather than when the samples are built."""
+    if dataset.storage_dtype == "float32":
+        return
+    from qjax.data.storage import check_range
+
+    for data_key in ("learn", "infer"):
+        frame = dataset.handler.fetch(slice(None, None), col_set="feature", data_key=data_key)
+        check_range(frame.to_numpy(), dataset.storage_dtype, dataset.feature_names(data_key))
 
 
 def _diagnosed(err: TrainingDiverged, dataset: Dataset) -> TrainingDiverged:

@@ -42,35 +42,39 @@ def check_storage_dtype(name: str) -> str:
 def to_storage(
     values: np.ndarray, storage_dtype: str, names: Sequence[str] | None = None
 ) -> np.ndarray:
-    """``values`` (float32, features on the last axis) cast to ``storage_dtype`` on the host.
-
-    Raises :class:`DataError` naming the columns (``names``: one per last-axis entry) whose
-    finite values the dtype cannot hold (beyond float16's 65504: they would become inf).
-    """
+    """``values`` (float32, features on the last axis) cast to ``storage_dtype`` on the host,
+    after :func:`check_range` (``names``: one per last-axis entry, for its error)."""
     dtype = _NUMPY[check_storage_dtype(storage_dtype)]
     values = np.asarray(values, np.float32)
     if dtype == values.dtype:
         return values
-    with np.errstate(over="ignore"):  # overflow is reported below, by column
-        stored = values.astype(dtype)
-    overflow = np.isinf(stored) & np.isfinite(values)  # never NaN: NaN casts to NaN
-    if overflow.any():
-        columns = np.flatnonzero(overflow.reshape(-1, values.shape[-1]).any(axis=0))
-        raise DataError(_overflow_message(values, columns, storage_dtype, names))
-    return stored
+    check_range(values, storage_dtype, names)
+    return values.astype(dtype)
+
+
+def check_range(values: np.ndarray, storage_dtype: str, names: Sequence[str] | None = None) -> None:
+    """Raise :class:`DataError` naming the columns (last axis) whose finite values
+    ``storage_dtype`` cannot hold: beyond float16's 65504 they would become inf. Cheap enough to
+    run on a whole feature frame before anything is built."""
+    dtype = _NUMPY[check_storage_dtype(storage_dtype)]
+    flat = np.asarray(values).reshape(-1, np.shape(values)[-1])
+    largest = np.zeros(flat.shape[1], np.float32)
+    if flat.shape[0]:
+        finite = np.isfinite(flat)  # NaN casts to NaN and inf to inf: only finite values can
+        largest = np.where(finite, np.abs(flat), 0).max(axis=0).astype(np.float32)
+    with np.errstate(over="ignore"):  # rounding is monotonic: the largest value decides
+        overflow = np.flatnonzero(np.isinf(largest.astype(dtype)))
+    if len(overflow):
+        raise DataError(_overflow_message(largest, overflow, storage_dtype, names))
 
 
 def _overflow_message(
-    values: np.ndarray, columns: np.ndarray, storage_dtype: str, names: Sequence[str] | None
+    largest: np.ndarray, columns: np.ndarray, storage_dtype: str, names: Sequence[str] | None
 ) -> str:
-    flat = values.reshape(-1, values.shape[-1])
     limit = float(np.finfo(_NUMPY[storage_dtype]).max)
-    shown = []
-    for k in columns[:6]:
-        name = names[k] if names is not None and len(names) == flat.shape[1] else f"column {k}"
-        column = flat[:, k]
-        largest = float(np.max(np.abs(column[np.isfinite(column)])))
-        shown.append(f"{name} (|x| up to {largest:.4g})")
+    if names is None or len(names) != len(largest):
+        names = [f"column {k}" for k in range(len(largest))]
+    shown = [f"{names[k]} (|x| up to {float(largest[k]):.4g})" for k in columns[:6]]
     more = f" and {len(columns) - 6} more" if len(columns) > 6 else ""
     return (
         f"storage_dtype={storage_dtype!r} holds |x| <= {limit:g}, but feature {', '.join(shown)}"

@@ -18,6 +18,8 @@ with ``step_len - 1`` absent days so every window starts at a day index ``>= 0``
 present row at or before each position, ``-1`` if none), all built once with NumPy. A window is
 then one ``lax.dynamic_slice`` per sample, vectorised with ``jax.vmap`` and compiled with
 ``jax.jit``; the fill is a small in-window gather derived from the tables. No per-sample Python.
+On the device the feature panel may be stored in a compact dtype (``storage_dtype``,
+:mod:`qjax.data.storage`); each window is cast to float32 as it is gathered.
 
 Sample order is **datetime-major** (every instrument of day 1, then day 2, ...; instruments
 sorted), so a day's samples are contiguous. Qlib's ``TSDataSampler`` is instrument-major; its

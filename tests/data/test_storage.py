@@ -92,10 +92,14 @@ def test_float16_refuses_values_it_would_turn_into_inf(kind, seed):
 def test_float16_keeps_nan_and_the_largest_finite_values(seed):
     rng = np.random.default_rng(seed)
     values = rng.uniform(-65504, 65504, size=(50, 3)).astype(np.float32)
-    values[0] = [np.nan, 65504.0, -65504.0]
+    values[0] = [np.nan, 65519.0, -65504.0]  # 65519 rounds down to float16's largest, 65504
+    values[1, 0] = -np.inf  # already infinite: the NaN/inf checks report it, not this one
     out = to_storage(values, "float16", ["a", "b", "c"])
-    assert out.dtype == np.float16 and np.isnan(out[0, 0]), f"seed {seed}"
-    assert np.isfinite(out[:, 1:]).all() and np.isfinite(out[1:]).all(), f"seed {seed}"
+    assert out.dtype == np.float16 and np.isnan(out[0, 0]) and out[0, 1] == 65504, f"seed {seed}"
+    assert np.isfinite(out[:, 1:]).all() and np.isfinite(out[2:]).all(), f"seed {seed}"
+    values[rng.integers(1, 50), 2] = -65520.0  # rounds to -inf
+    with pytest.raises(DataError, match=r"feature c \(\|x\| up to 6.552e\+04\)"):
+        to_storage(values, "float16", ["a", "b", "c"])
 
 
 @pytest.mark.parametrize("kind", ["rows", "windows"])
@@ -143,6 +147,26 @@ def test_the_config_key_reaches_the_stored_features(kind):
 def test_a_bad_storage_dtype_in_a_config_is_an_error(change, message):
     with pytest.raises(ConfigError, match=message):
         run_config.load(tiny_run.REPO / "configs" / "mlp_alpha158.yaml", [change])
+
+
+def test_a_run_refuses_float16_overflow_before_touching_its_directory(tmp_path, monkeypatch):
+    path = tiny_run.REPO / "configs" / "mlp_alpha158.yaml"
+    items = [i for i in tiny_run.overrides() if not i.startswith("model.")]
+    cfg = run_config.load(path, [*items, "dataset.storage_dtype=float16"])
+    workflow.check_dataset(workflow.build_dataset(cfg))  # generated Alpha158 fits float16
+    handler_input = workflow.handler_input
+
+    def one_big_feature(*args, **kwargs):  # one KMID value beyond float16's 65504
+        frame = handler_input(*args, **kwargs)
+        frame.loc[frame.index[len(frame) // 2], ("feature", "KMID")] = 1e6
+        return frame
+
+    monkeypatch.setattr(workflow, "handler_input", one_big_feature)
+    with pytest.raises(DataError, match=r"'float16'.*feature KMID \(\|x\| up to 1e\+06\)"):
+        workflow.check_dataset(workflow.build_dataset(cfg))
+    with pytest.raises(DataError, match="storage_dtype='float16'"):
+        workflow.train(cfg, tmp_path / "run", verbose=False)
+    assert not (tmp_path / "run").exists(), "the run directory was touched"
 
 
 def test_compute_in_gather_keeps_float32_storage():
