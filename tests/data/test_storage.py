@@ -174,3 +174,22 @@ def test_compute_in_gather_keeps_float32_storage():
     with pytest.raises(ConfigError, match="compute_in_gather"):
         run_config.load(config, ["handler.compute_in_gather=true", "dataset.storage_dtype=float16"])
     assert set(STORAGE_DTYPES) == {"float32", "bfloat16", "float16"}
+
+
+def test_a_saved_run_predicts_with_the_storage_dtype_it_trained_with(tmp_path):
+    """``qjax predict`` rebuilds the features as the run stored them: its scores of the test
+    segment equal the run's own bfloat16 scores exactly (float32 rows would differ)."""
+    import qjax
+    from qjax import cli
+
+    run = tmp_path / "run"
+    flags = tiny_run.set_flags(
+        model__kwargs__hidden_size=8, model__kwargs__n_epochs=2, dataset__storage_dtype="bfloat16"
+    )
+    config = str(tiny_run.REPO / "configs" / "lstm_alpha360.yaml")
+    assert cli.main(["train", config, "--out", str(run), "--quiet", *flags]) == 0
+    saved = pd.read_parquet(run / "predictions.parquet")["score"]
+    start, end = tiny_run.TINY["dataset.segments.test"].strip("[]").split(", ")
+    scores = qjax.load(run).predict(start, end)
+    assert scores.index.equals(saved.index)
+    np.testing.assert_array_equal(scores.to_numpy(), saved.to_numpy())
