@@ -38,6 +38,11 @@ class SavedRunError(QjaxError, ValueError):
     incompatible qjax, or damaged (the message names the file)."""
 
 
+class DistributedError(QjaxError, ValueError):
+    """Several processes that cannot train together: missing or invalid cluster settings, or
+    a run setting the multi-process engine does not support (the message names the fix)."""
+
+
 class TrainingDiverged(QjaxError, FloatingPointError):
     """The training loss became NaN or infinite; the run stopped before saving that epoch."""
 

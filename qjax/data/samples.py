@@ -166,3 +166,56 @@ def with_keyword_inputs(samples: Samples, **per_sample: np.ndarray) -> Samples:
         if arrays[name].shape[0] != samples.size:
             raise ValueError(f"{name} has {arrays[name].shape[0]} rows for {samples.size} samples")
     return samples.replace(inputs={**samples.inputs, **arrays})
+
+
+def subset(samples: Samples, ids: np.ndarray, capacity: int) -> Samples:
+    """The samples ``ids`` (in that order), padded to ``capacity`` rows that never count.
+
+    Padding rows repeat the first held sample's features with a NaN label and weight 0.
+    Tabular features are cut to the held rows; other layouts (window panels, the Alpha360
+    gather) keep their tables whole and gather through the held rows' ids
+    (:class:`SubsetTake`), since neighbouring samples share the panel's days.
+    """
+    ids = np.asarray(ids, np.int64)
+    if len(ids) > capacity:
+        raise ValueError(f"{len(ids)} samples do not fit a capacity of {capacity}")
+    held = len(ids)
+    rows = np.concatenate([ids, np.full(capacity - held, ids[0] if held else 0)])
+    real = np.arange(capacity) < held
+
+    def cut(values, fill=None):
+        out = np.asarray(jax.device_get(values))[rows]
+        if fill is not None:
+            out = np.where(real.reshape((-1,) + (1,) * (out.ndim - 1)), out, fill)
+        return jnp.asarray(out)
+
+    if samples.take is take_rows:
+        features, take = cut(samples.features), take_rows
+    else:
+        features = {"source": samples.features, "rows": jnp.asarray(rows, jnp.int32)}
+        take = SubsetTake(samples.take)
+    return Samples(
+        features=features,
+        labels=cut(samples.labels, np.nan),
+        weights=cut(samples.weights, 0.0),
+        day=cut(samples.day),
+        take=take,
+        batch_group=None if samples.batch_group is None else cut(samples.batch_group),
+        inputs={name: cut(values) for name, values in samples.inputs.items()},
+    )
+
+
+class SubsetTake:
+    """``take`` of a :func:`subset`: the wrapped ``take`` on the held rows' original ids."""
+
+    def __init__(self, inner: Callable[[Any, jax.Array], jax.Array]):
+        self.inner = inner
+
+    def __call__(self, features: dict[str, Any], ids: jax.Array) -> jax.Array:
+        return self.inner(features["source"], jnp.take(features["rows"], ids))
+
+    def __eq__(self, other: object) -> bool:  # equal by value: a static field of programs
+        return isinstance(other, SubsetTake) and other.inner == self.inner
+
+    def __hash__(self) -> int:
+        return hash((SubsetTake, self.inner))

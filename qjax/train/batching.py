@@ -34,10 +34,22 @@ class Segment:
     samples: Samples
     days: DayTable | None  # only for daily batching
     num_days: int = flax.struct.field(pytree_node=False)  # day numbers lie in [0, num_days)
+    # Several processes (qjax.train.distributed): this process holds a share of the segment's
+    # samples; plans draw ids over all of them, and ``local_of`` maps each to its local row.
+    local_of: jax.Array | None = None  # [all samples] int32 local row, -1 where held elsewhere
+    total: int | None = flax.struct.field(pytree_node=False, default=None)  # all samples
 
     @property
     def size(self) -> int:
-        return self.samples.size
+        """Samples of the whole segment (over every process): what batch plans draw from."""
+        return self.samples.size if self.total is None else self.total
+
+    def localize(self, ids: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """A plan's ids as rows of ``samples``, masked where another process holds them."""
+        if self.local_of is None:
+            return ids, mask
+        local = jnp.take(self.local_of, ids)
+        return jnp.maximum(local, 0), mask & (local >= 0)
 
 
 def day_table(day: np.ndarray, width: int | None = None, multiple: int = 1) -> DayTable:

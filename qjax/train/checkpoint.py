@@ -144,8 +144,17 @@ def _first_line(err: BaseException) -> str:
 
 def save_variables(path: str | os.PathLike, variables: Any) -> None:
     """Write a pytree of arrays (e.g. a module's variables) as an Orbax checkpoint directory at
-    ``path``, replacing what is there (as a torch ``save`` replaces a file)."""
-    with ocp.StandardCheckpointer() as checkpointer:
+    ``path``, replacing what is there (as a torch ``save`` replaces a file).
+
+    One of several processes (``qjax train --distributed``) writes alone, without waiting for
+    the others at Orbax's barriers."""
+    options = {}
+    if jax.process_count() > 1:
+        alone = jax.process_index()
+        options["multiprocessing_options"] = ocp.options.MultiprocessingOptions(
+            primary_host=alone, active_processes={alone}
+        )
+    with ocp.StandardCheckpointer(**options) as checkpointer:
         checkpointer.save(os.path.abspath(path), jax.device_get(variables), force=True)
 
 

@@ -43,7 +43,7 @@ import optax
 from qjax.compilation import CompileClock, enable_default_cache
 from qjax.data.samples import Samples
 from qjax.errors import Interrupted, TrainingDiverged
-from qjax.train import batching, microbatch
+from qjax.train import batching, distributed, microbatch
 from qjax.train.batching import Segment
 from qjax.train.checkpoint import RunCheckpoints
 from qjax.train.config import Batching, TrainConfig
@@ -56,7 +56,7 @@ from qjax.train.losses import (
     is_supervised,
     supervised_mse,
 )
-from qjax.train.metrics import daily_ic
+from qjax.train.metrics import daily_ic_sum
 from qjax.train.optim import make_optimizer, make_plateau
 from qjax.train.parallel import DataParallel, auto_devices, choose_parallel, data_parallel
 from qjax.train.progress import Progress
@@ -80,6 +80,7 @@ class Trainer:
     config: TrainConfig
     parallel: DataParallel
     micro_batches: int = 1  # chunks per train batch (see qjax.train.microbatch)
+    across: str | None = None  # mesh axis of several processes (qjax.train.distributed)
 
     # Trainers compare equal when their settings do, so ``jit`` (which takes the trainer as a
     # static argument) reuses compiled programs across ``fit`` calls with the same setup.
@@ -97,6 +98,10 @@ class Trainer:
     def daily(self) -> bool:
         return self.config.batching.daily
 
+    def reduce(self, tree: Any) -> Any:
+        """Sum a tree over the processes (each holds part of the rows); one process: as is."""
+        return tree if self.across is None else jax.lax.psum(tree, self.across)
+
     @property
     def mean_of_batch_means(self) -> bool:
         """Qlib's epoch-loop evaluation; DNNModelPytorch ("steps") uses the whole-set mean."""
@@ -112,7 +117,7 @@ class Trainer:
     ) -> FitState:
         """A fresh state: ``module.init`` on two training rows, then ``init_variables``."""
         init_key, rng = jax.random.split(key)
-        rows = jnp.arange(2, dtype=jnp.int32) % train.size
+        rows = jnp.arange(2, dtype=jnp.int32) % train.samples.size
         example = train.samples.batch(rows, mask_input=self.daily)
         variables = self.module.init(
             {"params": init_key, "dropout": init_key}, example.x, train=False, **example.inputs
@@ -133,7 +138,7 @@ class Trainer:
             out = self.loss_fn(self.module.apply, variables, batch, rng, True)
             return batch_loss(out), out
 
-        if self.micro_batches > 1:
+        if self.micro_batches > 1 or self.across is not None:
             loss, grads = self._chunked_loss_and_grad(state, batch, rng)
             out = None
         else:
@@ -157,7 +162,13 @@ class Trainer:
             return self.loss_fn(self.module.apply, variables, chunk, key, True)
 
         return microbatch.accumulated_loss_and_grad(
-            objective, state.params, batch, rng, self.micro_batches, self.parallel.split_batch
+            objective,
+            state.params,
+            batch,
+            rng,
+            self.micro_batches,
+            self.parallel.split_batch,
+            self.reduce,
         )
 
     def train_plan(self, key: jax.Array, data: Segment, n_steps: int | None):
@@ -173,7 +184,7 @@ class Trainer:
     ) -> tuple[TrainState, jax.Array]:
         """All steps of one epoch in one ``lax.scan``; returns the mean batch loss."""
         rng, plan_key, steps_key = jax.random.split(state.rng, 3)
-        ids, mask = self.train_plan(plan_key, data, n_steps)
+        ids, mask = data.localize(*self.train_plan(plan_key, data, n_steps))
         step_keys = jax.random.split(steps_key, ids.shape[0])
 
         def step(state, xs):
@@ -196,7 +207,7 @@ class Trainer:
 
     def evaluate(self, variables: Variables, data: Segment) -> Metrics:
         """Loss (per ``eval_protocol``) and score (``-loss`` or mean daily IC) on a segment."""
-        ids, mask = self.eval_plan(data)
+        ids, mask = data.localize(*self.eval_plan(data))
 
         def step(_, xs):
             ids, mask = self.parallel.split_batch(xs)
@@ -205,6 +216,7 @@ class Trainer:
             return None, (out.total, out.count, out.pred)
 
         _, (totals, counts, preds) = jax.lax.scan(step, None, (ids, mask))
+        totals, counts = self.reduce((totals, counts))
         if self.mean_of_batch_means:
             counted = counts > 0
             batch_means = jnp.where(counted, totals / jnp.maximum(counts, 1), 0.0)
@@ -215,9 +227,10 @@ class Trainer:
             return {"loss": loss, "score": -loss}
         if preds is None:
             raise ValueError("metric='ic' needs predictions, but the objective returned pred=None")
-        pred = _scatter(preds, ids, mask, data.size)
         samples = data.samples
-        return {"loss": loss, "score": daily_ic(pred, samples.labels, samples.day, data.num_days)}
+        pred = _scatter(preds, ids, mask, samples.size)
+        ic_sum, days = self.reduce(daily_ic_sum(pred, samples.labels, samples.day, data.num_days))
+        return {"loss": loss, "score": ic_sum / days}
 
     # -- one evaluation period: the compiled program --------------------------------------
 
@@ -367,15 +380,29 @@ def _fit(
     started = time.perf_counter()
     seeds = _check_seeds(config.seed if seeds is None else seeds)
     loss_fn = supervised_mse if loss_fn is None else loss_fn
-    split_rows = None if config.batching.daily or not config.cpu_split else config.batch_size
-    parallel = choose_parallel(devices, split, split_rows, len(seeds))
-    train_seg, valid_seg = _prepare_segments(train, valid, config, loss_fn, parallel)
-    trainer = Trainer(module, loss_fn, config, parallel)
+    cluster = distributed.current()  # None: one process
+    if cluster is None:
+        split_rows = None if config.batching.daily or not config.cpu_split else config.batch_size
+        parallel = choose_parallel(devices, split, split_rows, len(seeds))
+    else:
+        distributed.check_supported(config, devices, split)
+        parallel = data_parallel(jax.local_devices()[:1])
+        verbose = verbose and cluster.index == 0
+    train_seg, valid_seg = _prepare_segments(train, valid, config, loss_fn, parallel, cluster)
+    trainer = Trainer(
+        module, loss_fn, config, parallel, across=None if cluster is None else distributed.AXIS
+    )
     keys = parallel.place_replicas(jnp.stack([jax.random.PRNGKey(seed) for seed in seeds]))
     state = parallel.place_replicas(
         _init_replicas(keys, train_seg, trainer=trainer, init_variables=init_variables)
     )
     trainer = dataclasses.replace(trainer, micro_batches=_micro_batches(trainer, train_seg, state))
+    fetch, run_epoch = jax.device_get, _run_epoch
+    if cluster is not None:  # from here on, arrays span the processes
+        distributed.check_no_batch_stats(state.train.batch_stats)
+        state = cluster.replicate(state)
+        train_seg, valid_seg = cluster.place(train_seg), cluster.place(valid_seg)
+        fetch, run_epoch = cluster.fetch, functools.partial(_run_epoch_across, cluster=cluster)
 
     history: dict[str, list] = {}
     checkpoints = None
@@ -396,7 +423,7 @@ def _fit(
     done = len(history.get("lr", []))
     if done and verbose:
         _say(f"resuming from epoch {done + 1} ({done} of {config.n_evaluations} done)")
-    stopped = np.asarray(jax.device_get(state.stopped))
+    stopped = np.asarray(fetch(state.stopped))
     progress = Progress(config.n_evaluations, done, verbose)
     epoch = done
     try:
@@ -404,12 +431,12 @@ def _fit(
             if stopped.all():
                 break
             n_steps = config.steps_in_period(epoch) if config.batching.by_steps else None
-            state, metrics = _run_epoch(
+            state, metrics = run_epoch(
                 state, train_seg, valid_seg, trainer=trainer, n_steps=n_steps
             )
-            metrics = jax.device_get(metrics)
+            metrics = fetch(metrics)
             _check_finite(metrics, stopped, epoch, seeds)  # before the epoch is checkpointed
-            progress.update(metrics, stopped, np.asarray(jax.device_get(state.best_score)))
+            progress.update(metrics, stopped, np.asarray(fetch(state.best_score)))
             stopped = metrics.pop("stopped")
             for name, values in metrics.items():
                 history.setdefault(name, []).append(np.asarray(values).tolist())
@@ -426,13 +453,14 @@ def _fit(
             checkpoints.close()
 
     result = FitResult(
-        variables=state.best,
+        # several processes: this process's copy, for predictions on its own devices
+        variables=state.best if cluster is None else jax.tree.map(jnp.asarray, fetch(state.best)),
         seeds=seeds,
-        best_epoch=np.asarray(jax.device_get(state.best_epoch)),
-        best_score=np.asarray(jax.device_get(state.best_score)),
+        best_epoch=np.asarray(fetch(state.best_epoch)),
+        best_score=np.asarray(fetch(state.best_score)),
         history={name: np.asarray(values, np.float32) for name, values in history.items()},
-        epochs_run=np.asarray(jax.device_get(state.epoch)),
-        early_stopped=np.asarray(jax.device_get(state.stopped)),
+        epochs_run=np.asarray(fetch(state.epoch)),
+        early_stopped=np.asarray(fetch(state.stopped)),
         resumed_from=done,
         earlier_seconds=earlier_seconds,
         n_devices=parallel.size,
@@ -514,6 +542,17 @@ def _run_epoch(
 ):
     """The epoch program over all replicas; the state's buffers are donated."""
     return _over_replicas(functools.partial(trainer.epoch, n_steps=n_steps), state, train, valid)
+
+
+@functools.partial(
+    jax.jit, static_argnames=("trainer", "n_steps", "cluster"), donate_argnames="state"
+)
+def _run_epoch_across(
+    state: FitState, train: Segment, valid: Segment | None, *, trainer: Trainer, n_steps, cluster
+):
+    """The epoch program on every process of ``cluster``, each on its share of the samples."""
+    epoch = functools.partial(trainer.epoch, n_steps=n_steps)
+    return cluster.run(functools.partial(_over_replicas, epoch), state, train, valid)
 
 
 @functools.partial(
@@ -644,6 +683,7 @@ def _prepare_segments(
     config: TrainConfig,
     loss_fn: LossFn,
     parallel: DataParallel,
+    cluster: distributed.Cluster | None = None,
 ) -> tuple[Segment, Segment | None]:
     supervised = is_supervised(loss_fn)  # only a supervised objective needs labels
     _check_samples(train, "train", supervised)
@@ -673,7 +713,8 @@ def _prepare_segments(
                         f"segment ({s.size} samples) is smaller than batch_size="
                         f"{config.batch_size}; use eval_protocol='exact'"
                     )
-        segments = [None if s is None else batching.make_segment(s, False) for s in (train, valid)]
+        cut = (lambda s: batching.make_segment(s, False)) if cluster is None else cluster.share
+        segments = [None if s is None else cut(s) for s in (train, valid)]
     train_seg, valid_seg = parallel.replicate(segments)
     if config.metric == "ic" and valid is None:
         warnings.warn("metric='ic' has no effect without a valid segment", stacklevel=4)

@@ -21,6 +21,15 @@ def daily_ic(pred: jax.Array, label: jax.Array, day: jax.Array, num_days: int) -
     prediction or label have no IC and are left out of the mean (pandas' ``corr`` gives NaN
     there and ``mean`` skips it). NaN when no day has an IC.
     """
+    total, days = daily_ic_sum(pred, label, day, num_days)
+    return total / days
+
+
+def daily_ic_sum(
+    pred: jax.Array, label: jax.Array, day: jax.Array, num_days: int
+) -> tuple[jax.Array, jax.Array]:
+    """(sum of the daily ICs, days with an IC) of :func:`daily_ic`; processes that each hold
+    whole days add theirs up."""
     valid = jnp.isfinite(pred) & jnp.isfinite(label)
     p = jnp.where(valid, pred, 0.0)
     y = jnp.where(valid, label, 0.0)
@@ -36,7 +45,7 @@ def daily_ic(pred: jax.Array, label: jax.Array, day: jax.Array, num_days: int) -
     var_p, var_y = day_sum(dp * dp), day_sum(dy * dy)
     has_ic = (count >= 2) & (var_p > 0) & (var_y > 0)
     ic = day_sum(dp * dy) / jnp.sqrt(jnp.where(has_ic, var_p * var_y, 1.0))
-    return jnp.sum(jnp.where(has_ic, ic, 0.0)) / jnp.sum(has_ic)
+    return jnp.sum(jnp.where(has_ic, ic, 0.0)), jnp.sum(has_ic)
 
 
 def ic_series(

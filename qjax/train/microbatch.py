@@ -56,11 +56,14 @@ def accumulated_loss_and_grad(
     rng: jax.Array,
     n_chunks: int,
     constrain: Callable[[Batch], Batch] = lambda chunk: chunk,
+    reduce: Callable[[Any], Any] = lambda sums: sums,
 ) -> tuple[jax.Array, Any]:
     """``(total / count, its gradient)`` of the whole batch, computed chunk by chunk.
 
     ``objective(params, chunk, rng) -> LossOutput`` is the objective in train mode on one
-    chunk; ``constrain`` places a chunk's rows (the data-parallel split).
+    chunk; ``constrain`` places a chunk's rows (the data-parallel split); ``reduce`` sums
+    ``(gradient, total, count)`` over processes that each hold part of the batch's rows
+    (:mod:`qjax.train.distributed`). One chunk uses ``rng`` itself, as the unchunked step does.
     """
 
     def chunk_total(p, chunk, key):
@@ -83,12 +86,13 @@ def accumulated_loss_and_grad(
         return (grads, total + chunk_sum, count + chunk_count), None
 
     chunks = split_rows(batch, n_chunks)
-    keys = jax.random.split(rng, n_chunks)
+    keys = jax.random.split(rng, n_chunks) if n_chunks > 1 else rng[None]
     first = jax.tree.map(lambda leaf: leaf[0], chunks)
     sums = jax.eval_shape(chunk_total, params, first, keys[0])  # the objective's dtypes
     zeros = jax.tree.map(jnp.zeros_like, params)
     start = (zeros, *(jnp.zeros((), s.dtype) for s in sums))
     (grads, total, count), _ = jax.lax.scan(body, start, (chunks, keys))
+    grads, total, count = reduce((grads, total, count))
     denominator = jnp.maximum(count, 1)
     return total / denominator, jax.tree.map(lambda g: g / denominator, grads)
 

@@ -14,19 +14,12 @@ them, so the devices never exchange a byte during training and every replica com
 what it computes alone. On XLA:CPU that is the default whenever the seeds divide over two or more
 devices and the batch would stay on one (:func:`choose_parallel`).
 
-Multi-host (several machines, each with local accelerators)::
-
-    import jax
-    jax.distributed.initialize()          # before any other JAX call; reads the cluster env
-    result = fit(module, train, valid, config, devices=jax.devices())
-
-Every process runs the same script with the same data and config. ``jax.devices()`` lists the
-devices of all processes, so the mesh spans the cluster and every batch is split over all of
-them; the replicated samples and state must be identical on every host (they are when each host
-builds them from the same data and seed). The batch size (and the daily width, rounded
-automatically) must be divisible by the total number of devices. Checkpoints are written through
-Orbax, which coordinates multi-process saves; give every process the same ``checkpoint_dir`` on
-a shared file system.
+Several processes (machines, ``jax.distributed``) are :mod:`qjax.train.distributed`'s: each
+process holds its share of the samples (whole days) and uses one device, every batch plan is
+drawn over all samples, and the gradients and losses are summed over the processes inside the
+epoch program (``shard_map`` over a mesh of one device per process). ``qjax train
+--distributed`` runs it; ``tests/train/test_distributed.py`` checks that two processes on
+localhost end with the parameters of one.
 """
 
 from __future__ import annotations
@@ -69,7 +62,7 @@ class DataParallel:
 
     def split_batch(self, ids: jax.Array) -> jax.Array:
         """Inside a compiled program: split a batch's ids ``[B]`` over the devices."""
-        if self.over_replicas:
+        if self.over_replicas or self.mesh.size == 1:
             return ids
         return jax.lax.with_sharding_constraint(
             ids, NamedSharding(self.mesh, PartitionSpec(DATA_AXIS))
