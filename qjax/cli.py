@@ -33,6 +33,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.add_argument(
+        "--distributed",
+        action="store_true",
+        help="train as one of several processes (machines) through jax.distributed: "
+        "JAX_COORDINATOR_ADDRESS=host:port, JAX_NUM_PROCESSES=N and JAX_PROCESS_ID=0..N-1 "
+        "(or a SLURM / Open MPI launch); the same command and --out on every process, "
+        "process 0 writes the run (README: From one machine to many)",
+    )
+    train.add_argument(
         "--mlflow",
         metavar="URI",
         help="log the finished run to MLflow: a folder (e.g. ./mlruns), sqlite:///mlflow.db or "
@@ -155,6 +163,15 @@ def main(argv: list[str] | None = None) -> int:
         except RuntimeError as err:  # JAX already running (the CLI called from Python)
             print(f"qjax: {err}", file=sys.stderr)
             return 2
+    if getattr(args, "distributed", False):
+        from qjax.errors import DistributedError
+        from qjax.train import distributed
+
+        try:
+            distributed.initialize()  # before any other JAX work
+        except DistributedError as err:
+            print(f"qjax: --distributed: {err}", file=sys.stderr)
+            return 2
     use_compilation_cache(args.compilation_cache)
     if args.command == "sweep":
         return _sweep(args)
@@ -252,10 +269,10 @@ def _train(cfg: dict, out: Path, args: argparse.Namespace) -> int:
         out,
         "run the same command again (finished epochs are kept)",
     )
-    if code == 0:
+    if code == 0 and workflow.is_primary():  # several processes: process 0 reports
         print(workflow.format_table(metrics))
         print(f"run directory: {out}")
-    if code == 0 and args.mlflow:
+    if code == 0 and args.mlflow and workflow.is_primary():
         return _log_to_mlflow(out, args.mlflow, args.experiment or Path(args.config).stem)
     return code
 

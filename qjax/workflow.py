@@ -22,6 +22,7 @@ configuration and output directory.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import warnings
@@ -154,10 +155,12 @@ def train(
     called with the fitted estimator (``qjax rolling`` keeps its best variables).
     """
     cfg, model = checked(cfg)
-    rundir.plan(out_dir, cfg, overwrite)  # checks the directory (writes nothing)
-    with runlock.exclusive(out_dir):  # one process per run directory
+    plan = rundir.plan(out_dir, cfg, overwrite)  # checks the directory (writes nothing)
+    primary = is_primary()  # several processes (`qjax train --distributed`): process 0 writes
+    lock = runlock.exclusive(out_dir) if primary else contextlib.nullcontext()
+    with lock:  # one run per run directory
         # Planned again under the lock: a run that held it may have changed the directory.
-        plan = rundir.plan(out_dir, cfg, overwrite)
+        plan = rundir.plan(out_dir, cfg, overwrite) if primary else plan
         return _run(
             cfg, model, plan, verbose=verbose, init_variables=init_variables, on_fitted=on_fitted
         )
@@ -175,6 +178,7 @@ def _run(
     """:func:`train` once the config, the model's keywords and the directory are checked."""
     out = plan.out
     checkpoint_dir = out / "checkpoints"
+    primary = is_primary()
 
     t0 = time.perf_counter()
     dataset = build_dataset(cfg)
@@ -182,7 +186,8 @@ def _run(
     model.preflight(dataset)
     model.check_inputs(dataset, "test")  # fit checks train and valid; this one is scored later
     t_data = time.perf_counter() - t0
-    rundir.prepare(plan, cfg)
+    if primary:  # the others' checkpoints go through Orbax, which waits for this directory
+        rundir.prepare(plan, cfg)
 
     evals: dict = {}
     seeds = cfg["train"].get("seeds")
@@ -200,10 +205,12 @@ def _run(
     except TrainingDiverged as err:
         raise _diagnosed(err, dataset) from None
     finally:
-        rundir.settle(plan)
+        if primary:
+            rundir.settle(plan)
     if on_fitted is not None:
         on_fitted(model)
-    saved_run.write(out, cfg, model, dataset.handler)  # what `qjax predict` loads
+    if primary:
+        saved_run.write(out, cfg, model, dataset.handler)  # what `qjax predict` loads
     result = model.result
     t_fit = time.perf_counter() - t0 + result.earlier_seconds
 
@@ -242,6 +249,8 @@ def _run(
         },
         "samples": {"test": int(len(per_seed))},
     }
+    if not primary:  # the same metrics; process 0 writes the files
+        return _json_safe(metrics)
     if cfg.get("backtest"):  # PortAnaRecord: TopK-dropout backtest of the (first seed's) scores
         from qjax.backtest.record import record_backtest
 
@@ -255,6 +264,14 @@ def _run(
     save_report_inputs(out, evals, label)
     write_report(out)
     return _json_safe(metrics)
+
+
+def is_primary() -> bool:
+    """Whether this process writes the run's files: always, unless it is one of several
+    processes (``qjax train --distributed``) other than process 0."""
+    import jax
+
+    return jax.process_index() == 0
 
 
 def checked(cfg: Mapping[str, Any]) -> tuple[dict, Any]:
