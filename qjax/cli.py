@@ -168,6 +168,14 @@ def main(argv: list[str] | None = None) -> int:
         from qjax.train import distributed
 
         try:
+            found = distributed.settings()
+            if "coordinator_address" in found:  # JAX aborts the process if none comes in time
+                print(
+                    f"qjax: --distributed: process {found.get('process_id', '?')} of "
+                    f"{found.get('num_processes', '?')} joining {found['coordinator_address']} "
+                    f"(waiting up to {distributed.JOIN_SECONDS} s for the others)",
+                    file=sys.stderr,
+                )
             distributed.initialize()  # before any other JAX work
         except DistributedError as err:
             print(f"qjax: --distributed: {err}", file=sys.stderr)

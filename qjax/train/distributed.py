@@ -91,9 +91,16 @@ def settings(environ: Mapping[str, str] = os.environ) -> dict[str, Any]:
     return found
 
 
-def initialize(timeout_seconds: int = 300, environ: Mapping[str, str] = os.environ) -> None:
+JOIN_SECONDS = 300  # JAX's default wait for every process to join
+
+
+def initialize(
+    timeout_seconds: int = JOIN_SECONDS, environ: Mapping[str, str] = os.environ
+) -> None:
     """Connect this process to the others (``jax.distributed.initialize``); call it before any
-    other JAX work. A process waits up to ``timeout_seconds`` for the others to join."""
+    other JAX work. A process waits up to ``timeout_seconds`` for the others to join; past it
+    (or when a peer dies later, after JAX's heartbeat timeout) JAX ends the process with a
+    fatal log, which Python cannot catch."""
     kwargs = settings(environ)
     try:  # JAX < 0.4.34 has no CPU collectives by default; later versions default to Gloo
         if jax.config.jax_cpu_collectives_implementation is None:
