@@ -186,8 +186,9 @@ def _run(
     model.preflight(dataset)
     model.check_inputs(dataset, "test")  # fit checks train and valid; this one is scored later
     t_data = time.perf_counter() - t0
-    if primary:  # the others' checkpoints go through Orbax, which waits for this directory
+    if primary:
         rundir.prepare(plan, cfg)
+    plan = _plan_of_process_0(plan)
 
     evals: dict = {}
     seeds = cfg["train"].get("seeds")
@@ -264,6 +265,21 @@ def _run(
     save_report_inputs(out, evals, label)
     write_report(out)
     return _json_safe(metrics)
+
+
+def _plan_of_process_0(plan: rundir.Plan) -> rundir.Plan:
+    """Several processes: whether to resume, as process 0 decided, once it has prepared the
+    directory (the others wait for it here: an --overwrite may be moving the old run aside)."""
+    import jax
+
+    if jax.process_count() == 1:
+        return plan
+    from jax.experimental import multihost_utils
+
+    resume = bool(multihost_utils.broadcast_one_to_all(np.int32(plan.resume)))
+    if is_primary():
+        return plan
+    return rundir.Plan(plan.out, "resume" if resume else "reuse")
 
 
 def is_primary() -> bool:
