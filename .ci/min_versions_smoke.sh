@@ -50,7 +50,8 @@ python -m pip list --format=freeze | grep -iE '^(jax|jaxlib|flax|optax|orbax-che
 # stage's nn.share_scope naming among them); the CPU device split (import qjax after jax), the
 # persistent compilation cache (JAX's file-locked mode), micro-batch gradients in float64, the
 # transfer guard on the windowed and daily gathers, and the handler's frames under pandas
-# without copy-on-write. About 2 min of tests on 2 cores.
+# without copy-on-write, two processes through jax.distributed (CPU collectives are off by
+# default in older JAX). About 2.5 min of tests on 2 cores.
 # Tests that need torch or Qlib skip: they are not installed here. (Under CI=true the test
 # suite fails such a test instead, to keep the main job honest; not in this job.)
 export PYTHONPATH=$PWD QJAX_TEST_COMPILATION_CACHE=off
@@ -63,3 +64,4 @@ smoke tests/test_cpu_devices.py tests/test_compilation.py
 smoke "tests/train/test_microbatch.py::test_chunked_gradient_equals_full_batch_gradient[6]"
 smoke tests/train/test_transfer_guard.py -k "windowed or daily or catches"
 smoke tests/data/test_handler.py tests/data/test_samples.py
+smoke tests/train/test_distributed.py -k "two_processes_match_one_process"

@@ -92,6 +92,7 @@ def settings(environ: Mapping[str, str] = os.environ) -> dict[str, Any]:
 
 
 JOIN_SECONDS = 300  # JAX's default wait for every process to join
+CPU_COLLECTIVES = "jax_cpu_collectives_implementation"
 
 
 def initialize(
@@ -102,11 +103,9 @@ def initialize(
     (or when a peer dies later, after JAX's heartbeat timeout) JAX ends the process with a
     fatal log, which Python cannot catch."""
     kwargs = settings(environ)
-    try:  # JAX < 0.4.34 has no CPU collectives by default; later versions default to Gloo
-        if jax.config.jax_cpu_collectives_implementation is None:
-            jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    except AttributeError:  # pragma: no cover - a JAX without the option
-        pass
+    # Older JAX has no CPU collectives by default ("none"); later versions use Gloo.
+    if jax.config.values.get(CPU_COLLECTIVES, "none") in (None, "none"):
+        jax.config.update(CPU_COLLECTIVES, "gloo")
     try:
         jax.distributed.initialize(**kwargs, initialization_timeout=timeout_seconds)
     except (ValueError, TypeError) as err:
