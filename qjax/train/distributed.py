@@ -28,14 +28,19 @@ the cluster, and ``fit`` trains with it, with no other change to the caller:
 
 What it costs: every process computes the forward and backward pass of the whole batch shape,
 most of whose rows it does not hold (masked), so a step costs each process what it costs one
-process alone. Several machines thus buy room for data that one machine's memory cannot hold,
-not speed; the masked rows are the price of static shapes (the rows a process holds vary from
-batch to batch) and of results that do not depend on the process count. Each process uses one
-device (launch one process per accelerator); the rest of its local devices stay idle.
+process alone. Several machines thus buy room for data that one machine's memory cannot hold
+(tabular samples; windowed ones share the whole panel on every process), not speed; the
+masked rows are the price of static shapes (the rows a process holds vary from batch to
+batch) and of results that do not depend on the process count. Each process uses one device
+(launch one process per accelerator); the rest of its local devices stay idle.
 
-Not supported (a clear error before training): daily batching (GATs/HIST: a day per step;
-split over processes it would be a day of one process), models with BatchNorm statistics
-(TabNet), ``split="seeds"`` and explicit ``devices``.
+Not supported (a clear error before training): daily batching (GATs/HIST: a day per step,
+held by one process, so the others would run a batch with every row masked, which these
+cross-sectional models are not written for), models with BatchNorm statistics (TabNet: each
+process would normalise by its own rows), ``split="seeds"`` and explicit ``devices``. The
+natural next step for speed is to compact each process's rows of a batch into a smaller
+buffer (a few more rows than ``B / processes``, with a second pass for the rare batch that
+overflows it); dropout masks would then differ from one process's (equally distributed).
 
 Settings, read by :func:`initialize` before any other JAX call: ``JAX_COORDINATOR_ADDRESS``
 (host:port of process 0), ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID`` (0 ... n-1); unset, JAX
