@@ -8,7 +8,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from qjax.data.samples import Batch, tabular_samples, with_keyword_inputs
+from qjax.data.samples import (
+    Batch,
+    SubsetTake,
+    subset,
+    tabular_samples,
+    take_rows,
+    with_keyword_inputs,
+)
 
 
 def _samples(seed, n=12):
@@ -48,3 +55,30 @@ def test_keyword_inputs_need_a_row_per_sample_and_a_free_name(seed):
         with_keyword_inputs(samples, concept=np.zeros((3, 2)))
     with pytest.raises(ValueError, match="'mask' is a keyword the engine passes itself"):
         with_keyword_inputs(samples, mask=np.zeros(samples.size))
+
+
+def test_subset_holds_the_chosen_rows_and_padding_that_never_counts(seed):
+    """A process's share (qjax.train.distributed): tabular rows cut, other layouts gathered
+    through the held ids; padding rows have a NaN label and weight 0."""
+    samples, x, y, rng = _samples(seed)
+    extra = rng.normal(size=(samples.size, 2)).astype(np.float32)
+    samples = with_keyword_inputs(samples, extra=extra)
+    held = np.sort(rng.choice(samples.size, size=5, replace=False))
+    part = subset(samples, held, capacity=7)
+    assert part.size == 7 and part.take is take_rows
+    np.testing.assert_array_equal(part.features[:5], x[held], err_msg=f"seed {seed}")
+    np.testing.assert_array_equal(part.labels[:5], y[held])
+    np.testing.assert_array_equal(part.inputs["extra"][:5], extra[held])
+    np.testing.assert_array_equal(part.day[:5], np.asarray(samples.day)[held])
+    assert np.isnan(np.asarray(part.labels[5:])).all() and not np.asarray(part.weights[5:]).any()
+
+    def doubled(features, ids):  # a non-tabular take: reads a shared table through the ids
+        return 2 * jnp.take(features["table"], ids, axis=0)
+
+    table = samples.replace(features={"table": samples.features}, take=doubled)
+    part = subset(table, held, capacity=7)
+    assert isinstance(part.take, SubsetTake) and part.take == SubsetTake(doubled)
+    rows = jnp.arange(5, dtype=jnp.int32)
+    np.testing.assert_array_equal(part.batch(rows).x, 2 * x[held], err_msg=f"seed {seed}")
+    with pytest.raises(ValueError, match="capacity"):
+        subset(samples, held, capacity=4)

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 
 from qjax.errors import DistributedError
-from qjax.train import distributed
+from qjax.train import TrainConfig, distributed
 
 HERE = Path(__file__).parent
 REPO = HERE.parents[1]
@@ -229,3 +229,15 @@ def test_cli_without_settings_says_what_to_set(tmp_path):
     for name in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
         assert name in done.stderr, done.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_unsupported_runs_are_refused_before_training():
+    daily = TrainConfig(batching="daily")
+    with pytest.raises(DistributedError, match="daily"):
+        distributed.check_supported(daily, None, None)
+    with pytest.raises(DistributedError, match="devices= and split="):
+        distributed.check_supported(TrainConfig(), None, "seeds")
+    distributed.check_supported(TrainConfig(), None, None)  # row batches are fine
+    with pytest.raises(DistributedError, match="BatchNorm"):
+        distributed.check_no_batch_stats({"BatchNorm_0": {"mean": np.zeros(3)}})
+    distributed.check_no_batch_stats({})
