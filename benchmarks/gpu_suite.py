@@ -575,6 +575,7 @@ def main(argv=None) -> int:
     if (args.dry_run or args.cpu) and os.environ.get("JAX_PLATFORMS") != "cpu":
         os.environ["JAX_PLATFORMS"] = "cpu"  # before JAX initialises
     sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import _flops
     import jax
     import torch
     import train_vs_torch as tvt  # imports torch, JAX and qjax
@@ -629,7 +630,7 @@ def main(argv=None) -> int:
         "machine": info,
         "machine_tag": "cpu" if args.cpu else machine_tag(info, args.dry_run),
         "load_before": tvt.load_average(),
-        "matmul_peak": tvt.matmul_peak(256 if args.dry_run else 2048 if args.cpu else 8192),
+        "matmul_peak": _flops.matmul_peak(256 if args.dry_run else 2048 if args.cpu else 8192),
         "running": None,
         "pending": [item.key for item in items],
         "skipped": {},

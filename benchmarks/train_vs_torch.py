@@ -492,11 +492,8 @@ def home_levers(name: str) -> dict:
     model = qjax.estimators.wrappers().get(name)
     if model is None:
         return {}
-    kw = model.spec.resolve({}, False)  # the wrapper's defaults
-    fields: dict = {}
-    for adapter in model.spec.adapters:
-        fields = adapter.train_fields(kw, fields)
-    return {k: v for k, v in fields.items() if k in ("micro_batch", "cpu_split")}
+    fields = model.spec.train_config_fields(model.spec.resolve({}, False))  # wrapper defaults
+    return {k: fields[k] for k in ("micro_batch", "cpu_split") if fields.get(k) is not None}
 
 
 def trained_samples(case: Case, n: int) -> int:
