@@ -19,16 +19,23 @@ REPO = tiny_run.REPO
 TEST = ("2015-11-02", "2015-12-31")
 
 
-def _train(out: Path, **changes) -> Path:
-    flags = tiny_run.set_flags(model__kwargs__hidden_size=8, model__kwargs__n_epochs=2, **changes)
-    config = str(REPO / "configs" / "lstm_alpha360.yaml")
+def _train(out: Path, config: str = "lstm_alpha360.yaml", **changes) -> Path:
+    items = tiny_run.overrides(model__kwargs__hidden_size=8, model__kwargs__n_epochs=2, **changes)
+    if config != "lstm_alpha360.yaml":  # the daily models take no batch_size: a batch is a day
+        items = [item for item in items if not item.startswith("model.kwargs.batch_size=")]
+    flags = tiny_run.sets(*items)
+    config = str(REPO / "configs" / config)
     assert cli.main(["train", config, "--out", str(out), "--quiet", *flags]) == 0
     return out
 
 
-def test_a_gather_run_equals_the_flat_run(tmp_path):
-    flat = _train(tmp_path / "flat")
-    gather = _train(tmp_path / "gather", handler__compute_in_gather="true")
+# LSTM: batches of rows; GATs and HIST: one trading day per batch (their daily sampler).
+@pytest.mark.parametrize(
+    "config", ["lstm_alpha360.yaml", "gats_alpha360.yaml", "hist_alpha360.yaml"]
+)
+def test_a_gather_run_equals_the_flat_run(tmp_path, config):
+    flat = _train(tmp_path / "flat", config)
+    gather = _train(tmp_path / "gather", config, handler__compute_in_gather="true")
     expected = pd.read_parquet(flat / "predictions.parquet")
     scores = pd.read_parquet(gather / "predictions.parquet")
     assert scores.index.equals(expected.index)
