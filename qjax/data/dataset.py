@@ -192,11 +192,12 @@ class Dataset:
         return labels.iloc[:, 0]
 
     def samples(
-        self, segment: str, data_key: str = "learn", label: bool = True
+        self, segment: str, data_key: str = "learn", label: bool = True, on_device: bool = True
     ) -> tuple[Samples, pd.MultiIndex]:
         """Device samples of a segment (features [n, F] in ``storage_dtype``, gathered as
         float32; labels NaN if ``label=False``) and the (datetime, instrument) index in row
-        order. A feature that ``storage_dtype`` cannot hold raises :class:`DataError`."""
+        order. A feature that ``storage_dtype`` cannot hold raises :class:`DataError`.
+        ``on_device=False``: the arrays stay in host numpy (``TrainConfig.stream_batches``)."""
         if label:
             df = self.prepare(segment, col_set=["feature", "label"], data_key=data_key)
             y = df["label"]
@@ -210,7 +211,12 @@ class Dataset:
             y = None
         names = [str(c[-1]) if isinstance(c, tuple) else str(c) for c in x.columns]
         samples = tabular_samples(
-            x.to_numpy(np.float32), y, df.index, storage_dtype=self.storage_dtype, names=names
+            x.to_numpy(np.float32),
+            y,
+            df.index,
+            storage_dtype=self.storage_dtype,
+            names=names,
+            on_device=on_device,
         )
         return samples, df.index
 

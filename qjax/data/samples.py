@@ -105,22 +105,26 @@ def tabular_samples(
     weights: np.ndarray | None = None,
     storage_dtype: str = "float32",
     names: Sequence[str] | None = None,
+    on_device: bool = True,
 ) -> Samples:
     """Samples from a feature matrix and labels indexed by (datetime, instrument).
 
     ``storage_dtype``: the device dtype of the feature matrix (:mod:`qjax.data.storage`; batches
     are float32 either way); ``names``: the feature columns, for its overflow error.
+    ``on_device=False`` keeps the arrays in host numpy, for training that streams them
+    (``TrainConfig.stream_batches``).
     """
     n = len(index)
     if x.shape[0] != n:
         raise ValueError(f"{x.shape[0]} feature rows but {n} index entries")
     labels = np.full(n, np.nan, np.float32) if y is None else np.asarray(y, np.float32).reshape(n)
     w = np.ones(n, np.float32) if weights is None else np.asarray(weights, np.float32).reshape(n)
+    place = jnp.asarray if on_device else np.asarray
     return Samples(
-        features=jnp.asarray(to_storage(x, storage_dtype, names)),
-        labels=jnp.asarray(labels),
-        weights=jnp.asarray(w),
-        day=jnp.asarray(day_numbers(index)),
+        features=place(to_storage(x, storage_dtype, names)),
+        labels=place(labels),
+        weights=place(w),
+        day=place(day_numbers(index)),
         take=take_rows,
     )
 

@@ -122,6 +122,12 @@ class TrainConfig:
     :mod:`qjax.cpu_devices`) when ``fit`` is given no devices. Recurrent models turn it off: on
     2 quiet cores their scans trained slower split (``benchmarks/results/levers_cpu.md``).
     Accelerators are always all used.
+
+    ``stream_batches``: keep the feature rows in host memory and stream them to the device in
+    blocks of this many train batches, double buffered (:mod:`qjax.train.stream`), for feature
+    matrices larger than the device's memory. The same batches, steps and results as the
+    device-resident run (``None``, the default), which is faster when the features fit. Flat
+    feature rows only (``qjax.data.Dataset``), on one process.
     """
 
     n_epochs: int = 200
@@ -145,6 +151,7 @@ class TrainConfig:
     frozen: tuple[str, ...] = ()
     micro_batch: int | str | None = None
     cpu_split: bool = True
+    stream_batches: int | None = None
 
     def __post_init__(self):
         # Normalise Qlib's spellings so that equal configurations compare (and resume) equal.
@@ -217,6 +224,8 @@ class TrainConfig:
         )
         object.__setattr__(self, "frozen", tuple(frozen))  # hashable: the config is a jit static
         object.__setattr__(self, "micro_batch", _micro_batch(self.micro_batch))
+        if self.stream_batches is not None:
+            _set_int(self, "stream_batches", minimum=1)
 
     @property
     def n_evaluations(self) -> int:

@@ -179,13 +179,20 @@ class Trainer:
             return batching.with_replacement(key, data.size, config.batch_size, n_steps)
         return batching.shuffled(key, data.size, config.batch_size)
 
+    def epoch_plan(
+        self, state: TrainState, data: Segment, n_steps: int | None = None
+    ) -> tuple[TrainState, tuple[jax.Array, jax.Array, jax.Array]]:
+        """The epoch's batch plan ``(ids, mask, step_keys)`` and the state with its rng moved on."""
+        rng, plan_key, steps_key = jax.random.split(state.rng, 3)
+        ids, mask = data.localize(*self.train_plan(plan_key, data, n_steps))
+        step_keys = jax.random.split(steps_key, ids.shape[0])
+        return state.replace(rng=rng), (ids, mask, step_keys)
+
     def train_epoch(
         self, state: TrainState, data: Segment, n_steps: int | None = None
     ) -> tuple[TrainState, jax.Array]:
         """All steps of one epoch in one ``lax.scan``; returns the mean batch loss."""
-        rng, plan_key, steps_key = jax.random.split(state.rng, 3)
-        ids, mask = data.localize(*self.train_plan(plan_key, data, n_steps))
-        step_keys = jax.random.split(steps_key, ids.shape[0])
+        state, plan = self.epoch_plan(state, data, n_steps)
 
         def step(state, xs):
             ids, mask, key = xs
@@ -193,7 +200,7 @@ class Trainer:
             batch = data.samples.batch(ids, mask, mask_input=self.daily)
             return self.train_step(state, batch, key)
 
-        state, losses = jax.lax.scan(step, state.replace(rng=rng), (ids, mask, step_keys))
+        state, losses = jax.lax.scan(step, state, plan)
         return state, jnp.mean(losses)
 
     # -- evaluation -----------------------------------------------------------------------
@@ -212,10 +219,20 @@ class Trainer:
         def step(_, xs):
             ids, mask = self.parallel.split_batch(xs)
             batch = data.samples.batch(ids, mask, mask_input=self.daily)
-            out = self.loss_fn(self.module.apply, variables, batch, _EVAL_KEY, False)
-            return None, (out.total, out.count, out.pred)
+            return None, self.eval_step(variables, batch)
 
-        _, (totals, counts, preds) = jax.lax.scan(step, None, (ids, mask))
+        _, outputs = jax.lax.scan(step, None, (ids, mask))
+        return self.eval_metrics(outputs, ids, mask, data)
+
+    def eval_step(self, variables: Variables, batch: Batch):
+        """One evaluation batch: the objective's (total, count, pred) in eval mode."""
+        out = self.loss_fn(self.module.apply, variables, batch, _EVAL_KEY, False)
+        return out.total, out.count, out.pred
+
+    def eval_metrics(self, outputs, ids: jax.Array, mask: jax.Array, data: Segment) -> Metrics:
+        """The metrics of a segment from its per-batch ``eval_step`` outputs (plan order);
+        reads only the segment's labels and days."""
+        totals, counts, preds = outputs
         totals, counts = self.reduce((totals, counts))
         if self.mean_of_batch_means:
             counted = counts > 0
@@ -239,17 +256,31 @@ class Trainer:
     ) -> tuple[FitState, Metrics]:
         """Train one epoch, evaluate, track the best variables and early stopping."""
         state, train_loss = self.train_epoch(fit.train, train, n_steps)
+        train_eval = self.evaluate(state.variables, train) if self.config.eval_train else None
+        valid_eval = None if valid is None else self.evaluate(state.variables, valid)
+        return self.conclude(fit, state, train_loss, train_eval, valid_eval)
+
+    def conclude(
+        self,
+        fit: FitState,
+        state: TrainState,
+        train_loss: jax.Array,
+        train_eval: Metrics | None,
+        valid_eval: Metrics | None,
+    ) -> tuple[FitState, Metrics]:
+        """The end of an evaluation period: ``fit`` moved on to the trained ``state``, given
+        its evaluations (None: not evaluated; no valid segment). ReduceLROnPlateau steps, the
+        best variables and early stopping are tracked; a stopped replica keeps ``fit``."""
         metrics = {"train_loss": train_loss}
-        if self.config.eval_train:
-            metrics["train_score"] = self.evaluate(state.variables, train)["score"]
-        if valid is None:  # retraining without validation: the latest variables are the result
+        if train_eval is not None:
+            metrics["train_score"] = train_eval["score"]
+        if valid_eval is None:  # retraining without validation: the latest variables are the result
             score, improved = jnp.float32(jnp.nan), jnp.bool_(True)
         else:
-            evaluation = self.evaluate(state.variables, valid)
-            score, improved = evaluation["score"], evaluation["score"] > fit.best_score
-            metrics.update(valid_loss=evaluation["loss"], valid_score=score)
+            score, improved = valid_eval["score"], valid_eval["score"] > fit.best_score
+            metrics.update(valid_loss=valid_eval["loss"], valid_score=score)
             if self.plateau is not None:
-                _, plateau = self.plateau.update({}, state.plateau, value=evaluation["loss"])
+                _, plateau = self.plateau.update({}, state.plateau, value=valid_eval["loss"])
                 state = state.replace(plateau=plateau)
         stall = jnp.where(improved, 0, fit.stall + 1)
         updated = FitState(
@@ -388,16 +419,27 @@ def _fit(
         distributed.check_supported(config, devices, split)
         parallel = data_parallel(jax.local_devices()[:1])
         verbose = verbose and cluster.index == 0
+    fetch, run_epoch = jax.device_get, _run_epoch
+    if config.stream_batches is not None:  # features stay on the host (qjax.train.stream)
+        from qjax.train import stream
+
+        stream.check_supported(config, {"train": train, "valid": valid}, cluster is not None)
+        train, valid = (None if s is None else stream.to_host(s) for s in (train, valid))
+        run_epoch = stream.StreamedEpochs(train, valid, parallel, config.stream_batches)
+        host_train = train
+        train, valid = (None if s is None else stream.index_of(s) for s in (train, valid))
     train_seg, valid_seg = _prepare_segments(train, valid, config, loss_fn, parallel, cluster)
+    example = train_seg  # what initialisation and the batch shapes read
+    if config.stream_batches is not None:
+        example = parallel.replicate(stream.head(host_train))
     trainer = Trainer(
         module, loss_fn, config, parallel, across=None if cluster is None else distributed.AXIS
     )
     keys = parallel.place_replicas(jnp.stack([jax.random.PRNGKey(seed) for seed in seeds]))
     state = parallel.place_replicas(
-        _init_replicas(keys, train_seg, trainer=trainer, init_variables=init_variables)
+        _init_replicas(keys, example, trainer=trainer, init_variables=init_variables)
     )
-    trainer = dataclasses.replace(trainer, micro_batches=_micro_batches(trainer, train_seg, state))
-    fetch, run_epoch = jax.device_get, _run_epoch
+    trainer = dataclasses.replace(trainer, micro_batches=_micro_batches(trainer, example, state))
     if cluster is not None:  # from here on, arrays span the processes
         distributed.check_no_batch_stats(state.train.batch_stats)
         state = cluster.replicate(state)
@@ -409,7 +451,8 @@ def _fit(
     earlier_seconds = 0.0  # training time of earlier parts of a resumed run
     if checkpoint_dir is not None:
         fingerprint = {
-            "config": config.to_dict(),
+            # streamed or resident, a run trains the same: either may resume the other
+            "config": {**config.to_dict(), "stream_batches": None},
             "seeds": seeds,
             "module": repr(module),
             "objective": getattr(loss_fn, "__qualname__", repr(loss_fn)),
@@ -488,18 +531,36 @@ def predict(
     daily: bool = False,
     per_seed: bool = False,
     devices: Sequence[jax.Device] | None = None,
+    stream_batches: int | None = None,
 ) -> np.ndarray:
     """Eval-mode predictions for every sample, in sample order: [n], or [S, n] if ``per_seed``.
 
     ``daily=True`` feeds one padded day per batch with the ``mask`` keyword (cross-sectional
     models); otherwise consecutive batches of ``batch_size`` rows, the last one padded.
     ``per_seed=True`` takes variables with a leading replica axis (``FitResult.variables``).
+    ``stream_batches``: keep flat samples' features on the host and send them in blocks of
+    this many batches (:mod:`qjax.train.stream`); None: put the samples on the device.
     """
     if samples.size == 0:
         raise ValueError("cannot predict on empty samples")
     enable_default_cache()
     parallel = data_parallel(auto_devices(batch_size) if devices is None else devices)
     batch_size = _round_up(batch_size, parallel.size)
+    if stream_batches is not None:
+        from qjax.train import stream
+
+        config = TrainConfig(stream_batches=stream_batches)  # the setting's checks
+        stream.check_supported(config, {"predicted": samples}, several_processes=False)
+        return stream.predict(
+            module,
+            variables,
+            samples,
+            batch_size=batch_size,
+            daily=daily,
+            per_seed=per_seed,
+            parallel=parallel,
+            chunk=config.stream_batches,
+        )
     data = parallel.replicate(batching.make_segment(samples, daily, multiple=parallel.size))
     preds = _predict(
         parallel.replicate(variables),
