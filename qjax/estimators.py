@@ -98,16 +98,19 @@ class Estimator:
         spec = self.spec
         is_ts = _is_ts(dataset)
         kw = spec.resolve(self.user_kwargs, is_ts)
-        train, _ = _samples(spec, kw, dataset, "train", "learn", label=True, reweighter=reweighter)
+        config = TrainConfig(**spec.train_config_fields(kw))
+        host = _host_samples(config, dataset)
+        train, _ = _samples(
+            spec, kw, dataset, "train", "learn", label=True, reweighter=reweighter, host=host
+        )
         valid = None
         if "valid" in dataset.segments:
             valid_key = kw.get("valid_key", "learn")
-            valid, _ = _samples(spec, kw, dataset, "valid", valid_key, label=True)
+            valid, _ = _samples(spec, kw, dataset, "valid", valid_key, label=True, host=host)
         spec.check_input(kw, _input_shape(train))
         if not is_ts:
             check_flat_layout(self.model.name, kw, _feature_names(dataset))
         module = self.model.network(**spec.module_kwargs(kw, is_ts))
-        config = TrainConfig(**spec.train_config_fields(kw))
         pretrained, pretrain_result = spec.pretrain(kw, dataset, module, verbose)
         # A warm start wins over pretraining, which wins over the spec's (pretrained base).
         start = init_variables or pretrained or spec.init_variables(kw)
@@ -139,7 +142,7 @@ class Estimator:
         if not is_ts:
             check_flat_layout(self.model.name, kw, names)
         spec.module_kwargs(kw, is_ts)
-        TrainConfig(**spec.train_config_fields(kw))
+        _host_samples(TrainConfig(**spec.train_config_fields(kw)), dataset)
 
     def check_inputs(
         self, dataset: Dataset, segment: str = "test", data_key: str = "infer"
@@ -148,7 +151,8 @@ class Estimator:
         hold NaN/inf: run before training, so that a segment the model could not score stops
         the run before the training time is spent (``fit`` checks its own segments)."""
         kw = self.spec.resolve(self.user_kwargs, _is_ts(dataset))
-        _samples(self.spec, kw, dataset, segment, data_key, label=False)
+        host = _host_samples(TrainConfig(**self.spec.train_config_fields(kw)), dataset)
+        _samples(self.spec, kw, dataset, segment, data_key, label=False, host=host)
 
     def predict(self, dataset: Dataset, segment: str = "test") -> pd.Series | pd.DataFrame:
         """Predictions indexed (datetime, instrument): a Series, or one column per seed."""
@@ -159,7 +163,10 @@ class Estimator:
             raise ValueError(
                 f"this model was fitted on a {kind}; predict on the same kind of dataset"
             )
-        samples, index = _samples(self.spec, self.kwargs, dataset, segment, "infer", label=False)
+        host = _host_samples(self.config, dataset)
+        samples, index = _samples(
+            self.spec, self.kwargs, dataset, segment, "infer", label=False, host=host
+        )
         # Qlib predicts in batches of batch_size; on CPU larger RNN batches are slower, and a
         # Transformer's 2048-wide feed-forward makes huge batches costly in memory.
         pred = predict(
@@ -169,6 +176,7 @@ class Estimator:
             batch_size=self.config.batch_size,
             daily=self.config.batching is Batching.DAILY,  # as the model was trained
             per_seed=True,
+            stream_batches=self.config.stream_batches,
         )
         if len(self.result.seeds) == 1:
             return pd.Series(pred[0], index=index, name="score")
@@ -208,13 +216,30 @@ class Estimator:
             raise RuntimeError("call fit(dataset) before predict")
 
 
+def _host_samples(config: TrainConfig, dataset) -> bool:
+    """Whether the samples stay in host memory (``stream_batches``); refuses the datasets
+    whose rows are built in the gather, before any sample is built."""
+    if config.stream_batches is None:
+        return False
+    if type(dataset).samples is not Dataset.samples:  # TSDataset, Alpha360GatherDataset
+        raise ValueError(
+            f"stream_batches={config.stream_batches} streams the feature rows of a flat "
+            f"qjax.data.Dataset, but this is a {type(dataset).__name__}, whose rows are built "
+            "in the gather from tables that are already small: remove stream_batches, or use "
+            "a flat Dataset (or dataset.storage_dtype='bfloat16' to halve the device bytes)"
+        )
+    return True
+
+
 def _samples(
-    spec: ModelSpec, kw: dict, dataset, segment, data_key, label, reweighter=None
+    spec: ModelSpec, kw: dict, dataset, segment, data_key, label, reweighter=None, host=False
 ) -> tuple[Samples, pd.MultiIndex]:
-    """A segment's device samples (sample weights from ``reweighter``), as the model takes them."""
+    """A segment's samples (sample weights from ``reweighter``), as the model takes them: on
+    the device, or in host memory if ``host`` (streamed training)."""
     if segment not in dataset.segments:
         raise KeyError(f"the dataset has no {segment!r} segment; it has {sorted(dataset.segments)}")
-    samples, index = dataset.samples(segment, data_key=data_key, label=label)
+    options = {"on_device": False} if host else {}
+    samples, index = dataset.samples(segment, data_key=data_key, label=label, **options)
     if reweighter is not None:
         frame = dataset.prepare(segment, col_set="__all", data_key=data_key)
         weights = np.asarray(reweighter.reweight(frame), np.float32).reshape(-1)
@@ -222,7 +247,7 @@ def _samples(
             raise ValueError(
                 f"reweighter returned {weights.shape[0]} weights for {samples.size} samples"
             )
-        samples = samples.replace(weights=jnp.asarray(weights))
+        samples = samples.replace(weights=weights if host else jnp.asarray(weights))
     samples = spec.samples(kw, segment, samples, index)  # the model's own NaN fill, if any
     check_model_inputs(
         samples, segment, data_key, names=lambda: _feature_names(dataset, data_key)

@@ -262,6 +262,12 @@ def validate(cfg: Mapping[str, Any]) -> dict:
         raise ConfigError("model.name is required (e.g. lstm); `qjax models` lists the names")
     if not isinstance(model.setdefault("kwargs", {}), dict):
         raise ConfigError("model.kwargs must be a mapping of the Qlib wrapper's keyword arguments")
+    if model["kwargs"].get("stream_batches") is not None and (is_ts or in_gather):
+        other = "dataset.class TSDataset" if is_ts else "handler.compute_in_gather"
+        raise ConfigError(
+            f"model.kwargs.stream_batches streams the feature rows of a flat Dataset, but {other} "
+            "builds its rows in the gather from tables that are already small; remove one of the two"
+        )
     seeds = cfg["train"].get("seeds")
     if seeds is not None and (
         not isinstance(seeds, list)

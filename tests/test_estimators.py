@@ -321,3 +321,15 @@ def test_saving_needs_json_keyword_arguments(alpha360, tmp_path):
     model.fit(alpha360, verbose=False)
     with pytest.raises(TypeError, match="must be JSON data.*stock2concept as .npy paths"):
         model.save(tmp_path / "hist")
+
+
+def test_a_streamed_estimator_predicts_what_the_resident_one_does(alpha360, alpha158_windows):
+    """``stream_batches`` travels from the keyword arguments to the engine (fit and predict)."""
+    common = dict(d_feat=6, hidden_size=8, batch_size=256, n_epochs=2, early_stop=5)
+    resident = qjax.estimator("lstm", **common).fit(alpha360, verbose=False)
+    streamed = qjax.estimator("lstm", stream_batches=2, **common).fit(alpha360, verbose=False)
+    assert streamed.config.stream_batches == 2 and resident.config.stream_batches is None
+    pd.testing.assert_series_equal(streamed.predict(alpha360), resident.predict(alpha360))
+    windows = qjax.estimator("lstm", d_feat=8, stream_batches=2, n_epochs=1)
+    with pytest.raises(ValueError, match="stream_batches=2 streams the feature rows"):
+        windows.fit(alpha158_windows, verbose=False)

@@ -59,6 +59,12 @@ SEGMENTS = "dataset: {segments: {train: [2015-01-01, 2015-02-01]}}\n"
             "data: {}\nhandler: {name: Alpha360}\n" + SEGMENTS + "model: {name: lstm}\nextra: 1\n",
             "unknown config section",
         ),
+        (
+            "data: {}\nhandler: {name: Alpha158}\n"
+            "dataset: {class: TSDataset, segments: {train: [2015-01-01, 2015-02-01]}}\n"
+            "model: {name: lstm, kwargs: {stream_batches: 4}}\n",
+            "stream_batches streams the feature rows of a flat Dataset, but dataset.class TSDataset",
+        ),
     ],
 )
 def test_malformed_configs_raise_a_clear_error(tmp_path, text, message):

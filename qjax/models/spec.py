@@ -46,6 +46,7 @@ QJAX_EXTRAS = {
     "eval_train": False,  # Qlib re-evaluates the whole train set every epoch
     "eval_batch_size": None,
     "micro_batch": None,  # rows per micro-batch inside a train step; None = engine's choice
+    "stream_batches": None,  # train batches per host-to-device block; None = device-resident
 }
 
 InitVariables = Callable[[dict], dict]  # fresh variables -> starting variables
@@ -135,7 +136,11 @@ class ModelSpec:
             adapter.check_input(kw, shape)
 
     def train_config_fields(self, kw: dict) -> dict:
-        fields = {**self.train_fields(kw), "micro_batch": kw.get("micro_batch")}
+        fields = {
+            **self.train_fields(kw),
+            "micro_batch": kw.get("micro_batch"),
+            "stream_batches": kw.get("stream_batches"),
+        }
         for adapter in self.adapters:
             fields = adapter.train_fields(kw, fields)
         return fields
