@@ -235,3 +235,14 @@ def test_a_spec_folds_its_adapters_in_order_and_refuses_two_objectives():
         spec.loss_fn({})
     no_stage = ModelSpec("test", {}, lambda kw, is_ts: {})
     assert no_stage.pretrain({}, None, None, False) == (None, None)
+
+
+def test_stream_batches_reaches_the_train_config_and_tabnet_refuses_it():
+    fields = GENERAL.train_config_fields(GENERAL.resolve({"stream_batches": 8}, False))
+    assert TrainConfig(**fields).stream_batches == 8
+    assert (
+        TrainConfig(**GENERAL.train_config_fields(GENERAL.resolve({}, False))).stream_batches
+        is None
+    )
+    with pytest.raises(ValueError, match="stream_batches is not supported"):
+        TABNET.train_config_fields(TABNET.resolve({"stream_batches": 8}, False))

@@ -78,6 +78,15 @@ class FlatInputs(Adapter):
                 f"set d_feat={shape[-1]}"
             )
 
+    def train_fields(self, kw: dict, fields: dict) -> dict:
+        if kw.get("stream_batches") is not None:  # checked before any sample is built
+            raise ValueError(
+                "TabnetModel fills NaN features with column means on the device and pretrains "
+                "on device samples, so stream_batches is not supported for it; remove it "
+                "(dataset.storage_dtype='bfloat16' halves the device bytes instead)"
+            )
+        return fields
+
     def samples(self, kw: dict, segment: str, samples: Samples, index: pd.MultiIndex) -> Samples:
         return fill_nan_features(segment, samples)
 
