@@ -8,7 +8,9 @@ best variables. The samples enter the program as arguments, the state is donated
 sees the program once per epoch (to read a handful of scalars, checkpoint and draw the bar).
 Each batch is split over the devices of a data-parallel mesh (:mod:`qjax.train.parallel`; on
 XLA:CPU one device per core, :mod:`qjax.cpu_devices`), and a train step may walk its batch in
-micro-batches whose gradients it sums (:mod:`qjax.train.microbatch`).
+micro-batches whose gradients it sums (:mod:`qjax.train.microbatch`). With
+``TrainConfig.stream_batches`` the feature rows stay in host memory instead, and
+:mod:`qjax.train.stream` runs the same steps on blocks of batches sent during the epoch.
 
 Several seeds train as independent replicas of that program under ``jax.vmap``: every leaf of
 the state has a leading replica axis, each replica has its own initialisation, batch order,
@@ -347,8 +349,9 @@ def fit(
     Args:
       module: a Flax module called as ``module.apply(variables, x, train=bool, **kwargs)``,
         dropout on rng stream "dropout", BatchNorm state in "batch_stats".
-      train, valid: device-resident samples. ``valid=None`` trains ``n_epochs`` (or
-        ``max_steps``) and returns the last variables.
+      train, valid: the samples, put on the device for the whole fit (with
+        ``config.stream_batches``: kept in host memory and streamed). ``valid=None`` trains
+        ``n_epochs`` (or ``max_steps``) and returns the last variables.
       seeds: train one independent replica per seed in one compiled program (default:
         ``[config.seed]``).
       loss_fn: the objective (default: NaN-masked weighted MSE), see :mod:`qjax.train.losses`.
