@@ -191,9 +191,9 @@ def _concatenated(chunks: list, axis: int) -> Any:
     return jax.tree.map(lambda *parts: jnp.concatenate(parts, axis=axis), *chunks)
 
 
-def _metrics(trainer: Trainer, chunks: tuple, data: Segment):
+def _metrics(trainer: Trainer, outputs: Any, data: Segment):
     ids, mask = trainer.eval_plan(data)
-    return trainer.eval_metrics(_joined(chunks, ids.shape[0]), ids, mask, data)
+    return trainer.eval_metrics(_joined(outputs, ids.shape[0]), ids, mask, data)
 
 
 @functools.partial(jax.jit, static_argnames=("module", "per_seed", "parallel"))
@@ -235,7 +235,7 @@ class StreamedEpochs:
             state, loss = _train_chunk(state, batch, chunk_keys, active, trainer=trainer)
             return loss
 
-        losses = stream(block, steps, self.chunk, self.parallel, True, run)
+        losses = run_chunks(block, steps, self.chunk, self.parallel, True, run)
         evaluations = {
             name: self._evaluate(trainer, state, name, data)
             for name, data in (("train", train), ("valid", valid))
@@ -253,7 +253,7 @@ class StreamedEpochs:
             n_steps=steps,
         )
 
-    def _evaluate(self, trainer: Trainer, state: TrainState, name: str, data: Segment) -> tuple:
+    def _evaluate(self, trainer: Trainer, state: TrainState, name: str, data: Segment) -> Any:
         if name not in self.eval_plans:  # fixed batches: drawn once per run
             self.eval_plans[name] = jax.device_get(trainer.eval_plan(data))
         ids, mask = self.eval_plans[name]
@@ -265,11 +265,11 @@ class StreamedEpochs:
         def run(batch, _, active):
             return _eval_chunk(state, batch, trainer=trainer)
 
-        outputs = stream(block, ids.shape[0], self.chunk, self.parallel, False, run)
+        outputs = run_chunks(block, ids.shape[0], self.chunk, self.parallel, False, run)
         return _concatenated(outputs, axis=1)  # [S, C * K, ...]
 
 
-def stream(
+def run_chunks(
     block: Callable[[slice], tuple[Batch, Any]],
     steps: int,
     chunk: int,
@@ -356,7 +356,7 @@ def predict(
         )
         return preds
 
-    chunks = stream(block, ids.shape[0], chunk, parallel, False, run)
+    chunks = run_chunks(block, ids.shape[0], chunk, parallel, False, run)
     preds = np.concatenate(jax.device_get(chunks), axis=-2)[..., : ids.shape[0], :]
     out = np.full((*preds.shape[:-2], samples.size), np.nan, preds.dtype)
     out[..., ids[mask]] = preds[..., mask]

@@ -57,10 +57,13 @@ def test_a_streamed_run_ends_with_the_resident_parameters_and_history(case, seed
     module, fields, options, metrics_bitwise = CASES[case]
     train, valid = host_panel(30, 20, 6, seed), host_panel(10, 20, 6, seed + 1)
     runs = {}
+    programs = stream._train_chunk._cache_size()
     for k in (None, 4):
         settings = {**dict(n_epochs=6, batch_size=64, early_stop=2, lr=0.03), **fields}
         config = TrainConfig(stream_batches=k, **settings)
         runs[k] = fit(module, train, valid, config, verbose=False, **options)
+    # the padded last chunk of every epoch runs the one compiled chunk program
+    assert stream._train_chunk._cache_size() - programs <= 1
     resident, streamed = runs[None], runs[4]
     same = jax.tree.map(
         lambda a, b: np.array_equal(np.asarray(a), np.asarray(b)),
