@@ -36,7 +36,7 @@ def host_panel(n_days, n_inst, n_feat, seed):
 CASES = {
     "flat, dropout + BatchNorm, early stop": (
         TinyMLP(),
-        dict(early_stop=1, eval_train=True),
+        dict(early_stop=1, eval_train=True, n_epochs=15, lr=0.1),
         dict(devices=ONE_DEVICE),
         True,
     ),
