@@ -274,3 +274,15 @@ def test_data_from_a_qlib_data_directory(flat_run, tmp_path):
 def test_python_data_of_another_type_is_named(flat_run):
     with pytest.raises(DataError, match="data must be None .* got dict"):
         qjax.load(flat_run).predict(*TEST, data={"source": "generated"})
+
+
+def test_a_streamed_run_scores_as_the_resident_run(flat_run, tmp_path):
+    """``--set model.kwargs.stream_batches=3`` from the command line to the engine: the same
+    test scores, and the saved run predicts new dates streamed."""
+    streamed = _train("lstm_alpha360.yaml", tmp_path / "run", model__kwargs__stream_batches=3)
+    assert qjax.load(streamed).config["model"]["kwargs"]["stream_batches"] == 3
+    pd.testing.assert_series_equal(_saved_scores(streamed), _saved_scores(flat_run))
+    again = qjax.load(streamed).predict(*TEST)
+    pd.testing.assert_series_equal(
+        again.sort_index(), _saved_scores(streamed).sort_index(), check_names=False
+    )
