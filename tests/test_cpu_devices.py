@@ -122,7 +122,7 @@ def test_seeds_split_over_the_devices_train_like_one_device(seed, tmp_path):
     resumes into the same layout and ends where an uninterrupted one does."""
     done = _run(
         f"""
-        import jax, numpy as np, qjax
+        import dataclasses, jax, numpy as np, qjax
         from qjax.errors import Interrupted
         from qjax.train import TrainConfig, fit
         from qjax.train.parallel import choose_parallel
@@ -156,6 +156,13 @@ def test_seeds_split_over_the_devices_train_like_one_device(seed, tmp_path):
                     verbose=False)
         diff = max_abs_diff(split.replica(4), alone.replica(0))
         assert diff < 1e-5, (diff, {seed})
+        # one replica per device at a time: the 6 seeds run in 2 turns of 3, every device busy
+        assert split.replica_group == 6
+        turns = fit(TinyGRU(), train, valid, dataclasses.replace(config, replica_chunk=1),
+                    seeds=seeds, verbose=False)
+        assert turns.replica_group == 3 and turns.replica_devices == 3
+        assert len(jax.tree.leaves(turns.variables)[0].sharding.device_set) == 3
+        assert max_abs_diff(turns.variables, split.variables) < 1e-5, {seed}
 
         def stop(epoch, metrics):
             if epoch == 1:

@@ -128,6 +128,11 @@ class TrainConfig:
     matrices larger than the device's memory. The same batches, steps and results as the
     device-resident run (``None``, the default), which is faster when the features fit. Flat
     feature rows only (``qjax.data.Dataset``), on one process.
+
+    ``replica_chunk``: with several seeds, how many replicas train side by side (vmapped) on
+    each device; the groups then run one after another inside the same compiled program
+    (``lax.map``). ``None``: the engine chooses (:func:`qjax.train.parallel.replica_group`).
+    Results do not depend on it beyond float summation order.
     """
 
     n_epochs: int = 200
@@ -152,6 +157,7 @@ class TrainConfig:
     micro_batch: int | str | None = None
     cpu_split: bool = True
     stream_batches: int | None = None
+    replica_chunk: int | None = None
 
     def __post_init__(self):
         # Normalise Qlib's spellings so that equal configurations compare (and resume) equal.
@@ -226,6 +232,8 @@ class TrainConfig:
         object.__setattr__(self, "micro_batch", _micro_batch(self.micro_batch))
         if self.stream_batches is not None:
             _set_int(self, "stream_batches", minimum=1)
+        if self.replica_chunk is not None:
+            _set_int(self, "replica_chunk", minimum=1)
 
     @property
     def n_evaluations(self) -> int:

@@ -60,7 +60,13 @@ from qjax.train.losses import (
 )
 from qjax.train.metrics import daily_ic_sum
 from qjax.train.optim import make_optimizer, make_plateau
-from qjax.train.parallel import DataParallel, auto_devices, choose_parallel, data_parallel
+from qjax.train.parallel import (
+    DataParallel,
+    auto_devices,
+    choose_parallel,
+    data_parallel,
+    replica_group,
+)
 from qjax.train.progress import Progress
 from qjax.train.state import FitState, TrainState, as_variables, initial_fit_state
 
@@ -82,6 +88,7 @@ class Trainer:
     config: TrainConfig
     parallel: DataParallel
     micro_batches: int = 1  # chunks per train batch (see qjax.train.microbatch)
+    replica_group: int | None = None  # replicas side by side (None: all; see parallel)
     across: str | None = None  # mesh axis of several processes (qjax.train.distributed)
 
     # Trainers compare equal when their settings do, so ``jit`` (which takes the trainer as a
@@ -321,6 +328,7 @@ class FitResult:
     n_devices: int = 1  # devices each batch was split over
     replica_devices: int = 1  # devices the replicas (seeds) were split over
     micro_batches: int = 1  # chunks per train batch (1: whole batches)
+    replica_group: int = 1  # replicas trained side by side; groups ran in turn
 
     def replica(self, index: int = 0) -> Variables:
         """The best variables of one seed, ready for ``module.apply`` or :func:`predict`."""
@@ -442,7 +450,11 @@ def _fit(
     state = parallel.place_replicas(
         _init_replicas(keys, example, trainer=trainer, init_variables=init_variables)
     )
-    trainer = dataclasses.replace(trainer, micro_batches=_micro_batches(trainer, example, state))
+    trainer = dataclasses.replace(
+        trainer,
+        micro_batches=_micro_batches(trainer, example, state),
+        replica_group=replica_group(config.replica_chunk, len(seeds), parallel),
+    )
     if cluster is not None:  # from here on, arrays span the processes
         distributed.check_no_batch_stats(state.train.batch_stats)
         state = cluster.replicate(state)
@@ -512,6 +524,7 @@ def _fit(
         n_devices=parallel.size,
         replica_devices=parallel.mesh.size if parallel.over_replicas else 1,
         micro_batches=trainer.micro_batches,
+        replica_group=trainer.replica_group,
     )
     if verbose and result.early_stopped.any():
         _say(_stop_summary(result, config.early_stop))
@@ -580,17 +593,34 @@ def predict(
 # -- helpers ----------------------------------------------------------------------------------
 
 
-def _over_replicas(fn: Callable, replicated: Any, *shared: Any) -> Any:
+def _over_replicas(fn: Callable, replicated: Any, *shared: Any, group: int | None = None) -> Any:
     """``fn`` mapped over the leading replica axis of ``replicated`` (``shared`` is common).
 
-    Several replicas run under ``jax.vmap``; a single one runs unbatched with the axis
-    squeezed and restored, because XLA's CPU code for matmuls with a batch dimension of one is
-    ~25% slower than the plain matmul inside a recurrent scan.
+    ``group`` replicas (default: all) run side by side under ``jax.vmap``; the groups run one
+    after another (``lax.map``). Group ``g`` holds replicas ``g, g + G, g + 2G, ...`` (``G``
+    groups), so that replicas split over devices in contiguous blocks fill every device in
+    each group. A group of one runs unbatched with the axis squeezed and restored, because
+    XLA's CPU code for matmuls with a batch dimension of one is ~25% slower than the plain
+    matmul inside a recurrent scan.
     """
-    if jax.tree.leaves(replicated)[0].shape[0] > 1:
-        return jax.vmap(fn, in_axes=(0,) + (None,) * len(shared))(replicated, *shared)
-    out = fn(jax.tree.map(lambda leaf: leaf[0], replicated), *shared)
-    return jax.tree.map(lambda leaf: leaf[None], out)
+    n = jax.tree.leaves(replicated)[0].shape[0]
+    group = n if group is None else group
+    in_axes = (0,) + (None,) * len(shared)
+
+    def one_group(members):
+        if group > 1:
+            return jax.vmap(fn, in_axes=in_axes)(members, *shared)
+        out = fn(jax.tree.map(lambda leaf: leaf[0], members), *shared)
+        return jax.tree.map(lambda leaf: leaf[None], out)
+
+    if group == n:
+        return one_group(replicated)
+    turns = n // group
+    grouped = jax.tree.map(
+        lambda leaf: leaf.reshape(group, turns, *leaf.shape[1:]).swapaxes(0, 1), replicated
+    )
+    out = jax.lax.map(one_group, grouped)
+    return jax.tree.map(lambda leaf: leaf.swapaxes(0, 1).reshape(n, *leaf.shape[2:]), out)
 
 
 @functools.partial(jax.jit, static_argnames=("trainer", "init_variables"))
@@ -605,7 +635,8 @@ def _run_epoch(
     state: FitState, train: Segment, valid: Segment | None, *, trainer: Trainer, n_steps
 ):
     """The epoch program over all replicas; the state's buffers are donated."""
-    return _over_replicas(functools.partial(trainer.epoch, n_steps=n_steps), state, train, valid)
+    epoch = functools.partial(trainer.epoch, n_steps=n_steps)
+    return _over_replicas(epoch, state, train, valid, group=trainer.replica_group)
 
 
 @functools.partial(
@@ -616,7 +647,8 @@ def _run_epoch_across(
 ):
     """The epoch program on every process of ``cluster``, each on its share of the samples."""
     epoch = functools.partial(trainer.epoch, n_steps=n_steps)
-    return cluster.run(functools.partial(_over_replicas, epoch), state, train, valid)
+    over = functools.partial(_over_replicas, epoch, group=trainer.replica_group)
+    return cluster.run(over, state, train, valid)
 
 
 @functools.partial(

@@ -310,6 +310,46 @@ def test_same_seed_reproduces_bitwise_and_predict_per_seed(gru_data, gru_multi_s
     np.testing.assert_allclose(per_seed[2], one, rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.parametrize("chunk", [1, 2])
+def test_replicas_in_groups_train_as_all_replicas_at_once(gru_data, chunk):
+    """Groups of replicas run in turn (``replica_chunk``) compute what the vmapped replicas do,
+    up to summation order (batched and plain matmuls round differently)."""
+    seeds, one = [0, 1, 2, 3], jax.devices()[:1]
+    runs = [
+        fit(
+            TinyGRU(d_feat=2),
+            *gru_data,
+            dataclasses.replace(GRU_CONFIG, replica_chunk=c),
+            seeds=seeds,
+            devices=one,
+            verbose=False,
+        )
+        for c in (4, chunk)
+    ]
+    assert [r.replica_group for r in runs] == [4, chunk]
+    assert (runs[0].best_epoch == runs[1].best_epoch).all()
+    assert max_abs_diff(runs[0].variables, runs[1].variables) < 1e-5
+    np.testing.assert_allclose(
+        runs[0].history["valid_score"], runs[1].history["valid_score"], rtol=1e-5
+    )
+
+
+def test_replica_groups_take_replicas_from_every_device_and_divide_them():
+    from qjax.train.parallel import replica_group
+
+    one = data_parallel(jax.devices()[:1])  # replicas not split: one holder
+    assert replica_group(1, 20, one) == 1
+    assert replica_group(3, 20, one) == 2  # the largest group <= 3 that divides 20
+    assert replica_group(50, 20, one) == 20
+    assert replica_group(None, 20, one) == 2  # XLA:CPU's default, CPU_REPLICA_CHUNK
+    assert replica_group(None, 3, one) == 1
+    if jax.device_count() >= 2:
+        two = data_parallel(jax.devices()[:2], over_replicas=True)
+        assert replica_group(1, 20, two) == 2  # one replica from each device per turn
+        assert replica_group(3, 20, two) == 4  # 10 per device: groups of 2 divide them
+        assert replica_group(None, 6, two) == 2  # 3 per device: a group of 2 does not divide
+
+
 def test_batchnorm_dropout_replicas_match_single_runs():
     train, valid = panel(seed=2), panel(n_days=8, seed=3)
     config = TrainConfig(n_epochs=3, lr=0.01, batch_size=40, weight_decay=1e-3)
