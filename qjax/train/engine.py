@@ -45,7 +45,7 @@ import optax
 from qjax.compilation import CompileClock, enable_default_cache
 from qjax.data.samples import Samples
 from qjax.errors import Interrupted, TrainingDiverged
-from qjax.train import batching, distributed, microbatch
+from qjax.train import batching, distributed, levers, microbatch
 from qjax.train.batching import Segment
 from qjax.train.checkpoint import RunCheckpoints
 from qjax.train.config import Batching, TrainConfig
@@ -412,6 +412,7 @@ def _fit(
     verbose,
 ) -> FitResult:
     started = time.perf_counter()
+    config = levers.resolve(config, type(module))  # the levers left to the model family
     seeds = _check_seeds(config.seed if seeds is None else seeds)
     loss_fn = supervised_mse if loss_fn is None else loss_fn
     cluster = distributed.current()  # None: one process
