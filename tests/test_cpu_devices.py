@@ -15,7 +15,7 @@ from qjax import cpu_devices
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _run(code: str, **env: str) -> subprocess.CompletedProcess:
+def _run(code: str, timeout: int = 600, **env: str) -> subprocess.CompletedProcess:
     """``code`` in a fresh interpreter with no inherited device-count settings."""
     clean = {
         k: v
@@ -30,7 +30,7 @@ def _run(code: str, **env: str) -> subprocess.CompletedProcess:
         env={**clean, **env},
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=timeout,
     )
 
 
@@ -179,5 +179,31 @@ def test_seeds_split_over_the_devices_train_like_one_device(seed, tmp_path):
         print("OK", diff)
         """,
         QJAX_CPU_DEVICES="3",
+    )
+    assert done.returncode == 0 and done.stdout.startswith("OK"), done.stdout + done.stderr
+
+
+def test_several_seeds_of_a_model_with_orthogonal_init_train_on_two_devices():
+    """SFM (orthogonal init, a QR per recurrent matrix) with two seeds, each batch split over
+    two CPU devices: the run hung in its initialisation before the replicas were initialised
+    one at a time (see ``qjax.train.engine._init_replicas``); it must now finish, quickly."""
+    done = _run(
+        """
+        import jax, numpy as np
+        from qjax.models.sfm import SFM_Model
+        from qjax.train import TrainConfig, fit
+        from train_synthetic import panel
+
+        assert jax.device_count() == 2
+        train = panel(n_feat=30, seed=0)  # 600 samples, 5 steps of 6 features
+        config = TrainConfig(n_epochs=1, batch_size=128, optimizer="gd", micro_batch="off")
+        result = fit(SFM_Model(d_feat=6, hidden_size=64), train, train, config, seeds=[0, 1],
+                     verbose=False)
+        assert result.n_devices == 2 and result.replica_devices == 1  # each batch split
+        assert np.isfinite(result.history["train_loss"]).all(), result.history
+        print("OK")
+        """,
+        timeout=240,
+        QJAX_CPU_DEVICES="2",
     )
     assert done.returncode == 0 and done.stdout.startswith("OK"), done.stdout + done.stderr

@@ -114,6 +114,14 @@ def register_converter(name: str) -> Callable[[Converter], Converter]:
     return wrap
 
 
+def spec_of(network: type) -> ModelSpec | None:
+    """The wrapper spec registered with exactly this network class (a user registration before
+    a home's), or None: how ``qjax.train.fit`` finds a module's measured CPU levers."""
+    matches = [entry for entry in models().values() if entry.network is network and entry.spec]
+    matches.sort(key=lambda entry: entry.name not in _REGISTERED)  # user registrations first
+    return matches[0].spec if matches else None
+
+
 def get(name: str) -> type[nn.Module]:
     """Return the Flax module class registered as ``name`` (case-insensitive)."""
     return model(name).network

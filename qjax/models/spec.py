@@ -45,7 +45,7 @@ QJAX_EXTRAS = {
     "eval_protocol": "exact",  # "qlib": mean of per-batch means, last partial batch dropped
     "eval_train": False,  # Qlib re-evaluates the whole train set every epoch
     "eval_batch_size": None,
-    "micro_batch": None,  # rows per micro-batch inside a train step; None = engine's choice
+    "micro_batch": None,  # rows per micro-batch inside a train step; None = the model's choice
     "stream_batches": None,  # train batches per host-to-device block; None = device-resident
 }
 
@@ -62,6 +62,12 @@ class Adapter:
     def train_fields(self, kw: dict, fields: dict) -> dict:
         """The :class:`TrainConfig` fields, given the spec's (and earlier adapters') ones."""
         return fields
+
+    def levers(self, micro_batch: int | str | None) -> dict:
+        """The CPU speed levers (``micro_batch``, ``cpu_split``) this piece chooses, given the
+        user's ``micro_batch`` (None: not given). Read by the estimators through
+        ``train_fields`` and by ``qjax.train.fit`` for a registered module it is given."""
+        return {}
 
     def samples(self, kw: dict, segment: str, samples: Samples, index: pd.MultiIndex) -> Samples:
         """The model's own handling of a segment's samples (NaN fill, extra inputs, groups)."""
@@ -145,6 +151,13 @@ class ModelSpec:
             fields = adapter.train_fields(kw, fields)
         return fields
 
+    def levers(self, micro_batch: int | str | None = None) -> dict:
+        """The CPU levers the adapters choose (:meth:`Adapter.levers`); {} leaves the engine's."""
+        chosen: dict = {}
+        for adapter in self.adapters:
+            chosen.update(adapter.levers(micro_batch))
+        return chosen
+
     def samples(self, kw: dict, segment: str, samples: Samples, index: pd.MultiIndex) -> Samples:
         for adapter in self.adapters:
             samples = adapter.samples(kw, segment, samples, index)
@@ -201,9 +214,10 @@ class WholeBatchesOnCpu(Adapter):
     ``benchmarks/results/levers_cpu.md``), while attention and convolutions gained."""
 
     def train_fields(self, kw: dict, fields: dict) -> dict:
-        if kw.get("micro_batch") is not None:
-            return fields
-        return {**fields, "micro_batch": "off", "cpu_split": False}
+        return {**fields, **self.levers(kw.get("micro_batch"))}
+
+    def levers(self, micro_batch: int | str | None) -> dict:
+        return {} if micro_batch is not None else {"micro_batch": "off", "cpu_split": False}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -214,7 +228,10 @@ class OneCpuDevice(Adapter):
     """
 
     def train_fields(self, kw: dict, fields: dict) -> dict:
-        return {**fields, "cpu_split": False}
+        return {**fields, **self.levers(kw.get("micro_batch"))}
+
+    def levers(self, micro_batch: int | str | None) -> dict:
+        return {"cpu_split": False}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -114,14 +114,18 @@ class TrainConfig:
     ``micro_batch``: rows per micro-batch. A train step then walks its batch in chunks of this
     many rows inside the compiled program and sums their gradients (the full batch's gradient up
     to summation order, see :mod:`qjax.train.microbatch`); it must divide ``batch_size``.
-    ``None`` (or 0, "auto"): the engine chooses from the model's activation footprint; "off"
+    "auto" (or 0): the engine chooses from the model's activation footprint (on XLA:CPU); "off"
     (or any value >= ``batch_size``): whole batches. Models with BatchNorm statistics and daily
     batching are never split.
 
     ``cpu_split``: split each batch over the XLA:CPU devices (one per core, see
-    :mod:`qjax.cpu_devices`) when ``fit`` is given no devices. Recurrent models turn it off: on
-    2 quiet cores their scans trained slower split (``benchmarks/results/levers_cpu.md``).
-    Accelerators are always all used.
+    :mod:`qjax.cpu_devices`) when ``fit`` is given no devices. Accelerators are always all used.
+
+    Both levers default to None: the choice measured for the module's model family
+    (:mod:`qjax.train.levers`; the recurrent LSTM, GRU and ALSTM train whole batches on one CPU
+    device, KRNN and TabNet on one device in automatic micro-batches,
+    ``benchmarks/results/levers_cpu.md``), and "auto" and True for a module no family
+    registered. A value set here always wins.
 
     ``stream_batches``: keep the feature rows in host memory and stream them to the device in
     blocks of this many train batches, double buffered (:mod:`qjax.train.stream`), for feature
@@ -155,7 +159,7 @@ class TrainConfig:
     seed: int = 0
     frozen: tuple[str, ...] = ()
     micro_batch: int | str | None = None
-    cpu_split: bool = True
+    cpu_split: bool | None = None
     stream_batches: int | None = None
     replica_chunk: int | None = None
 
@@ -234,6 +238,12 @@ class TrainConfig:
             _set_int(self, "stream_batches", minimum=1)
         if self.replica_chunk is not None:
             _set_int(self, "replica_chunk", minimum=1)
+        _check(
+            self.cpu_split is None or isinstance(self.cpu_split, bool),
+            "cpu_split",
+            self.cpu_split,
+            "True, False or None (the model's measured choice)",
+        )
 
     @property
     def n_evaluations(self) -> int:
@@ -256,14 +266,16 @@ class TrainConfig:
 
 
 def _micro_batch(value: Any) -> int | str | None:
-    """``micro_batch`` as None (auto), "off" or a positive int (YAML may give "64")."""
+    """``micro_batch`` as None (the model's choice), "auto", "off" or a positive int (YAML may
+    give "64")."""
     text = str(value).strip().lower()
-    if value is None or text in ("0", "auto", "none", ""):
+    if value is None or text in ("none", ""):
         return None
-    if text == "off":
-        return "off"
+    if text in ("0", "auto", "off"):
+        return "auto" if text == "0" else text
     ok = not isinstance(value, bool) and text.isdigit() and int(text) >= 1
-    _check(ok, "micro_batch", value, "rows per micro-batch (an int >= 1), None/'auto' or 'off'")
+    expected = "rows per micro-batch (an int >= 1), 'auto', 'off' or None (the model's choice)"
+    _check(ok, "micro_batch", value, expected)
     return int(text)
 
 

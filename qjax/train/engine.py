@@ -45,7 +45,7 @@ import optax
 from qjax.compilation import CompileClock, enable_default_cache
 from qjax.data.samples import Samples
 from qjax.errors import Interrupted, TrainingDiverged
-from qjax.train import batching, distributed, microbatch
+from qjax.train import batching, distributed, levers, microbatch
 from qjax.train.batching import Segment
 from qjax.train.checkpoint import RunCheckpoints
 from qjax.train.config import Batching, TrainConfig
@@ -420,6 +420,7 @@ def _fit(
     verbose,
 ) -> FitResult:
     started = time.perf_counter()
+    config = levers.resolve(config, type(module))  # the levers left to the model family
     seeds = _check_seeds(config.seed if seeds is None else seeds)
     loss_fn = supervised_mse if loss_fn is None else loss_fn
     cluster = distributed.current()  # None: one process
@@ -625,9 +626,16 @@ def _over_replicas(fn: Callable, replicated: Any, *shared: Any, group: int | Non
 
 @functools.partial(jax.jit, static_argnames=("trainer", "init_variables"))
 def _init_replicas(keys, train: Segment, *, trainer: Trainer, init_variables) -> FitState:
-    return _over_replicas(
-        functools.partial(trainer.init, init_variables=init_variables), keys, train
-    )
+    """Every replica's fresh state, one replica after another (``lax.map``, not ``vmap``).
+
+    Under ``vmap`` an initializer's linear algebra becomes a batched LAPACK call (SFM's
+    orthogonal init: QR), which jaxlib's CPU kernel spreads over the intra-op thread pool and
+    waits for; with the program running on two CPU devices at once the pool starved and the
+    run hung before its first epoch (jax 0.10.2). One replica at a time calls each kernel
+    unbatched, which runs inline; initialisation is a negligible part of a run.
+    """
+    init = functools.partial(trainer.init, init_variables=init_variables)
+    return jax.lax.map(lambda key: init(key, train), keys)
 
 
 @functools.partial(jax.jit, static_argnames=("trainer", "n_steps"), donate_argnames="state")

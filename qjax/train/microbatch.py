@@ -180,7 +180,8 @@ def resolve(
     forward: Callable[[Batch], Any],
     example: Callable[[], Batch],
 ) -> int:
-    """The chunk count for ``TrainConfig.micro_batch`` (rows per chunk, None = auto, "off").
+    """The chunk count for ``TrainConfig.micro_batch`` (rows per chunk, "auto", "off"; None
+    reads as "auto").
 
     Auto chunks only row batches of the default objective on models without batch statistics
     (:func:`auto_chunks`), and only on XLA:CPU: the gain is a CPU cache's, and on a GPU the
@@ -190,7 +191,7 @@ def resolve(
     """
     if setting == "off":
         return 1
-    if setting is None:
+    if setting in (None, "auto"):
         if daily or stateful or not default_objective or not on_cpu:
             return 1
         return auto_chunks(forward, example(), batch_rows, multiple)[0]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import flax.linen as nn
 import jax
@@ -20,9 +21,10 @@ from train_synthetic import (
     scripted_objective,
 )
 
+from qjax.models.sfm import SFM_Model
 from qjax.train import Plateau, TrainConfig, fit, predict
 from qjax.train.batching import make_segment
-from qjax.train.engine import Trainer
+from qjax.train.engine import Trainer, _init_replicas
 from qjax.train.losses import LossOutput, supervised_mse
 from qjax.train.parallel import data_parallel
 
@@ -294,6 +296,25 @@ def test_replicas_equal_separate_single_seed_runs(gru_data, gru_multi_seed):
             rtol=1e-5,
         )
         assert np.isnan(gru_multi_seed.history["valid_score"][n:, i]).all()
+
+
+def test_replicas_initialise_one_at_a_time_like_a_single_seed():
+    """SFM's orthogonal init is a QR. Batched over replicas (vmap), jaxlib's LAPACK kernel
+    spread it over the CPU thread pool and a run on two CPU devices hung before its first
+    epoch; every LAPACK call of the init program must take one matrix, and each replica
+    must start where a single-seed run with its seed starts."""
+    trainer = _trainer(SFM_Model(d_feat=6, hidden_size=64), TrainConfig(batch_size=64))
+    segment = make_segment(panel(n_feat=12, seed=0), False)
+    keys = jnp.stack([jax.random.PRNGKey(seed) for seed in (0, 1)])
+    lowered = _init_replicas.lower(keys, segment, trainer=trainer, init_variables=None)
+    batch_dims = re.findall(
+        r'custom_call @lapack\w+\(.*?num_batch_dims = "(\d+)"', lowered.as_text()
+    )
+    assert batch_dims and set(batch_dims) == {"0"}, batch_dims
+    both = _init_replicas(keys, segment, trainer=trainer, init_variables=None)
+    alone = trainer.init(keys[1], segment)
+    second = jax.tree.map(lambda leaf: leaf[1], both.train.params)
+    assert max_abs_diff(second, alone.train.params) == 0.0
 
 
 def test_same_seed_reproduces_bitwise_and_predict_per_seed(gru_data, gru_multi_seed):

@@ -1,0 +1,34 @@
+"""The CPU speed levers a :class:`TrainConfig` leaves to the model: ``micro_batch`` and
+``cpu_split`` set to None.
+
+Each lever was measured per model family (``benchmarks/results/levers_cpu.md``): the recurrent
+models (LSTM, GRU, ALSTM) train faster in whole batches on one CPU device, KRNN and TabNet on one
+device in micro-batches, the rest with both levers on. A family's home states its choice in its
+wrapper spec (:meth:`qjax.models.spec.ModelSpec.levers`); the estimators and the CLI copy it into
+the config, and :func:`resolve` gives a direct ``fit`` call the same, found by the module's class
+in the model registry. A value the user set always wins; a module no family registered gets the
+engine's defaults (automatic micro-batches, each batch split over the CPU devices).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from qjax.train.config import TrainConfig
+
+ENGINE_DEFAULTS = {"micro_batch": "auto", "cpu_split": True}
+
+
+def resolve(config: TrainConfig, network: type) -> TrainConfig:
+    """``config`` with every lever left at None set to the choice of the model family whose
+    network class is ``network`` (the module's class), else to the engine's default."""
+    if config.micro_batch is not None and config.cpu_split is not None:
+        return config
+    # Imported here: the registry imports the model homes, which the engine must not need.
+    from qjax.models.registry import spec_of
+
+    spec = spec_of(network)
+    chosen = {**ENGINE_DEFAULTS, **({} if spec is None else spec.levers(config.micro_batch))}
+    return dataclasses.replace(
+        config, **{name: value for name, value in chosen.items() if getattr(config, name) is None}
+    )

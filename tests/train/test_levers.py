@@ -1,0 +1,86 @@
+"""The CPU levers (``micro_batch``, ``cpu_split``) a TrainConfig leaves at None: a direct ``fit``
+gets the model family's measured choice, as the estimators and the CLI do."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import pytest
+from train_synthetic import TinyGRU, panel
+
+from qjax.models import registry
+from qjax.models.rnn import LSTMModel
+from qjax.models.spec import OneCpuDevice
+from qjax.train import TrainConfig, fit
+from qjax.train.levers import resolve
+from qjax.train.parallel import auto_devices
+
+# The measured choices (benchmarks/results/levers_cpu.md, levers_cpu_more.md), written out here
+# rather than read from the specs under test.
+MEASURED = {
+    "lstm": ("off", False),
+    "gru": ("off", False),
+    "alstm": ("off", False),
+    "krnn": ("auto", False),
+    "tabnet": ("auto", False),
+    "transformer": ("auto", True),
+    "tcn": ("auto", True),
+    "sfm": ("auto", True),
+}
+
+
+def _levers(config: TrainConfig) -> tuple:
+    return config.micro_batch, config.cpu_split
+
+
+@pytest.mark.parametrize("name", sorted(registry.models()))
+def test_a_direct_fit_gets_the_levers_of_the_estimator_route(name):
+    entry = registry.model(name)
+    direct = resolve(TrainConfig(), entry.network)
+    if entry.spec is None:  # a network without a wrapper (TabNet's encoder): the engine's
+        assert _levers(direct) == ("auto", True)
+        return
+    fields = entry.spec.train_config_fields(entry.spec.resolve({}, True))
+    estimator = resolve(TrainConfig(**fields), entry.network)
+    assert _levers(direct) == _levers(estimator), name
+    assert _levers(direct) == MEASURED.get(name, ("auto", True)), name
+
+
+def test_an_explicit_setting_always_wins():
+    lstm = LSTMModel
+    assert _levers(resolve(TrainConfig(micro_batch=100, cpu_split=True), lstm)) == (100, True)
+    assert _levers(resolve(TrainConfig(cpu_split=True), lstm)) == ("off", True)
+    assert _levers(resolve(TrainConfig(micro_batch="off"), lstm)) == ("off", True)
+    # asking for the automatic chunks turns the whole-batch choice off, as the estimator does
+    assert _levers(resolve(TrainConfig(micro_batch="auto"), lstm)) == ("auto", True)
+    assert _levers(resolve(TrainConfig(micro_batch=0), lstm)) == ("auto", True)
+    krnn = registry.get("krnn")
+    assert _levers(resolve(TrainConfig(micro_batch="off"), krnn)) == ("off", False)
+    assert _levers(resolve(TrainConfig(cpu_split=True), krnn)) == ("auto", True)
+
+
+def test_custom_modules_get_the_engine_defaults_unless_registered_with_a_spec():
+    assert _levers(resolve(TrainConfig(), TinyGRU)) == ("auto", True)
+    spec = dataclasses.replace(registry.model("lstm").spec, adapters=(OneCpuDevice(),))
+    registry.register("tiny_gru_for_levers", spec=spec)(TinyGRU)
+    try:
+        assert _levers(resolve(TrainConfig(), TinyGRU)) == ("auto", False)
+    finally:
+        registry.unregister("tiny_gru_for_levers")
+    assert _levers(resolve(TrainConfig(), TinyGRU)) == ("auto", True)
+
+
+def test_bad_cpu_split_is_refused():
+    with pytest.raises(ValueError, match="cpu_split=1 is invalid"):
+        TrainConfig(cpu_split=1)
+
+
+def test_a_direct_fit_of_an_lstm_trains_whole_batches_on_one_device():
+    train = panel(n_days=20, n_inst=16, n_feat=12, seed=3)  # 320 samples, 2 steps of 6
+    config = TrainConfig(n_epochs=1, batch_size=128, early_stop=2)
+    module = LSTMModel(d_feat=6, hidden_size=8, num_layers=1)
+    run = fit(module, train, None, config, verbose=False)
+    assert (run.n_devices, run.micro_batches) == (1, 1)
+    split = fit(module, train, None, dataclasses.replace(config, cpu_split=True), verbose=False)
+    assert split.n_devices == len(auto_devices(128)), jax.devices()
