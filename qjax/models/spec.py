@@ -47,6 +47,7 @@ QJAX_EXTRAS = {
     "eval_batch_size": None,
     "micro_batch": None,  # rows per micro-batch inside a train step; None = the model's choice
     "stream_batches": None,  # train batches per host-to-device block; None = device-resident
+    "replica_chunk": None,  # seeds vmapped side by side per device; None = the engine's choice
 }
 
 InitVariables = Callable[[dict], dict]  # fresh variables -> starting variables
@@ -146,6 +147,7 @@ class ModelSpec:
             **self.train_fields(kw),
             "micro_batch": kw.get("micro_batch"),
             "stream_batches": kw.get("stream_batches"),
+            "replica_chunk": kw.get("replica_chunk"),
         }
         for adapter in self.adapters:
             fields = adapter.train_fields(kw, fields)

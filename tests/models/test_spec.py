@@ -238,6 +238,14 @@ def test_a_spec_folds_its_adapters_in_order_and_refuses_two_objectives():
     assert no_stage.pretrain({}, None, None, False) == (None, None)
 
 
+def test_replica_chunk_reaches_the_train_config():
+    fields = GENERAL.train_config_fields(GENERAL.resolve({"replica_chunk": 3}, False))
+    assert TrainConfig(**fields).replica_chunk == 3
+    assert (
+        TrainConfig(**GENERAL.train_config_fields(GENERAL.resolve({}, False))).replica_chunk is None
+    )
+
+
 def test_stream_batches_reaches_the_train_config_and_tabnet_refuses_it():
     fields = GENERAL.train_config_fields(GENERAL.resolve({"stream_batches": 8}, False))
     assert TrainConfig(**fields).stream_batches == 8
