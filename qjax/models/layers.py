@@ -114,8 +114,8 @@ class RNN(nn.Module):
 
 def _scan_cell(cell: str, projected, k_hh, b_hh, hidden: int):
     """Run one recurrent layer over time-major pre-projected inputs [T, N, G*H]."""
-    batch = projected.shape[1]
-    h0 = jnp.zeros((batch, hidden), projected.dtype)
+    # zeros_like keeps the input's sharding type (varying per device under shard_map)
+    h0 = jnp.zeros_like(projected[0, :, :hidden])
 
     if cell == "gru":
 
@@ -148,7 +148,7 @@ def _scan_gates(cell: str, seq, k_ih, k_hh, b_ih, b_hh, hidden: int):
     """One recurrent layer over time-major inputs [T, N, F], every gate its own array."""
     blocks = [slice(k * hidden, (k + 1) * hidden) for k in range(k_hh.shape[1] // hidden)]
     k_gates = [k_hh[:, block] for block in blocks]
-    h0 = jnp.zeros((seq.shape[1], hidden), seq.dtype)
+    h0 = jnp.zeros_like(seq[0, :, :1], shape=(seq.shape[1], hidden))
 
     if cell == "gru":
         # r and z take both biases up front; n keeps b_hn inside r * (h @ K_n + b_hn).

@@ -119,7 +119,8 @@ class TrainConfig:
     batching are never split.
 
     ``cpu_split``: split each batch over the XLA:CPU devices (one per core, see
-    :mod:`qjax.cpu_devices`) when ``fit`` is given no devices. Accelerators are always all used.
+    :mod:`qjax.cpu_devices`) when ``fit`` is given no devices; a daily batch is split by its
+    stocks (``benchmarks/daily_levers.py``). Accelerators are always all used.
 
     Both levers default to None: the choice measured for the module's model family
     (:mod:`qjax.train.levers`; the recurrent LSTM, GRU and ALSTM train whole batches on one CPU

@@ -425,7 +425,7 @@ def _fit(
     loss_fn = supervised_mse if loss_fn is None else loss_fn
     cluster = distributed.current()  # None: one process
     if cluster is None:
-        split_rows = None if config.batching.daily or not config.cpu_split else config.batch_size
+        split_rows = _split_rows(config, train, valid, len(seeds))
         parallel = choose_parallel(devices, split, split_rows, len(seeds))
     else:
         distributed.check_supported(config, devices, split)
@@ -579,15 +579,16 @@ def predict(
             chunk=config.stream_batches,
         )
     data = parallel.replicate(batching.make_segment(samples, daily, multiple=parallel.size))
-    preds = _predict(
-        parallel.replicate(variables),
-        data,
-        module=module,
-        batch_size=batch_size,
-        daily=daily,
-        per_seed=per_seed,
-        parallel=parallel,
-    )
+    with parallel.tracing():
+        preds = _predict(
+            parallel.replicate(variables),
+            data,
+            module=module,
+            batch_size=batch_size,
+            daily=daily,
+            per_seed=per_seed,
+            parallel=parallel,
+        )
     return np.asarray(preds)
 
 
@@ -638,11 +639,18 @@ def _init_replicas(keys, train: Segment, *, trainer: Trainer, init_variables) ->
     return jax.lax.map(lambda key: init(key, train), keys)
 
 
-@functools.partial(jax.jit, static_argnames=("trainer", "n_steps"), donate_argnames="state")
 def _run_epoch(
     state: FitState, train: Segment, valid: Segment | None, *, trainer: Trainer, n_steps
 ):
     """The epoch program over all replicas; the state's buffers are donated."""
+    with trainer.parallel.tracing():  # models may map their per-row parts over the devices
+        return _epoch_program(state, train, valid, trainer=trainer, n_steps=n_steps)
+
+
+@functools.partial(jax.jit, static_argnames=("trainer", "n_steps"), donate_argnames="state")
+def _epoch_program(
+    state: FitState, train: Segment, valid: Segment | None, *, trainer: Trainer, n_steps
+):
     epoch = functools.partial(trainer.epoch, n_steps=n_steps)
     return _over_replicas(epoch, state, train, valid, group=trainer.replica_group)
 
@@ -679,6 +687,33 @@ def _predict(variables, data: Segment, *, module, batch_size, daily, per_seed, p
         return _scatter(preds, ids, mask, data.size)
 
     return _over_replicas(run, variables) if per_seed else run(variables)
+
+
+def _split_rows(
+    config: TrainConfig, train: Samples, valid: Samples | None, n_seeds: int
+) -> int | None:
+    """Rows of one train batch that ``fit`` may split over the CPU devices (None: keep each
+    batch whole on one device). A daily batch is the widest day, padded to a multiple of the
+    devices; its models map their per-stock encoder over the devices (``qjax.row_split``).
+    Several seeds of daily batches stay whole so that the seeds split instead, which needs no
+    traffic between devices (``benchmarks/results/replicas_cpu.md``)."""
+    if not config.cpu_split:
+        return None
+    if not config.batching.daily:
+        return config.batch_size
+    if n_seeds > 1:
+        return None
+    widest = config.daily_width
+    if widest is None:
+        # bad samples are reported by _prepare_segments; here they just count for nothing
+        days = [_widest_day(s) for s in (train, valid) if isinstance(s, Samples) and s.size]
+        widest = max(days, default=1)
+    return _round_up(widest, len(jax.local_devices()))
+
+
+def _widest_day(samples: Samples) -> int:
+    group = samples.day if samples.batch_group is None else samples.batch_group
+    return int(np.bincount(np.asarray(jax.device_get(group))).max())
 
 
 def _micro_batches(trainer: Trainer, train: Segment, state: FitState) -> int:

@@ -32,7 +32,9 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-DATA_AXIS = "data"
+from qjax import row_split
+
+DATA_AXIS = row_split.AXIS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,6 +70,11 @@ class DataParallel:
             ids, NamedSharding(self.mesh, PartitionSpec(DATA_AXIS))
         )
 
+    def tracing(self):
+        """Context for tracing a program: models see the mesh that splits each batch's rows
+        (:func:`qjax.row_split.map_rows`); none when the batch stays whole on each device."""
+        return row_split.rows_split_over(None if self.over_replicas else self.mesh)
+
     def check_divides(self, rows: int, what: str) -> None:
         if rows % self.size:
             raise ValueError(
@@ -86,10 +93,11 @@ def auto_devices(batch_rows: int | None) -> list[jax.Device]:
     Accelerators: every local device (the batch must divide evenly). XLA:CPU, where
     :mod:`qjax.cpu_devices` makes one device per core: the most devices that split the batch
     evenly into shares of at least :data:`MIN_ROWS_PER_CPU_DEVICE` rows, so a batch size that
-    does not divide keeps working on fewer devices. ``batch_rows=None`` (daily batches: one
-    padded day of ~300 stocks per step) stays on one CPU device: GATs trained 0.85x as fast on
-    two (``benchmarks/README.md``, levers); pass ``devices=`` to split anyway. Inference splits
-    too: on 2 quiet cores it gained for 5 of 6 models (``benchmarks/results/levers_cpu.md``).
+    does not divide keeps working on fewer devices. ``batch_rows=None`` stays on one CPU
+    device. Daily batches pass their widest day: GATs/HIST map their per-stock encoder over the
+    devices (``qjax.row_split``; left to GSPMD, its backward scan all-reduced the kernel
+    gradient at every time step and GATs trained 0.85x as fast on two). Inference splits too:
+    on 2 quiet cores it gained for 5 of 6 models (``benchmarks/results/levers_cpu.md``).
     """
     devices = jax.local_devices()
     if devices[0].platform != "cpu":

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from qjax.models.layers import RNN, Linear, as_sequence
+from qjax.row_split import current_mesh, map_rows, whole
 
 
 def rnn_cell(base_model: str) -> str:
@@ -82,14 +83,20 @@ class DailyStockRNN(nn.Module):
         seq = as_sequence(x, self.d_feat)
         valid = stock_mask(mask, seq.shape[0])
         seq = zero_padded_rows(seq, valid)
-        rnn = RNN(
-            self.hidden_size,
-            self.num_layers,
-            self.dropout,
-            cell=rnn_cell(self.base_model),
-            name="rnn",
-        )
-        return rnn(seq, train=train)[:, -1, :], valid
+        settings = (self.hidden_size, self.num_layers, self.dropout)
+        cell = rnn_cell(self.base_model)
+        if self.is_initializing() or current_mesh() is None:
+            return RNN(*settings, cell=cell, name="rnn")(seq, train=train)[:, -1, :], valid
+        # The day is split over devices: each encodes its own stocks (qjax.row_split).
+        rnn = RNN(*settings, cell=cell, parent=None)
+        dropout = train and self.dropout > 0
+
+        def encode(params, rows, key):
+            rngs = {"dropout": key} if dropout else {}
+            return rnn.apply({"params": params}, rows, train=train, rngs=rngs)[:, -1, :]
+
+        key = self.make_rng("dropout") if dropout else None
+        return map_rows(encode, self.variables["params"]["rnn"], seq, key), whole(valid)
 
 
 class GATModel(DailyStockRNN):

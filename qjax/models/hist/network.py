@@ -22,6 +22,7 @@ import jax.numpy as jnp
 
 from qjax.models.gats.network import DailyStockRNN, masked_softmax
 from qjax.models.layers import Linear
+from qjax.row_split import whole
 
 # H->H layers with xavier-uniform kernels; the starred ones in Qlib's code are never used.
 _USED_HIDDEN = ("fc_es", "fc_is", "fc_es_fore", "fc_is_fore", "fc_es_back", "fc_is_back", "fc_indi")
@@ -95,6 +96,7 @@ class HISTModel(DailyStockRNN):
             )
 
         # Predefined concepts: member-weighted concept vectors, then attention back to stocks.
+        concept_matrix = whole(concept_matrix)  # the day's cross-stock part runs whole
         membership = jnp.where(valid[:, None], concept_matrix.astype(hidden.dtype), 0.0)
         members = jnp.sum(membership, axis=0)  # [K]
         weights = membership / (members[None, :] * membership + 1.0)
