@@ -79,6 +79,15 @@ CHILD = textwrap.dedent(
     variables = runs["one"].replica(0)
     preds = [predict(module, variables, train, daily=True, devices=jax.devices()[:k]) for k in (1, 2)]
     np.testing.assert_allclose(preds[0], preds[1], rtol=1e-5, atol=1e-6, err_msg=str(seed))
+
+    # Defaults: a day splits where every device keeps >= 64 stocks (140 -> 2 x 70, not 4 x 35),
+    # a 23-stock day stays on one device, several seeds split the seeds instead.
+    wide = panel(n_days=3, n_inst=140, n_feat=12, seed=seed)
+    one_epoch = TrainConfig(n_epochs=1, batching="daily", optimizer="gd")
+    assert fit(module, wide, None, one_epoch, verbose=False).n_devices == 2
+    assert fit(module, train, None, one_epoch, verbose=False).n_devices == 1
+    seeds = fit(module, wide, None, one_epoch, seeds=[0, 1], verbose=False)
+    assert (seeds.n_devices, seeds.replica_devices) == (1, 2), seeds
     print("OK", worst, fit_gap)
     """
 )
