@@ -128,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", default=",".join(tvt.CASES))
     p.add_argument("--samples", type=int, default=3200, help="train samples (scaled per model)")
     p.add_argument("--out", help="write profile_cpu.{md,json} here")
+    p.add_argument("--tag", default="", help="write profile_cpu_TAG.{md,json} instead")
     args = p.parse_args(argv)
     logging.getLogger("qlib").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", category=UserWarning)
@@ -170,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, r in profiles.items():
         top = ", ".join(f"`{op}` {sec:.2f}" for op, sec in list(r["top_ops_s"].items())[:5])
         lines.append(f"- **{name}**: {top}")
-    publish(lines, args.out, "profile_cpu", {**meta, "profiles": profiles})
+    stem = f"profile_cpu_{args.tag}" if args.tag else "profile_cpu"
+    publish(lines, args.out, stem, {**meta, "profiles": profiles})
     return 0
 
 
