@@ -9,6 +9,10 @@ well under 2 means cores wait (a sequential recurrence, dispatch, the host).
 
     python benchmarks/profile_cpu.py --models transformer,tcn --samples 3200 \\
         --out benchmarks/results
+
+``--predict`` profiles ``qjax.train.predict`` instead (the prediction program at the batch size
+``train_vs_torch.py`` times, on trained-shape random variables) and writes
+``profile_cpu_predict.{md,json}``.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import train_vs_torch as tvt  # noqa: E402
 from _common import command_line, load_average, machine, publish, traced  # noqa: E402
 
 from qjax.models import registry  # noqa: E402
-from qjax.train import TrainConfig, fit  # noqa: E402
+from qjax.train import TrainConfig, fit, predict  # noqa: E402
 
 WAITING = "waiting for the other devices"
 KINDS = {  # first match wins; XLA:CPU names trace events after the HLO instruction
@@ -94,7 +98,10 @@ def home_levers(name: str, config: TrainConfig) -> TrainConfig:
     )
 
 
-def profile(case: tvt.Case, n_samples: int) -> dict:
+def profile(case: tvt.Case, n_samples: int, predicting: bool = False) -> dict:
+    import jax
+    import numpy as np
+
     import qjax.models
 
     module = qjax.models.get(case.name)(**case.qjax_kwargs)
@@ -103,13 +110,29 @@ def profile(case: tvt.Case, n_samples: int) -> dict:
     samples = tvt.qjax_samples(case, data)
     config = home_levers(case.name, tvt.train_config(case, data.n))
     first = fit(module, samples, None, config, verbose=False)  # compiles
+    if predicting:
+        variables, daily = first.replica(0), case.batching == "daily"
+        batch = case.predict_batch or case.batch_size
+
+        def run():
+            return np.asarray(predict(module, variables, samples, batch_size=batch, daily=daily))
+
+        run()  # compiles
+        wall, events = traced(run)
+        by_kind, by_op = _summed(events)
+        return {
+            "samples": data.n,
+            "batch_size": "one day" if daily else batch,
+            "batching": case.batching,
+            "devices": len(jax.local_devices()),
+            "micro_batches": "-",
+            "wall_s": wall,
+            "op_s_by_kind": dict(by_kind.most_common()),
+            "busy_cores": (sum(by_kind.values()) - by_kind[WAITING]) / wall,
+            "top_ops_s": dict(by_op.most_common(8)),
+        }
     wall, events = traced(lambda: fit(module, samples, None, config, verbose=False))
-    by_kind, by_op = collections.Counter(), collections.Counter()
-    for event, seconds in exclusive_seconds(events):
-        kind = op_kind(event.get("name", ""))
-        if kind is not None:
-            by_kind[kind] += seconds
-            by_op[re.sub(r"[.:]\d+$", "", event["name"])] += seconds
+    by_kind, by_op = _summed(events)
     return {
         "samples": data.n,
         "batch_size": case.batch_size,
@@ -123,12 +146,26 @@ def profile(case: tvt.Case, n_samples: int) -> dict:
     }
 
 
+def _summed(events: list[dict]) -> tuple[collections.Counter, collections.Counter]:
+    """Exclusive operation seconds by kind and by operation name."""
+    by_kind, by_op = collections.Counter(), collections.Counter()
+    for event, seconds in exclusive_seconds(events):
+        kind = op_kind(event.get("name", ""))
+        if kind is not None:
+            by_kind[kind] += seconds
+            by_op[re.sub(r"[.:]\d+$", "", event["name"])] += seconds
+    return by_kind, by_op
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", default=",".join(tvt.CASES))
     p.add_argument("--samples", type=int, default=3200, help="train samples (scaled per model)")
     p.add_argument("--out", help="write profile_cpu.{md,json} here")
     p.add_argument("--tag", default="", help="write profile_cpu_TAG.{md,json} instead")
+    p.add_argument(
+        "--predict", action="store_true", help="profile predict (profile_cpu_predict.{md,json})"
+    )
     args = p.parse_args(argv)
     logging.getLogger("qlib").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", category=UserWarning)
@@ -137,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     profiles = {}
     for name in models:
         print(f"profiling {name} ...", file=sys.stderr, flush=True)
-        profiles[name] = profile(tvt.CASES[name], args.samples)
+        profiles[name] = profile(tvt.CASES[name], args.samples, args.predict)
     meta = {
         "command": command_line(),
         "load_before": before,
@@ -145,14 +182,21 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine(),
     }
     kinds = [*KINDS, "other fusions (elementwise, loss, optimiser)"]
+    what = "a predict call" if args.predict else "a training epoch"
+    setting = (
+        "One `predict` call over the samples at the batch size `train_vs_torch.py` times, after a "
+        "compiling call."
+        if args.predict
+        else "One epoch with the devices and micro-batches each model's home picks, after a "
+        "compiling call."
+    )
     lines = [
-        "# Where a training epoch goes on XLA:CPU, per model",
+        f"# Where {what} goes on XLA:CPU, per model",
         "",
         f"Command: `{meta['command']}`",
         "",
         f"{meta['machine']['cpu']}, {meta['machine']['logical_cores']} logical cores; load average "
-        f"before {before}, after {meta['load_after']}. One epoch with the devices and micro-batches "
-        "each model's home picks, after a compiling call.",
+        f"before {before}, after {meta['load_after']}. {setting}",
         "",
         "Share of the XLA operation time by kind (summed over threads), and busy cores "
         "(operation seconds per wall second, waits excluded):",
@@ -171,7 +215,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, r in profiles.items():
         top = ", ".join(f"`{op}` {sec:.2f}" for op, sec in list(r["top_ops_s"].items())[:5])
         lines.append(f"- **{name}**: {top}")
-    stem = f"profile_cpu_{args.tag}" if args.tag else "profile_cpu"
+    stem = "profile_cpu_predict" if args.predict else "profile_cpu"
+    stem = f"{stem}_{args.tag}" if args.tag else stem
     publish(lines, args.out, stem, {**meta, "profiles": profiles})
     return 0
 
