@@ -198,6 +198,25 @@ def conv1d(
     )
 
 
+def causal_conv1d_tail(x: jax.Array, kernel: jax.Array, count: int, stride: int) -> jax.Array:
+    """Causal Conv1d (zero past, dilation 1) evaluated only at ``count`` steps ``stride`` apart
+    that end at the last one: [N, T, C_in] x [K, C_in, C_out] -> [N, count, C_out].
+
+    Equal to ``conv1d(x, kernel, (K - 1, 0))[:, T - 1 - stride * (count - 1) :: stride]``
+    without computing the other steps (for a model that reads only the last step).
+    """
+    taps, steps = kernel.shape[0], x.shape[1]
+    first = steps - 1 - stride * (count - 1)
+    if first < 0:
+        raise ValueError(f"{count} steps {stride} apart do not fit in a sequence of {steps}")
+    padded = jnp.pad(x, ((0, 0), (taps - 1, 0), (0, 0)))
+    span = stride * (count - 1) + 1
+    return sum(
+        jnp.dot(padded[:, first + tap : first + tap + span : stride], kernel[tap])
+        for tap in range(taps)
+    )
+
+
 class Conv1d(nn.Module):
     """Channels-last ``torch.nn.Conv1d``: params ``kernel`` [K, C_in, features] and ``bias``."""
 

@@ -10,6 +10,7 @@ from conftest import require
 
 from qjax.interop.qlib import from_qlib
 from qjax.models import get
+from qjax.models.layers import causal_conv1d_tail, conv1d
 from qjax.models.tcn import TCNModel
 from tests.models.parity import (
     assert_matches_qlib_on,
@@ -17,6 +18,12 @@ from tests.models.parity import (
     param_count,
     torch_param_count,
 )
+
+# float64 scope: jax.enable_x64, or jax.experimental's on the oldest supported JAX (0.4.30)
+if hasattr(jax, "enable_x64"):
+    enable_x64 = jax.enable_x64
+else:  # pragma: no cover
+    from jax.experimental import enable_x64
 
 # Qlib's tcn.py uses the deprecated torch.nn.utils.weight_norm (its state-dict layout is the one
 # the converter reads), which warns on every construction.
@@ -116,7 +123,8 @@ def test_convolutions_are_causal_in_time(seed):
     changed[:, 8:] = 5.0
 
     def top_level_sequence(x):  # [N, T, C] output of the last temporal block
-        _, state = module.apply(variables, x, capture_intermediates=True)
+        # train mode (no dropout here) keeps every step; eval computes only the last one
+        _, state = module.apply(variables, x, train=True, capture_intermediates=True)
         return np.asarray(state["intermediates"]["network_1"]["__call__"][0])
 
     before, after = top_level_sequence(window), top_level_sequence(changed)
@@ -132,3 +140,36 @@ def test_dropout_only_in_training(seed):
     train_b = module.apply(variables, x, train=True, rngs={"dropout": jax.random.PRNGKey(2)})
     assert not np.allclose(train_a, train_b)
     np.testing.assert_array_equal(module.apply(variables, x), module.apply(variables, x))
+
+
+@pytest.mark.parametrize(
+    "steps, channels, kernel_size",
+    [(60, (8, 8, 8, 8, 8), 3), (20, (6, 8, 12), 5), (9, (4, 4, 4, 4), 2), (1, (4, 4), 3)],
+)
+def test_eval_computes_only_the_last_step_with_the_same_result(steps, channels, kernel_size, seed):
+    """Eval mode runs each level on every 2^l-th step only; train mode without dropout runs the
+    whole sequence through the same weights, so the two must agree (same dot products, so
+    float32 rounding is the only difference allowed)."""
+    module = TCNModel(3, 1, channels, kernel_size, dropout=0.0)
+    x = np.random.default_rng(seed + 5).standard_normal((7, steps, 3)).astype(np.float32)
+    variables = module.init(jax.random.PRNGKey(seed), x)
+    full = module.apply(variables, x, train=True)
+    np.testing.assert_allclose(module.apply(variables, x), full, rtol=1e-5, atol=1e-6)
+    changed = x.copy()  # the last step still reads the first: the result moves with it
+    changed[:, 0] += 1.0
+    if steps > 1:
+        assert not np.allclose(module.apply(variables, changed), module.apply(variables, x))
+
+
+@pytest.mark.parametrize("count, stride", [(10, 1), (5, 2), (3, 4), (1, 3)])
+def test_conv_tail_equals_the_full_conv_at_those_steps(count, stride, seed):
+    rng = np.random.default_rng(seed + 6)
+    x = rng.standard_normal((3, 10, 4)).astype(np.float64)
+    kernel = rng.standard_normal((3, 4, 5)).astype(np.float64)
+    with enable_x64(True):  # float64: the two must agree to rounding of 1e-12
+        full = conv1d(jnp.asarray(x), jnp.asarray(kernel), (2, 0))
+        tail = causal_conv1d_tail(jnp.asarray(x), jnp.asarray(kernel), count, stride)
+    first = 10 - 1 - stride * (count - 1)
+    np.testing.assert_allclose(tail, np.asarray(full)[:, first::stride], rtol=1e-12)
+    with pytest.raises(ValueError, match="do not fit"):
+        causal_conv1d_tail(jnp.asarray(x), jnp.asarray(kernel), 11, 1)

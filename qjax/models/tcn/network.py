@@ -16,6 +16,11 @@ Weight normalisation (``torch.nn.utils.weight_norm``, dim 0): w = g · v / ‖v�
 ``weight``, which weight_norm recomputes from g and v, so it has no effect (quirk #9); the
 effective init reproduced here is torch's default Conv1d init of v with g = ‖v‖. The 1x1
 ``downsample`` conv is not weight-normed and does get N(0, 0.01).
+
+Eval mode computes only what the head reads, the last step: level l's conv2 is needed only at
+the steps T-1, T-1-2^(l+1), ..., so its input (and level l's conv1 and input) only every 2^l-th
+step, where the dilated conv becomes an undilated one. For T=60 and 5 levels that is 115 of the
+540 steps of the 128->128 convolutions; training keeps the whole sequence (dropout masks).
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from collections.abc import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from qjax.models.layers import Linear, as_sequence, conv1d, uniform_init
+from qjax.models.layers import Linear, as_sequence, causal_conv1d_tail, conv1d, uniform_init
 
 
 class WeightNormCausalConv(nn.Module):
@@ -41,7 +46,10 @@ class WeightNormCausalConv(nn.Module):
     dilation: int
 
     @nn.compact
-    def __call__(self, x):
+    def __call__(self, x, tail: tuple[int, int] | None = None):
+        """``tail=(count, stride)``: ``x`` holds every ``dilation``-th step only (ending at
+        the last), and the output only ``count`` steps ``stride`` apart of that (see
+        :func:`TCNModel.last_step`)."""
         in_channels = x.shape[-1]
         bound = 1.0 / math.sqrt(in_channels * self.kernel_size)
         v = self.param(
@@ -51,6 +59,8 @@ class WeightNormCausalConv(nn.Module):
         g = self.param("weight_g", lambda _key: jnp.sqrt(jnp.sum(v * v, axis=(0, 1))))
         bias = self.param("bias", uniform_init(bound), (self.features,))
         kernel = v * (g / jnp.sqrt(jnp.sum(v * v, axis=(0, 1))))
+        if tail is not None:
+            return causal_conv1d_tail(x, kernel, *tail) + bias
         y = conv1d(x, kernel, ((self.kernel_size - 1) * self.dilation, 0), self.dilation)
         return y + bias
 
@@ -64,13 +74,20 @@ class TemporalBlock(nn.Module):
     dropout: float
 
     @nn.compact
-    def __call__(self, x, train: bool = False):
+    def __call__(self, x, train: bool = False, keep: int | None = None):
+        """``keep=None``: [N, T, C] -> [N, T, n_outputs]. ``keep=k``: ``x`` holds every
+        ``dilation``-th step ending at the last, and only the last ``k`` of every second of
+        those steps are computed and returned (the steps the next level's taps read)."""
         out = x
         for name in ("conv1", "conv2"):
-            out = WeightNormCausalConv(self.n_outputs, self.kernel_size, self.dilation, name=name)(
-                out
-            )
+            conv = WeightNormCausalConv(self.n_outputs, self.kernel_size, self.dilation, name=name)
+            if keep is None:
+                out = conv(out)
+            else:  # conv1 at every step held, conv2 at the kept ones
+                out = conv(out, (x.shape[1], 1) if name == "conv1" else (keep, 2))
             out = nn.Dropout(self.dropout, deterministic=not train)(nn.relu(out))
+        if keep is not None:
+            x = x[:, x.shape[1] - 1 - 2 * (keep - 1) :: 2]
         residual = x
         if x.shape[-1] != self.n_outputs:
             residual = Linear(
@@ -100,10 +117,15 @@ class TCNModel(nn.Module):
     @nn.compact
     def __call__(self, x, train: bool = False):
         out = as_sequence(x, self.num_input)  # [N, T, F], channels-last
+        steps, levels = out.shape[1], len(self.num_channels)
         for level, channels in enumerate(self.num_channels):
             block = TemporalBlock(
                 channels, self.kernel_size, 2**level, self.dropout, name=f"network_{level}"
             )
-            out = block(out, train=train)
+            if train:
+                out = block(out, train=train)
+            else:  # eval: only the steps that reach the last one
+                keep = 1 if level == levels - 1 else (steps - 1) // 2 ** (level + 1) + 1
+                out = block(out, train=False, keep=keep)
         y = Linear(self.output_size, name="linear")(out[:, -1, :])
         return y[:, 0] if self.output_size == 1 else y
