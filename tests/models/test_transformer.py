@@ -205,3 +205,17 @@ def test_converter_rejects_kwargs_that_do_not_fit_the_state_dict(torch):
             require(QLIB_MODULE["transformer"]).Transformer(**kwargs).state_dict(),
             **kwargs,
         )
+
+
+def test_eval_runs_the_last_layer_on_the_last_step_only(seed):
+    """The head reads the last step, so eval runs the last encoder layer for it alone; train
+    mode without dropout runs every step through the same weights. Same dot products in another
+    blocking: float32 rounding (~1e-7 relative per op) is the only difference allowed."""
+    module = get("transformer")(**{**SMALL_INIT, "dropout": 0.0})
+    x = np.random.default_rng(seed + 7).standard_normal((6, 9, 4)).astype(np.float32)
+    variables = module.init(jax.random.PRNGKey(seed), x)
+    out, state = module.apply(variables, x, capture_intermediates=True)
+    layers = state["intermediates"]["transformer_encoder"]
+    assert layers["layers_1"]["__call__"][0].shape == (6, 9, 8)  # earlier layers: every step
+    assert layers["layers_2"]["__call__"][0].shape == (6, 1, 8)  # the last: the last step
+    np.testing.assert_allclose(out, module.apply(variables, x, train=True), rtol=1e-5, atol=1e-6)

@@ -99,7 +99,8 @@ class MultiHeadSelfAttention(nn.Module):
     init_key: jax.Array | None = None
 
     @nn.compact
-    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    def __call__(self, x: jax.Array, train: bool = False, last_only: bool = False) -> jax.Array:
+        """[N, T, d] -> [N, T, d]; ``last_only``: only the last step's query, [N, 1, d]."""
         d, heads = self.d_model, self.nhead
         if d % heads:
             raise ValueError(
@@ -113,11 +114,16 @@ class MultiHeadSelfAttention(nn.Module):
             "in_proj_bias", _shared_init(nn.initializers.zeros, self.init_key, 1), (3 * d,)
         )
         n, t, _ = x.shape
-        q, k, v = jnp.split(jnp.dot(x, w_in) + b_in, 3, axis=-1)
-        q, k, v = (a.reshape(n, t, heads, d // heads) for a in (q, k, v))
+        if last_only:
+            q = jnp.dot(x[:, -1:], w_in[:, :d]) + b_in[:d]
+            k, v = jnp.split(jnp.dot(x, w_in[:, d:]) + b_in[d:], 2, axis=-1)
+        else:
+            q, k, v = jnp.split(jnp.dot(x, w_in) + b_in, 3, axis=-1)
+        q = q.reshape(n, q.shape[1], heads, d // heads)
+        k, v = (a.reshape(n, t, heads, d // heads) for a in (k, v))
         scores = jnp.einsum("nqhc,nkhc->nhqk", q, k) / math.sqrt(d // heads)
         weights = nn.Dropout(self.dropout, deterministic=not train)(jax.nn.softmax(scores, axis=-1))
-        context = jnp.einsum("nhqk,nkhc->nqhc", weights, v).reshape(n, t, d)
+        context = jnp.einsum("nhqk,nkhc->nqhc", weights, v).reshape(n, q.shape[1], d)
         return _torch_dense(d, d, self.init_key, 1, "out_proj", zero_bias=True)(context)
 
 
@@ -135,7 +141,8 @@ class TransformerEncoderLayer(nn.Module):
     init_key: jax.Array | None = None
 
     @nn.compact
-    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    def __call__(self, x: jax.Array, train: bool = False, last_only: bool = False) -> jax.Array:
+        """[N, T, d] -> [N, T, d]; ``last_only``: only the last step's output, [N, 1, d]."""
         d, key = self.d_model, self.init_key
 
         def drop(y):
@@ -143,8 +150,10 @@ class TransformerEncoderLayer(nn.Module):
 
         sub = None if key is None else jax.random.fold_in(key, 0)
         attn = MultiHeadSelfAttention(d, self.nhead, self.dropout, init_key=sub, name="self_attn")(
-            x, train
+            x, train, last_only
         )
+        if last_only:
+            x = x[:, -1:]
         x = nn.LayerNorm(epsilon=LAYER_NORM_EPS, use_fast_variance=False, name="norm1")(
             x + drop(attn)
         )
@@ -165,12 +174,14 @@ class TransformerEncoder(nn.Module):
     init_key: jax.Array | None = None
 
     @nn.compact
-    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    def __call__(self, x: jax.Array, train: bool = False, last_only: bool = False) -> jax.Array:
+        """[N, T, d] -> [N, T, d]; ``last_only``: the last layer computes only the last step's
+        output, [N, 1, d] (the only one a head that reads the last step needs)."""
         for i in range(self.num_layers):
             layer = TransformerEncoderLayer(
                 self.d_model, self.nhead, self.dropout, init_key=self.init_key, name=f"layers_{i}"
             )
-            x = layer(x, train)
+            x = layer(x, train, last_only and i == self.num_layers - 1)
         return x
 
 
@@ -270,7 +281,10 @@ class Transformer(nn.Module):
             init_key=layer_key,
             name="transformer_encoder",
         )
-        return encoder(h, train)
+        # Eval: the head reads the last step only, so the last layer computes only that step
+        # (its feed-forward block is half the model's FLOPs). Training keeps every step, so
+        # that dropout draws the same masks as before.
+        return encoder(h, train, last_only=not train)
 
 
 class Localformer(Transformer):
