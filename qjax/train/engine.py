@@ -553,16 +553,17 @@ def predict(
     """Eval-mode predictions for every sample, in sample order: [n], or [S, n] if ``per_seed``.
 
     ``daily=True`` feeds one padded day per batch with the ``mask`` keyword (cross-sectional
-    models); otherwise consecutive batches of ``batch_size`` rows, the last one padded.
-    ``per_seed=True`` takes variables with a leading replica axis (``FitResult.variables``).
-    ``stream_batches``: keep flat samples' features on the host and send them in blocks of
-    this many batches (:mod:`qjax.train.stream`); None: put the samples on the device.
+    models); otherwise consecutive batches of at most ``batch_size`` rows (rounded up to the
+    devices), as few as that allows and of equal size, the last one padded
+    (:func:`prediction_batch`). ``per_seed=True`` takes variables with a leading replica axis
+    (``FitResult.variables``). ``stream_batches``: keep flat samples' features on the host and
+    send them in blocks of this many batches (:mod:`qjax.train.stream`); None: put the samples
+    on the device.
     """
     if samples.size == 0:
         raise ValueError("cannot predict on empty samples")
     enable_default_cache()
     parallel = data_parallel(auto_devices(batch_size) if devices is None else devices)
-    batch_size = _round_up(batch_size, parallel.size)
     if stream_batches is not None:
         from qjax.train import stream
 
@@ -572,16 +573,17 @@ def predict(
             module,
             variables,
             samples,
-            batch_size=batch_size,
+            batch_size=_round_up(batch_size, parallel.size),
             daily=daily,
             per_seed=per_seed,
             parallel=parallel,
             chunk=config.stream_batches,
         )
-    data = parallel.replicate(batching.make_segment(samples, daily, multiple=parallel.size))
+    batch_size = prediction_batch(samples.size, batch_size, parallel.size)
+    data = parallel.share(batching.make_segment(samples, daily, multiple=parallel.size))
     with parallel.tracing():
         preds = _predict(
-            parallel.replicate(variables),
+            parallel.share(variables),
             data,
             module=module,
             batch_size=batch_size,
@@ -590,6 +592,17 @@ def predict(
             parallel=parallel,
         )
     return np.asarray(preds)
+
+
+def prediction_batch(n: int, batch_size: int, devices: int) -> int:
+    """Rows per prediction batch: ``n`` samples in the fewest batches of at most ``batch_size``
+    rows, spread evenly and rounded up to a multiple of ``devices``.
+
+    Padding costs compute like real rows: 9,600 samples in batches of 8,096 ran 16,192 rows,
+    in two batches of 4,800 they run 9,600 (``benchmarks/results/predict_levers_cpu.md``).
+    """
+    steps = -(-n // batch_size)
+    return _round_up(-(-n // steps), devices)
 
 
 # -- helpers ----------------------------------------------------------------------------------

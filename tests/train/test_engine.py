@@ -495,3 +495,48 @@ class TwoOutputs(nn.Module):
     @nn.compact
     def __call__(self, x, train: bool = False):
         return nn.Dense(2)(x)
+
+
+# -- prediction batches ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "n, batch_size, devices, expected",
+    [(9600, 8096, 2, 4800), (9600, 4096, 2, 3200), (63, 16, 1, 16), (63, 100, 2, 64), (7, 3, 2, 4)],
+)
+def test_prediction_batch_is_the_fewest_even_batches(n, batch_size, devices, expected):
+    # expected by hand: ceil(n / ceil(n / batch_size)) rounded up to the devices
+    from qjax.train.engine import prediction_batch
+
+    size = prediction_batch(n, batch_size, devices)
+    assert size == expected
+    steps = -(-n // size)
+    assert steps <= -(-n // batch_size)  # no more batches than batch_size would cut
+    assert size % devices == 0 and steps * size >= n
+
+
+def test_predictions_do_not_depend_on_the_prediction_batch(seed):
+    """Eval-mode rows are independent, so any batch size, padding or device split must give
+    the same predictions (float32 matmuls of different shapes may round differently)."""
+    data = panel(n_days=7, n_inst=9, seed=seed % 1000)  # 63 samples
+    segment = make_segment(data, daily=False)
+    trainer = _trainer(TinyMLP(), TrainConfig(batch_size=16))
+    variables = _initial_variables(trainer, segment)
+    one = jax.local_devices()[:1]
+    reference = predict(TinyMLP(), variables, data, batch_size=63, devices=one)
+    assert np.isfinite(reference).all() and reference.std() > 0
+    for batch_size in (1, 5, 16, 62, 64, 1000):
+        for devices in (one, None):
+            pred = predict(TinyMLP(), variables, data, batch_size=batch_size, devices=devices)
+            np.testing.assert_allclose(pred, reference, rtol=1e-5, atol=1e-6, err_msg=str(seed))
+
+
+def test_shared_samples_equal_the_originals_on_every_device():
+    x = jnp.arange(24.0).reshape(6, 4)
+    parallel = data_parallel()
+    placed = parallel.share({"x": x, "n": 3})
+    assert placed["n"] == 3 and placed["x"].sharding == parallel.replicated
+    for shard in placed["x"].addressable_shards:
+        np.testing.assert_array_equal(np.asarray(shard.data), np.arange(24.0).reshape(6, 4))
+    del x  # the replicas must outlive the array they were made from
+    np.testing.assert_array_equal(np.asarray(placed["x"]).sum(), 276.0)
