@@ -10,7 +10,8 @@ For every model of :data:`CASES` (Qlib's Alpha360 benchmark settings, §5 of the
    MSE, ``backward``, ``clip_grad_value_(3.0)``, Adam step. Daily models (GATs, HIST) take one
    shuffled day (280-300 stocks) per step; DNNModelPytorch's MLP draws ``batch_size`` rows with
    replacement per step, no clipping, ``N // batch_size`` steps.
-2. inference samples/s. qjax: ``qjax.train.predict``; torch: eval mode under ``no_grad`` in the
+2. inference samples/s. qjax: ``qjax.train.predict`` in the prediction batch its estimator
+   uses (``ModelSpec.cpu_predict_batch`` on CPU); torch: eval mode under ``no_grad`` in the
    wrapper's ``predict`` batching (consecutive slices of the batch size, last one kept; one day
    per batch for daily models; 8096 rows for the MLP).
 3. end-to-end fit seconds on one in-memory frame: Qlib's wrapper (``pytorch_lstm.LSTM`` ...)
@@ -74,6 +75,7 @@ import pandas as pd
 import qjax
 import qjax.models
 from qjax.data.samples import Samples, tabular_samples, with_keyword_inputs
+from qjax.models.spec import predict_batch as predict_batch_for
 from qjax.train import TrainConfig, fit, predict, supervised_mse
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -496,6 +498,13 @@ def home_levers(name: str) -> dict:
     return {k: fields[k] for k in ("micro_batch", "cpu_split") if fields.get(k) is not None}
 
 
+def home_predict_batch(name: str, qlib_batch: int) -> int:
+    """Rows per prediction batch as the model's estimator predicts (its home's CPU choice,
+    ``ModelSpec.cpu_predict_batch``), else Qlib's prediction batch."""
+    model = qjax.estimators.wrappers().get(name)
+    return qlib_batch if model is None else predict_batch_for(model.spec, qlib_batch)
+
+
 def trained_samples(case: Case, n: int) -> int:
     """Rows one epoch trains on (full batches only, except daily batching)."""
     return n if case.batching == "daily" else n // case.batch_size * case.batch_size
@@ -669,7 +678,7 @@ def run_case(case: Case, n_samples: int, repeats: int, watch: CompileWatch, devi
     variables = result.replica(0)
 
     daily = case.batching == "daily"
-    predict_batch = case.predict_batch or case.batch_size
+    predict_batch = home_predict_batch(case.name, case.predict_batch or case.batch_size)
 
     def qjax_predict():
         return predict(module, variables, samples, batch_size=predict_batch, daily=daily)
@@ -992,7 +1001,9 @@ def report(r: dict) -> str:
         "(the engine's jitted epoch program plus its per-call host work: segment setup, init, one "
         "device-to-host read), after one compiling call. torch: Qlib's loop as described in the "
         "script's docstring, after a one-step warm-up. Both train the same number of rows.",
-        "- Inference: `qjax.train.predict` with Qlib's predict batch size vs Qlib's `predict` loop "
+        "- Inference: `qjax.train.predict` with the prediction batch its estimator uses (the "
+        "model home's `cpu_predict_batch` on CPU, else Qlib's predict batch size) vs Qlib's "
+        "`predict` loop with Qlib's batch size "
         "(numpy slice -> `torch.from_numpy` -> eval forward under `no_grad` -> numpy).",
         f"- Medians of {c['repeats']} alternating repeats; every timing is in the JSON.",
         "",

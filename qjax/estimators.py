@@ -28,7 +28,7 @@ from qjax.data.samples import Samples
 from qjax.model_checks import check_flat_layout, check_model_kwargs
 from qjax.models import registry
 from qjax.models.registry import Model
-from qjax.models.spec import QJAX_EXTRAS, ModelSpec
+from qjax.models.spec import QJAX_EXTRAS, ModelSpec, predict_batch
 from qjax.train import FitResult, TrainConfig, fit, predict
 from qjax.train.checkpoint import load_variables, save_variables
 from qjax.train.config import Batching
@@ -167,13 +167,14 @@ class Estimator:
         samples, index = _samples(
             self.spec, self.kwargs, dataset, segment, "infer", label=False, host=host
         )
-        # Qlib predicts in batches of batch_size; on CPU larger RNN batches are slower, and a
-        # Transformer's 2048-wide feed-forward makes huge batches costly in memory.
+        # Qlib predicts in batches of batch_size; on CPU the model's home may pick another
+        # size (larger RNN batches are slower, a Transformer's 2048-wide feed-forward spills
+        # the caches).
         pred = predict(
             self.module,
             self.result.variables,
             samples,
-            batch_size=self.config.batch_size,
+            batch_size=predict_batch(self.spec, self.config.batch_size),
             daily=self.config.batching is Batching.DAILY,  # as the model was trained
             per_seed=True,
             stream_batches=self.config.stream_batches,

@@ -110,6 +110,16 @@ def epoch_loop_train(kw: dict) -> dict:
     }
 
 
+def predict_batch(spec: ModelSpec, batch_size: int) -> int:
+    """Rows per prediction batch for a model trained in batches of ``batch_size``: the spec's
+    ``cpu_predict_batch`` on XLA:CPU, else ``batch_size``."""
+    import jax
+
+    if spec.cpu_predict_batch is not None and jax.local_devices()[0].platform == "cpu":
+        return spec.cpu_predict_batch
+    return batch_size
+
+
 def pick(*names: str) -> Callable[[dict, bool], dict]:
     """``module_kwargs`` passing the keyword arguments ``names`` through unchanged."""
     return lambda kw, is_ts: {name: kw[name] for name in names}
@@ -125,6 +135,10 @@ class ModelSpec:
     ts_defaults: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # *_ts variant
     train_fields: Callable[[dict], dict] = epoch_loop_train  # kwargs -> TrainConfig fields
     adapters: tuple[Adapter, ...] = ()
+    # Rows per prediction batch on XLA:CPU, where it differs from batch_size: inference keeps
+    # no activations for a backward pass, and batches whose activations fit the caches predict
+    # faster (benchmarks/results/predict_levers_cpu.md). None: the train batch size.
+    cpu_predict_batch: int | None = None
 
     def accepted(self) -> set[str]:
         return set(self.defaults) | set(QJAX_EXTRAS) | set(self.ts_defaults)

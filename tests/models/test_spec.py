@@ -255,3 +255,12 @@ def test_stream_batches_reaches_the_train_config_and_tabnet_refuses_it():
     )
     with pytest.raises(ValueError, match="stream_batches is not supported"):
         TABNET.train_config_fields(TABNET.resolve({"stream_batches": 8}, False))
+
+
+def test_cpu_prediction_batch_comes_from_the_home_else_the_train_batch():
+    from qjax.models.spec import predict_batch
+    from qjax.models.tcn.wrapper import TCN
+
+    assert jax.local_devices()[0].platform == "cpu"  # the suite runs on CPU
+    assert predict_batch(TCN, 2000) == TCN.cpu_predict_batch == 256
+    assert predict_batch(dataclasses.replace(TCN, cpu_predict_batch=None), 2000) == 2000

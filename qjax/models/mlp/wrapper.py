@@ -96,4 +96,5 @@ MLP = ModelSpec(
     module_kwargs,
     train_fields=train_fields,
     adapters=(InputWidth(),),
+    cpu_predict_batch=4096,
 )
