@@ -262,5 +262,5 @@ def test_cpu_prediction_batch_comes_from_the_home_else_the_train_batch():
     from qjax.models.tcn.wrapper import TCN
 
     assert jax.local_devices()[0].platform == "cpu"  # the suite runs on CPU
-    assert predict_batch(TCN, 2000) == TCN.cpu_predict_batch == 256
+    assert predict_batch(TCN, 2000) == TCN.cpu_predict_batch == 128
     assert predict_batch(dataclasses.replace(TCN, cpu_predict_batch=None), 2000) == 2000

@@ -29,5 +29,5 @@ TCN = ModelSpec(
     module_kwargs,
     ts_defaults={"num_layers": 2, "dropout": 0.0, "lr": 0.001, "n_jobs": 10},
     adapters=(SequenceInput("d_feat"),),
-    cpu_predict_batch=256,
+    cpu_predict_batch=128,
 )

@@ -30,7 +30,7 @@ TRANSFORMER = ModelSpec(
     pick("d_feat", "d_model", "nhead", "num_layers", "dropout"),
     ts_defaults={"batch_size": 8192},
     adapters=(SequenceInput("d_feat"),),
-    cpu_predict_batch=256,
+    cpu_predict_batch=128,
 )
 LOCALFORMER = dataclasses.replace(
     TRANSFORMER, qlib_class="qlib.contrib.model.pytorch_localformer.LocalformerModel (/ _ts)"
