@@ -10,8 +10,8 @@ well under 2 means cores wait (a sequential recurrence, dispatch, the host).
     python benchmarks/profile_cpu.py --models transformer,tcn --samples 3200 \\
         --out benchmarks/results
 
-``--predict`` profiles ``qjax.train.predict`` instead (the prediction program at the batch size
-``train_vs_torch.py`` times, on trained-shape random variables) and writes
+``--predict`` profiles ``qjax.train.predict`` instead (the prediction program at Qlib's
+prediction batch size, with the variables of one training epoch) and writes
 ``profile_cpu_predict.{md,json}``.
 """
 
@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     kinds = [*KINDS, "other fusions (elementwise, loss, optimiser)"]
     what = "a predict call" if args.predict else "a training epoch"
     setting = (
-        "One `predict` call over the samples at the batch size `train_vs_torch.py` times, after a "
+        "One `predict` call over the samples at Qlib's prediction batch size, after a "
         "compiling call."
         if args.predict
         else "One epoch with the devices and micro-batches each model's home picks, after a "
