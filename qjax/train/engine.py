@@ -564,6 +564,7 @@ def predict(
         raise ValueError("cannot predict on empty samples")
     enable_default_cache()
     parallel = data_parallel(auto_devices(batch_size) if devices is None else devices)
+    batch_size = prediction_batch(samples.size, batch_size, parallel.size)
     if stream_batches is not None:
         from qjax.train import stream
 
@@ -573,13 +574,12 @@ def predict(
             module,
             variables,
             samples,
-            batch_size=_round_up(batch_size, parallel.size),
+            batch_size=batch_size,
             daily=daily,
             per_seed=per_seed,
             parallel=parallel,
             chunk=config.stream_batches,
         )
-    batch_size = prediction_batch(samples.size, batch_size, parallel.size)
     data = parallel.share(batching.make_segment(samples, daily, multiple=parallel.size))
     with parallel.tracing():
         preds = _predict(
