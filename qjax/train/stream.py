@@ -127,7 +127,10 @@ def _as_float32(batch: Batch) -> Batch:
 def _plan(fit: FitState, train: Segment, *, trainer: Trainer, n_steps: int | None):
     """Every replica's batch plan and train state with its rng moved on (as the epoch does)."""
     return _over_replicas(
-        lambda fit, data: trainer.epoch_plan(fit.train, data, n_steps), fit, train
+        lambda fit, data: trainer.epoch_plan(fit.train, data, n_steps),
+        fit,
+        train,
+        group=trainer.replica_group,
     )
 
 
@@ -146,7 +149,7 @@ def _train_chunk(state: TrainState, block: Batch, keys, active, *, trainer: Trai
 
         return jax.lax.scan(step, state, (block, keys, active))
 
-    return _over_replicas(run, (state, block, keys), active)
+    return _over_replicas(run, (state, block, keys), active, group=trainer.replica_group)
 
 
 @functools.partial(jax.jit, static_argnames="trainer")
@@ -160,7 +163,7 @@ def _eval_chunk(state: TrainState, block: Batch, *, trainer: Trainer):
 
         return jax.lax.scan(step, None, block)[1]
 
-    return _over_replicas(run, state, block)
+    return _over_replicas(run, state, block, group=trainer.replica_group)
 
 
 @functools.partial(jax.jit, static_argnames=("trainer", "n_steps"), donate_argnames="fit")
@@ -176,7 +179,8 @@ def _conclude(fit, state, losses, train_out, valid_out, train, valid, *, trainer
         ]
         return trainer.conclude(fit, state, train_loss, *evaluations)
 
-    return _over_replicas(run, (fit, state, losses, train_out, valid_out), train, valid)
+    replicas = (fit, state, losses, train_out, valid_out)
+    return _over_replicas(run, replicas, train, valid, group=trainer.replica_group)
 
 
 def _joined(outputs: Any, n_steps: int) -> Any:
