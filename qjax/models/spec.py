@@ -251,6 +251,25 @@ class OneCpuDevice(Adapter):
 
 
 @dataclasses.dataclass(frozen=True)
+class ReplicaChunk(Adapter):
+    """Several seeds on XLA:CPU: ``chunk`` replicas vmapped side by side per device instead of
+    the engine's one at a time. TabNet's 20 seeds trained 0.70x torch one per device and 1.63x
+    two per device (``benchmarks/results/replica_groups_cpu.md``)."""
+
+    chunk: int
+
+    def train_fields(self, kw: dict, fields: dict) -> dict:
+        return (
+            {**fields, **self.levers(kw.get("micro_batch"))}
+            if kw.get("replica_chunk") is None
+            else fields
+        )
+
+    def levers(self, micro_batch: int | str | None) -> dict:
+        return {"replica_chunk": self.chunk}
+
+
+@dataclasses.dataclass(frozen=True)
 class DailyBatches(Adapter):
     """One batch per trading day (cross-sectional models: GATs, HIST); the fitted
     ``TrainConfig.batching`` is then the one place that says so, for fit and predict alike."""

@@ -134,9 +134,10 @@ class TrainConfig:
     device-resident run (``None``, the default), which is faster when the features fit. Flat
     feature rows only (``qjax.data.Dataset``), on one process.
 
-    ``replica_chunk``: with several seeds, how many replicas train side by side (vmapped) on
-    each device; the groups then run one after another inside the same compiled program
-    (``lax.map``). ``None``: the engine chooses (:func:`qjax.train.parallel.replica_group`).
+    ``replica_chunk``: with several seeds on XLA:CPU, how many replicas train side by side
+    (vmapped) on each device; the groups then run one after another inside the same compiled
+    program (``lax.map``). ``None``: the model family's choice, else one
+    (:func:`qjax.train.parallel.replica_group`). Accelerators run every replica at once.
     Results do not depend on it beyond float summation order.
     """
 

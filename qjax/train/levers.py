@@ -16,13 +16,14 @@ import dataclasses
 
 from qjax.train.config import TrainConfig
 
-ENGINE_DEFAULTS = {"micro_batch": "auto", "cpu_split": True}
+# replica_chunk None: the engine's rule per platform (qjax.train.parallel.replica_group).
+ENGINE_DEFAULTS = {"micro_batch": "auto", "cpu_split": True, "replica_chunk": None}
 
 
 def resolve(config: TrainConfig, network: type) -> TrainConfig:
     """``config`` with every lever left at None set to the choice of the model family whose
     network class is ``network`` (the module's class), else to the engine's default."""
-    if config.micro_batch is not None and config.cpu_split is not None:
+    if all(getattr(config, name) is not None for name in ENGINE_DEFAULTS):
         return config
     # Imported here: the registry imports the model homes, which the engine must not need.
     from qjax.models.registry import spec_of

@@ -172,22 +172,22 @@ def replica_group(chunk: int | None, n_replicas: int, parallel: DataParallel) ->
     run one after another in the same program. ``chunk`` counts replicas per device.
 
     A group takes ``chunk`` replicas from every device that holds replicas, so all devices stay
-    busy, and is the largest such group that divides the replicas. ``chunk=None``: every replica
-    at once (one group), except on XLA:CPU where it is :data:`CPU_REPLICA_CHUNK` per device.
+    busy, and is the largest such group that divides the replicas. On XLA:CPU ``chunk=None`` is
+    :data:`CPU_REPLICA_CHUNK`; accelerators run every replica at once, whatever ``chunk``.
     """
     holders = parallel.mesh.size if parallel.over_replicas else 1
     per_device = n_replicas // holders
-    if chunk is None:
-        on_cpu = parallel.mesh.devices.flat[0].platform == "cpu"
-        chunk = CPU_REPLICA_CHUNK if on_cpu else per_device
+    if parallel.mesh.devices.flat[0].platform != "cpu":
+        return n_replicas
+    chunk = CPU_REPLICA_CHUNK if chunk is None else chunk
     size = max(c for c in range(1, min(chunk, per_device) + 1) if per_device % c == 0)
     return size * holders
 
 
-# Replicas per CPU device side by side: XLA:CPU runs matmuls with a batch (replica) dimension
-# slower than plain ones, so many vmapped replicas lose to a few at a time
-# (benchmarks/results/replicas_cpu.md).
-CPU_REPLICA_CHUNK = 2
+# Replicas per CPU device side by side: XLA:CPU runs matmuls with a replica (batch) dimension
+# slower than plain ones, so 20 seeds trained 1.6-2x faster one replica per device at a time
+# than all vmapped at once (benchmarks/results/replica_groups_cpu.md).
+CPU_REPLICA_CHUNK = 1
 
 
 def data_parallel(

@@ -356,19 +356,19 @@ def test_replicas_in_groups_train_as_all_replicas_at_once(gru_data, chunk):
 
 
 def test_replica_groups_take_replicas_from_every_device_and_divide_them():
-    from qjax.train.parallel import replica_group
+    from qjax.train.parallel import CPU_REPLICA_CHUNK, replica_group
 
     one = data_parallel(jax.devices()[:1])  # replicas not split: one holder
     assert replica_group(1, 20, one) == 1
     assert replica_group(3, 20, one) == 2  # the largest group <= 3 that divides 20
     assert replica_group(50, 20, one) == 20
-    assert replica_group(None, 20, one) == 2  # XLA:CPU's default, CPU_REPLICA_CHUNK
-    assert replica_group(None, 3, one) == 1
+    assert replica_group(None, 20, one) == CPU_REPLICA_CHUNK  # XLA:CPU's default
     if jax.device_count() >= 2:
         two = data_parallel(jax.devices()[:2], over_replicas=True)
         assert replica_group(1, 20, two) == 2  # one replica from each device per turn
         assert replica_group(3, 20, two) == 4  # 10 per device: groups of 2 divide them
-        assert replica_group(None, 6, two) == 2  # 3 per device: a group of 2 does not divide
+        assert replica_group(2, 6, two) == 2  # 3 per device: a group of 2 does not divide
+        assert replica_group(None, 6, two) == 2 * CPU_REPLICA_CHUNK
 
 
 def test_batchnorm_dropout_replicas_match_single_runs():

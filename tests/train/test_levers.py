@@ -47,6 +47,22 @@ def test_a_direct_fit_gets_the_levers_of_the_estimator_route(name):
     assert _levers(direct) == MEASURED.get(name, ("auto", True)), name
 
 
+def test_tabnet_keeps_two_replicas_per_cpu_device_and_the_others_the_engine_rule():
+    # benchmarks/results/replica_groups_cpu.md: TabNet's 20 seeds 0.70x torch one replica per
+    # device at a time, 1.63x two at a time; the other models measured fastest one at a time.
+    for name in sorted(registry.models()):
+        entry = registry.model(name)
+        direct = resolve(TrainConfig(), entry.network)
+        assert direct.replica_chunk == (2 if name == "tabnet" else None), name
+        if entry.spec is not None:
+            fields = entry.spec.train_config_fields(entry.spec.resolve({}, True))
+            assert resolve(TrainConfig(**fields), entry.network).replica_chunk == (
+                direct.replica_chunk
+            ), name
+    tabnet = registry.model("tabnet").network
+    assert resolve(TrainConfig(replica_chunk=5), tabnet).replica_chunk == 5
+
+
 def test_an_explicit_setting_always_wins():
     lstm = LSTMModel
     assert _levers(resolve(TrainConfig(micro_batch=100, cpu_split=True), lstm)) == (100, True)

@@ -13,7 +13,7 @@ import dataclasses
 import pandas as pd
 
 from qjax.data.samples import Samples
-from qjax.models.spec import Adapter, ModelSpec, OneCpuDevice
+from qjax.models.spec import Adapter, ModelSpec, OneCpuDevice, ReplicaChunk
 from qjax.models.tabnet import pretrain as pretrain_stage
 from qjax.models.tabnet.network import TabNetFinetune
 from qjax.models.tabnet.objectives import SparsityRegularisedMSE
@@ -120,5 +120,12 @@ TABNET = ModelSpec(
     "qlib.contrib.model.pytorch_tabnet.TabnetModel",
     DEFAULTS,
     module_kwargs,
-    adapters=(FlatInputs(), FrozenHead(), SparsityPenalty(), Pretraining(), OneCpuDevice()),
+    adapters=(
+        FlatInputs(),
+        FrozenHead(),
+        SparsityPenalty(),
+        Pretraining(),
+        OneCpuDevice(),
+        ReplicaChunk(2),
+    ),
 )
