@@ -20,9 +20,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
-import logging
 import sys
-import warnings
 from pathlib import Path
 
 import jax
@@ -39,6 +37,7 @@ from _common import (  # noqa: E402
     results_table,
     timed,
 )
+from replicas_cpu import torch_for_cpu_runs  # noqa: E402
 
 from qjax.compilation import CompileClock  # noqa: E402
 from qjax.train import fit  # noqa: E402
@@ -164,14 +163,7 @@ def main(argv=None) -> None:
     if args.repeats < 3 or args.seeds < 2:
         p.error("--repeats must be >= 3 (medians of at least three) and --seeds >= 2")
 
-    from qlib.config import C
-
-    C.logging_level = logging.WARNING
-    warnings.filterwarnings("ignore")
-    import torch
-
-    torch.set_num_threads(tvt.usable_cores())
-    torch.get_device = lambda tensor: "cpu"  # Qlib's HIST asks for a CUDA device
+    torch = torch_for_cpu_runs()
     record = {
         "command": command_line(),
         "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),

@@ -157,6 +157,19 @@ def report(record: dict) -> list[str]:
     return lines
 
 
+def torch_for_cpu_runs():
+    """torch on every usable core, Qlib's logging quiet (and its HIST kept off CUDA)."""
+    from qlib.config import C
+
+    C.logging_level = logging.WARNING
+    warnings.filterwarnings("ignore")
+    import torch
+
+    torch.set_num_threads(tvt.usable_cores())
+    torch.get_device = lambda tensor: "cpu"  # Qlib's HIST asks for a CUDA device
+    return torch
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", default="lstm,gru,alstm,krnn,tabnet,gats,transformer,tcn")
@@ -172,14 +185,7 @@ def main(argv=None) -> None:
     if args.repeats < 3 or args.seeds < 2:
         p.error("--repeats must be >= 3 (medians of at least three) and --seeds >= 2")
 
-    from qlib.config import C
-
-    C.logging_level = logging.WARNING
-    warnings.filterwarnings("ignore")
-    import torch
-
-    torch.set_num_threads(tvt.usable_cores())
-    torch.get_device = lambda tensor: "cpu"  # Qlib's HIST asks for a CUDA device
+    torch = torch_for_cpu_runs()
     record = {
         "command": command_line(),
         "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),

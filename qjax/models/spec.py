@@ -253,7 +253,7 @@ class OneCpuDevice(Adapter):
 @dataclasses.dataclass(frozen=True)
 class ReplicaChunk(Adapter):
     """Several seeds on XLA:CPU: ``chunk`` replicas vmapped side by side per device instead of
-    the engine's one at a time. TabNet's 20 seeds trained 0.70x torch one per device and 1.63x
+    the engine's one at a time. TabNet's 20 seeds trained 0.66x torch one per device and 1.52x
     two per device (``benchmarks/results/replica_groups_cpu.md``)."""
 
     chunk: int

@@ -185,8 +185,8 @@ def replica_group(chunk: int | None, n_replicas: int, parallel: DataParallel) ->
 
 
 # Replicas per CPU device side by side: XLA:CPU runs matmuls with a replica (batch) dimension
-# slower than plain ones, so 20 seeds trained 1.6-2x faster one replica per device at a time
-# than all vmapped at once (benchmarks/results/replica_groups_cpu.md).
+# slower than plain ones: 20 seeds of MLP, LSTM, GRU and KRNN trained 1.3-1.7x faster one
+# replica per device at a time than all vmapped at once (benchmarks/results/replica_groups_cpu.md).
 CPU_REPLICA_CHUNK = 1
 
 

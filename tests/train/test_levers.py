@@ -48,8 +48,8 @@ def test_a_direct_fit_gets_the_levers_of_the_estimator_route(name):
 
 
 def test_tabnet_keeps_two_replicas_per_cpu_device_and_the_others_the_engine_rule():
-    # benchmarks/results/replica_groups_cpu.md: TabNet's 20 seeds 0.70x torch one replica per
-    # device at a time, 1.63x two at a time; the other models measured fastest one at a time.
+    # benchmarks/results/replica_groups_cpu.md: TabNet's 20 seeds 0.66x torch one replica per
+    # device at a time, 1.52x two at a time; the other models measured fastest one at a time.
     for name in sorted(registry.models()):
         entry = registry.model(name)
         direct = resolve(TrainConfig(), entry.network)
