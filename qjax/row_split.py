@@ -57,7 +57,8 @@ def map_rows(
     its index, so random draws (dropout) differ from the unsplit run's, with the same law.
     """
     mesh = _MESH.get()
-    if mesh is None or rows.shape[0] % mesh.shape[AXIS]:
+    # JAX < 0.6 has no jax.shard_map with typed replication: XLA's partitioner splits it there.
+    if mesh is None or rows.shape[0] % mesh.shape[AXIS] or not hasattr(jax, "shard_map"):
         return fn(shared, rows, key)
 
     def local(shared, rows, key):
