@@ -15,8 +15,10 @@ micro-batches whose gradients it sums (:mod:`qjax.train.microbatch`). With
 Several seeds train as independent replicas of that program under ``jax.vmap``: every leaf of
 the state has a leading replica axis, each replica has its own initialisation, batch order,
 dropout and early stopping, and a replica that has stopped keeps its state (and best variables)
-while the others go on. A single seed keeps the replica axis (of size one) in its state but
-runs the program unbatched.
+while the others go on. ``replica_chunk`` replicas per device run side by side; groups of them
+take turns inside the same program (on XLA:CPU one per device by default, see
+:func:`qjax.train.parallel.replica_group`). A single seed keeps the replica axis (of size one)
+in its state but runs the program unbatched.
 
 Typical use from an estimator::
 
