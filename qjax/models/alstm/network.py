@@ -12,7 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from qjax.models.layers import RNN, Linear, as_sequence
+from qjax.models.layers import RNN, Dropout, Linear, as_sequence
 
 
 class ALSTMModel(nn.Module):
@@ -42,7 +42,7 @@ class ALSTMModel(nn.Module):
         )
 
         att_hidden = Linear(self.hidden_size // 2, name="att_fc_in")(states)
-        att_hidden = nn.Dropout(self.dropout, deterministic=not train)(att_hidden)
+        att_hidden = Dropout(self.dropout, deterministic=not train)(att_hidden)
         scores = Linear(1, use_bias=False, name="att_fc_out")(jnp.tanh(att_hidden))  # [N, T, 1]
         weights = jax.nn.softmax(scores, axis=1)
         context = jnp.sum(states * weights, axis=1)  # [N, H]

@@ -14,7 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from qjax.models.layers import Linear
+from qjax.models.layers import Dropout, Linear
 
 _ACTIVATIONS = {
     "LeakyReLU": lambda x: jax.nn.leaky_relu(x, negative_slope=0.1),
@@ -95,10 +95,10 @@ class Net(nn.Module):
                 "number of feature columns"
             )
         activation = _ACTIVATIONS[self.act]
-        h = nn.Dropout(self.dropout, deterministic=not train)(x)
+        h = Dropout(self.dropout, deterministic=not train)(x)
         for i, width in enumerate(self.layers):
             h = Linear(width, kernel_init=_kaiming_leaky, name=f"fc_{i}")(h)
             h = TorchBatchNorm(name=f"bn_{i}")(h, use_running_average=not train)
             h = activation(h)
-        h = nn.Dropout(self.dropout, deterministic=not train)(h)
+        h = Dropout(self.dropout, deterministic=not train)(h)
         return Linear(self.output_dim, kernel_init=_kaiming_leaky, name="fc_out")(h)

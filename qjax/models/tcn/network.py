@@ -31,7 +31,14 @@ from collections.abc import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from qjax.models.layers import Linear, as_sequence, causal_conv1d_tail, conv1d, uniform_init
+from qjax.models.layers import (
+    Dropout,
+    Linear,
+    as_sequence,
+    causal_conv1d_tail,
+    conv1d,
+    uniform_init,
+)
 
 
 class WeightNormCausalConv(nn.Module):
@@ -85,7 +92,7 @@ class TemporalBlock(nn.Module):
                 out = conv(out)
             else:  # conv1 at every step held, conv2 at the kept ones
                 out = conv(out, (x.shape[1], 1) if name == "conv1" else (keep, 2))
-            out = nn.Dropout(self.dropout, deterministic=not train)(nn.relu(out))
+            out = Dropout(self.dropout, deterministic=not train)(nn.relu(out))
         if keep is not None:
             x = x[:, x.shape[1] - 1 - 2 * (keep - 1) :: 2]
         residual = x

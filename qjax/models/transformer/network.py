@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from qjax.models.layers import RNN, Conv1d, Linear, as_sequence, uniform_init
+from qjax.models.layers import RNN, Conv1d, Dropout, Linear, as_sequence, uniform_init
 
 FEEDFORWARD_DIM = 2048  # torch's TransformerEncoderLayer default, kept by Qlib even for d_model=64
 LAYER_NORM_EPS = 1e-5
@@ -122,7 +122,7 @@ class MultiHeadSelfAttention(nn.Module):
         q = q.reshape(n, q.shape[1], heads, d // heads)
         k, v = (a.reshape(n, t, heads, d // heads) for a in (k, v))
         scores = jnp.einsum("nqhc,nkhc->nhqk", q, k) / math.sqrt(d // heads)
-        weights = nn.Dropout(self.dropout, deterministic=not train)(jax.nn.softmax(scores, axis=-1))
+        weights = Dropout(self.dropout, deterministic=not train)(jax.nn.softmax(scores, axis=-1))
         context = jnp.einsum("nhqk,nkhc->nqhc", weights, v).reshape(n, q.shape[1], d)
         return _torch_dense(d, d, self.init_key, 1, "out_proj", zero_bias=True)(context)
 
@@ -146,7 +146,7 @@ class TransformerEncoderLayer(nn.Module):
         d, key = self.d_model, self.init_key
 
         def drop(y):
-            return nn.Dropout(self.dropout, deterministic=not train)(y)
+            return Dropout(self.dropout, deterministic=not train)(y)
 
         sub = None if key is None else jax.random.fold_in(key, 0)
         attn = MultiHeadSelfAttention(d, self.nhead, self.dropout, init_key=sub, name="self_attn")(
