@@ -42,7 +42,7 @@ print("minimum versions:", " ".join(pins))
 PY
 
 # Every pinned package at its floor; anything else (transitive) as pip resolves it.
-python -m pip install --quiet --constraint "$constraints" -r "$constraints" "pytest>=8"
+python -m pip install --quiet --constraint "$constraints" -r "$constraints" "pytest>=8" "pytest-timeout>=2.1"
 python -m pip list --format=freeze | grep -iE '^(jax|jaxlib|flax|optax|orbax-checkpoint|numpy|pandas)=='
 
 # Smoke subset: the engine (optax, flax.struct, scan, early stopping), Orbax checkpoints,
