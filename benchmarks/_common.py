@@ -190,6 +190,15 @@ def results_table(
     ]
 
 
+def chosen_models(parser, text: str, known) -> list[str]:
+    """The comma-separated model names of ``--models``; an unknown one is a usage error."""
+    names = [m.strip() for m in text.split(",") if m.strip()]
+    unknown = sorted(set(names) - set(known))
+    if unknown:
+        parser.error(f"unknown models {unknown}; choose from {list(known)}")
+    return names
+
+
 def median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 

@@ -21,7 +21,16 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
-from _common import command_line, load_average, machine, median, publish, table_head, timed
+from _common import (
+    chosen_models,
+    command_line,
+    load_average,
+    machine,
+    median,
+    publish,
+    table_head,
+    timed,
+)
 
 MODELS = ("mlp", "lstm", "gru", "alstm", "transformer", "localformer", "tcn")
 PRODUCTS = ("dot", "matmul", "einsum")
@@ -158,10 +167,7 @@ def main(argv=None) -> None:
     p.add_argument("--predict-rows", type=int, default=2048)
     p.add_argument("--out", default=None, help="folder for bf16_cpu.md / .json")
     args = p.parse_args(argv)
-    names = [m.strip() for m in args.models.split(",") if m.strip()]
-    unknown = sorted(set(names) - set(MODELS))
-    if unknown:
-        p.error(f"unknown models {unknown}; choose from {list(MODELS)}")
+    names = chosen_models(p, args.models, MODELS)
     before = load_average()
     results = {}
     for name in names:

@@ -16,7 +16,16 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
-from _common import command_line, load_average, machine, median, publish, table_head, timed
+from _common import (
+    chosen_models,
+    command_line,
+    load_average,
+    machine,
+    median,
+    publish,
+    table_head,
+    timed,
+)
 
 import qjax.models.layers as layers
 
@@ -105,10 +114,7 @@ def main(argv=None) -> None:
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--out", default=None, help="folder for dropout_cpu.md / .json")
     args = p.parse_args(argv)
-    names = [m.strip() for m in args.models.split(",") if m.strip()]
-    unknown = sorted(set(names) - set(MODELS))
-    if unknown:
-        p.error(f"unknown models {unknown}; choose from {list(MODELS)}")
+    names = chosen_models(p, args.models, MODELS)
     from train_vs_torch import CASES
 
     before = load_average()
