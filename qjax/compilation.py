@@ -9,11 +9,15 @@ process configured itself (``jax.config.update("jax_compilation_cache_dir", ...)
 :class:`CompileClock` adds up the seconds JAX spends tracing, lowering, compiling (or fetching a
 compiled program from the cache), read through ``jax.monitoring``; ``fit`` reports them as
 ``FitResult.compile_seconds``.
+
+:func:`keep_below_map_limit` keeps a long process (a rolling run, a notebook fitting model
+after model, a test session) from dying inside XLA's compiler: see its docstring.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import threading
 from collections.abc import Iterator
@@ -64,6 +68,13 @@ def enable_default_cache() -> None:
         use_compilation_cache(default_cache_dir())
 
 
+def before_compiling() -> None:
+    """What ``fit`` and ``predict`` do first: :func:`enable_default_cache` and
+    :func:`keep_below_map_limit`."""
+    enable_default_cache()
+    keep_below_map_limit()
+
+
 class CompileClock:
     """Seconds of JAX compilation work in this process (all threads), as a running total."""
 
@@ -102,3 +113,60 @@ class CompileClock:
         if event in COMPILE_EVENTS:
             with cls._lock:
                 cls._seconds += duration
+
+
+# -- memory maps --------------------------------------------------------------------------------
+
+# XLA:CPU loads each compiled kernel into pages of its own (a code, a constant and a data map
+# per kernel: 500-800 maps for one RNN's training programs), and JAX keeps every compiled
+# program in its caches for the life of the process, also those that will never run again (a
+# fit with other shapes, an eager ``lax.scan`` over a fresh closure). Linux caps a process's
+# maps (``vm.max_map_count``, 65530 by default); at the cap LLVM's next allocation fails
+# ("LLVM compilation error: Cannot allocate memory") and the process segfaults in the compiler.
+MAP_LIMIT_FILE = Path("/proc/sys/vm/max_map_count")
+PROCESS_MAPS_FILE = Path("/proc/self/maps")
+MAP_LIMIT_SHARE = 0.5  # one large program adds a few thousand maps: keep ample headroom
+
+_log = logging.getLogger(__name__)
+
+
+def map_count() -> int | None:
+    """The memory maps this process holds (None where ``/proc`` does not say)."""
+    try:
+        with PROCESS_MAPS_FILE.open("rb") as maps:
+            return sum(1 for _ in maps)
+    except OSError:
+        return None
+
+
+def map_limit() -> int | None:
+    """The kernel's cap on a process's memory maps (None where ``/proc`` does not say)."""
+    try:
+        return int(MAP_LIMIT_FILE.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def keep_below_map_limit(share: float = MAP_LIMIT_SHARE) -> bool:
+    """Clear JAX's in-memory compile caches once this process holds ``share`` of its memory-map
+    limit, so that compiling can go on; True when it cleared them.
+
+    Called before each ``fit`` compiles. Clearing only costs recompiling what runs again; the
+    cap otherwise ends the process (see ``MAP_LIMIT_FILE`` above). Off Linux: nothing to do.
+    """
+    limit = map_limit()
+    count = map_count() if limit else None
+    if count is None or count < share * limit:
+        return False
+    import jax
+
+    jax.clear_caches()
+    _log.warning(
+        "this process held %d memory maps of the %d its kernel allows (vm.max_map_count), "
+        "most of them compiled XLA programs; JAX's compile caches were cleared (%s maps now) "
+        "so that compiling can go on",
+        count,
+        limit,
+        map_count(),
+    )
+    return True

@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from qjax.compilation import keep_below_map_limit
+
 REPO = Path(__file__).resolve().parents[1]
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 SEED_ENV = "QJAX_TEST_SEED"
@@ -102,6 +104,15 @@ def _seed_global_generators(request):
     np.random.seed(value)
     if "torch" in sys.modules:
         sys.modules["torch"].manual_seed(value)
+
+
+@pytest.fixture(autouse=True)
+def _room_for_compiled_programs():
+    """A worker compiles thousands of programs that JAX keeps for the whole session (eager
+    scans over fresh closures above all); clear them before the process nears its memory-map
+    cap, where XLA's compiler would segfault (see ``qjax.compilation.keep_below_map_limit``)."""
+    yield
+    keep_below_map_limit()
 
 
 def pytest_report_header(config):

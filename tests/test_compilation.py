@@ -1,13 +1,20 @@
-"""The persistent compilation cache is on by default in the library, and compile time is
-reported per fit."""
+"""The persistent compilation cache is on by default in the library, compile time is reported
+per fit, and a long process keeps clear of its memory-map limit."""
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from qjax.compilation import keep_below_map_limit, map_count, map_limit
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -101,3 +108,21 @@ def test_two_processes_share_one_cache_directory(tmp_path):
         if not path.name.endswith("-atime")
     }
     assert len(entries) >= 40, sorted(entries)
+
+
+@pytest.mark.skipif(map_count() is None, reason="needs /proc/self/maps (Linux)")
+def test_near_the_map_limit_compiled_programs_are_released(caplog):
+    """JAX keeps the program of every eager ``lax.scan`` over a fresh closure for good, several
+    memory maps each; clearing the caches gives them back, and a jitted function still runs."""
+    x = jnp.arange(12.0).reshape(4, 3)
+    for k in range(40):
+        jax.lax.scan(lambda carry, row, k=k: (carry + k * row.sum(), carry), 0.0, x)
+    held = map_count()
+    assert map_limit() and held < map_limit()
+    assert not keep_below_map_limit(share=1.0)  # below the limit: nothing is cleared
+    assert map_count() > held - 40
+    with caplog.at_level(logging.WARNING, logger="qjax.compilation"):
+        assert keep_below_map_limit(share=0.0)
+    assert map_count() < held - 80  # at least two maps per program came back
+    assert "vm.max_map_count" in caplog.text
+    assert float(jax.jit(lambda a: a.sum())(x)) == 66.0

@@ -44,7 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from qjax.compilation import CompileClock, enable_default_cache
+from qjax.compilation import CompileClock, before_compiling
 from qjax.data.samples import Samples
 from qjax.errors import Interrupted, TrainingDiverged
 from qjax.train import batching, distributed, levers, microbatch
@@ -382,7 +382,7 @@ def fit(
         a Qlib recorder); metrics hold one value per seed.
       verbose: show a progress bar.
     """
-    enable_default_cache()
+    before_compiling()
     with CompileClock.measure() as compiling:
         result = _fit(
             module,
@@ -446,8 +446,14 @@ def _fit(
     example = train_seg  # what initialisation and the batch shapes read
     if config.stream_batches is not None:
         example = parallel.replicate(stream.head(host_train))
+    # The seeds reach the programs as keys: a trainer without the config's seed lets a fit with
+    # other seeds reuse the programs compiled for the last one instead of adding new ones.
     trainer = Trainer(
-        module, loss_fn, config, parallel, across=None if cluster is None else distributed.AXIS
+        module,
+        loss_fn,
+        dataclasses.replace(config, seed=0),
+        parallel,
+        across=None if cluster is None else distributed.AXIS,
     )
     keys = parallel.place_replicas(jnp.stack([jax.random.PRNGKey(seed) for seed in seeds]))
     state = parallel.place_replicas(
@@ -564,7 +570,7 @@ def predict(
     """
     if samples.size == 0:
         raise ValueError("cannot predict on empty samples")
-    enable_default_cache()
+    before_compiling()
     parallel = data_parallel(auto_devices(batch_size) if devices is None else devices)
     batch_size = prediction_batch(samples.size, batch_size, parallel.size)
     if stream_batches is not None:

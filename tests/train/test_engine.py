@@ -331,6 +331,26 @@ def test_same_seed_reproduces_bitwise_and_predict_per_seed(gru_data, gru_multi_s
     np.testing.assert_allclose(per_seed[2], one, rtol=1e-6, atol=1e-7)
 
 
+def test_a_fit_with_another_seed_reuses_the_compiled_programs(gru_data):
+    """Only the keys carry the seed, so a rolling run or a seed loop compiles once; each new
+    program would also hold hundreds of memory maps for the rest of the process."""
+    counter = {"on": False, "compiles": 0}  # a listener cannot be removed in every JAX we support
+
+    def on_event(event, duration, **_):
+        if counter["on"] and event == "/jax/core/compile/backend_compile_duration":
+            counter["compiles"] += 1
+
+    jax.monitoring.register_event_duration_secs_listener(on_event)
+    config = dataclasses.replace(GRU_CONFIG, n_epochs=2, seed=3)
+    first = fit(TinyGRU(d_feat=2), *gru_data, config, verbose=False)
+    counter["on"] = True
+    other = fit(TinyGRU(d_feat=2), *gru_data, dataclasses.replace(config, seed=4), verbose=False)
+    counter["on"] = False
+    assert counter["compiles"] == 0
+    assert first.seeds == (3,) and other.seeds == (4,)
+    assert max_abs_diff(first.replica(), other.replica()) > 1e-3  # the seed still counts
+
+
 @pytest.mark.parametrize("chunk", [1, 2])
 def test_replicas_in_groups_train_as_all_replicas_at_once(gru_data, chunk):
     """Groups of replicas run in turn (``replica_chunk``) compute what the vmapped replicas do,
