@@ -85,9 +85,12 @@ def test_padded_stocks_do_not_change_valid_rows_or_gradients(base_model, seed):
     padded[n_valid + 2] = 100.0 * rng.standard_normal((8, 4))
     variables = module.init(jax.random.PRNGKey(0), x)
     out_ref = assert_padding_is_masked(module, variables["params"], (x,), (padded,), y)
-    # Without the mask the padded rows take part in attention and change valid rows.
-    finite = np.nan_to_num(padded)
-    assert rel_err(module.apply(variables, finite)[:n_valid], out_ref) > 1e-3
+    # Without the mask, extra stocks take part in attention and change the valid rows. Three large
+    # ones per valid row move them by at least 5% (the least of 400 draws per base model), far
+    # from the 0.1% asserted; a few rows like the padding above moved them by less on some draws.
+    crowd = 100.0 * rng.standard_normal((3 * n_valid, 8, 4)).astype(np.float32)
+    unmasked = module.apply(variables, np.concatenate([x, crowd]))
+    assert rel_err(unmasked[:n_valid], out_ref) > 1e-3
 
 
 def test_dropout_only_in_training(seed):
