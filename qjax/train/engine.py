@@ -566,12 +566,16 @@ def predict(
     (:func:`prediction_batch`). ``per_seed=True`` takes variables with a leading replica axis
     (``FitResult.variables``). ``stream_batches``: keep flat samples' features on the host and
     send them in blocks of this many batches (:mod:`qjax.train.stream`); None: put the samples
-    on the device.
+    on the device. ``devices``: default :func:`parallel.auto_devices` for the batch (daily: the
+    widest day, as ``fit`` splits it).
     """
     if samples.size == 0:
         raise ValueError("cannot predict on empty samples")
     before_compiling()
-    parallel = data_parallel(auto_devices(batch_size) if devices is None else devices)
+    if devices is None:
+        # a daily batch is one padded day, whatever batch_size says
+        devices = auto_devices(_daily_rows(_widest_day(samples)) if daily else batch_size)
+    parallel = data_parallel(devices)
     batch_size = prediction_batch(samples.size, batch_size, parallel.size)
     if stream_batches is not None:
         from qjax.train import stream
@@ -729,12 +733,17 @@ def _split_rows(
         # bad samples are reported by _prepare_segments; here they just count for nothing
         days = [_widest_day(s) for s in (train, valid) if isinstance(s, Samples) and s.size]
         widest = max(days, default=1)
-    return _round_up(widest, len(jax.local_devices()))
+    return _daily_rows(widest)
 
 
 def _widest_day(samples: Samples) -> int:
     group = samples.day if samples.batch_group is None else samples.batch_group
     return int(np.bincount(np.asarray(jax.device_get(group))).max())
+
+
+def _daily_rows(widest: int) -> int:
+    """Rows of a daily batch: the widest day padded to a multiple of the local devices."""
+    return _round_up(widest, len(jax.local_devices()))
 
 
 def _micro_batches(trainer: Trainer, train: Segment, state: FitState) -> int:

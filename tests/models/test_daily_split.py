@@ -88,6 +88,11 @@ CHILD = textwrap.dedent(
     assert fit(module, train, None, one_epoch, verbose=False).n_devices == 1
     seeds = fit(module, wide, None, one_epoch, seeds=[0, 1], verbose=False)
     assert (seeds.n_devices, seeds.replica_devices) == (1, 2), seeds
+    # predict splits a day by the same rule; its batch_size (meaningless for days) has no say
+    for samples, split in ((wide, True), (train, False)):
+        calls.clear()
+        predict(module, variables, samples, daily=True, batch_size=1)
+        assert bool(calls) == split, (samples.size, len(calls))
     print("OK", worst, fit_gap)
     """
 )
