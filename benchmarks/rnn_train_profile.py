@@ -9,6 +9,9 @@
    ``qjax.models.layers.RNN`` is, against a hand-written VJP that saves one packed activation
    buffer per step and computes the kernel gradient as one matmul after the backward scan:
    forward+backward milliseconds and the largest relative gradient difference.
+3. The same hand-written VJP inside the engine: one ``fit`` epoch of the LSTM and GRU models
+   (as in 1., the levers their home picks) with every recurrent layer's gradient autodiff's or
+   hand-written, timed in turns.
 
     python benchmarks/rnn_train_profile.py --out benchmarks/results
 """
@@ -48,10 +51,11 @@ def op_kind(name: str) -> str | None:
     return "elementwise fusions (gate math, loss, optimiser)"
 
 
-def profile_epoch(name: str) -> dict:
+def epoch_setup(name: str):
+    """(module, samples, config) of one training epoch of model ``name`` with Qlib's settings."""
     import qjax
     from qjax.data.samples import tabular_samples
-    from qjax.train import TrainConfig, fit
+    from qjax.train import TrainConfig
 
     rng = np.random.default_rng(0)
     index = pd.MultiIndex.from_product(
@@ -67,6 +71,13 @@ def profile_epoch(name: str) -> dict:
     config = TrainConfig(
         n_epochs=1, lr=1e-3, batch_size=N, clip_value=3.0, optimizer="adam", seed=0
     )
+    return module, samples, config
+
+
+def profile_epoch(name: str) -> dict:
+    from qjax.train import fit
+
+    module, samples, config = epoch_setup(name)
     fit(module, samples, None, config, verbose=False)  # compile
     wall, events = traced(lambda: fit(module, samples, None, config, verbose=False))
     by_kind, by_thread = collections.Counter(), collections.Counter()
@@ -232,6 +243,58 @@ def layer_gradients(repeats: int) -> dict:
     return out
 
 
+# -- 3. the hand-written VJP inside the engine -----------------------------------------------
+
+
+def hand_written_layers(cls):
+    """``cls`` (a qjax model class) with its recurrent layers differentiated by the hand-written
+    VJPs above. A class of its own, so the engine compiles it apart from ``cls``."""
+    from qjax.models import layers
+
+    manual = {"lstm": lstm_manual, "gru": gru_manual}
+
+    def scan_cell(cell, projected, k_hh, b_hh, hidden):
+        return manual[cell](projected, k_hh, b_hh)
+
+    class HandWritten(cls):
+        def __call__(self, *args, **kwargs):
+            original, layers._scan_cell = layers._scan_cell, scan_cell
+            try:
+                return super().__call__(*args, **kwargs)
+            finally:
+                layers._scan_cell = original
+
+    HandWritten.__name__ = HandWritten.__qualname__ = f"{cls.__name__}HandWrittenVJP"
+    return HandWritten
+
+
+def engine_epochs(name: str, repeats: int) -> dict:
+    from qjax.train import fit, levers
+
+    module, samples, config = epoch_setup(name)
+    config = levers.resolve(config, type(module))  # the home's levers for both variants
+    variants = {
+        "autodiff": module,
+        "hand_written_vjp": hand_written_layers(type(module))(
+            d_feat=6, hidden_size=H, num_layers=2
+        ),
+    }
+
+    def epoch(net):
+        return lambda: jax.block_until_ready(
+            fit(net, samples, None, config, verbose=False).variables
+        )
+
+    runs = {label: epoch(net) for label, net in variants.items()}
+    for run in runs.values():
+        run()  # compile
+    seconds = {label: [] for label in runs}
+    for _ in range(repeats):
+        for label, run in runs.items():
+            seconds[label].append(timed(run))
+    return {label: {"median_s": median(s), "all_s": s} for label, s in seconds.items()}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--repeats", type=int, default=7)
@@ -240,6 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     before = load_average()
     profiles = {name: profile_epoch(name) for name in ("lstm", "gru")}
     layers = layer_gradients(args.repeats)
+    engine = {name: engine_epochs(name, args.repeats) for name in ("lstm", "gru")}
     meta = {
         "command": command_line(),
         "load_before": before,
@@ -283,12 +347,24 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['hand_written_vjp_ms'] / r['autodiff_ms']:.2f} | {r['max_rel_diff']:.1e} |"
             for cell, r in layers.items()
         ],
+        "",
+        f"The hand-written VJP inside the engine: one `fit` epoch of the model ({SAMPLES} samples, "
+        f"batch {N}, the levers its home picks), every recurrent layer differentiated either way "
+        f"(seconds, median of {args.repeats} in turns):",
+        "",
+        "| model | autodiff s | hand-written VJP s | hand-written / autodiff |",
+        "|---|---:|---:|---:|",
+        *[
+            f"| {name} | {r['autodiff']['median_s']:.3f} | {r['hand_written_vjp']['median_s']:.3f} | "
+            f"{r['hand_written_vjp']['median_s'] / r['autodiff']['median_s']:.2f} |"
+            for name, r in engine.items()
+        ],
     ]
     publish(
         lines,
         args.out,
         "rnn_train_profile_cpu",
-        {**meta, "epoch_profiles": profiles, "layer_gradients": layers},
+        {**meta, "epoch_profiles": profiles, "layer_gradients": layers, "engine_epochs": engine},
     )
     return 0
 
