@@ -1,11 +1,11 @@
-"""Per-row model parts run per device when the engine splits a daily batch over devices.
+"""Per-row model parts run per device when the engine splits a batch's rows over devices.
 
-A cross-sectional model (GATs, HIST) encodes each of the day's stocks on its own, then relates
-them. GSPMD partitions the per-stock recurrent encoder by rows, but in the backward scan it
-all-reduces the recurrent kernel's gradient at every time step (120 cross-device reductions per
-step for a 2-layer, 60-step LSTM), which made a split day slower than one device. Under
-``shard_map`` each device accumulates its own gradient through the scan and the parameters'
-gradients are summed once, at the boundary.
+A recurrent encoder reads each row (a stock's sequence) on its own; a cross-sectional model
+(GATs, HIST) then relates the day's stocks. GSPMD partitions such an encoder by rows, but in the
+backward scan it all-reduces the recurrent kernel's gradient at every time step (120
+cross-device reductions per step for a 2-layer, 60-step LSTM), which made a split batch slower
+than one device. Under ``shard_map`` each device accumulates its own gradient through the scan
+and the parameters' gradients are summed once, at the boundary (``qjax.models.layers.RNN``).
 
 The engine traces its programs inside :func:`rows_split_over` with the mesh that splits the
 batch (``qjax.train.parallel``); :func:`map_rows` then runs ``fn`` on each device's share of the
@@ -52,9 +52,9 @@ def map_rows(
     """``fn(shared, rows, key)`` -> ``[rows, ...]``, each device on its share of the rows.
 
     ``shared`` (e.g. parameters) is the same on every device and its gradient is summed over
-    them; ``rows`` and the result are split along their leading axis, and the result comes
-    back whole (replicated) for the cross-row part that follows. ``key``: each device folds in
-    its index, so random draws (dropout) differ from the unsplit run's, with the same law.
+    them; ``rows`` and the result are split along their leading axis (a cross-row part that
+    follows takes the result :func:`whole`). ``key``: each device folds in its index, so random
+    draws (dropout) differ from the unsplit run's, with the same law.
     """
     mesh = _MESH.get()
     # JAX < 0.6 has no jax.shard_map with typed replication: XLA's partitioner splits it there.
@@ -69,13 +69,12 @@ def map_rows(
             key = jax.random.fold_in(key, jax.lax.axis_index(AXIS))
         return fn(shared, rows, key)
 
-    split = jax.shard_map(
+    return jax.shard_map(
         local,
         mesh=mesh,
         in_specs=(PartitionSpec(), PartitionSpec(AXIS), PartitionSpec()),
         out_specs=PartitionSpec(AXIS),
     )(shared, rows, key)
-    return whole(split)
 
 
 def whole(x: Any) -> Any:

@@ -13,6 +13,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from qjax.row_split import current_mesh, map_rows
+
 
 def uniform_init(bound: float):
     """U(-bound, bound), torch's default for Linear/Conv/RNN parameters."""
@@ -127,6 +129,10 @@ class RNN(nn.Module):
     faster (benchmarks/rnn_layouts.py). Under differentiation the split gains nothing
     measurable, so training keeps the fused layout (``per_gate=None`` picks by ``train``).
     Same numbers either way, up to rounding.
+
+    While the engine splits a batch's rows over devices (:mod:`qjax.row_split`), each device runs
+    its own rows through every layer under ``shard_map`` and the output stays split by rows. Left
+    to XLA's partitioner, the backward scan all-reduced the kernel gradients at every time step.
     """
 
     hidden_size: int
@@ -135,8 +141,22 @@ class RNN(nn.Module):
     cell: str = "gru"
     per_gate: bool | None = None
 
-    @nn.compact
     def __call__(self, x, train: bool = False):
+        if self.is_initializing() or current_mesh() is None:
+            return self.layers(x, train)
+        local = self.clone(parent=None, name=None)
+        dropout = train and self.dropout > 0 and self.num_layers > 1
+
+        def run(params, rows, key):
+            rngs = {"dropout": key} if dropout else {}
+            return local.apply({"params": params}, rows, train, rngs=rngs, method=RNN.layers)
+
+        key = self.make_rng("dropout") if dropout else None
+        return map_rows(run, self.variables["params"], x, key)
+
+    @nn.compact
+    def layers(self, x, train: bool):
+        """The layers on all of ``x``'s rows (what each device runs on its own under a split)."""
         cell = self.cell.lower()
         if cell not in ("gru", "lstm"):
             raise ValueError(f"unknown RNN cell {self.cell!r}; use 'gru' or 'lstm'")

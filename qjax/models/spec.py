@@ -224,19 +224,6 @@ class SequenceInput(Adapter):
 
 
 @dataclasses.dataclass(frozen=True)
-class WholeBatchesOnCpu(Adapter):
-    """Whole batches on one CPU device unless ``micro_batch`` is given: a recurrent scan trained
-    slower both in micro-batches and split over the cores (LSTM, GRU, ALSTM on 2 quiet cores,
-    ``benchmarks/results/levers_cpu.md``), while attention and convolutions gained."""
-
-    def train_fields(self, kw: dict, fields: dict) -> dict:
-        return {**fields, **self.levers(kw.get("micro_batch"))}
-
-    def levers(self, micro_batch: int | str | None) -> dict:
-        return {} if micro_batch is not None else {"micro_batch": "off", "cpu_split": False}
-
-
-@dataclasses.dataclass(frozen=True)
 class OneCpuDevice(Adapter):
     """Each batch on one CPU device, in the engine's micro-batches: KRNN and TabNet trained
     slower split over the cores (0.85x and 0.69x of torch on 2 quiet cores, against 1.23x and

@@ -123,10 +123,9 @@ class TrainConfig:
     stocks (``benchmarks/daily_levers.py``). Accelerators are always all used.
 
     Both levers default to None: the choice measured for the module's model family
-    (:mod:`qjax.train.levers`; the recurrent LSTM, GRU and ALSTM train whole batches on one CPU
-    device, KRNN and TabNet on one device in automatic micro-batches,
-    ``benchmarks/results/levers_cpu.md``), and "auto" and True for a module no family
-    registered. A value set here always wins.
+    (:mod:`qjax.train.levers`; KRNN and TabNet train on one device in automatic micro-batches,
+    ``benchmarks/results/levers_cpu_more.md``), and "auto" and True for every other model and
+    for a module no family registered. A value set here always wins.
 
     ``stream_batches``: keep the feature rows in host memory and stream them to the device in
     blocks of this many train batches, double buffered (:mod:`qjax.train.stream`), for feature

@@ -1,8 +1,8 @@
 """The CPU speed levers a :class:`TrainConfig` leaves to the model: ``micro_batch`` and
 ``cpu_split`` set to None.
 
-Each lever was measured per model family (``benchmarks/results/levers_cpu.md``): the recurrent
-models (LSTM, GRU, ALSTM) train faster in whole batches on one CPU device, KRNN and TabNet on one
+Each lever was measured per model family (``benchmarks/results/levers_cpu.md``,
+``levers_cpu_more.md``, ``levers_cpu_rnn_rows.md``): KRNN and TabNet train faster on one CPU
 device in micro-batches, the rest with both levers on. A family's home states its choice in its
 wrapper spec (:meth:`qjax.models.spec.ModelSpec.levers`); the estimators and the CLI copy it into
 the config, and :func:`resolve` gives a direct ``fit`` call the same, found by the module's class

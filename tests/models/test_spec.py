@@ -95,19 +95,18 @@ def test_lr_plateau_sets_the_schedule_and_general_uses_qlibs():
     assert general.lr_plateau == Plateau(factor=0.5, patience=5, threshold=1e-5, min_lr=1e-6)
 
 
-def test_recurrent_models_train_whole_batches_on_one_cpu_device_unless_asked():
+def test_recurrent_models_leave_the_cpu_levers_to_the_engine():
     from qjax.models.alstm.wrapper import ALSTM
     from qjax.models.rnn.wrapper import GRU, LSTM
     from qjax.models.transformer.wrapper import TRANSFORMER
 
-    for spec in (LSTM, GRU, ALSTM):
+    # benchmarks/results/levers_cpu_rnn_rows.md: split over the cores (each device's rows
+    # under shard_map) in micro-batches, as the engine's defaults do (tests/train/test_levers.py)
+    for spec in (LSTM, GRU, ALSTM, TRANSFORMER):
         config = TrainConfig(**spec.train_config_fields(spec.resolve({}, True)))
-        assert (config.micro_batch, config.cpu_split) == ("off", False), spec.qlib_class
+        assert (config.micro_batch, config.cpu_split) == (None, None), spec.qlib_class
         asked = TrainConfig(**spec.train_config_fields(spec.resolve({"micro_batch": 100}, True)))
         assert (asked.micro_batch, asked.cpu_split) == (100, None), spec.qlib_class
-    transformer = TrainConfig(**TRANSFORMER.train_config_fields(TRANSFORMER.resolve({}, True)))
-    # left to the engine, which turns both levers on (tests/train/test_levers.py)
-    assert (transformer.micro_batch, transformer.cpu_split) == (None, None)
 
 
 def test_krnn_and_tabnet_train_on_one_cpu_device_in_automatic_micro_batches():

@@ -16,12 +16,9 @@ from qjax.train import TrainConfig, fit
 from qjax.train.levers import resolve
 from qjax.train.parallel import auto_devices
 
-# The measured choices (benchmarks/results/levers_cpu.md, levers_cpu_more.md), written out here
-# rather than read from the specs under test.
+# The measured choices (benchmarks/results/levers_cpu_more.md, levers_cpu_rnn_rows.md), written
+# out here rather than read from the specs under test.
 MEASURED = {
-    "lstm": ("off", False),
-    "gru": ("off", False),
-    "alstm": ("off", False),
     "krnn": ("auto", False),
     "tabnet": ("auto", False),
     "transformer": ("auto", True),
@@ -65,12 +62,9 @@ def test_tabnet_keeps_two_replicas_per_cpu_device_and_the_others_the_engine_rule
 
 def test_an_explicit_setting_always_wins():
     lstm = LSTMModel
-    assert _levers(resolve(TrainConfig(micro_batch=100, cpu_split=True), lstm)) == (100, True)
-    assert _levers(resolve(TrainConfig(cpu_split=True), lstm)) == ("off", True)
+    assert _levers(resolve(TrainConfig(micro_batch=100, cpu_split=False), lstm)) == (100, False)
+    assert _levers(resolve(TrainConfig(cpu_split=False), lstm)) == ("auto", False)
     assert _levers(resolve(TrainConfig(micro_batch="off"), lstm)) == ("off", True)
-    # asking for the automatic chunks turns the whole-batch choice off, as the estimator does
-    assert _levers(resolve(TrainConfig(micro_batch="auto"), lstm)) == ("auto", True)
-    assert _levers(resolve(TrainConfig(micro_batch=0), lstm)) == ("auto", True)
     krnn = registry.get("krnn")
     assert _levers(resolve(TrainConfig(micro_batch="off"), krnn)) == ("off", False)
     assert _levers(resolve(TrainConfig(cpu_split=True), krnn)) == ("auto", True)
@@ -92,11 +86,11 @@ def test_bad_cpu_split_is_refused():
         TrainConfig(cpu_split=1)
 
 
-def test_a_direct_fit_of_an_lstm_trains_whole_batches_on_one_device():
+def test_a_direct_fit_of_an_lstm_splits_its_batches_unless_told_not_to():
     train = panel(n_days=20, n_inst=16, n_feat=12, seed=3)  # 320 samples, 2 steps of 6
     config = TrainConfig(n_epochs=1, batch_size=128, early_stop=2)
     module = LSTMModel(d_feat=6, hidden_size=8, num_layers=1)
     run = fit(module, train, None, config, verbose=False)
-    assert (run.n_devices, run.micro_batches) == (1, 1)
-    split = fit(module, train, None, dataclasses.replace(config, cpu_split=True), verbose=False)
-    assert split.n_devices == len(auto_devices(128)), jax.devices()
+    assert run.n_devices == len(auto_devices(128)), jax.devices()
+    whole = fit(module, train, None, dataclasses.replace(config, cpu_split=False), verbose=False)
+    assert whole.n_devices == 1

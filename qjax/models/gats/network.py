@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from qjax.models.layers import RNN, Linear, as_sequence
-from qjax.row_split import current_mesh, map_rows, whole
+from qjax.row_split import whole
 
 
 def rnn_cell(base_model: str) -> str:
@@ -84,19 +84,9 @@ class DailyStockRNN(nn.Module):
         valid = stock_mask(mask, seq.shape[0])
         seq = zero_padded_rows(seq, valid)
         settings = (self.hidden_size, self.num_layers, self.dropout)
-        cell = rnn_cell(self.base_model)
-        if self.is_initializing() or current_mesh() is None:
-            return RNN(*settings, cell=cell, name="rnn")(seq, train=train)[:, -1, :], valid
-        # The day is split over devices: each encodes its own stocks (qjax.row_split).
-        rnn = RNN(*settings, cell=cell, parent=None)
-        dropout = train and self.dropout > 0
-
-        def encode(params, rows, key):
-            rngs = {"dropout": key} if dropout else {}
-            return rnn.apply({"params": params}, rows, train=train, rngs=rngs)[:, -1, :]
-
-        key = self.make_rng("dropout") if dropout else None
-        return map_rows(encode, self.variables["params"]["rnn"], seq, key), whole(valid)
+        rnn = RNN(*settings, cell=rnn_cell(self.base_model), name="rnn")
+        # Under a split day each device encodes its own stocks; the stocks are related whole.
+        return whole(rnn(seq, train=train)[:, -1, :]), whole(valid)
 
 
 class GATModel(DailyStockRNN):

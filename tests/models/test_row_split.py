@@ -1,8 +1,9 @@
-"""GATs and HIST with each day split over CPU devices (``qjax.row_split``) equal one device.
+"""Recurrent models with each batch split over CPU devices (``qjax.row_split``) equal one device.
 
-The split runs the recurrent encoder on each device's share of the stocks under ``shard_map``
-and sums the encoder's parameter gradients across devices once; only the summation order of
-those gradients differs from one device, so in float64 values and gradients agree to ~1e-13.
+The split runs the recurrent layers on each device's share of the rows (a day's stocks for GATs
+and HIST) under ``shard_map`` and sums their parameter gradients across devices once; only the
+summation order of those gradients differs from one device, so in float64 values and gradients
+agree to ~1e-13.
 """
 
 from __future__ import annotations
@@ -24,8 +25,11 @@ CHILD = textwrap.dedent(
     import sys
     import jax, jax.numpy as jnp, numpy as np
     jax.config.update("jax_enable_x64", True)
+    from qjax.models.alstm import ALSTMModel
     from qjax.models.gats import GATModel
     from qjax.models.hist import HISTModel
+    from qjax.models.rnn import LSTMModel
+    from qjax.models.transformer import Localformer
     from qjax.row_split import rows_split_over
     from qjax.train import TrainConfig, fit, predict
     from qjax.train.parallel import data_parallel
@@ -38,17 +42,21 @@ CHILD = textwrap.dedent(
     x = jnp.asarray(rng.standard_normal((n, 36)))
     mask = jnp.asarray(np.arange(n) < n - 6)
     concepts = jnp.asarray((rng.random((n, 7)) < 0.3).astype(np.float64))
-    cases = [
-        (GATModel(d_feat=6, base_model="LSTM"), {}),
-        (HISTModel(d_feat=6, base_model="GRU"), {"concept_matrix": concepts}),
+    cases = [  # (module, its keywords besides x): daily models take the padding mask
+        (GATModel(d_feat=6, base_model="LSTM"), {"mask": mask}),
+        (HISTModel(d_feat=6, base_model="GRU"), {"mask": mask, "concept_matrix": concepts}),
+        (LSTMModel(d_feat=6), {}),
+        (ALSTMModel(d_feat=6), {}),
+        (Localformer(d_feat=6, nhead=2, dropout=0.0), {}),  # its GRU
     ]
     worst = 0.0
     for module, extra in cases:
-        variables = module.init(jax.random.PRNGKey(seed), x[:2], **{k: v[:2] for k, v in extra.items()})
+        first_two = {k: v[:2] for k, v in extra.items()}
+        variables = module.init(jax.random.PRNGKey(seed), x[:2], **first_two)
         params = jax.tree.map(lambda a: a.astype(jnp.float64), variables["params"])
 
         def loss(params, train):
-            pred = module.apply({"params": params}, x, mask=mask, train=train, **extra)
+            pred = module.apply({"params": params}, x, train=train, **extra)
             return jnp.sum(jnp.where(mask, pred, 0.0) ** 2)
 
         for train in (True, False):  # the training layout and the per-gate inference layout
@@ -58,13 +66,19 @@ CHILD = textwrap.dedent(
                     # a fresh jit: the split is decided when the function is traced
                     split = jax.jit(jax.value_and_grad(loss), static_argnums=1)(params, train)
                 gap = max_abs_diff(whole, split)
-                assert gap < 1e-10, (type(module).__name__, module.base_model, train, len(devices), gap, seed)
+                assert gap < 1e-10, (type(module).__name__, train, len(devices), gap, seed)
                 worst = max(worst, gap)
 
-    # The engine splits daily batches over the devices it is given, through shard_map.
+    # The engine splits batches over the devices it is given, through shard_map.
     calls = []
     real_shard_map = jax.shard_map
     jax.shard_map = lambda *a, **k: calls.append(1) or real_shard_map(*a, **k)
+    rows = panel(n_days=8, n_inst=16, n_feat=12, seed=seed)
+    row_config = TrainConfig(n_epochs=1, batch_size=32, optimizer="gd", micro_batch="off")
+    for count in (1, 2):
+        calls.clear()
+        fit(LSTMModel(d_feat=6, hidden_size=8), rows, None, row_config, devices=jax.devices()[:count], verbose=False)
+        assert bool(calls) == (count == 2), (count, len(calls))
     train = panel(n_days=6, n_inst=23, n_feat=12, ragged=True, seed=seed)
     config = TrainConfig(n_epochs=2, lr=0.05, batching="daily", optimizer="gd", early_stop=5)
     module = GATModel(d_feat=6, hidden_size=8, base_model="LSTM")
