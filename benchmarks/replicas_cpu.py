@@ -177,6 +177,7 @@ def main(argv=None) -> None:
     p.add_argument("--seeds", type=int, default=8)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--out", default=None)
+    p.add_argument("--tag", default="", help="result name suffix: replicas_cpu_<tag>.{md,json}")
     args = p.parse_args(argv)
     names = [m.strip().lower() for m in args.models.split(",") if m.strip()]
     unknown = sorted(set(names) - set(tvt.CASES))
@@ -210,7 +211,8 @@ def main(argv=None) -> None:
         up = record["models"][name]["speedup_vs_torch"]
         print("    " + ", ".join(f"{k} {v:.2f}x" for k, v in up.items()), file=sys.stderr)
     record["load_average_after"] = load_average()
-    publish(report(record), args.out, "replicas_cpu", record)
+    name = f"replicas_cpu_{args.tag}" if args.tag else "replicas_cpu"
+    publish(report(record), args.out, name, record)
 
 
 if __name__ == "__main__":

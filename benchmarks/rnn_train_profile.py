@@ -10,7 +10,7 @@
    buffer per step and computes the kernel gradient as one matmul after the backward scan:
    forward+backward milliseconds and the largest relative gradient difference.
 3. The same hand-written VJP inside the engine: one ``fit`` epoch of the LSTM and GRU models
-   (as in 1., the levers their home picks) with every recurrent layer's gradient autodiff's or
+   (as in 1., whole batches on one CPU device) with every recurrent layer's gradient autodiff's or
    hand-written, timed in turns.
 
     python benchmarks/rnn_train_profile.py --out benchmarks/results
@@ -68,8 +68,15 @@ def epoch_setup(name: str):
         index,
     )
     module = qjax.models.get(name)(d_feat=6, hidden_size=H, num_layers=2)
-    config = TrainConfig(
-        n_epochs=1, lr=1e-3, batch_size=N, clip_value=3.0, optimizer="adam", seed=0
+    config = TrainConfig(  # whole batches on one CPU device: the recurrence alone
+        n_epochs=1,
+        lr=1e-3,
+        batch_size=N,
+        clip_value=3.0,
+        optimizer="adam",
+        seed=0,
+        micro_batch="off",
+        cpu_split=False,
     )
     return module, samples, config
 
@@ -269,10 +276,9 @@ def hand_written_layers(cls):
 
 
 def engine_epochs(name: str, repeats: int) -> dict:
-    from qjax.train import fit, levers
+    from qjax.train import fit
 
     module, samples, config = epoch_setup(name)
-    config = levers.resolve(config, type(module))  # the home's levers for both variants
     variants = {
         "autodiff": module,
         "hand_written_vjp": hand_written_layers(type(module))(
@@ -349,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
         ],
         "",
         f"The hand-written VJP inside the engine: one `fit` epoch of the model ({SAMPLES} samples, "
-        f"batch {N}, the levers its home picks), every recurrent layer differentiated either way "
+        f"batch {N} whole on one CPU device), every recurrent layer differentiated either way "
         f"(seconds, median of {args.repeats} in turns):",
         "",
         "| model | autodiff s | hand-written VJP s | hand-written / autodiff |",

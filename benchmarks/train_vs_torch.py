@@ -492,8 +492,8 @@ def train_config(case: Case, n: int) -> TrainConfig:
 
 def home_levers(name: str) -> dict:
     """The speed levers (``micro_batch``, ``cpu_split``) that the model's home picks for it,
-    as ``qjax train`` and the estimators apply them (e.g. whole batches on one CPU device for
-    the recurrent models); empty where the home leaves the engine's defaults."""
+    as ``qjax train`` and the estimators apply them (e.g. one CPU device for KRNN and TabNet);
+    empty where the home leaves the engine's defaults."""
     model = qjax.estimators.wrappers().get(name)
     if model is None:
         return {}

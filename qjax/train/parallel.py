@@ -149,9 +149,11 @@ def choose_parallel(
     ``devices`` (default: all local ones) that divide them; ``None`` chooses.
 
     The choice (measured in ``benchmarks/results/replicas_cpu.md``, 2 CPU cores, 4 seeds): on
-    XLA:CPU, several seeds whose batch stays on one device (the recurrent models, KRNN, TabNet,
-    daily batches) split over the devices, 1.15-2x faster than a split batch; where the batch
-    splits (Transformer, TCN) the split batch stays, 1.1-1.4x faster than split seeds.
+    XLA:CPU, several seeds whose batch stays on one device (KRNN, TabNet, daily batches) split
+    over the devices, 1.15-2x faster than a split batch; where the batch splits (Transformer,
+    TCN, and since their layers run under ``shard_map`` the recurrent models) the split batch
+    stays (for LSTM, GRU and ALSTM the split seeds measured 1.04-1.05x faster with 4 seeds,
+    ``benchmarks/results/replicas_cpu_rnn_rows.md``).
     """
     if split not in (None, *SPLITS):
         raise ValueError(f"split={split!r} is not one of {SPLITS} (or None to choose)")
