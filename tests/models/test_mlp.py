@@ -146,9 +146,13 @@ def test_train_step_matches_qlib_including_running_stats(torch, act, seed):
     assert ours[0].dtype == np.float32
     for got, reference, want in ((ours[0], theirs[0], truth[0]), (ours[3], theirs[3], truth[3])):
         assert rel_err(got, want) <= float32_bound(rel_err(reference, want))
+    # After the step a leaf can nearly cancel (fc_out's bias: b - lr * g close to 0) and keeps
+    # the float32 rounding of its operands, far above its own scale: floored at 1% of the tree's
+    # largest leaf, as the gradients are. At 0.1% one draw in 150 failed (ours 3.4e-6 against
+    # torch's exact 0 on that leaf); at 1% the worst of 300 draws used 0.39 of the bound.
     for got, reference, want, floor in (
         (ours[1], theirs[1], truth[1], BN_BIAS_GRAD_FLOOR),
-        (ours[2], theirs[2], truth[2], 1e-3),
+        (ours[2], theirs[2], truth[2], BN_BIAS_GRAD_FLOOR),
     ):
         bound = float32_bound(max(tree_errors(reference, want, floor).values()))
         assert_trees_close(got, want, bound, floor_fraction=floor)

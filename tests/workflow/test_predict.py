@@ -126,10 +126,13 @@ def test_qjax_predict_writes_the_scores_from_a_fresh_process(flat_run, tmp_path)
     )
     assert done.returncode == 0, done.stderr
     assert f"scored {len(_saved_scores(flat_run))} rows" in done.stdout
-    written = pd.read_csv(out, index_col=[0, 1], parse_dates=[0])["score"]
-    np.testing.assert_allclose(
-        written.to_numpy(), _saved_scores(flat_run).to_numpy(), rtol=1e-6
-    )  # CSV text round trip of float32 values
+    written = pd.read_csv(out, index_col=[0, 1], parse_dates=[0])["score"].to_numpy()
+    saved = _saved_scores(flat_run).to_numpy()
+    # The run scored its test days split over the CPU devices, this process on one
+    # (QJAX_CPU_DEVICES=1): the same float32 network, its matmuls blocked differently. The
+    # largest gap measured 2.5e-7 of the largest score (two float32 epsilons), so a score near
+    # zero can miss a relative bound alone.
+    np.testing.assert_allclose(written, saved, rtol=1e-6, atol=1e-6 * np.abs(saved).max())
 
 
 def test_cli_default_output_is_a_parquet_file_in_the_run(flat_run, tmp_path, capsys):
