@@ -154,6 +154,7 @@ def main(argv=None) -> None:
     p.add_argument("--chunks", default="1,2,all", help="replica_chunk values ('all': at once)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--out", default=None)
+    p.add_argument("--tag", default="", help="result name suffix: replica_groups_cpu_<tag>.*")
     args = p.parse_args(argv)
     names = [m.strip().lower() for m in args.models.split(",") if m.strip()]
     unknown = sorted(set(names) - set(tvt.CASES))
@@ -190,7 +191,12 @@ def main(argv=None) -> None:
             up = record["models"][name]["speedup_vs_torch"]
             print("    " + ", ".join(f"{k} {v:.2f}x" for k, v in up.items()), file=sys.stderr)
         record["load_average_after"] = load_average()  # written after every model: a cut-off
-        publish(report(record), args.out, "replica_groups_cpu", record)  # run keeps its rows
+        publish(
+            report(record),
+            args.out,
+            (f"replica_groups_cpu_{args.tag}" if args.tag else "replica_groups_cpu"),
+            record,
+        )  # run keeps its rows
 
 
 if __name__ == "__main__":
