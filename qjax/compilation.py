@@ -151,8 +151,9 @@ def keep_below_map_limit(share: float = MAP_LIMIT_SHARE) -> bool:
     """Clear JAX's in-memory compile caches once this process holds ``share`` of its memory-map
     limit, so that compiling can go on; True when it cleared them.
 
-    ``fit`` and ``predict`` call it before they compile. Clearing only costs recompiling what runs again; the
-    cap otherwise ends the process (see ``MAP_LIMIT_FILE`` above). Off Linux: nothing to do.
+    ``fit`` and ``predict`` call it before they compile. Clearing only costs recompiling what
+    runs again; the cap otherwise ends the process (see ``MAP_LIMIT_FILE`` above). Off Linux:
+    nothing to do.
     """
     limit = map_limit()
     count = map_count() if limit else None

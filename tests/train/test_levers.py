@@ -68,6 +68,7 @@ def test_an_explicit_setting_always_wins():
     krnn = registry.get("krnn")
     assert _levers(resolve(TrainConfig(micro_batch="off"), krnn)) == ("off", False)
     assert _levers(resolve(TrainConfig(cpu_split=True), krnn)) == ("auto", True)
+    assert _levers(resolve(TrainConfig(micro_batch=0), krnn)) == ("auto", False)  # 0 reads as auto
 
 
 def test_custom_modules_get_the_engine_defaults_unless_registered_with_a_spec():
