@@ -750,9 +750,11 @@ def _micro_batches(trainer: Trainer, train: Segment, state: FitState) -> int:
     """Chunks per train batch for ``config.micro_batch`` (see :func:`microbatch.resolve`)."""
     config = trainer.config
     rows = config.batch_size
-    first = jax.tree.map(lambda leaf: leaf[0], state.train)
 
     def forward(batch):
+        # The first replica, sliced inside the trace: eager slicing dispatched one program per
+        # leaf (TabNet: ~300, a tenth of a one-step epoch), only for shapes.
+        first = jax.tree.map(lambda leaf: leaf[0], state.train)
         variables = as_variables(first.params, first.batch_stats)
         return trainer.loss_fn(trainer.module.apply, variables, batch, _EVAL_KEY, True).total
 
@@ -765,7 +767,7 @@ def _micro_batches(trainer: Trainer, train: Segment, state: FitState) -> int:
         rows,
         trainer.parallel.size,
         daily=trainer.daily,
-        stateful=bool(jax.tree.leaves(first.batch_stats)),
+        stateful=bool(jax.tree.leaves(state.train.batch_stats)),
         default_objective=trainer.loss_fn is supervised_mse,
         on_cpu=trainer.parallel.mesh.devices.flat[0].platform == "cpu",
         forward=forward,
