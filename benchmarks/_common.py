@@ -256,6 +256,25 @@ def traced(fn: Callable[[], object]) -> tuple[float, list[dict]]:
             return wall, json.load(stream)["traceEvents"]
 
 
+def clocked(fn) -> tuple[float, float]:
+    """(wall, process CPU) seconds of ``fn()``."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    fn()
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def rotate(runs: dict, repeats: int) -> dict[str, dict[str, list[float]]]:
+    """Each run ``repeats`` times, in turns, the order rotating every repeat."""
+    names = list(runs)
+    out = {name: {"wall": [], "cpu": []} for name in names}
+    for r in range(repeats):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            wall, cpu = clocked(runs[name])
+            out[name]["wall"].append(wall)
+            out[name]["cpu"].append(cpu)
+    return out
+
+
 def timed(fn: Callable[[], object]) -> float:
     """Wall seconds of ``fn()`` (``fn`` must block until its work is done)."""
     start = time.perf_counter()

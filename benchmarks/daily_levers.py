@@ -27,7 +27,6 @@ import argparse
 import datetime
 import logging
 import sys
-import time
 import warnings
 from pathlib import Path
 
@@ -37,7 +36,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import train_vs_torch as tvt  # noqa: E402
-from _common import command_line, load_average, machine, median, publish  # noqa: E402
+from _common import command_line, load_average, machine, median, publish, rotate  # noqa: E402
 
 import qjax.models  # noqa: E402
 from qjax import row_split  # noqa: E402
@@ -57,25 +56,6 @@ def gspmd_encoder(cls):
 
     Partitioned.__name__ = Partitioned.__qualname__ = f"{cls.__name__}GSPMD"
     return Partitioned
-
-
-def clocked(fn) -> tuple[float, float]:
-    """(wall, process CPU) seconds of ``fn()``."""
-    wall, cpu = time.perf_counter(), time.process_time()
-    fn()
-    return time.perf_counter() - wall, time.process_time() - cpu
-
-
-def rotate(runs: dict, repeats: int) -> dict[str, dict[str, list[float]]]:
-    """Each run ``repeats`` times, in turns, the order rotating every repeat."""
-    names = list(runs)
-    out = {name: {"wall": [], "cpu": []} for name in names}
-    for r in range(repeats):
-        for name in names[r % len(names) :] + names[: r % len(names)]:
-            wall, cpu = clocked(runs[name])
-            out[name]["wall"].append(wall)
-            out[name]["cpu"].append(cpu)
-    return out
 
 
 def run_model(name: str, n_samples: int, repeats: int, device) -> dict:
