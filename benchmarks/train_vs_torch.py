@@ -16,9 +16,10 @@ For every model of :data:`CASES` (Qlib's Alpha360 benchmark settings, §5 of the
    per batch for daily models; 8096 rows for the MLP).
 3. end-to-end fit seconds on one in-memory frame: Qlib's wrapper (``pytorch_lstm.LSTM`` ...)
    on ``DatasetH(DataHandlerLP(data_loader=StaticDataLoader(frame)))`` vs
-   ``qjax.estimator(name, **same_kwargs).fit(Dataset(DataHandler(frame)))``; qjax once with
-   ``eval_train=True, eval_protocol="qlib"`` (Qlib re-evaluates the train set every epoch), cold
-   (compile included, reported separately) and warm, and once with qjax's defaults.
+   ``qjax.estimator(name, **same_kwargs).fit(Dataset(DataHandler(frame)))``; qjax with
+   ``eval_train=True, eval_protocol="qlib"`` (Qlib re-evaluates the train set every epoch) and
+   with qjax's defaults, each first cold (compile included, reported separately), then Qlib's fit
+   and both warm qjax fits ``--e2e-repeats`` times in turns (medians).
 
 qjax and torch repeats alternate, so a change in machine load hits both sides alike; rates are
 medians. Both sides use every core the process may run on (``torch.set_num_threads`` to that
@@ -86,6 +87,7 @@ from _common import (
     machine,
     median,
     results_table,
+    rotate,
     timed,
 )  # noqa: E402
 from _flops import flops_lines, matmul_flops, matmul_peak  # noqa: E402
@@ -797,25 +799,33 @@ def run_e2e(case: Case, args, watch: CompileWatch) -> dict:
         qlib_dataset = DatasetH(
             DataHandlerLP(data_loader=StaticDataLoader(config=frame.copy())), segments
         )
-        qlib_model = load(case.qlib_wrapper)(**kwargs)
-        if case.wrapper_patch is not None:
-            case.wrapper_patch(qlib_model)
-        with qlib_recorder() if case.needs_recorder else contextlib.nullcontext():
-            qlib_s = timed(lambda: qlib_model.fit(qlib_dataset))
-
         dataset = Dataset(DataHandler(frame), segments)
         like_qlib = {"eval_train": True, "eval_protocol": "qlib"}
+
+        def qlib_fit():
+            model = load(case.qlib_wrapper)(**kwargs)
+            if case.wrapper_patch is not None:
+                case.wrapper_patch(model)
+            with qlib_recorder() if case.needs_recorder else contextlib.nullcontext():
+                model.fit(qlib_dataset)
+
+        def qjax_fit(extra):
+            return lambda: qjax.estimator(case.name, **kwargs, **extra).fit(dataset, verbose=False)
+
+        # Each qjax setting's first fit compiles (cold); then every fit runs in turns with
+        # Qlib's, the order rotating, and the medians are compared.
         runs = {}
-        for label, extra in (
-            ("like_qlib_cold", like_qlib),
-            ("like_qlib_warm", like_qlib),
-            ("default_cold", {}),
-        ):
+        for label, extra in (("like_qlib_cold", like_qlib), ("default_cold", {})):
             with watch.span() as got:
-                seconds = timed(
-                    lambda: qjax.estimator(case.name, **kwargs, **extra).fit(dataset, verbose=False)
-                )
+                seconds = timed(qjax_fit(extra))
             runs[label] = {"s": seconds, "compile_s": got["compile_s"], "compiles": got["compiles"]}
+        turns = rotate(
+            {"qlib": qlib_fit, "like_qlib": qjax_fit(like_qlib), "default": qjax_fit({})},
+            args.e2e_repeats,
+        )
+    qlib_s = median(turns["qlib"]["wall"])
+    for label in ("like_qlib", "default"):
+        runs[f"{label}_warm"] = {"s": median(turns[label]["wall"]), "all_s": turns[label]["wall"]}
     return {
         "kwargs": {
             k: (Path(v).name if k in ("stock2concept", "stock_index") else v)
@@ -824,9 +834,12 @@ def run_e2e(case: Case, args, watch: CompileWatch) -> dict:
         "segments": {k: [str(a.date()), str(b.date())] for k, (a, b) in segments.items()},
         "samples": {k: int(args.e2e_stocks * n_days[k]) for k in segments},
         "qlib_s": qlib_s,
+        "qlib_all_s": turns["qlib"]["wall"],
         "qjax": runs,
         "speedup_like_qlib": qlib_s / runs["like_qlib_cold"]["s"],
         "speedup_default": qlib_s / runs["default_cold"]["s"],
+        "speedup_like_qlib_warm": qlib_s / runs["like_qlib_warm"]["s"],
+        "speedup_default_warm": qlib_s / runs["default_warm"]["s"],
     }
 
 
@@ -907,8 +920,9 @@ def _e2e_row(name: str, e: dict) -> str:
         f"| {name} | {e['samples']['train']} / {e['samples']['valid']} | {e['kwargs']['n_epochs']} | "
         f"{e['qlib_s']:.1f} | {q['like_qlib_cold']['s']:.1f} ({q['like_qlib_cold']['compile_s']:.1f}) | "
         f"{q['like_qlib_warm']['s']:.1f} | {q['default_cold']['s']:.1f} "
-        f"({q['default_cold']['compile_s']:.1f}) | {e['speedup_like_qlib']:.2f}x / "
-        f"{e['speedup_default']:.2f}x |"
+        f"({q['default_cold']['compile_s']:.1f}) | {q['default_warm']['s']:.1f} | "
+        f"{e['speedup_like_qlib']:.2f}x / {e['speedup_default']:.2f}x | "
+        f"{e['speedup_like_qlib_warm']:.2f}x / {e['speedup_default_warm']:.2f}x |"
     )
 
 
@@ -972,11 +986,12 @@ def report(r: dict) -> str:
             "",
             *results_table(
                 [
-                    *("model", "train / valid samples", "epochs", "Qlib `fit` s"),
-                    *("qjax like Qlib, cold s (compile s)", "qjax like Qlib, warm s"),
-                    *("qjax defaults, cold s (compile s)", "speed-up like Qlib / defaults"),
+                    *("model", "train / valid samples", "epochs", "Qlib `fit` s (median)"),
+                    *("qjax like Qlib, cold s (compile s)", "qjax like Qlib, warm s (median)"),
+                    *("qjax defaults, cold s (compile s)", "qjax defaults, warm s (median)"),
+                    *("speed-up cold: like Qlib / defaults", "speed-up warm: like Qlib / defaults"),
                 ],
-                "llrrlrll",
+                "llrrlrlrll",
                 r["e2e"],
                 _e2e_row,
             ),
@@ -984,9 +999,12 @@ def report(r: dict) -> str:
             '"like Qlib": `eval_train=True, eval_protocol="qlib"` (Qlib\'s wrappers re-evaluate the '
             "whole train set after every epoch and score batches the way `test_epoch` does); "
             '"defaults": qjax\'s defaults (no train re-evaluation, exact validation loss). '
-            "Cold runs include tracing and XLA compilation (in parentheses); the warm run is the "
-            "same fit again in the same process (compiled programs reused). "
-            "early_stop = n_epochs + 1, so every run trains all epochs.",
+            "Cold runs are each setting's first fit in the process, tracing and XLA compilation "
+            "included (in parentheses). Then Qlib's `fit` and both qjax settings (compiled "
+            f"programs reused) ran {r['config'].get('e2e_repeats', 1)} times each in turns, the "
+            "order rotating; their medians are shown, every time is in the JSON. The cold "
+            "speed-up is Qlib's median over qjax's cold fit. early_stop = n_epochs + 1, so every "
+            "run trains all epochs.",
         ]
     if r["skipped"]:
         lines += ["", "## Skipped", "", *[f"- {k}: {v}" for k, v in r["skipped"].items()]]
@@ -1038,6 +1056,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--e2e-models", default="lstm,alstm", help="models for the end-to-end fit; '' for none"
     )
     p.add_argument("--e2e-epochs", type=int, default=3)
+    p.add_argument(
+        "--e2e-repeats", type=int, default=3, help="Qlib and warm qjax fits, timed in turns"
+    )
     p.add_argument("--e2e-stocks", type=int, default=300)
     p.add_argument("--e2e-train-days", type=int, default=85)
     p.add_argument("--e2e-valid-days", type=int, default=24)
