@@ -61,7 +61,7 @@ def run_model(case: tvt.Case, n_samples: int, repeats: int, device) -> dict:
     import qjax.models
 
     module = qjax.models.get(case.name)(**case.qjax_kwargs)
-    n = max(int(round(n_samples * case.sample_share)), case.batch_size, 2 * tvt.DAY_SIZES[1])
+    n = tvt.case_samples(case, n_samples)
     data = tvt.make_data(case, n, seed=0)
     samples = tvt.qjax_samples(case, data)
     base_config = tvt.train_config(case, data.n)

@@ -105,7 +105,7 @@ def profile(case: tvt.Case, n_samples: int, predicting: bool = False) -> dict:
     import qjax.models
 
     module = qjax.models.get(case.name)(**case.qjax_kwargs)
-    n = max(int(round(n_samples * case.sample_share)), case.batch_size, 2 * tvt.DAY_SIZES[1])
+    n = tvt.case_samples(case, n_samples)
     data = tvt.make_data(case, n, seed=0)
     samples = tvt.qjax_samples(case, data)
     config = home_levers(case.name, tvt.train_config(case, data.n))

@@ -440,6 +440,12 @@ class Data:
         return len(self.y)
 
 
+def case_samples(case: Case, n_samples: int) -> int:
+    """Samples of ``case`` for a run of ``n_samples``: scaled by its share, at least one batch
+    (two of the widest days for daily models)."""
+    return max(int(round(n_samples * case.sample_share)), case.batch_size, 2 * DAY_SIZES[1])
+
+
 def make_data(case: Case, n: int, seed: int) -> Data:
     rng = np.random.default_rng(seed)
     if case.batching == "daily":  # ragged days, as CSI300 after suspensions
@@ -663,7 +669,7 @@ class TorchRunner:
 
 def run_case(case: Case, n_samples: int, repeats: int, watch: CompileWatch, device) -> dict:
     module = qjax.models.get(case.name)(**case.qjax_kwargs)
-    n = max(int(round(n_samples * case.sample_share)), case.batch_size, 2 * DAY_SIZES[1])
+    n = case_samples(case, n_samples)
     data = make_data(case, n, seed=0)
     samples = qjax_samples(case, data)
     config = train_config(case, data.n)

@@ -75,7 +75,7 @@ def programs(variant: dict):
 def run_model(name: str, n_samples: int, repeats: int) -> dict:
     case = tvt.CASES[name]
     module = qjax.models.get(name)(**case.qjax_kwargs)
-    n = max(int(round(n_samples * case.sample_share)), case.batch_size, 2 * tvt.DAY_SIZES[1])
+    n = tvt.case_samples(case, n_samples)
     data = tvt.make_data(case, n, seed=0)
     samples = tvt.qjax_samples(case, data)
     config = tvt.train_config(case, data.n)
