@@ -113,7 +113,7 @@ def manual_predict(
         size = -(-batch_size // parallel.size) * parallel.size
     segment = batching.make_segment(samples, False, multiple=parallel.size)
     place = parallel.share if host_view else partial(jax.device_put, device=parallel.replicated)
-    preds = engine._predict(
+    preds = engine._PREDICT_PROGRAMS["default"](
         place(variables),
         place(segment),
         module=module,

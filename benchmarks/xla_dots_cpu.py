@@ -1,12 +1,12 @@
 """XLA:CPU's matrix-product backend, per model: YNNPACK (XLA's default) against Eigen.
 
 XLA:CPU hands its dots to YNNPACK fusions; the compiler option
-``xla_cpu_experimental_ynn_fusion_type`` set empty leaves them to Eigen. A compiler option can
-differ per program, so both variants run in one process: the engine's epoch and prediction
-programs are compiled both ways (``jax.jit(..., compiler_options=...)``) and timed in turns, the
+``xla_cpu_experimental_ynn_fusion_type`` set empty leaves them to Eigen. The engine compiles its
+epoch and prediction programs once per choice (``TrainConfig.cpu_dots``, ``predict(cpu_dots=)``,
+:data:`qjax.compilation.CPU_DOTS`), so both variants run in one process, timed in turns with the
 order rotating every repeat, on ``train_vs_torch.py``'s data and Qlib settings with each model's
 home levers (devices, micro-batches, prediction batch). The ratio is Eigen's rate over
-YNNPACK's: above 1, Eigen is faster.
+YNNPACK's: above 1, Eigen is faster. The report also names each model home's choice.
 
     python benchmarks/xla_dots_cpu.py --samples 9600 --repeats 5 --out benchmarks/results
 """
@@ -14,7 +14,7 @@ YNNPACK's: above 1, Eigen is faster.
 from __future__ import annotations
 
 import argparse
-import contextlib
+import dataclasses
 import datetime
 import logging
 import sys
@@ -38,38 +38,10 @@ from _common import (  # noqa: E402
 
 import qjax.models  # noqa: E402
 from qjax.train import engine, fit, predict  # noqa: E402
+from qjax.train.levers import resolve  # noqa: E402
 
-BACKENDS = {"ynnpack": {}, "eigen": {"xla_cpu_experimental_ynn_fusion_type": ""}}
-EPOCH_STATIC = {"static_argnames": ("trainer", "n_steps"), "donate_argnames": "state"}
-PREDICT_STATIC = {
-    "static_argnames": ("module", "batch_size", "daily", "per_seed", "parallel"),
-}
-# The engine's own jitted programs, kept before any variant replaces them.
-PROGRAMS = {"_epoch_program": engine._epoch_program, "_predict": engine._predict}
-
-
-def compiled_with(options: dict) -> dict:
-    """The engine's epoch and prediction programs jitted with XLA compiler ``options``."""
-    return {
-        "_epoch_program": jax.jit(
-            PROGRAMS["_epoch_program"].__wrapped__, compiler_options=options, **EPOCH_STATIC
-        ),
-        "_predict": jax.jit(
-            PROGRAMS["_predict"].__wrapped__, compiler_options=options, **PREDICT_STATIC
-        ),
-    }
-
-
-@contextlib.contextmanager
-def programs(variant: dict):
-    """The engine runs ``variant``'s programs inside the block, its own after it."""
-    for name, program in variant.items():
-        setattr(engine, name, program)
-    try:
-        yield
-    finally:
-        for name, program in PROGRAMS.items():
-            setattr(engine, name, program)
+# The engine's lever values (qjax.compilation.CPU_DOTS) under the names of what runs the dots.
+BACKENDS = {"ynnpack": "default", "eigen": "eigen"}
 
 
 def run_model(name: str, n_samples: int, repeats: int) -> dict:
@@ -81,24 +53,30 @@ def run_model(name: str, n_samples: int, repeats: int) -> dict:
     config = tvt.train_config(case, data.n)
     daily = case.batching == "daily"
     batch = tvt.home_predict_batch(name, case.predict_batch or case.batch_size)
-    variants = {backend: compiled_with(options) for backend, options in BACKENDS.items()}
     fitted = {}
 
     def train(backend):
+        backend_config = dataclasses.replace(config, cpu_dots=BACKENDS[backend])
+
         def run():
-            with programs(variants[backend]):
-                fitted[backend] = fit(module, samples, None, config, verbose=False)
-                jax.block_until_ready(fitted[backend].variables)
+            fitted[backend] = fit(module, samples, None, backend_config, verbose=False)
+            jax.block_until_ready(fitted[backend].variables)
 
         return run
 
     def infer(backend):
         def run():
-            with programs(variants[backend]):
-                variables = fitted["ynnpack"].replica(0)
-                jax.block_until_ready(
-                    predict(module, variables, samples, batch_size=batch, daily=daily)
+            variables = fitted["ynnpack"].replica(0)
+            jax.block_until_ready(
+                predict(
+                    module,
+                    variables,
+                    samples,
+                    batch_size=batch,
+                    daily=daily,
+                    cpu_dots=BACKENDS[backend],
                 )
+            )
 
         return run
 
@@ -117,17 +95,22 @@ def run_model(name: str, n_samples: int, repeats: int) -> dict:
         "infer_s": infer_s,
         "train_rate": {b: rows / median(train_s[b]["wall"]) for b in BACKENDS},
         "infer_rate": {b: data.n / median(infer_s[b]["wall"]) for b in BACKENDS},
+        "home_choice": {  # what the model's home picks when a caller leaves it open
+            "train": resolve(config, type(module)).cpu_dots,
+            "predict": engine._predict_dots(module),
+        },
     }
 
 
 def report(record: dict) -> list[str]:
     def row(name: str, res: dict) -> str:
         train, infer = res["train_rate"], res["infer_rate"]
+        home = {k: "Eigen" if v == "eigen" else "default" for k, v in res["home_choice"].items()}
         return (
             f"| {name} | {res['devices']} / {res['micro_batches']} | {train['ynnpack']:,.0f} | "
             f"{train['eigen']:,.0f} | {train['eigen'] / train['ynnpack']:.2f}x | "
             f"{infer['ynnpack']:,.0f} | {infer['eigen']:,.0f} | "
-            f"{infer['eigen'] / infer['ynnpack']:.2f}x |"
+            f"{infer['eigen'] / infer['ynnpack']:.2f}x | {home['train']} / {home['predict']} |"
         )
 
     columns = [
@@ -139,6 +122,7 @@ def report(record: dict) -> list[str]:
         "infer/s YNNPACK",
         "infer/s Eigen",
         "Eigen / YNNPACK",
+        "home's choice (train / predict)",
     ]
     return [
         "# XLA:CPU matrix products: YNNPACK (default) vs Eigen, per model",
@@ -152,9 +136,11 @@ def report(record: dict) -> list[str]:
         f"{record['repeats']} repeats (every timing is in the JSON).",
         "",
         "Samples/s of one training epoch (`fit`) and of `predict`, each model with its home's "
-        "levers; Eigen / YNNPACK above 1 means Eigen's dots are faster.",
+        "levers; Eigen / YNNPACK above 1 means Eigen's dots are faster. The last column is "
+        "the backend each model's home picks (`TrainConfig.cpu_dots`, the spec's "
+        "`cpu_predict_dots`) when the caller leaves it open.",
         "",
-        *results_table(columns, "llrrrrrr", record["models"], row),
+        *results_table(columns, "llrrrrrrl", record["models"], row),
         "",
         f"Versions: {record['machine']['versions']}; JAX devices: "
         f"{record['machine']['jax_devices']}; environment: {record['machine']['env']}; "
@@ -167,7 +153,8 @@ def main(argv=None) -> None:
     parser.add_argument("--models", default=",".join(tvt.CASES))
     parser.add_argument("--samples", type=int, default=9600, help="scaled per model")
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--out", default=None, help="folder for xla_dots_cpu.{md,json}")
+    parser.add_argument("--out", default=None, help="folder for xla_dots_cpu[_TAG].{md,json}")
+    parser.add_argument("--tag", default=None, help="result file suffix")
     args = parser.parse_args(argv)
     models = chosen_models(parser, args.models, tvt.CASES)
     logging.getLogger("qlib").setLevel(logging.ERROR)
@@ -184,7 +171,8 @@ def main(argv=None) -> None:
         print(f"{name} ...", file=sys.stderr, flush=True)
         record["models"][name] = run_model(name, args.samples, args.repeats)
     record["load_after"] = load_average()
-    publish(report(record), args.out, "xla_dots_cpu", record)
+    stem = "xla_dots_cpu" + (f"_{args.tag}" if args.tag else "")
+    publish(report(record), args.out, stem, record)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,9 @@ process configured itself (``jax.config.update("jax_compilation_cache_dir", ...)
 compiled program from the cache), read through ``jax.monitoring``; ``fit`` reports them as
 ``FitResult.compile_seconds``.
 
+:data:`CPU_DOTS` names the XLA:CPU matrix-product backends a model's programs can be compiled
+for (:func:`jit_per_cpu_dots`).
+
 :func:`keep_below_map_limit` keeps a long process (a rolling run, a notebook fitting model
 after model, a test session) from dying inside XLA's compiler: see its docstring.
 """
@@ -20,7 +23,7 @@ import contextlib
 import logging
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 ENV = "QJAX_COMPILATION_CACHE"
@@ -113,6 +116,33 @@ class CompileClock:
         if event in COMPILE_EVENTS:
             with cls._lock:
                 cls._seconds += duration
+
+
+# -- XLA:CPU's matrix products ------------------------------------------------------------------
+
+# XLA:CPU hands its dots to YNNPACK fusions; this compiler option, set empty, leaves them to
+# Eigen, which runs some models' programs faster (benchmarks/results/xla_dots_cpu.md). A
+# compiler option holds for a whole program, so each choice is a program of its own.
+CPU_DOTS = {"default": {}, "eigen": {"xla_cpu_experimental_ynn_fusion_type": ""}}
+
+
+def jit_per_cpu_dots(fn: Callable, **jit_kwargs) -> dict[str, Callable]:
+    """``fn`` jitted once per :data:`CPU_DOTS` choice, by name (``jit_kwargs`` as ``jax.jit``)."""
+    import jax
+
+    return {
+        name: jax.jit(fn, compiler_options=options or None, **jit_kwargs)
+        for name, options in CPU_DOTS.items()
+    }
+
+
+def check_cpu_dots(value: str | None, where: str) -> None:
+    """A clear error unless ``value`` names a :data:`CPU_DOTS` choice (None: the model's)."""
+    if value is not None and value not in CPU_DOTS:
+        raise ValueError(
+            f"{where}={value!r} is invalid; expected one of {sorted(CPU_DOTS)} or None (the "
+            "model's measured choice)"
+        )
 
 
 # -- memory maps --------------------------------------------------------------------------------

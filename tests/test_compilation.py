@@ -1,5 +1,6 @@
 """The persistent compilation cache is on by default in the library, compile time is reported
-per fit, and a long process keeps clear of its memory-map limit."""
+per fit, a long process keeps clear of its memory-map limit, and each XLA:CPU matrix-product
+backend compiles programs of its own."""
 
 from __future__ import annotations
 
@@ -12,9 +13,10 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
-from qjax.compilation import keep_below_map_limit, map_count, map_limit
+from qjax.compilation import jit_per_cpu_dots, keep_below_map_limit, map_count, map_limit
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -126,3 +128,25 @@ def test_near_the_map_limit_compiled_programs_are_released(caplog):
     assert map_count() < held - 80  # at least two maps per program came back
     assert "vm.max_map_count" in caplog.text
     assert float(jax.jit(lambda a: a.sum())(x)) == 66.0
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_each_cpu_dots_choice_compiles_its_own_backend_and_the_same_products(seed):
+    """Eigen's program holds no YNNPACK fusion (the option is not silently ignored), and both
+    backends' float32 matrix products stay within the float32 bound of a float64 product."""
+    if jax.default_backend() != "cpu":
+        pytest.skip("an XLA:CPU compiler option")
+    rng = np.random.default_rng(seed)
+    a = rng.standard_normal((96, 200)).astype(np.float32)
+    b = rng.standard_normal((200, 64)).astype(np.float32)
+    programs = jit_per_cpu_dots(lambda a, b: jnp.tanh(a @ b))
+    texts = {name: program.lower(a, b).compile().as_text() for name, program in programs.items()}
+    assert "ynn" not in texts["eigen"]
+    if "ynn" not in texts["default"]:
+        pytest.skip("this jaxlib's XLA:CPU does not run dots in YNNPACK by default")
+    exact = np.tanh(a.astype(np.float64) @ b.astype(np.float64))
+    # |fl(a @ b) - a @ b| <= K u |a| @ |b| (K = 200 terms, u = 2^-24), and tanh is 1-Lipschitz
+    bound = 200 * 2.0**-24 * (np.abs(a).astype(np.float64) @ np.abs(b)) + 2.0**-23
+    for name, program in programs.items():
+        error = np.abs(np.asarray(program(a, b), np.float64) - exact)
+        assert (error <= bound).all(), f"{name}: seed {seed}, worst {np.max(error / bound):.2f}"

@@ -48,6 +48,7 @@ QJAX_EXTRAS = {
     "micro_batch": None,  # rows per micro-batch inside a train step; None = the model's choice
     "stream_batches": None,  # train batches per host-to-device block; None = device-resident
     "replica_chunk": None,  # seeds vmapped side by side per device; None = the engine's choice
+    "cpu_dots": None,  # XLA:CPU's matrix-product backend in training; None = the model's choice
 }
 
 InitVariables = Callable[[dict], dict]  # fresh variables -> starting variables
@@ -65,9 +66,10 @@ class Adapter:
         return fields
 
     def levers(self, micro_batch: int | str | None) -> dict:
-        """The CPU speed levers (``micro_batch``, ``cpu_split``) this piece chooses, given the
-        user's ``micro_batch`` (None: not given). Read by the estimators through
-        ``train_fields`` and by ``qjax.train.fit`` for a registered module it is given."""
+        """The CPU speed levers (``micro_batch``, ``cpu_split``, ``replica_chunk``, ``cpu_dots``)
+        this piece chooses, given the user's ``micro_batch`` (None: not given). Read by the
+        estimators through ``train_fields`` and by ``qjax.train.fit`` for a registered module
+        it is given."""
         return {}
 
     def samples(self, kw: dict, segment: str, samples: Samples, index: pd.MultiIndex) -> Samples:
@@ -139,6 +141,9 @@ class ModelSpec:
     # no activations for a backward pass, and batches whose activations fit the caches predict
     # faster (benchmarks/results/predict_levers_cpu.md). None: the train batch size.
     cpu_predict_batch: int | None = None
+    # XLA:CPU's matrix-product backend for prediction (qjax.compilation.CPU_DOTS): "eigen" where
+    # Eigen predicted faster than XLA's default in every run (benchmarks/results/xla_dots_cpu*.md).
+    cpu_predict_dots: str = "default"
 
     def accepted(self) -> set[str]:
         return set(self.defaults) | set(QJAX_EXTRAS) | set(self.ts_defaults)
@@ -162,6 +167,7 @@ class ModelSpec:
             "micro_batch": kw.get("micro_batch"),
             "stream_batches": kw.get("stream_batches"),
             "replica_chunk": kw.get("replica_chunk"),
+            "cpu_dots": kw.get("cpu_dots"),
         }
         for adapter in self.adapters:
             fields = adapter.train_fields(kw, fields)
@@ -254,6 +260,21 @@ class ReplicaChunk(Adapter):
 
     def levers(self, micro_batch: int | str | None) -> dict:
         return {"replica_chunk": self.chunk}
+
+
+@dataclasses.dataclass(frozen=True)
+class EigenDots(Adapter):
+    """Train with XLA:CPU's matrix products in Eigen rather than YNNPACK (XLA's default): TabNet's
+    epoch ran 1.09x faster so, the median of three runs from 0.93x to 1.17x
+    (``benchmarks/results/xla_dots_cpu*.md``)."""
+
+    def train_fields(self, kw: dict, fields: dict) -> dict:
+        if kw.get("cpu_dots") is not None:
+            return fields
+        return {**fields, **self.levers(kw.get("micro_batch"))}
+
+    def levers(self, micro_batch: int | str | None) -> dict:
+        return {"cpu_dots": "eigen"}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,6 +15,8 @@ import numbers
 from collections.abc import Mapping
 from typing import Any
 
+from qjax.compilation import check_cpu_dots
+
 OPTIMIZERS = ("adam", "gd")
 METRICS = ("loss", "ic")
 # Qlib spells the -MSE score "" or "loss" (and ALSTM_ts also "mse").
@@ -138,6 +140,12 @@ class TrainConfig:
     program (``lax.map``). ``None``: the model family's choice, else one
     (:func:`qjax.train.parallel.replica_group`). Accelerators run every replica at once.
     Results do not depend on it beyond float summation order.
+
+    ``cpu_dots``: which library runs the matrix products of the epoch program on XLA:CPU,
+    ``"default"`` (XLA's choice, YNNPACK) or ``"eigen"`` (:data:`qjax.compilation.CPU_DOTS`).
+    ``None``: the model family's measured choice (TabNet: Eigen), else the default. The same
+    products up to summation order; ignored on accelerators and by streamed and multi-process
+    training, which compile XLA's default.
     """
 
     n_epochs: int = 200
@@ -163,6 +171,7 @@ class TrainConfig:
     cpu_split: bool | None = None
     stream_batches: int | None = None
     replica_chunk: int | None = None
+    cpu_dots: str | None = None
 
     def __post_init__(self):
         # Normalise Qlib's spellings so that equal configurations compare (and resume) equal.
@@ -245,6 +254,7 @@ class TrainConfig:
             self.cpu_split,
             "True, False or None (the model's measured choice)",
         )
+        check_cpu_dots(self.cpu_dots, "TrainConfig.cpu_dots")
 
     @property
     def n_evaluations(self) -> int:

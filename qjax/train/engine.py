@@ -44,7 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from qjax.compilation import CompileClock, before_compiling
+from qjax.compilation import CompileClock, before_compiling, check_cpu_dots, jit_per_cpu_dots
 from qjax.data.samples import Samples
 from qjax.errors import Interrupted, TrainingDiverged
 from qjax.train import batching, distributed, levers, microbatch
@@ -474,9 +474,11 @@ def _fit(
     checkpoints = None
     earlier_seconds = 0.0  # training time of earlier parts of a resumed run
     if checkpoint_dir is not None:
+        # Streamed or resident, a run trains the same: either may resume the other. The dots
+        # backend only changes summation order; leaving it out keeps older checkpoints resumable.
+        setup = {k: v for k, v in config.to_dict().items() if k != "cpu_dots"}
         fingerprint = {
-            # streamed or resident, a run trains the same: either may resume the other
-            "config": {**config.to_dict(), "stream_batches": None},
+            "config": {**setup, "stream_batches": None},
             "seeds": seeds,
             "module": repr(module),
             "objective": getattr(loss_fn, "__qualname__", repr(loss_fn)),
@@ -557,6 +559,7 @@ def predict(
     per_seed: bool = False,
     devices: Sequence[jax.Device] | None = None,
     stream_batches: int | None = None,
+    cpu_dots: str | None = None,
 ) -> np.ndarray:
     """Eval-mode predictions for every sample, in sample order: [n], or [S, n] if ``per_seed``.
 
@@ -567,10 +570,14 @@ def predict(
     (``FitResult.variables``). ``stream_batches``: keep flat samples' features on the host and
     send them in blocks of this many batches (:mod:`qjax.train.stream`); None: put the samples
     on the device. ``devices``: default :func:`parallel.auto_devices` for the batch (daily: the
-    widest day, as ``fit`` splits it).
+    widest day, as ``fit`` splits it). ``cpu_dots``: the XLA:CPU matrix-product backend of the
+    device-resident program (:data:`qjax.compilation.CPU_DOTS`; streamed predictions compile
+    XLA's default); None: the model family's measured choice (its spec's ``cpu_predict_dots``:
+    Eigen for KRNN), else XLA's default.
     """
     if samples.size == 0:
         raise ValueError("cannot predict on empty samples")
+    check_cpu_dots(cpu_dots, "predict(cpu_dots)")
     before_compiling()
     if devices is None:
         # a daily batch is one padded day, whatever batch_size says
@@ -593,8 +600,9 @@ def predict(
             chunk=config.stream_batches,
         )
     data = parallel.share(batching.make_segment(samples, daily, multiple=parallel.size))
+    program = _PREDICT_PROGRAMS[parallel.cpu_dots(cpu_dots or _predict_dots(module))]
     with parallel.tracing():
-        preds = _predict(
+        preds = program(
             parallel.share(variables),
             data,
             module=module,
@@ -604,6 +612,14 @@ def predict(
             parallel=parallel,
         )
     return np.asarray(preds)
+
+
+def _predict_dots(module: nn.Module) -> str:
+    """The prediction backend the module's model family chose (the engine's default if none)."""
+    from qjax.models.registry import spec_of  # the registry imports the model homes
+
+    spec = spec_of(type(module))
+    return levers.ENGINE_DEFAULTS["cpu_dots"] if spec is None else spec.cpu_predict_dots
 
 
 def prediction_batch(n: int, batch_size: int, devices: int) -> int:
@@ -668,16 +684,22 @@ def _run_epoch(
     state: FitState, train: Segment, valid: Segment | None, *, trainer: Trainer, n_steps
 ):
     """The epoch program over all replicas; the state's buffers are donated."""
+    program = _EPOCH_PROGRAMS[trainer.parallel.cpu_dots(trainer.config.cpu_dots)]
     with trainer.parallel.tracing():  # models may map their per-row parts over the devices
-        return _epoch_program(state, train, valid, trainer=trainer, n_steps=n_steps)
+        return program(state, train, valid, trainer=trainer, n_steps=n_steps)
 
 
-@functools.partial(jax.jit, static_argnames=("trainer", "n_steps"), donate_argnames="state")
 def _epoch_program(
     state: FitState, train: Segment, valid: Segment | None, *, trainer: Trainer, n_steps
 ):
     epoch = functools.partial(trainer.epoch, n_steps=n_steps)
     return _over_replicas(epoch, state, train, valid, group=trainer.replica_group)
+
+
+# One compiled epoch program per XLA:CPU matrix-product backend (TrainConfig.cpu_dots).
+_EPOCH_PROGRAMS = jit_per_cpu_dots(
+    _epoch_program, static_argnames=("trainer", "n_steps"), donate_argnames="state"
+)
 
 
 @functools.partial(
@@ -692,9 +714,6 @@ def _run_epoch_across(
     return cluster.run(over, state, train, valid)
 
 
-@functools.partial(
-    jax.jit, static_argnames=("module", "batch_size", "daily", "per_seed", "parallel")
-)
 def _predict(variables, data: Segment, *, module, batch_size, daily, per_seed, parallel):
     ids, mask = (
         batching.by_day(data.days)
@@ -712,6 +731,12 @@ def _predict(variables, data: Segment, *, module, batch_size, daily, per_seed, p
         return _scatter(preds, ids, mask, data.size)
 
     return _over_replicas(run, variables) if per_seed else run(variables)
+
+
+# One compiled prediction program per XLA:CPU matrix-product backend (predict's cpu_dots).
+_PREDICT_PROGRAMS = jit_per_cpu_dots(
+    _predict, static_argnames=("module", "batch_size", "daily", "per_seed", "parallel")
+)
 
 
 def _split_rows(
@@ -769,7 +794,7 @@ def _micro_batches(trainer: Trainer, train: Segment, state: FitState) -> int:
         daily=trainer.daily,
         stateful=bool(jax.tree.leaves(state.train.batch_stats)),
         default_objective=trainer.loss_fn is supervised_mse,
-        on_cpu=trainer.parallel.mesh.devices.flat[0].platform == "cpu",
+        on_cpu=trainer.parallel.on_cpu,
         forward=forward,
         example=example,
     )

@@ -1,9 +1,10 @@
-"""The CPU speed levers a :class:`TrainConfig` leaves to the model: ``micro_batch`` and
-``cpu_split`` set to None.
+"""The CPU speed levers a :class:`TrainConfig` leaves to the model: ``micro_batch``,
+``cpu_split``, ``replica_chunk`` and ``cpu_dots`` set to None.
 
 Each lever was measured per model family (``benchmarks/results/levers_cpu.md``,
 ``levers_cpu_more.md``, ``levers_cpu_rnn_rows.md``): KRNN and TabNet train faster on one CPU
-device in micro-batches, the rest with both levers on. A family's home states its choice in its
+device in micro-batches, the rest with both levers on; TabNet's matrix products run in Eigen
+(``benchmarks/results/xla_dots_cpu.md``). A family's home states its choice in its
 wrapper spec (:meth:`qjax.models.spec.ModelSpec.levers`); the estimators and the CLI copy it into
 the config, and :func:`resolve` gives a direct ``fit`` call the same, found by the module's class
 in the model registry. A value the user set always wins; a module no family registered gets the
@@ -17,7 +18,12 @@ import dataclasses
 from qjax.train.config import TrainConfig
 
 # replica_chunk None: the engine's rule per platform (qjax.train.parallel.replica_group).
-ENGINE_DEFAULTS = {"micro_batch": "auto", "cpu_split": True, "replica_chunk": None}
+ENGINE_DEFAULTS = {
+    "micro_batch": "auto",
+    "cpu_split": True,
+    "replica_chunk": None,
+    "cpu_dots": "default",
+}
 
 
 def resolve(config: TrainConfig, network: type) -> TrainConfig:

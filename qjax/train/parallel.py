@@ -49,6 +49,10 @@ class DataParallel:
         return 1 if self.over_replicas else self.mesh.size
 
     @property
+    def on_cpu(self) -> bool:
+        return all(d.platform == "cpu" for d in self.mesh.devices.flat)
+
+    @property
     def replicated(self) -> NamedSharding:
         return NamedSharding(self.mesh, PartitionSpec())
 
@@ -64,7 +68,7 @@ class DataParallel:
         (3 ms for 9,600 Alpha360 rows, a fifth of the MLP's whole ``predict``). Such a buffer
         is borrowed from the original, so it must not be donated.
         """
-        if all(d.platform == "cpu" for d in self.mesh.devices.flat):
+        if self.on_cpu:
             tree = jax.tree.map(functools.partial(_host_view, target=self.replicated), tree)
         return jax.device_put(tree, self.replicated)
 
@@ -82,6 +86,11 @@ class DataParallel:
         return jax.lax.with_sharding_constraint(
             ids, NamedSharding(self.mesh, PartitionSpec(DATA_AXIS))
         )
+
+    def cpu_dots(self, choice: str | None) -> str:
+        """The matrix-product backend (:data:`qjax.compilation.CPU_DOTS`) of this layout's
+        programs: ``choice`` on XLA:CPU devices, XLA's default elsewhere."""
+        return choice if self.on_cpu and choice is not None else "default"
 
     def tracing(self):
         """Context for tracing a program: models see the mesh that splits each batch's rows

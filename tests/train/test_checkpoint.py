@@ -106,3 +106,6 @@ def test_checkpoint_dir_guards_against_mixing_runs(tmp_path):
         run(config)
     with pytest.raises(ValueError, match="different config"):
         run(TrainConfig(n_epochs=1, batch_size=20, lr=0.5), resume=True)
+    # the matrix-product backend only changes summation order: a run resumes under another
+    resumed = run(TrainConfig(n_epochs=1, batch_size=20, cpu_dots="eigen"), resume=True)
+    assert resumed.resumed_from == 1

@@ -28,18 +28,17 @@ def guarded(monkeypatch):
     yields the number of guarded calls per program."""
     calls = {"_run_epoch": 0, "_predict": 0}
 
-    def wrap(name):
-        program = getattr(engine, name)
-
+    def guard(name, program):
         def under_guard(*args, **kwargs):
             calls[name] += 1
             with jax.transfer_guard("disallow"):
                 return program(*args, **kwargs)
 
-        monkeypatch.setattr(engine, name, under_guard)
+        return under_guard
 
-    for name in calls:
-        wrap(name)
+    monkeypatch.setattr(engine, "_run_epoch", guard("_run_epoch", engine._run_epoch))
+    for dots, program in engine._PREDICT_PROGRAMS.items():  # one per matrix-product backend
+        monkeypatch.setitem(engine._PREDICT_PROGRAMS, dots, guard("_predict", program))
     return calls
 
 

@@ -28,4 +28,5 @@ KRNN = ModelSpec(
         "layout",
     ),
     adapters=(SequenceInput("fea_dim"), OneCpuDevice()),
+    cpu_predict_dots="eigen",  # 1.13-1.30x faster in three runs (benchmarks/results/xla_dots_cpu*.md)
 )

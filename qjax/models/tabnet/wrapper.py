@@ -13,7 +13,7 @@ import dataclasses
 import pandas as pd
 
 from qjax.data.samples import Samples
-from qjax.models.spec import Adapter, ModelSpec, OneCpuDevice, ReplicaChunk
+from qjax.models.spec import Adapter, EigenDots, ModelSpec, OneCpuDevice, ReplicaChunk
 from qjax.models.tabnet import pretrain as pretrain_stage
 from qjax.models.tabnet.network import TabNetFinetune
 from qjax.models.tabnet.objectives import SparsityRegularisedMSE
@@ -127,5 +127,6 @@ TABNET = ModelSpec(
         Pretraining(),
         OneCpuDevice(),
         ReplicaChunk(2),
+        EigenDots(),
     ),
 )
