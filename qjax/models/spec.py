@@ -244,25 +244,6 @@ class OneCpuDevice(Adapter):
 
 
 @dataclasses.dataclass(frozen=True)
-class ReplicaChunk(Adapter):
-    """Several seeds on XLA:CPU: ``chunk`` replicas vmapped side by side per device instead of
-    the engine's one at a time. TabNet's 20 seeds trained 0.66x torch one per device and 1.52x
-    two per device (``benchmarks/results/replica_groups_cpu.md``)."""
-
-    chunk: int
-
-    def train_fields(self, kw: dict, fields: dict) -> dict:
-        return (
-            {**fields, **self.levers(kw.get("micro_batch"))}
-            if kw.get("replica_chunk") is None
-            else fields
-        )
-
-    def levers(self, micro_batch: int | str | None) -> dict:
-        return {"replica_chunk": self.chunk}
-
-
-@dataclasses.dataclass(frozen=True)
 class EigenDots(Adapter):
     """Train with XLA:CPU's matrix products in Eigen rather than YNNPACK (XLA's default): TabNet's
     epoch ran 1.09x faster so, the median of three runs from 0.93x to 1.17x

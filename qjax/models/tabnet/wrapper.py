@@ -13,7 +13,7 @@ import dataclasses
 import pandas as pd
 
 from qjax.data.samples import Samples
-from qjax.models.spec import Adapter, EigenDots, ModelSpec, OneCpuDevice, ReplicaChunk
+from qjax.models.spec import Adapter, EigenDots, ModelSpec, OneCpuDevice
 from qjax.models.tabnet import pretrain as pretrain_stage
 from qjax.models.tabnet.network import TabNetFinetune
 from qjax.models.tabnet.objectives import SparsityRegularisedMSE
@@ -126,7 +126,6 @@ TABNET = ModelSpec(
         SparsityPenalty(),
         Pretraining(),
         OneCpuDevice(),
-        ReplicaChunk(2),
         EigenDots(),
     ),
 )
