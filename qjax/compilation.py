@@ -20,6 +20,8 @@ after model, a test session) from dying inside XLA's compiler: see its docstring
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 import logging
 import os
 import threading
@@ -127,13 +129,38 @@ CPU_DOTS = {"default": {}, "eigen": {"xla_cpu_experimental_ynn_fusion_type": ""}
 
 
 def jit_per_cpu_dots(fn: Callable, **jit_kwargs) -> dict[str, Callable]:
-    """``fn`` jitted once per :data:`CPU_DOTS` choice, by name (``jit_kwargs`` as ``jax.jit``)."""
+    """``fn`` jitted once per :data:`CPU_DOTS` choice, by name (``jit_kwargs`` as ``jax.jit``).
+
+    A JAX whose ``jit`` takes no compiler options gets the default program under every name.
+    """
     import jax
 
+    if "compiler_options" not in inspect.signature(jax.jit).parameters:
+        return dict.fromkeys(CPU_DOTS, jax.jit(fn, **jit_kwargs))
     return {
         name: jax.jit(fn, compiler_options=options or None, **jit_kwargs)
         for name, options in CPU_DOTS.items()
     }
+
+
+@functools.cache
+def eigen_dots_available() -> bool:
+    """Whether this XLA:CPU takes the Eigen option: older ones have no YNNPACK, so their dots
+    are Eigen's already and the default program is the Eigen one. Compiles a one-op program
+    once per process (a few milliseconds)."""
+    import jax
+    import numpy as np
+
+    if "compiler_options" not in inspect.signature(jax.jit).parameters:
+        return False
+    one = jax.device_put(np.zeros(1, np.float32), jax.devices("cpu")[0])
+    try:
+        jax.jit(lambda x: x + 1, compiler_options=CPU_DOTS["eigen"]).lower(one).compile()
+    except Exception as error:  # XlaRuntimeError: INVALID_ARGUMENT: No such compile option
+        if "compile option" not in str(error):
+            raise
+        return False
+    return True
 
 
 def check_cpu_dots(value: str | None, where: str) -> None:

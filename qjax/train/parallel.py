@@ -33,7 +33,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from qjax import row_split
+from qjax import compilation, row_split
 
 DATA_AXIS = row_split.AXIS
 
@@ -89,8 +89,10 @@ class DataParallel:
 
     def cpu_dots(self, choice: str | None) -> str:
         """The matrix-product backend (:data:`qjax.compilation.CPU_DOTS`) of this layout's
-        programs: ``choice`` on XLA:CPU devices, XLA's default elsewhere."""
-        return choice if self.on_cpu and choice is not None else "default"
+        programs: ``choice`` on XLA:CPU devices whose XLA offers it, XLA's default elsewhere."""
+        if not self.on_cpu or choice in (None, "default"):
+            return "default"
+        return choice if compilation.eigen_dots_available() else "default"
 
     def tracing(self):
         """Context for tracing a program: models see the mesh that splits each batch's rows

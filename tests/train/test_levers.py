@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from train_synthetic import TinyGRU, panel
 
+from qjax.compilation import eigen_dots_available
 from qjax.models import registry
 from qjax.models.rnn import LSTMModel
 from qjax.models.spec import OneCpuDevice
@@ -131,6 +132,7 @@ def test_a_cpu_dots_setting_wins_and_a_bad_one_is_refused():
         predict(TinyGRU(), {}, panel(n_days=2, n_inst=4), cpu_dots="mkl")
 
 
+@pytest.mark.skipif(not eigen_dots_available(), reason="this XLA:CPU's dots are Eigen's already")
 def test_fit_and_predict_run_the_program_of_the_chosen_backend():
     train = panel(n_days=6, n_inst=8, seed=5)  # 48 samples, a shape no other test compiles
     config = TrainConfig(n_epochs=1, batch_size=16, early_stop=2, seed=5)
