@@ -600,7 +600,7 @@ def predict(
             chunk=config.stream_batches,
         )
     data = parallel.share(batching.make_segment(samples, daily, multiple=parallel.size))
-    program = _PREDICT_PROGRAMS[parallel.cpu_dots(cpu_dots or _predict_dots(module))]
+    program = _PREDICT_PROGRAMS[parallel.cpu_dots(cpu_dots or levers.predict_dots(type(module)))]
     with parallel.tracing():
         preds = program(
             parallel.share(variables),
@@ -612,14 +612,6 @@ def predict(
             parallel=parallel,
         )
     return np.asarray(preds)
-
-
-def _predict_dots(module: nn.Module) -> str:
-    """The prediction backend the module's model family chose (the engine's default if none)."""
-    from qjax.models.registry import spec_of  # the registry imports the model homes
-
-    spec = spec_of(type(module))
-    return levers.ENGINE_DEFAULTS["cpu_dots"] if spec is None else spec.cpu_predict_dots
 
 
 def prediction_batch(n: int, batch_size: int, devices: int) -> int:

@@ -39,3 +39,12 @@ def resolve(config: TrainConfig, network: type) -> TrainConfig:
     return dataclasses.replace(
         config, **{name: value for name, value in chosen.items() if getattr(config, name) is None}
     )
+
+
+def predict_dots(network: type) -> str:
+    """The XLA:CPU matrix-product backend ``predict`` uses for the model family whose network
+    class is ``network`` (its spec's ``cpu_predict_dots``), else the engine's default."""
+    from qjax.models.registry import spec_of  # as in resolve
+
+    spec = spec_of(network)
+    return ENGINE_DEFAULTS["cpu_dots"] if spec is None else spec.cpu_predict_dots

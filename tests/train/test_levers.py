@@ -17,7 +17,7 @@ from qjax.models.rnn import LSTMModel
 from qjax.models.spec import OneCpuDevice
 from qjax.models.tabnet.pretrain import PretrainStage, pretrain_config
 from qjax.train import TrainConfig, engine, fit, predict
-from qjax.train.levers import resolve
+from qjax.train.levers import predict_dots, resolve
 from qjax.train.parallel import auto_devices
 
 # The measured choices (benchmarks/results/levers_cpu_more.md, levers_cpu_rnn_rows.md), written
@@ -114,11 +114,11 @@ def test_the_matrix_product_backend_is_the_measured_one(name):
     entry = registry.model(name)
     direct = resolve(TrainConfig(), entry.network)
     assert direct.cpu_dots == ("eigen" if name in EIGEN_TRAIN else "default"), name
+    assert predict_dots(entry.network) == ("eigen" if name in EIGEN_PREDICT else "default"), name
     if entry.spec is None:
         return
     fields = entry.spec.train_config_fields(entry.spec.resolve({}, True))
     assert resolve(TrainConfig(**fields), entry.network).cpu_dots == direct.cpu_dots, name
-    assert entry.spec.cpu_predict_dots == ("eigen" if name in EIGEN_PREDICT else "default"), name
 
 
 def test_a_cpu_dots_setting_wins_and_a_bad_one_is_refused():
