@@ -156,6 +156,14 @@ def variants(name: str, module, variables, samples, batch: int) -> dict[str, Cal
     return out
 
 
+def _norm_statistics(tree) -> list[dict]:
+    """Every BatchNorm's statistics dict ({"mean", "var"}) in a batch_stats tree, at any depth
+    (TabNet's ghost batch norms sit inside its blocks)."""
+    if "mean" in tree:
+        return [tree]
+    return [st for sub in tree.values() if isinstance(sub, dict) for st in _norm_statistics(sub)]
+
+
 def run_model(name: str, n_samples: int, rounds: int, device) -> dict:
     case = tvt.CASES[name]
     module = qjax.models.get(name)(**case.qjax_kwargs)
@@ -165,9 +173,9 @@ def run_model(name: str, n_samples: int, rounds: int, device) -> dict:
     x = jnp.asarray(data.x[:2])
     variables = module.init({"params": jax.random.PRNGKey(0)}, x, train=False)
     if "batch_stats" in variables:  # non-trivial running statistics for the BN fold
-        key = jax.random.PRNGKey(1)
         variables = jax.tree.map(lambda a: a, variables)
-        for st in variables["batch_stats"].values():
+        key = jax.random.PRNGKey(1)
+        for st in _norm_statistics(variables["batch_stats"]):
             k1, k2, key = jax.random.split(key, 3)
             st["mean"] = 0.1 * jax.random.normal(k1, st["mean"].shape)
             st["var"] = jax.random.uniform(k2, st["var"].shape, minval=0.5, maxval=2.0)
@@ -210,9 +218,8 @@ def report(meta: dict, results: dict) -> list[str]:
         f"Command: `{meta['command']}`",
         "",
         f"{meta['machine']['cpu']}, {meta['machine']['logical_cores']} logical cores; load average "
-        f"before {meta['load_before']}, after {meta['load_after']}. **The machine was shared** "
-        "(another session's test jobs ran alongside), so absolute rates are low and noisy; the "
-        "ratios compare variants timed in alternating rounds of one process.",
+        f"before {meta['load_before']}, after {meta['load_after']}. {meta.get('note') or ''} "
+        "The ratios compare variants timed in alternating rounds of one process.",
         "",
         "Rate = samples / median seconds of one `predict` call (numpy out). `x before` = rate / "
         "the `before` variant's; `x torch` = rate / Qlib's torch `predict` loop in the same "
@@ -245,6 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sizes", help="comma-separated batch sizes to sweep (default: per model)")
     p.add_argument("--out", help="write predict_levers_cpu.{md,json} here")
     p.add_argument("--tag", help="write predict_levers_cpu_<tag>.{md,json} instead")
+    p.add_argument("--note", default="", help="a sentence on the run's conditions for the report")
     args = p.parse_args(argv)
     if args.sizes:
         sizes = tuple(int(v) for v in args.sizes.split(","))
@@ -264,6 +272,7 @@ def main(argv: list[str] | None = None) -> int:
         "load_before": before,
         "load_after": load_average(),
         "machine": machine(tvt.torch),
+        "note": args.note,
     }
     stem = "predict_levers_cpu" + (f"_{args.tag}" if args.tag else "")
     publish(report(meta, results), args.out, stem, {**meta, "models": results})

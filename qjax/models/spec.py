@@ -49,6 +49,7 @@ QJAX_EXTRAS = {
     "stream_batches": None,  # train batches per host-to-device block; None = device-resident
     "replica_chunk": None,  # seeds vmapped side by side per device; None = the engine's choice
     "cpu_dots": None,  # XLA:CPU's matrix-product backend in training; None = the model's choice
+    "cpu_eval_rows": None,  # rows per forward chunk when evaluating on CPU; None = the model's
 }
 
 InitVariables = Callable[[dict], dict]  # fresh variables -> starting variables
@@ -66,8 +67,8 @@ class Adapter:
         return fields
 
     def levers(self, micro_batch: int | str | None) -> dict:
-        """The CPU speed levers (``micro_batch``, ``cpu_split``, ``replica_chunk``, ``cpu_dots``)
-        this piece chooses, given the user's ``micro_batch`` (None: not given). Read by the
+        """The CPU speed levers (``micro_batch``, ``cpu_split``, ``replica_chunk``, ``cpu_dots``,
+        ``cpu_eval_rows``) this piece chooses, given the user's ``micro_batch`` (None: not given). Read by the
         estimators through ``train_fields`` and by ``qjax.train.fit`` for a registered module
         it is given."""
         return {}
@@ -139,7 +140,8 @@ class ModelSpec:
     adapters: tuple[Adapter, ...] = ()
     # Rows per prediction batch on XLA:CPU, where it differs from batch_size: inference keeps
     # no activations for a backward pass, and batches whose activations fit the caches predict
-    # faster (benchmarks/results/predict_levers_cpu.md). None: the train batch size.
+    # faster (benchmarks/results/predict_levers_cpu.md). None: the train batch size. fit's
+    # evaluations run their forward in chunks of as many rows (TrainConfig.cpu_eval_rows).
     cpu_predict_batch: int | None = None
     # XLA:CPU's matrix-product backend for prediction (qjax.compilation.CPU_DOTS): "eigen" where
     # Eigen predicted faster than XLA's default in every run (benchmarks/results/xla_dots_cpu*.md).
@@ -168,14 +170,18 @@ class ModelSpec:
             "stream_batches": kw.get("stream_batches"),
             "replica_chunk": kw.get("replica_chunk"),
             "cpu_dots": kw.get("cpu_dots"),
+            "cpu_eval_rows": kw.get("cpu_eval_rows"),
         }
         for adapter in self.adapters:
             fields = adapter.train_fields(kw, fields)
         return fields
 
     def levers(self, micro_batch: int | str | None = None) -> dict:
-        """The CPU levers the adapters choose (:meth:`Adapter.levers`); {} leaves the engine's."""
+        """The CPU levers the adapters choose (:meth:`Adapter.levers`), and evaluation in chunks
+        of ``cpu_predict_batch`` rows; {} leaves the engine's."""
         chosen: dict = {}
+        if self.cpu_predict_batch is not None:
+            chosen["cpu_eval_rows"] = self.cpu_predict_batch
         for adapter in self.adapters:
             chosen.update(adapter.levers(micro_batch))
         return chosen

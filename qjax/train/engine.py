@@ -90,6 +90,7 @@ class Trainer:
     config: TrainConfig
     parallel: DataParallel
     micro_batches: int = 1  # chunks per train batch (see qjax.train.microbatch)
+    eval_chunks: int = 1  # chunks per evaluation batch's forward (TrainConfig.cpu_eval_rows)
     replica_group: int | None = None  # replicas side by side (None: all; see parallel)
     across: str | None = None  # mesh axis of several processes (qjax.train.distributed)
 
@@ -236,9 +237,20 @@ class Trainer:
         return self.eval_metrics(outputs, ids, mask, data)
 
     def eval_step(self, variables: Variables, batch: Batch):
-        """One evaluation batch: the objective's (total, count, pred) in eval mode."""
-        out = self.loss_fn(self.module.apply, variables, batch, _EVAL_KEY, False)
-        return out.total, out.count, out.pred
+        """One evaluation batch: the objective's (total, count, pred) in eval mode, the forward
+        run in ``eval_chunks`` chunks of rows (the same numbers up to summation order)."""
+
+        def forward(rows: Batch):
+            out = self.loss_fn(self.module.apply, variables, rows, _EVAL_KEY, False)
+            return out.total, out.count, out.pred
+
+        if self.eval_chunks == 1:
+            return forward(batch)
+        chunks = microbatch.split_rows(batch, self.eval_chunks)
+        totals, counts, preds = jax.lax.map(
+            lambda chunk: forward(self.parallel.split_batch(chunk)), chunks
+        )
+        return jnp.sum(totals), jnp.sum(counts), microbatch.join_rows(preds)
 
     def eval_metrics(self, outputs, ids: jax.Array, mask: jax.Array, data: Segment) -> Metrics:
         """The metrics of a segment from its per-batch ``eval_step`` outputs (plan order);
@@ -330,6 +342,7 @@ class FitResult:
     n_devices: int = 1  # devices each batch was split over
     replica_devices: int = 1  # devices the replicas (seeds) were split over
     micro_batches: int = 1  # chunks per train batch (1: whole batches)
+    eval_chunks: int = 1  # chunks per evaluation batch's forward (1: whole batches)
     replica_group: int = 1  # replicas trained side by side; groups ran in turn
 
     def replica(self, index: int = 0) -> Variables:
@@ -462,6 +475,7 @@ def _fit(
     trainer = dataclasses.replace(
         trainer,
         micro_batches=_micro_batches(trainer, example, state),
+        eval_chunks=_eval_chunks(trainer),
         replica_group=replica_group(config.replica_chunk, len(seeds), parallel),
     )
     if cluster is not None:  # from here on, arrays span the processes
@@ -475,8 +489,10 @@ def _fit(
     earlier_seconds = 0.0  # training time of earlier parts of a resumed run
     if checkpoint_dir is not None:
         # Streamed or resident, a run trains the same: either may resume the other. The dots
-        # backend only changes summation order; leaving it out keeps older checkpoints resumable.
-        setup = {k: v for k, v in config.to_dict().items() if k != "cpu_dots"}
+        # backend and evaluation chunks only change summation order; leaving them out keeps
+        # older checkpoints resumable.
+        order_only = ("cpu_dots", "cpu_eval_rows")
+        setup = {k: v for k, v in config.to_dict().items() if k not in order_only}
         fingerprint = {
             "config": {**setup, "stream_batches": None},
             "seeds": seeds,
@@ -535,6 +551,7 @@ def _fit(
         n_devices=parallel.size,
         replica_devices=parallel.mesh.size if parallel.over_replicas else 1,
         micro_batches=trainer.micro_batches,
+        eval_chunks=trainer.eval_chunks,
         replica_group=trainer.replica_group,
     )
     if verbose and result.early_stopped.any():
@@ -790,6 +807,18 @@ def _micro_batches(trainer: Trainer, train: Segment, state: FitState) -> int:
         forward=forward,
         example=example,
     )
+
+
+def _eval_chunks(trainer: Trainer) -> int:
+    """Chunks per evaluation batch for ``config.cpu_eval_rows`` on XLA:CPU: row batches of the
+    default objective only (its total is a sum over rows, its forward row by row)."""
+    rows = trainer.config.cpu_eval_rows
+    if rows in (None, "off") or not trainer.parallel.on_cpu:
+        return 1
+    if trainer.daily or trainer.loss_fn is not supervised_mse:
+        return 1
+    batch_rows = _round_up(trainer.config.validation_batch_size, trainer.parallel.size)
+    return microbatch.chunks_for(batch_rows, rows, trainer.parallel.size)
 
 
 def _scatter(values: jax.Array, ids: jax.Array, mask: jax.Array, n: int) -> jax.Array:

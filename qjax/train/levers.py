@@ -1,10 +1,11 @@
 """The CPU speed levers a :class:`TrainConfig` leaves to the model: ``micro_batch``,
-``cpu_split``, ``replica_chunk`` and ``cpu_dots`` set to None.
+``cpu_split``, ``replica_chunk``, ``cpu_dots`` and ``cpu_eval_rows`` set to None.
 
 Each lever was measured per model family (``benchmarks/results/levers_cpu.md``,
 ``levers_cpu_more.md``, ``levers_cpu_rnn_rows.md``): KRNN and TabNet train faster on one CPU
 device in micro-batches, the rest with both levers on; TabNet's matrix products run in Eigen
-(``benchmarks/results/xla_dots_cpu.md``). A family's home states its choice in its
+(``benchmarks/results/xla_dots_cpu.md``); evaluation runs its forward in the rows a family
+predicts in on CPU (``benchmarks/results/eval_rows_cpu.md``). A family's home states its choice in its
 wrapper spec (:meth:`qjax.models.spec.ModelSpec.levers`); the estimators and the CLI copy it into
 the config, and :func:`resolve` gives a direct ``fit`` call the same, found by the module's class
 in the model registry. A value the user set always wins; a module no family registered gets the
@@ -23,6 +24,7 @@ ENGINE_DEFAULTS = {
     "cpu_split": True,
     "replica_chunk": None,
     "cpu_dots": "default",
+    "cpu_eval_rows": "off",
 }
 
 

@@ -49,6 +49,16 @@ def split_rows(batch: Batch, n_chunks: int) -> Batch:
     return jax.tree.map(split, batch)
 
 
+def join_rows(chunks: Any) -> Any:
+    """The inverse of :func:`split_rows`: leaves ``[n_chunks, B / n_chunks, ...]`` -> ``[B, ...]``
+    in the batch's row order."""
+
+    def join(leaf):
+        return jnp.swapaxes(leaf, 0, 1).reshape(-1, *leaf.shape[2:])
+
+    return jax.tree.map(join, chunks)
+
+
 def accumulated_loss_and_grad(
     objective: Callable[[Any, Batch, jax.Array], LossOutput],
     params: Any,

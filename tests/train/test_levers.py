@@ -167,3 +167,30 @@ def test_tabnet_pretraining_splits_its_batches_with_eigen_dots_unless_told_other
     assert (config.cpu_split, config.cpu_dots) == (True, "eigen")
     told = pretrain_config(tabnet.resolve({"cpu_dots": "default"}, False))
     assert told.cpu_dots == "default"
+
+
+# Evaluation runs its forward in the rows each family predicts in on CPU (the wrapper specs'
+# cpu_predict_batch, benchmarks/results/predict_levers_cpu*.md and eval_rows_cpu.md), written out
+# here rather than read from the specs under test.
+EVAL_ROWS = {
+    "alstm": 128,
+    "gru": 128,
+    "localformer": 128,
+    "lstm": 128,
+    "mlp": 4096,
+    "tcn": 128,
+    "transformer": 128,
+}
+
+
+@pytest.mark.parametrize("name", sorted(registry.models()))
+def test_evaluation_chunks_are_the_rows_the_family_predicts_in(name):
+    entry = registry.model(name)
+    direct = resolve(TrainConfig(), entry.network)
+    assert direct.cpu_eval_rows == EVAL_ROWS.get(name, "off"), name
+    if entry.spec is None:
+        return
+    fields = entry.spec.train_config_fields(entry.spec.resolve({}, True))
+    assert resolve(TrainConfig(**fields), entry.network).cpu_eval_rows == direct.cpu_eval_rows
+    mine = entry.spec.train_config_fields(entry.spec.resolve({"cpu_eval_rows": "off"}, False))
+    assert resolve(TrainConfig(**mine), entry.network).cpu_eval_rows == "off", name

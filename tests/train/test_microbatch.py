@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -12,14 +14,18 @@ from train_synthetic import CrossSection, TinyGRU, TinyMLP, max_abs_diff, panel
 from qjax.data.samples import Batch
 from qjax.models.transformer.network import TransformerEncoderLayer
 from qjax.train import TrainConfig, fit, supervised_mse
+from qjax.train.engine import Trainer
 from qjax.train.losses import batch_loss
 from qjax.train.microbatch import (
     accumulated_loss_and_grad,
     auto_chunks,
     chunks_for,
     footprint,
+    join_rows,
     resolve,
+    split_rows,
 )
+from qjax.train.parallel import data_parallel
 
 # float64 scope: jax.enable_x64, or jax.experimental's on the oldest supported JAX (0.4.30)
 if hasattr(jax, "enable_x64"):
@@ -173,3 +179,104 @@ def test_micro_batch_refuses_what_it_cannot_split(seed):
     for model, config, options, message in refused:
         with pytest.raises(ValueError, match=message):
             fit(model, train, None, TrainConfig(n_epochs=1, **config), verbose=False, **options)
+
+
+# -- evaluation in chunks of rows (TrainConfig.cpu_eval_rows) --------------------------------
+
+
+def _eval_outputs(dtype, n_chunks, seed):
+    """Trainer.eval_step's (total, count, pred) on one 48-row batch, forward in n_chunks."""
+    module = TinyAttention()
+    batch = jax.tree.map(lambda a: a.astype(dtype) if a.dtype.kind == "f" else a, _batch(48, seed))
+    variables = module.init(jax.random.PRNGKey(seed), batch.x)
+    variables = jax.tree.map(lambda a: a.astype(dtype), variables)
+    parallel = data_parallel(jax.devices()[:1])
+    trainer = Trainer(module, supervised_mse, TrainConfig(batch_size=48), parallel)
+    return jax.device_get(
+        Trainer.eval_step(dataclasses.replace(trainer, eval_chunks=n_chunks), variables, batch)
+    )
+
+
+def test_split_rows_and_join_rows_are_inverse(seed):
+    rows = np.random.default_rng(seed).normal(size=(24, 3)).astype(np.float32)
+    chunks = split_rows(rows, 4)
+    assert chunks.shape == (4, 6, 3)
+    np.testing.assert_array_equal(chunks[1], rows[1::4])  # chunk c: rows c, c + 4, ...
+    np.testing.assert_array_equal(join_rows(chunks), rows)
+
+
+@pytest.mark.parametrize("n_chunks", [2, 6, 48])
+def test_evaluation_in_chunks_equals_the_whole_batch(n_chunks, seed):
+    with enable_x64(True):
+        total, count, pred = _eval_outputs(jnp.float64, 1, seed)
+        chunk_total, chunk_count, chunk_pred = _eval_outputs(jnp.float64, n_chunks, seed)
+        # float64: only the summation order of the total differs; predictions are the same
+        # rows' forwards, so they match in row order to rounding.
+        assert abs(total - chunk_total) < 1e-12 * abs(total), (n_chunks, seed)
+        assert count == chunk_count, (count, chunk_count)
+        np.testing.assert_allclose(chunk_pred, pred, rtol=1e-12, atol=1e-14)
+    total32, count32, pred32 = _eval_outputs(jnp.float32, n_chunks, seed)
+    # float32: 48 squared errors summed in another order -> well under 1e-5 relative, and the
+    # float32 numbers are the float64 ones (a wrong row order or mask would miss by far more).
+    assert abs(total32 - total) < 1e-5 * abs(total), (n_chunks, seed)
+    assert count32 == count
+    np.testing.assert_allclose(pred32, pred, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("protocol", ["exact", "qlib"])
+def test_fit_evaluating_in_chunks_matches_whole_batches(protocol, seed):
+    train, valid = panel(n_feat=20, seed=seed), panel(n_days=9, n_feat=20, seed=seed + 1)
+    runs = {
+        rows: fit(
+            TinyAttention(),
+            train,
+            valid,
+            TrainConfig(
+                n_epochs=2,
+                batch_size=48,
+                early_stop=5,
+                metric="ic",  # the daily IC reads every prediction at its sample's place
+                eval_train=True,
+                eval_protocol=protocol,
+                cpu_eval_rows=rows,
+            ),
+            verbose=False,
+        )
+        for rows in ("off", 12)
+    }
+    assert runs["off"].eval_chunks == 1
+    assert runs[12].eval_chunks == chunks_for(48, 12, runs[12].n_devices) > 1
+    # Identical training; only the evaluations' summation order differs (float32, <= 48 rows
+    # per sum: well under 1e-5 relative).
+    assert max_abs_diff(runs["off"].variables, runs[12].variables) == 0.0, seed
+    for name in ("valid_loss", "valid_score", "train_loss", "train_score"):
+        np.testing.assert_allclose(
+            runs[12].history[name], runs["off"].history[name], rtol=1e-5, err_msg=name
+        )
+
+
+def test_evaluation_chunks_only_row_batches_of_the_default_objective(seed):
+    train = panel(seed=seed)
+    config = TrainConfig(n_epochs=1, batch_size=48, cpu_eval_rows=12)
+    assert fit(TinyGRU(), train, train, config, verbose=False).eval_chunks > 1
+    daily = fit(
+        CrossSection(),
+        train,
+        train,
+        dataclasses.replace(config, batching="daily"),
+        verbose=False,
+    )
+    assert daily.eval_chunks == 1  # a day's stocks are one cross-section
+
+    def custom(apply, variables, batch, rng, train):
+        return supervised_mse(apply, variables, batch, rng, train)
+
+    assert fit(TinyGRU(), train, train, config, loss_fn=custom, verbose=False).eval_chunks == 1
+
+
+def test_bad_cpu_eval_rows_is_refused():
+    assert TrainConfig(cpu_eval_rows="128").cpu_eval_rows == 128  # as YAML may give it
+    assert TrainConfig(cpu_eval_rows="OFF").cpu_eval_rows == "off"
+    for bad in (0, -4, "auto", True, 1.5):
+        with pytest.raises(ValueError, match=r"cpu_eval_rows=.* is invalid; expected rows"):
+            TrainConfig(cpu_eval_rows=bad)
