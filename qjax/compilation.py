@@ -128,6 +128,22 @@ class CompileClock:
 CPU_DOTS = {"default": {}, "eigen": {"xla_cpu_experimental_ynn_fusion_type": ""}}
 
 
+# A program that runs once per fit (initialisation) is compiled at LLVM's -O1: the same values
+# bit for bit in every model, 13-45% less compile time than the default level; -O0 saves more
+# but changes initial values by up to 1e-6 (benchmarks/results/compile_programs_cpu.md).
+RUN_ONCE = {"xla_backend_optimization_level": 1}
+
+
+def jit_run_once(fn: Callable, **jit_kwargs) -> Callable:
+    """``fn`` jitted with :data:`RUN_ONCE`'s compiler options (``jit_kwargs`` as ``jax.jit``);
+    plainly jitted where ``jit`` takes no compiler options."""
+    import jax
+
+    if "compiler_options" not in inspect.signature(jax.jit).parameters:
+        return jax.jit(fn, **jit_kwargs)
+    return jax.jit(fn, compiler_options=RUN_ONCE, **jit_kwargs)
+
+
 def jit_per_cpu_dots(fn: Callable, **jit_kwargs) -> dict[str, Callable]:
     """``fn`` jitted once per :data:`CPU_DOTS` choice, by name (``jit_kwargs`` as ``jax.jit``).
 

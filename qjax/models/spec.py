@@ -68,9 +68,9 @@ class Adapter:
 
     def levers(self, micro_batch: int | str | None) -> dict:
         """The CPU speed levers (``micro_batch``, ``cpu_split``, ``replica_chunk``, ``cpu_dots``,
-        ``cpu_eval_rows``) this piece chooses, given the user's ``micro_batch`` (None: not given). Read by the
-        estimators through ``train_fields`` and by ``qjax.train.fit`` for a registered module
-        it is given."""
+        ``cpu_eval_rows``) this piece chooses, given the user's ``micro_batch`` (None: not
+        given). Read by the estimators through ``train_fields`` and by ``qjax.train.fit`` for a
+        registered module it is given."""
         return {}
 
     def samples(self, kw: dict, segment: str, samples: Samples, index: pd.MultiIndex) -> Samples:

@@ -44,7 +44,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from qjax.compilation import CompileClock, before_compiling, check_cpu_dots, jit_per_cpu_dots
+from qjax.compilation import (
+    CompileClock,
+    before_compiling,
+    check_cpu_dots,
+    jit_per_cpu_dots,
+    jit_run_once,
+)
 from qjax.data.samples import Samples
 from qjax.errors import Interrupted, TrainingDiverged
 from qjax.train import batching, distributed, levers, microbatch
@@ -470,7 +476,7 @@ def _fit(
     )
     keys = parallel.place_replicas(jnp.stack([jax.random.PRNGKey(seed) for seed in seeds]))
     state = parallel.place_replicas(
-        _init_replicas(keys, example, trainer=trainer, init_variables=init_variables)
+        _INIT_PROGRAM(keys, example, trainer=trainer, init_variables=init_variables)
     )
     trainer = dataclasses.replace(
         trainer,
@@ -675,7 +681,6 @@ def _over_replicas(fn: Callable, replicated: Any, *shared: Any, group: int | Non
     return jax.tree.map(lambda leaf: leaf.swapaxes(0, 1).reshape(n, *leaf.shape[2:]), out)
 
 
-@functools.partial(jax.jit, static_argnames=("trainer", "init_variables"))
 def _init_replicas(keys, train: Segment, *, trainer: Trainer, init_variables) -> FitState:
     """Every replica's fresh state, one replica after another (``lax.map``, not ``vmap``).
 
@@ -683,10 +688,15 @@ def _init_replicas(keys, train: Segment, *, trainer: Trainer, init_variables) ->
     orthogonal init: QR), which jaxlib's CPU kernel spreads over the intra-op thread pool and
     waits for; with the program running on two CPU devices at once the pool starved and the
     run hung before its first epoch (jax 0.10.2). One replica at a time calls each kernel
-    unbatched, which runs inline; initialisation is a negligible part of a run.
+    unbatched, which runs inline; initialisation runs for milliseconds (compiling it takes a
+    quarter to a third of a cold fit's compile seconds, ``compile_programs_cpu.md``).
     """
     init = functools.partial(trainer.init, init_variables=init_variables)
     return jax.lax.map(lambda key: init(key, train), keys)
+
+
+# Runs once per fit: compiled for compile speed (qjax.compilation.RUN_ONCE, the same values).
+_INIT_PROGRAM = jit_run_once(_init_replicas, static_argnames=("trainer", "init_variables"))
 
 
 def _run_epoch(

@@ -21,10 +21,11 @@ from train_synthetic import (
     scripted_objective,
 )
 
+import qjax
 from qjax.models.sfm import SFM_Model
 from qjax.train import Plateau, TrainConfig, fit, predict
 from qjax.train.batching import make_segment
-from qjax.train.engine import Trainer, _init_replicas
+from qjax.train.engine import _INIT_PROGRAM, Trainer, _init_replicas
 from qjax.train.losses import LossOutput, supervised_mse
 from qjax.train.parallel import data_parallel
 
@@ -306,15 +307,37 @@ def test_replicas_initialise_one_at_a_time_like_a_single_seed():
     trainer = _trainer(SFM_Model(d_feat=6, hidden_size=64), TrainConfig(batch_size=64))
     segment = make_segment(panel(n_feat=12, seed=0), False)
     keys = jnp.stack([jax.random.PRNGKey(seed) for seed in (0, 1)])
-    lowered = _init_replicas.lower(keys, segment, trainer=trainer, init_variables=None)
+    lowered = _INIT_PROGRAM.lower(keys, segment, trainer=trainer, init_variables=None)
     batch_dims = re.findall(
         r'custom_call @lapack\w+\(.*?num_batch_dims = "(\d+)"', lowered.as_text()
     )
     assert batch_dims and set(batch_dims) == {"0"}, batch_dims
-    both = _init_replicas(keys, segment, trainer=trainer, init_variables=None)
+    both = _INIT_PROGRAM(keys, segment, trainer=trainer, init_variables=None)
     alone = trainer.init(keys[1], segment)
     second = jax.tree.map(lambda leaf: leaf[1], both.train.params)
     assert max_abs_diff(second, alone.train.params) == 0.0
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs"),
+    [
+        ("lstm", {"d_feat": 6, "hidden_size": 16}),
+        ("transformer", {"d_feat": 6, "d_model": 16}),
+        ("tabnet", {"inp_dim": 12, "out_dim": 8, "n_d": 8, "n_a": 8, "n_steps": 2, "vbs": 32}),
+        ("krnn", {"fea_dim": 6, "cnn_dim": 8, "rnn_dim": 8}),
+    ],
+)
+def test_the_initialisation_program_gives_the_default_compiles_values(name, kwargs):
+    """The init program is compiled at -O1 for compile speed (qjax.compilation.RUN_ONCE); its
+    values must be the default optimisation level's bit for bit."""
+    trainer = _trainer(qjax.models.get(name)(**kwargs), TrainConfig(batch_size=64))
+    segment = make_segment(panel(n_feat=12, seed=0), False)
+    keys = jnp.stack([jax.random.PRNGKey(seed) for seed in (0, 7)])
+    fast = _INIT_PROGRAM(keys, segment, trainer=trainer, init_variables=None)
+    default = jax.jit(_init_replicas, static_argnames=("trainer", "init_variables"))(
+        keys, segment, trainer=trainer, init_variables=None
+    )
+    assert max_abs_diff(fast.train.variables, default.train.variables) == 0.0, name
 
 
 def test_same_seed_reproduces_bitwise_and_predict_per_seed(gru_data, gru_multi_seed):

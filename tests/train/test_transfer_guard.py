@@ -133,7 +133,7 @@ def test_the_guard_catches_a_batch_built_on_the_host(guarded):
         TinyMLP(), engine.supervised_mse, config, engine.data_parallel(jax.local_devices()[:1])
     )
     keys = jnp.stack([jax.random.PRNGKey(0)])
-    state = engine._init_replicas(
+    state = engine._INIT_PROGRAM(
         keys, engine.batching.make_segment(train, False), trainer=trainer, init_variables=None
     )
     with pytest.raises(Exception, match="[Dd]isallowed host-to-device transfer"):
