@@ -28,8 +28,10 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-MODELS = ("lstm", "gru", "alstm", "krnn", "transformer", "localformer", "tabnet", "gats", "hist")
-MODELS += ("sfm", "tcn")
+MODELS = (
+    *("lstm", "gru", "alstm", "krnn", "transformer", "localformer"),
+    *("tabnet", "gats", "hist", "sfm", "tcn"),
+)
 STAGES = ("jaxpr_trace_duration", "jaxpr_to_mlir_module_duration", "backend_compile_duration")
 LEVELS = {"default": None, "O1": 1, "O0": 0}
 

@@ -129,7 +129,7 @@ CPU_DOTS = {"default": {}, "eigen": {"xla_cpu_experimental_ynn_fusion_type": ""}
 
 
 # A program that runs once per fit (initialisation) is compiled at LLVM's -O1: the same values
-# bit for bit in every model, 13-45% less compile time than the default level; -O0 saves more
+# bit for bit in every model, 15-45% less compile time than the default level; -O0 saves more
 # but changes initial values by up to 1e-6 (benchmarks/results/compile_programs_cpu.md).
 RUN_ONCE = {"xla_backend_optimization_level": 1}
 

@@ -5,11 +5,12 @@ Each lever was measured per model family (``benchmarks/results/levers_cpu.md``,
 ``levers_cpu_more.md``, ``levers_cpu_rnn_rows.md``): KRNN and TabNet train faster on one CPU
 device in micro-batches, the rest with both levers on; TabNet's matrix products run in Eigen
 (``benchmarks/results/xla_dots_cpu.md``); evaluation runs its forward in the rows a family
-predicts in on CPU (``benchmarks/results/eval_rows_cpu.md``). A family's home states its choice in its
-wrapper spec (:meth:`qjax.models.spec.ModelSpec.levers`); the estimators and the CLI copy it into
-the config, and :func:`resolve` gives a direct ``fit`` call the same, found by the module's class
-in the model registry. A value the user set always wins; a module no family registered gets the
-engine's defaults (automatic micro-batches, each batch split over the CPU devices).
+predicts in on CPU (``benchmarks/results/eval_rows_cpu.md``). A family's home states its choice
+in its wrapper spec (:meth:`qjax.models.spec.ModelSpec.levers`); the estimators and the CLI copy
+it into the config, and :func:`resolve` gives a direct ``fit`` call the same, found by the
+module's class in the model registry. A value the user set always wins; a module no family
+registered gets the engine's defaults (automatic micro-batches, each batch split over the CPU
+devices, whole evaluation batches).
 """
 
 from __future__ import annotations
