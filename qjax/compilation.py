@@ -134,14 +134,26 @@ CPU_DOTS = {"default": {}, "eigen": {"xla_cpu_experimental_ynn_fusion_type": ""}
 RUN_ONCE = {"xla_backend_optimization_level": 1}
 
 
-def jit_run_once(fn: Callable, **jit_kwargs) -> Callable:
-    """``fn`` jitted with :data:`RUN_ONCE`'s compiler options (``jit_kwargs`` as ``jax.jit``);
-    plainly jitted where ``jit`` takes no compiler options."""
+def jit_takes_options() -> bool:
+    """Whether ``jax.jit`` takes ``compiler_options`` (newer than the jax 0.4.30 floor)."""
     import jax
 
-    if "compiler_options" not in inspect.signature(jax.jit).parameters:
+    return "compiler_options" in inspect.signature(jax.jit).parameters
+
+
+def jit_with_options(fn: Callable, options: dict, **jit_kwargs) -> Callable:
+    """``jax.jit(fn, **jit_kwargs)`` compiled with XLA ``options``; plainly jitted where ``jit``
+    takes no compiler options."""
+    import jax
+
+    if not options or not jit_takes_options():
         return jax.jit(fn, **jit_kwargs)
-    return jax.jit(fn, compiler_options=RUN_ONCE, **jit_kwargs)
+    return jax.jit(fn, compiler_options=options, **jit_kwargs)
+
+
+def jit_run_once(fn: Callable, **jit_kwargs) -> Callable:
+    """``fn`` jitted with :data:`RUN_ONCE`'s compiler options (``jit_kwargs`` as ``jax.jit``)."""
+    return jit_with_options(fn, RUN_ONCE, **jit_kwargs)
 
 
 def jit_per_cpu_dots(fn: Callable, **jit_kwargs) -> dict[str, Callable]:
@@ -149,14 +161,7 @@ def jit_per_cpu_dots(fn: Callable, **jit_kwargs) -> dict[str, Callable]:
 
     A JAX whose ``jit`` takes no compiler options gets the default program under every name.
     """
-    import jax
-
-    if "compiler_options" not in inspect.signature(jax.jit).parameters:
-        return dict.fromkeys(CPU_DOTS, jax.jit(fn, **jit_kwargs))
-    return {
-        name: jax.jit(fn, compiler_options=options or None, **jit_kwargs)
-        for name, options in CPU_DOTS.items()
-    }
+    return {name: jit_with_options(fn, options, **jit_kwargs) for name, options in CPU_DOTS.items()}
 
 
 @functools.cache
@@ -167,7 +172,7 @@ def eigen_dots_available() -> bool:
     import jax
     import numpy as np
 
-    if "compiler_options" not in inspect.signature(jax.jit).parameters:
+    if not jit_takes_options():
         return False
     one = jax.device_put(np.zeros(1, np.float32), jax.devices("cpu")[0])
     try:
