@@ -26,7 +26,9 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 ENV = "QJAX_COMPILATION_CACHE"
 DEFAULT_DIR = Path.home() / ".cache" / "qjax" / "xla"
@@ -162,6 +164,22 @@ def jit_per_cpu_dots(fn: Callable, **jit_kwargs) -> dict[str, Callable]:
     A JAX whose ``jit`` takes no compiler options gets the default program under every name.
     """
     return {name: jit_with_options(fn, options, **jit_kwargs) for name, options in CPU_DOTS.items()}
+
+
+def compile_in_background(lowered: Any) -> Future:
+    """Start XLA's compile of a lowered program on a worker thread; ``.result()`` waits for
+    the compiled program (and raises what compiling raised).
+
+    XLA compiles without holding Python's GIL, so the caller traces and lowers its next program
+    meanwhile. The compiled program lands in JAX's caches, where a later call of the same
+    ``jit`` with arguments of the lowered shapes and placements finds it.
+    """
+    return _compiler().submit(lowered.compile)
+
+
+@functools.cache
+def _compiler() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="qjax-compile")
 
 
 @functools.cache

@@ -48,6 +48,7 @@ from qjax.compilation import (
     CompileClock,
     before_compiling,
     check_cpu_dots,
+    compile_in_background,
     jit_per_cpu_dots,
     jit_run_once,
 )
@@ -475,15 +476,23 @@ def _fit(
         across=None if cluster is None else distributed.AXIS,
     )
     keys = parallel.place_replicas(jnp.stack([jax.random.PRNGKey(seed) for seed in seeds]))
-    state = parallel.place_replicas(
-        _INIT_PROGRAM(keys, example, trainer=trainer, init_variables=init_variables)
+    # XLA compiles the initialisation program on a worker thread while this thread traces,
+    # lowers and compiles the epoch program: until the first epoch both need only shapes.
+    init_lowered = _INIT_PROGRAM.lower(
+        keys, example, trainer=trainer, init_variables=init_variables
     )
+    init_compiling = compile_in_background(init_lowered)
+    state_like = parallel.placed_replicas_like(init_lowered.out_info)
     trainer = dataclasses.replace(
         trainer,
-        micro_batches=_micro_batches(trainer, example, state),
+        micro_batches=_micro_batches(trainer, example, state_like),
         eval_chunks=_eval_chunks(trainer),
         replica_group=replica_group(config.replica_chunk, len(seeds), parallel),
     )
+    if cluster is None and config.stream_batches is None:
+        first_steps = config.steps_in_period(0) if config.batching.by_steps else None
+        _compile_epoch(state_like, train_seg, valid_seg, trainer=trainer, n_steps=first_steps)
+    state = parallel.place_replicas(init_compiling.result()(keys, example))
     if cluster is not None:  # from here on, arrays span the processes
         distributed.check_no_batch_stats(state.train.batch_stats)
         state = cluster.replicate(state)
@@ -703,9 +712,22 @@ def _run_epoch(
     state: FitState, train: Segment, valid: Segment | None, *, trainer: Trainer, n_steps
 ):
     """The epoch program over all replicas; the state's buffers are donated."""
-    program = _EPOCH_PROGRAMS[trainer.parallel.cpu_dots(trainer.config.cpu_dots)]
     with trainer.parallel.tracing():  # models may map their per-row parts over the devices
-        return program(state, train, valid, trainer=trainer, n_steps=n_steps)
+        return _epoch_jit(trainer)(state, train, valid, trainer=trainer, n_steps=n_steps)
+
+
+def _compile_epoch(
+    state: FitState, train: Segment, valid: Segment | None, *, trainer: Trainer, n_steps
+) -> None:
+    """Compile the epoch program ahead of its first call; ``state`` may hold shapes only
+    (placed as the state will be). The call then finds the program in ``jit``'s cache."""
+    with trainer.parallel.tracing():
+        program = _epoch_jit(trainer).lower(state, train, valid, trainer=trainer, n_steps=n_steps)
+    program.compile()
+
+
+def _epoch_jit(trainer: Trainer) -> Callable:
+    return _EPOCH_PROGRAMS[trainer.parallel.cpu_dots(trainer.config.cpu_dots)]
 
 
 def _epoch_program(
@@ -791,20 +813,25 @@ def _daily_rows(widest: int) -> int:
 
 
 def _micro_batches(trainer: Trainer, train: Segment, state: FitState) -> int:
-    """Chunks per train batch for ``config.micro_batch`` (see :func:`microbatch.resolve`)."""
+    """Chunks per train batch for ``config.micro_batch`` (see :func:`microbatch.resolve`);
+    reads only the shapes of ``state``."""
     config = trainer.config
     rows = config.batch_size
 
-    def forward(batch):
-        # The first replica, sliced inside the trace: sliced eagerly, it cost one dispatched
-        # program per leaf (TabNet: ~300 per fit) for shapes alone.
-        first = jax.tree.map(lambda leaf: leaf[0], state.train)
+    def forward(inputs):
+        batch, first = inputs
         variables = as_variables(first.params, first.batch_stats)
         return trainer.loss_fn(trainer.module.apply, variables, batch, _EVAL_KEY, True).total
 
     def example():
+        # Shapes only: the state may not exist yet, and slicing the first replica eagerly
+        # cost one dispatched program per leaf (TabNet: ~300 per fit).
         ids, mask = jnp.zeros(rows, jnp.int32), jnp.ones(rows, bool)
-        return jax.eval_shape(lambda: train.samples.batch(ids, mask))
+        batch = jax.eval_shape(lambda: train.samples.batch(ids, mask))
+        first = jax.tree.map(
+            lambda leaf: jax.ShapeDtypeStruct(leaf.shape[1:], leaf.dtype), state.train
+        )
+        return batch, first
 
     return microbatch.resolve(
         config.micro_batch,

@@ -72,12 +72,25 @@ class DataParallel:
             tree = jax.tree.map(functools.partial(_host_view, target=self.replicated), tree)
         return jax.device_put(tree, self.replicated)
 
+    @property
+    def replica_sharding(self) -> NamedSharding:
+        """Where :meth:`place_replicas` puts each leaf."""
+        if not self.over_replicas:
+            return self.replicated
+        return NamedSharding(self.mesh, PartitionSpec(DATA_AXIS))
+
     def place_replicas(self, tree: Any) -> Any:
         """Place a tree whose leaves lead with the replica axis: split along it over the
         devices when the replicas are split, else copied to every device."""
-        if not self.over_replicas:
-            return self.replicate(tree)
-        return jax.device_put(tree, NamedSharding(self.mesh, PartitionSpec(DATA_AXIS)))
+        return jax.device_put(tree, self.replica_sharding)
+
+    def placed_replicas_like(self, tree: Any) -> Any:
+        """The shapes of ``tree`` (arrays or shape structs) as :meth:`place_replicas` would
+        place them: what a program that takes the placed tree is compiled for."""
+        sharding = self.replica_sharding
+        return jax.tree.map(
+            lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding), tree
+        )
 
     def split_batch(self, ids: jax.Array) -> jax.Array:
         """Inside a compiled program: split a batch's ids ``[B]`` over the devices."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import re
 
@@ -372,6 +373,37 @@ def test_a_fit_with_another_seed_reuses_the_compiled_programs(gru_data):
     assert counter["compiles"] == 0
     assert first.seeds == (3,) and other.seeds == (4,)
     assert max_abs_diff(first.replica(), other.replica()) > 1e-3  # the seed still counts
+
+
+@pytest.mark.parametrize("seeds, split", [([0], "batch"), ([0, 1], "seeds"), ([0, 1], "batch")])
+def test_a_cold_fit_lowers_each_program_once(gru_data, seeds, split):
+    """The epoch program is compiled ahead of the first epoch from the shapes and placement
+    the state will have (while XLA compiles the initialisation program on another thread);
+    if those differed from the placed state's, the first epoch would lower and compile it
+    again."""
+    lowered, listening = collections.Counter(), [True]
+
+    def on_event(event, duration, fun_name="?", **_):
+        if listening[0] and event == "/jax/core/compile/jaxpr_to_mlir_module_duration":
+            lowered[fun_name] += 1
+
+    jax.monitoring.register_event_duration_secs_listener(on_event)
+    # a learning rate no other test uses: programs of their own, compiled in this test
+    config = dataclasses.replace(GRU_CONFIG, n_epochs=2, lr=0.0123 + 0.001 * len(seeds))
+    result = fit(
+        TinyGRU(d_feat=2),
+        *gru_data,
+        config,
+        seeds=seeds,
+        devices=jax.devices()[:2],
+        split=split,
+        verbose=False,
+    )
+    listening[0] = False  # a listener cannot be removed in every JAX we support
+    counts = dict(lowered)
+    assert counts.get("jit(_init_replicas)") == 1, counts
+    assert counts.get("jit(_epoch_program)") == 1, counts
+    assert result.epochs_run.tolist() == [2] * len(seeds)
 
 
 @pytest.mark.parametrize("chunk", [1, 2])
