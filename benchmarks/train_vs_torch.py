@@ -1008,7 +1008,9 @@ def report(r: dict) -> str:
             "whole train set after every epoch and score batches the way `test_epoch` does); "
             '"defaults": qjax\'s defaults (no train re-evaluation, exact validation loss). '
             "Cold runs are each setting's first fit in the process, tracing and XLA compilation "
-            "included (in parentheses). Then Qlib's `fit` and both qjax settings (compiled "
+            "included (in parentheses: their seconds summed over threads; the initialisation "
+            "program compiles beside the epoch program, so the sum can exceed the fit's wall "
+            "time). Then Qlib's `fit` and both qjax settings (compiled "
             f"programs reused) ran {r['config'].get('e2e_repeats', 1)} times each in turns, the "
             "order rotating; their medians are shown, every time is in the JSON. The cold "
             "speed-up is Qlib's median over qjax's cold fit. early_stop = n_epochs + 1, so every "
