@@ -180,8 +180,9 @@ class RNN(nn.Module):
         return jnp.swapaxes(seq, 0, 1)
 
 
-def _scan_cell(cell: str, projected, k_hh, b_hh, hidden: int):
-    """Run one recurrent layer over time-major pre-projected inputs [T, N, G*H]."""
+def _scan_cell(cell: str, projected, k_hh, b_hh, hidden: int, gate=jax.nn.sigmoid):
+    """Run one recurrent layer over time-major pre-projected inputs [T, N, G*H]; ``gate``: the
+    gates' sigmoid (``benchmarks/rnn_xla_levers.py`` times another)."""
     # zeros_like keeps the input's sharding type (varying per device under shard_map)
     h0 = jnp.zeros_like(projected[0, :, :hidden])
 
@@ -191,8 +192,8 @@ def _scan_cell(cell: str, projected, k_hh, b_hh, hidden: int):
             hp = jnp.dot(h, k_hh) + b_hh
             x_r, x_z, x_n = jnp.split(xp, 3, axis=-1)
             h_r, h_z, h_n = jnp.split(hp, 3, axis=-1)
-            r = jax.nn.sigmoid(x_r + h_r)
-            z = jax.nn.sigmoid(x_z + h_z)
+            r = gate(x_r + h_r)
+            z = gate(x_z + h_z)
             n = jnp.tanh(x_n + r * h_n)
             h = (1.0 - z) * n + z * h
             return h, h
@@ -204,16 +205,17 @@ def _scan_cell(cell: str, projected, k_hh, b_hh, hidden: int):
         h, c = carry
         gates = xp + jnp.dot(h, k_hh) + b_hh
         i, f, g, o = jnp.split(gates, 4, axis=-1)
-        c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
-        h = jax.nn.sigmoid(o) * jnp.tanh(c)
+        c = gate(f) * c + gate(i) * jnp.tanh(g)
+        h = gate(o) * jnp.tanh(c)
         return (h, c), h
 
     _, hs = jax.lax.scan(lstm_step, (h0, h0), projected)
     return hs
 
 
-def _scan_gates(cell: str, seq, k_ih, k_hh, b_ih, b_hh, hidden: int):
-    """One recurrent layer over time-major inputs [T, N, F], every gate its own array."""
+def _scan_gates(cell: str, seq, k_ih, k_hh, b_ih, b_hh, hidden: int, gate=jax.nn.sigmoid):
+    """One recurrent layer over time-major inputs [T, N, F], every gate its own array; ``gate``
+    as in :func:`_scan_cell`."""
     blocks = [slice(k * hidden, (k + 1) * hidden) for k in range(k_hh.shape[1] // hidden)]
     k_gates = [k_hh[:, block] for block in blocks]
     h0 = jnp.zeros_like(seq[0, :, :1], shape=(seq.shape[1], hidden))
@@ -226,8 +228,8 @@ def _scan_gates(cell: str, seq, k_ih, k_hh, b_ih, b_hh, hidden: int):
 
         def step(h, xs):
             x_r, x_z, x_n = xs
-            r = jax.nn.sigmoid(x_r + jnp.dot(h, k_gates[0]))
-            z = jax.nn.sigmoid(x_z + jnp.dot(h, k_gates[1]))
+            r = gate(x_r + jnp.dot(h, k_gates[0]))
+            z = gate(x_z + jnp.dot(h, k_gates[1]))
             n = jnp.tanh(x_n + r * (jnp.dot(h, k_gates[2]) + b_hn))
             h = (1.0 - z) * n + z * h
             return h, h
@@ -240,8 +242,8 @@ def _scan_gates(cell: str, seq, k_ih, k_hh, b_ih, b_hh, hidden: int):
     def lstm_step(carry, xs):
         h, c = carry
         i, f, g, o = (x + jnp.dot(h, k) for x, k in zip(xs, k_gates))
-        c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
-        h = jax.nn.sigmoid(o) * jnp.tanh(c)
+        c = gate(f) * c + gate(i) * jnp.tanh(g)
+        h = gate(o) * jnp.tanh(c)
         return (h, c), h
 
     _, hs = jax.lax.scan(lstm_step, (h0, h0), xs)
