@@ -203,6 +203,17 @@ def median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
+def largest_relative_difference(a, b) -> float:
+    """Over the leaves of two pytrees: the largest |a - b| relative to the largest |b|."""
+    import jax
+    import jax.numpy as jnp
+
+    return max(
+        float(jnp.abs(x - y).max() / jnp.abs(y).max())
+        for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))
+    )
+
+
 @dataclasses.dataclass
 class CompileWatch:
     """Counts JAX compilations (and their trace + lower + XLA seconds) via ``jax.monitoring``.

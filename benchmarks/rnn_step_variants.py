@@ -35,7 +35,15 @@ import sys
 
 import jax
 import jax.numpy as jnp
-from _common import command_line, load_average, machine, median, publish, rotate
+from _common import (
+    command_line,
+    largest_relative_difference,
+    load_average,
+    machine,
+    median,
+    publish,
+    rotate,
+)
 
 from qjax.models.layers import _scan_cell, _scan_gates
 
@@ -183,13 +191,6 @@ def wavefront(params, x):
 # -- measurements ------------------------------------------------------------------------------
 
 
-def _relative_difference(a, b) -> float:
-    return max(
-        float(jnp.abs(x - y).max() / jnp.abs(y).max())
-        for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))
-    )
-
-
 def _time(functions: dict, args: tuple, repeats: int, extra: dict | None = None) -> dict:
     runs = {
         name: (lambda fn=fn: jax.block_until_ready(fn(*args))) for name, fn in functions.items()
@@ -221,7 +222,7 @@ def gradients(repeats: int) -> dict:
         out[rows] = {
             "ms": _time(grads, (params, x), repeats, {"torch": torch_step(rows)}),
             "max_rel_diff": {
-                name: _relative_difference(grad(params, x), reference)
+                name: largest_relative_difference(grad(params, x), reference)
                 for name, grad in grads.items()
             },
         }
@@ -239,7 +240,7 @@ def forwards(repeats: int) -> dict:
         out[rows] = {
             "ms": _time(programs, (params, x), repeats),
             "max_rel_diff": {
-                name: _relative_difference(program(params, x), reference)
+                name: largest_relative_difference(program(params, x), reference)
                 for name, program in programs.items()
             },
         }

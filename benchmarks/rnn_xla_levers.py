@@ -49,7 +49,16 @@ import sys
 
 import jax
 import jax.numpy as jnp
-from _common import command_line, load_average, machine, median, publish, rotate
+import numpy as np
+from _common import (
+    command_line,
+    largest_relative_difference,
+    load_average,
+    machine,
+    median,
+    publish,
+    rotate,
+)
 from jax.ad_checkpoint import checkpoint_name
 
 from qjax.models.layers import _scan_cell, _scan_gates
@@ -197,13 +206,6 @@ def stacked_writes(hlo: str, rows: int) -> int:
     return len(re.findall(rf"= f32\[{T},{rows},\d+\]\S* dynamic-update-slice\(", hlo))
 
 
-def _relative_difference(a, b) -> float:
-    return max(
-        float(jnp.abs(x - y).max() / jnp.abs(y).max())
-        for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))
-    )
-
-
 def _measure(programs: dict, args: tuple, repeats: int, count) -> dict:
     """Compiled programs by name -> ms (medians in turns), counts, differences to the first."""
     outputs = {name: jax.block_until_ready(program(*args)) for name, program in programs.items()}
@@ -214,7 +216,7 @@ def _measure(programs: dict, args: tuple, repeats: int, count) -> dict:
         name: {
             "ms": 1e3 * median(timings[name]["wall"]),
             "count": count(program.as_text()),
-            "max_rel_diff": _relative_difference(outputs[name], reference),
+            "max_rel_diff": largest_relative_difference(outputs[name], reference),
         }
         for name, program in programs.items()
     }
@@ -258,8 +260,6 @@ def residual_policies(cell: str, rows: int, repeats: int) -> dict:
 def gate_precision(seed: int = 0) -> dict:
     """Each gate function's largest float32 error relative to the float64 logistic, over a
     million N(0, 4^2) pre-activations with the logistic above 1e-6."""
-    import numpy as np
-
     x = np.random.default_rng(seed).normal(0.0, 4.0, 1_000_000)
     exact = 1.0 / (1.0 + np.exp(-x))
     kept = exact > 1e-6
