@@ -147,7 +147,11 @@ def test_seeds_split_over_the_devices_train_like_one_device(seed, tmp_path):
         else:
             raise AssertionError("no error")
         train, valid = panel(seed={seed}), panel(n_days=8, seed={seed + 1})
-        config = TrainConfig(n_epochs=3, lr=0.01, batch_size=64, early_stop=5)
+        # Plain SGD where layouts are compared: two replicas vmapped on one device round their
+        # batched dots differently, and Adam's first steps divide by |g| + eps, so a gradient
+        # element near eps turns that rounding into steps of 1e-5 and more (2 of 25 draws);
+        # SGD passes it through linearly (under 6e-8 in all 25). Adam where runs must be equal.
+        config = TrainConfig(n_epochs=3, lr=0.05, optimizer="gd", batch_size=64, early_stop=5)
         seeds = [0, 1, 2, 3, 4, 5]
         split = fit(TinyGRU(), train, valid, config, seeds=seeds, verbose=False)
         assert split.replica_devices == 3 and split.n_devices == 1
@@ -168,15 +172,17 @@ def test_seeds_split_over_the_devices_train_like_one_device(seed, tmp_path):
         def stop(epoch, metrics):
             if epoch == 1:
                 raise KeyboardInterrupt
+        adam = dataclasses.replace(config, optimizer="adam", lr=0.01)
+        uninterrupted = fit(TinyGRU(), train, valid, adam, seeds=seeds, verbose=False)
         try:
-            fit(TinyGRU(), train, valid, config, seeds=seeds, checkpoint_dir=r"{tmp_path}",
+            fit(TinyGRU(), train, valid, adam, seeds=seeds, checkpoint_dir=r"{tmp_path}",
                 on_epoch=stop, verbose=False)
         except Interrupted:
             pass
-        resumed = fit(TinyGRU(), train, valid, config, seeds=seeds,
+        resumed = fit(TinyGRU(), train, valid, adam, seeds=seeds,
                       checkpoint_dir=r"{tmp_path}", resume=True, verbose=False)
         assert resumed.resumed_from == 2 and resumed.replica_devices == 3
-        assert max_abs_diff(resumed.variables, split.variables) == 0.0
+        assert max_abs_diff(resumed.variables, uninterrupted.variables) == 0.0
         print("OK", diff)
         """,
         QJAX_CPU_DEVICES="3",
