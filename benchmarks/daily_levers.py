@@ -8,7 +8,11 @@ turns with the order rotating every repeat (rates are medians; wall and process 
   gradient is all-reduced at every step of the backward scan) or mapped per device with
   ``shard_map`` (**two**: ``qjax.row_split``, one all-reduce per step), and **default** (``fit``
   with no device argument), against Qlib's torch loop;
-- **infer**: ``predict`` in the same layouts;
+- **infer**: ``predict`` in the same layouts, the split ones with each day's rows split over
+  the devices as ``predict`` did before (**two_gspmd**, **two**), and with whole days spread
+  over the devices, one day per device per step (**days**, ``predict``'s default since);
+- **narrow days** (inference): days cut to 30 and 100 stocks, which the row split (>= 64 stocks
+  a device) kept on one device, there vs ``predict``'s default (days spread over every device);
 - **several days per program step** (inference): the recurrent encoder alone over 4 days of
   290 stocks, one day per scan step vs the 4 days at once (``vmap``), one device;
 - **padding**: the share of padded rows when every day is padded to the widest, the most that
@@ -24,6 +28,8 @@ recorded.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import datetime
 import logging
 import sys
@@ -41,9 +47,22 @@ from _common import command_line, load_average, machine, median, publish, rotate
 import qjax.models  # noqa: E402
 from qjax import row_split  # noqa: E402
 from qjax.models import layers  # noqa: E402
-from qjax.train import fit, predict  # noqa: E402
+from qjax.train import engine, fit, predict  # noqa: E402
 
 LAYOUTS = ("one", "two_gspmd", "two", "default")
+INFER_LAYOUTS = (*LAYOUTS[:3], "days", "default")
+NARROW_DAYS = (30, 100)  # stocks a day: too few for the row split on 2 devices
+
+
+@contextlib.contextmanager
+def days_split_by_rows():
+    """``predict`` splits each day's rows over the devices, as before it spread whole days."""
+    chosen = engine._days_spread
+    engine._days_spread = lambda daily, parallel: False
+    try:
+        yield
+    finally:
+        engine._days_spread = chosen
 
 
 def gspmd_encoder(cls):
@@ -92,12 +111,18 @@ def run_model(name: str, n_samples: int, repeats: int, device) -> dict:
     variables = fitted["one"].replica(0)
 
     def infer(layout):
-        net, devices = layouts[layout]
-        return lambda: predict(net, variables, samples, daily=True, devices=devices)
+        net, devices = layouts["two" if layout == "days" else layout]
+        by_rows = layout in ("two_gspmd", "two")
 
-    preds = {layout: infer(layout)() for layout in layouts}
+        def run():
+            with days_split_by_rows() if by_rows else contextlib.nullcontext():
+                return predict(net, variables, samples, daily=True, devices=devices)
+
+        return run
+
+    preds = {layout: infer(layout)() for layout in INFER_LAYOUTS}
     runner.predict()
-    infer_s = rotate({**{k: infer(k) for k in layouts}, "torch": runner.predict}, repeats)
+    infer_s = rotate({**{k: infer(k) for k in INFER_LAYOUTS}, "torch": runner.predict}, repeats)
 
     def param_gap(layout):
         pairs = zip(
@@ -107,6 +132,10 @@ def run_model(name: str, n_samples: int, repeats: int, device) -> dict:
 
     width = int(data.day_counts.max())
     return {
+        "narrow_days": {
+            stocks: narrow_days(module, variables, case, data, stocks, repeats)
+            for stocks in NARROW_DAYS
+        },
         "samples": data.n,
         "days": len(data.day_counts),
         "dropout": case.qjax_kwargs.get("dropout", 0.0),
@@ -116,12 +145,31 @@ def run_model(name: str, n_samples: int, repeats: int, device) -> dict:
         "train_rate": {k: data.n / median(v["wall"]) for k, v in train_s.items()},
         "infer_rate": {k: data.n / median(v["wall"]) for k, v in infer_s.items()},
         "param_gap_vs_one": {k: param_gap(k) for k in layouts},
-        "pred_gap_vs_one": {k: float(np.max(np.abs(preds[k] - preds["one"]))) for k in layouts},
+        "pred_gap_vs_one": {k: float(np.max(np.abs(p - preds["one"]))) for k, p in preds.items()},
         "padding": {
             "widest_day": width,
             "mean_day": float(data.day_counts.mean()),
             "padded_share": 1.0 - data.n / (len(data.day_counts) * width),
         },
+    }
+
+
+def narrow_days(module, variables, case, data, stocks: int, repeats: int) -> dict:
+    """``predict`` on the first ``stocks`` stocks of every day: on one device (what the row
+    split rule, >= 64 stocks a device, kept such days on) vs ``predict``'s default (whole days
+    spread over every device): wall and CPU seconds per call, and the predictions' gap."""
+    keep = data.stock < stocks
+    narrow = dataclasses.replace(data, x=data.x[keep], y=data.y[keep], index=data.index[keep])
+    samples = tvt.qjax_samples(case, dataclasses.replace(narrow, stock=data.stock[keep]))
+    runs = {
+        "one": lambda: predict(module, variables, samples, daily=True, devices=jax.devices()[:1]),
+        "default": lambda: predict(module, variables, samples, daily=True),
+    }
+    preds = {k: run() for k, run in runs.items()}
+    return {
+        "samples": samples.size,
+        "seconds": rotate(runs, repeats),
+        "gap": float(np.max(np.abs(preds["one"] - preds["default"]))),
     }
 
 
@@ -168,19 +216,27 @@ def report(record: dict) -> list[str]:
         "variants ran in turns), not the absolute rates with other reports.",
         "",
         "Samples/s (wall-clock medians); speed-up = qjax / torch. one: each day on one CPU "
-        "device; two_gspmd: split over both, encoder partitioned by GSPMD; two: split, encoder "
-        "per device under `shard_map` (`qjax.row_split`); default: what `fit`/`predict` choose.",
+        "device; two_gspmd: each day's rows split over both, encoder partitioned by GSPMD; two: "
+        "rows split, encoder per device under `shard_map` (`qjax.row_split`); days (inference "
+        "only): whole days spread over the devices, one day per device per step; default: what "
+        "`fit`/`predict` choose.",
         "",
-        "| model | kind | one | two_gspmd | two | default | torch | two / one | default / torch |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| model | kind | one | two_gspmd | two | days | default | torch | two / one "
+        "| days / two | default / torch |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, res in record["models"].items():
         for kind in ("train", "infer"):
             rates = res[f"{kind}_rate"]
+            days = rates.get("days")
             lines.append(
                 f"| {name} | {kind} | "
-                + " | ".join(_rate(res, kind, k) for k in (*LAYOUTS, "torch"))
+                + " | ".join(
+                    _rate(res, kind, k) if k in rates else "–"
+                    for k in (*INFER_LAYOUTS[:4], "default", "torch")
+                )
                 + f" | {rates['two'] / rates['one']:.2f}x"
+                + (f" | {days / rates['two']:.2f}x" if days else " | –")
                 + f" | {rates['default'] / rates['torch']:.2f}x |"
             )
     lines += [
@@ -188,15 +244,18 @@ def report(record: dict) -> list[str]:
         "Process CPU seconds (medians; both cores' work summed): a split that only adds "
         "cross-device work shows up here even when the load hides it in the wall time.",
         "",
-        "| model | kind | one | two_gspmd | two | default | torch |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| model | kind | one | two_gspmd | two | days | default | torch |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for name, res in record["models"].items():
         for kind in ("train", "infer"):
             secs = res[f"{kind}_seconds"]
             lines.append(
                 f"| {name} | {kind} | "
-                + " | ".join(f"{median(secs[k]['cpu']):.2f}" for k in (*LAYOUTS, "torch"))
+                + " | ".join(
+                    f"{median(secs[k]['cpu']):.2f}" if k in secs else "–"
+                    for k in (*INFER_LAYOUTS[:4], "default", "torch")
+                )
                 + " |"
             )
     lines += [
@@ -217,6 +276,25 @@ def report(record: dict) -> list[str]:
             f"{100 * pad['padded_share']:.1f}% of the rows are padding (the most width "
             "buckets could save)."
         )
+    lines += [
+        "",
+        "Narrow days (inference): `predict` on the first N stocks of every day, on one device "
+        "(where the row split, >= 64 stocks a device, kept such days) vs its default (whole "
+        "days spread over every device). Wall / CPU seconds per call, medians:",
+        "",
+        "| model | stocks a day | samples | one | default | one / default (wall) | gap |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, res in record["models"].items():
+        for stocks, narrow in res.get("narrow_days", {}).items():
+            one, default = (
+                tuple(median(v) for v in narrow["seconds"][k].values()) for k in ("one", "default")
+            )
+            lines.append(
+                f"| {name} | {stocks} | {narrow['samples']:,} | {one[0]:.3f} / {one[1]:.3f} | "
+                f"{default[0]:.3f} / {default[1]:.3f} | {one[0] / default[0]:.2f}x | "
+                f"{narrow['gap']:.1e} |"
+            )
     chunk = record.get("chunked_encoder")
     if chunk:
         secs = chunk["seconds"]
@@ -239,7 +317,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--models", default="gats,hist")
     parser.add_argument("--samples", type=int, default=4800)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--out", default=None, help="folder for daily_levers.{md,json}")
+    parser.add_argument("--out", default=None, help="folder for daily_levers[_TAG].{md,json}")
+    parser.add_argument("--tag", default="", help="suffix of the report's file names")
     return parser.parse_args(argv)
 
 
@@ -262,7 +341,8 @@ def main(argv=None) -> None:
         record["models"][name] = run_model(name, args.samples, args.repeats, torch.device("cpu"))
     record["chunked_encoder"] = chunked_encoder(args.repeats)
     record["load_after"] = load_average()
-    publish(report(record), args.out, "daily_levers", record)
+    stem = f"daily_levers_{args.tag}" if args.tag else "daily_levers"
+    publish(report(record), args.out, stem, record)
 
 
 if __name__ == "__main__":

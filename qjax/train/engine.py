@@ -43,7 +43,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import PartitionSpec
 
+from qjax import row_split
 from qjax.compilation import (
     CompileClock,
     before_compiling,
@@ -70,6 +72,7 @@ from qjax.train.losses import (
 from qjax.train.metrics import daily_ic_sum
 from qjax.train.optim import make_optimizer, make_plateau
 from qjax.train.parallel import (
+    DATA_AXIS,
     DataParallel,
     auto_devices,
     choose_parallel,
@@ -235,13 +238,14 @@ class Trainer:
         """Loss (per ``eval_protocol``) and score (``-loss`` or mean daily IC) on a segment."""
         ids, mask = data.localize(*self.eval_plan(data))
 
-        def step(_, xs):
-            ids, mask = self.parallel.split_batch(xs)
-            batch = data.samples.batch(ids, mask, mask_input=self.daily)
-            return None, self.eval_step(variables, batch)
+        def one_batch(variables, samples, ids, mask):
+            return self.eval_step(variables, samples.batch(ids, mask, mask_input=self.daily))
 
-        _, outputs = jax.lax.scan(step, None, (ids, mask))
-        return self.eval_metrics(outputs, ids, mask, data)
+        spread = self.across is None and _days_spread(self.daily, self.parallel)
+        outputs, plan = _map_batches(
+            one_batch, variables, data.samples, ids, mask, self.parallel, spread
+        )
+        return self.eval_metrics(outputs, *plan, data)
 
     def eval_step(self, variables: Variables, batch: Batch):
         """One evaluation batch: the objective's (total, count, pred) in eval mode, the forward
@@ -596,22 +600,27 @@ def predict(
     """Eval-mode predictions for every sample, in sample order: [n], or [S, n] if ``per_seed``.
 
     ``daily=True`` feeds one padded day per batch with the ``mask`` keyword (cross-sectional
-    models); otherwise consecutive batches of at most ``batch_size`` rows (rounded up to the
-    devices), as few as that allows and of equal size, the last one padded
-    (:func:`prediction_batch`). ``per_seed=True`` takes variables with a leading replica axis
-    (``FitResult.variables``). ``stream_batches``: keep flat samples' features on the host and
-    send them in blocks of this many batches (:mod:`qjax.train.stream`); None: put the samples
-    on the device. ``devices``: default :func:`parallel.auto_devices` for the batch (daily: the
-    widest day, as ``fit`` splits it). ``cpu_dots``: the XLA:CPU matrix-product backend of the
-    device-resident program (:data:`qjax.compilation.CPU_DOTS`; streamed predictions compile
-    XLA's default); None: the model family's measured choice (its spec's ``cpu_predict_dots``:
-    Eigen for KRNN), else XLA's default.
+    models), whole days spread over the devices (a day per device at a time); otherwise
+    consecutive batches of at most ``batch_size`` rows (rounded up to the devices), as few as
+    that allows and of equal size, the last one padded (:func:`prediction_batch`).
+    ``per_seed=True`` takes variables with a leading replica axis (``FitResult.variables``).
+    ``stream_batches``: keep flat samples' features on the host and send them in blocks of this
+    many batches (:mod:`qjax.train.stream`); None: put the samples on the device. ``devices``:
+    default :func:`parallel.auto_devices` for the batch; daily, every local device (streamed:
+    :func:`parallel.auto_devices` for the widest day, as ``fit`` would split it; days too
+    narrow for that split predicted 1.05-1.51x faster spread over 2 CPU devices than on one,
+    ``benchmarks/results/daily_levers_days.md``). ``cpu_dots``: the XLA:CPU matrix-product
+    backend of the device-resident program (:data:`qjax.compilation.CPU_DOTS`; streamed
+    predictions compile XLA's default); None: the model family's measured choice (its spec's
+    ``cpu_predict_dots``: Eigen for KRNN), else XLA's default.
     """
     if samples.size == 0:
         raise ValueError("cannot predict on empty samples")
     check_cpu_dots(cpu_dots, "predict(cpu_dots)")
     before_compiling()
-    if devices is None:
+    if devices is None and daily and stream_batches is None and hasattr(jax, "shard_map"):
+        devices = jax.local_devices()  # whole days go to the devices, however narrow
+    elif devices is None:
         # a daily batch is one padded day, whatever batch_size says
         devices = auto_devices(_daily_rows(_widest_day(samples)) if daily else batch_size)
     parallel = data_parallel(devices)
@@ -642,8 +651,16 @@ def predict(
             daily=daily,
             per_seed=per_seed,
             parallel=parallel,
+            days_spread=_days_spread(daily, parallel),
         )
     return np.asarray(preds)
+
+
+def _days_spread(daily: bool, parallel: DataParallel) -> bool:
+    """Whether daily evaluations and predictions put whole days on the devices, one each,
+    rather than split each day's rows over them (:func:`_map_batches`): wherever a day would
+    be split (``jax.shard_map`` needed)."""
+    return daily and parallel.size > 1 and hasattr(jax, "shard_map")
 
 
 def prediction_batch(n: int, batch_size: int, devices: int) -> int:
@@ -755,28 +772,71 @@ def _run_epoch_across(
     return cluster.run(over, state, train, valid)
 
 
-def _predict(variables, data: Segment, *, module, batch_size, daily, per_seed, parallel):
+def _predict(
+    variables, data: Segment, *, module, batch_size, daily, per_seed, parallel, days_spread
+):
     ids, mask = (
         batching.by_day(data.days)
         if daily
         else batching.sequential(data.size, batch_size, drop_last=False)
     )
 
-    def run(variables):
-        def step(_, xs):
-            ids, mask = parallel.split_batch(xs)
-            batch = data.samples.batch(ids, mask, mask_input=daily)
-            return None, apply_model(module.apply, variables, batch, _EVAL_KEY, False)[0]
+    def one_batch(variables, samples, ids, mask):
+        batch = samples.batch(ids, mask, mask_input=daily)
+        return apply_model(module.apply, variables, batch, _EVAL_KEY, False)[0]
 
-        _, preds = jax.lax.scan(step, None, (ids, mask))
-        return _scatter(preds, ids, mask, data.size)
+    def run(variables):
+        preds, plan = _map_batches(
+            one_batch, variables, data.samples, ids, mask, parallel, days_spread
+        )
+        return _scatter(preds, *plan, data.size)
 
     return _over_replicas(run, variables) if per_seed else run(variables)
 
 
+def _map_batches(
+    per_batch: Callable, variables, samples: Samples, ids, mask, parallel, days_spread: bool
+):
+    """``per_batch(variables, samples, ids, mask)`` over a plan's batches ``ids, mask [B, W]``
+    in one scan -> (outputs stacked along a leading batch axis, the plan they follow).
+
+    By default each batch's rows are split over the devices. ``days_spread``: whole batches
+    (days) go to the devices, one each per step, every day computed as on one device; the plan
+    gains empty days up to a multiple of the devices. Days are independent in inference, so no
+    device waits for another's share of a day, and GATs'/HIST's cross-stock part runs once per
+    day instead of on every device (``benchmarks/results/daily_levers_days.md``).
+    """
+    if not days_spread:
+
+        def step(_, xs):
+            return None, per_batch(variables, samples, *parallel.split_batch(xs))
+
+        return jax.lax.scan(step, None, (ids, mask))[1], (ids, mask)
+    count = parallel.mesh.size
+    ids, mask = (jnp.pad(a, ((0, -a.shape[0] % count), (0, 0))) for a in (ids, mask))
+
+    def one_day(variables, samples, ids, mask):
+        with row_split.rows_split_over(None):  # the device holds the whole day
+            out = per_batch(variables, samples, ids[0], mask[0])
+        return jax.tree.map(lambda a: a[None], out)
+
+    whole, split = PartitionSpec(), PartitionSpec(DATA_AXIS)
+    day_per_device = jax.shard_map(
+        one_day, mesh=parallel.mesh, in_specs=(whole, whole, split, split), out_specs=split
+    )
+
+    def step(_, xs):
+        return None, day_per_device(variables, samples, *xs)
+
+    steps = tuple(a.reshape(-1, count, a.shape[1]) for a in (ids, mask))
+    out = jax.lax.scan(step, None, steps)[1]
+    return jax.tree.map(lambda a: a.reshape(-1, *a.shape[2:]), out), (ids, mask)
+
+
 # One compiled prediction program per XLA:CPU matrix-product backend (predict's cpu_dots).
 _PREDICT_PROGRAMS = jit_per_cpu_dots(
-    _predict, static_argnames=("module", "batch_size", "daily", "per_seed", "parallel")
+    _predict,
+    static_argnames=("module", "batch_size", "daily", "per_seed", "parallel", "days_spread"),
 )
 
 
