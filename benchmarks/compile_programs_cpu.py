@@ -18,6 +18,11 @@ program compiled in turn (as before that change); fresh processes, N of each in 
 
     python benchmarks/compile_programs_cpu.py --out benchmarks/results
     python benchmarks/compile_programs_cpu.py --turns 3 --out benchmarks/results
+
+``--levels N`` compiles the epoch and prediction programs at XLA's default backend optimisation
+level and at -O1, and times cold and warm fits in fresh processes, N of each in turns:
+
+    python benchmarks/compile_programs_cpu.py --levels 2 --out benchmarks/results
 """
 
 from __future__ import annotations
@@ -41,12 +46,22 @@ STAGES = ("jaxpr_trace_duration", "jaxpr_to_mlir_module_duration", "backend_comp
 LEVELS = {"default": None, "O1": 1, "O0": 0}
 
 
-def cold_fit(name: str, in_turn: bool = False) -> tuple[float, dict]:
+def cold_fit(name: str, in_turn: bool = False, level: int | None = None, warm: int = 0) -> dict:
     """Run in a fresh process: one cold estimator fit of ``name`` like Qlib's, the persistent
-    cache off; (wall seconds, per-program seconds and compile counts). ``in_turn``: every
-    program compiles on the calling thread, one after another, as before the engine overlapped
-    them (the initialisation program no longer compiles while the epoch program is traced)."""
+    cache off; its wall seconds (``fit_s``) and per-program seconds and compile counts
+    (``programs``). ``in_turn``: every program compiles on the calling thread, one after
+    another, as before the engine overlapped them (the initialisation program no longer
+    compiles while the epoch program is traced).
+    ``level``: the epoch and prediction programs compile at this XLA backend optimisation level
+    (None: XLA's default). ``warm``: then this many more fits with fresh estimators (compiled
+    programs reused): ``warm_s``, their wall seconds, and ``predictions``, the last one's on
+    the test day."""
     os.environ["QJAX_COMPILATION_CACHE"] = "off"
+    from qjax import compilation
+
+    if level is not None:  # before the engine's programs are jitted, at its import
+        for options in compilation.CPU_DOTS.values():
+            options["xla_backend_optimization_level"] = level
     import jax
     import jax.monitoring
     from train_vs_torch import CASES, e2e_frame
@@ -70,7 +85,7 @@ def cold_fit(name: str, in_turn: bool = False) -> tuple[float, dict]:
 
     jax.monitoring.register_event_duration_secs_listener(listen)
     stocks = 300
-    train_days = max(10, -(-case.wrapper_kwargs.get("batch_size", 1) // stocks))
+    train_days = max(20 if warm else 10, -(-case.wrapper_kwargs.get("batch_size", 1) // stocks))
     frame = e2e_frame(stocks, 2 * train_days + 1, case.input_dim, seed=1)
     dates = frame.index.get_level_values("datetime").unique()
     segments = {
@@ -78,20 +93,34 @@ def cold_fit(name: str, in_turn: bool = False) -> tuple[float, dict]:
         "valid": (dates[train_days], dates[2 * train_days - 1]),
         "test": (dates[-1], dates[-1]),
     }
-    kwargs = {**case.wrapper_kwargs, "n_epochs": 1, "early_stop": 2}
+    epochs = 3 if warm else 1
+    kwargs = {**case.wrapper_kwargs, "n_epochs": epochs, "early_stop": epochs + 1}
     with tempfile.TemporaryDirectory() as folder:
         if case.wrapper_files is not None:
             instruments = sorted(frame.index.get_level_values("instrument").unique())
             kwargs.update(case.wrapper_files(Path(folder), instruments))
         dataset = Dataset(DataHandler(frame), segments)
-        started = time.perf_counter()
-        qjax.estimator(name, **kwargs, eval_train=True, eval_protocol="qlib").fit(
-            dataset, verbose=False
-        )
-        fit_s = time.perf_counter() - started
-    stages = (*STAGES, "compiles")
-    programs = {k: v for k, v in seconds.items() if sum(v[s] for s in STAGES) >= 0.05}
-    return fit_s, {k: {s: v[s] for s in stages} for k, v in programs.items()}
+
+        def one_fit():
+            started = time.perf_counter()
+            fitted = qjax.estimator(name, **kwargs, eval_train=True, eval_protocol="qlib")
+            fitted.fit(dataset, verbose=False)
+            return time.perf_counter() - started, fitted
+
+        fit_s, fitted = one_fit()
+        stages = (*STAGES, "compiles")
+        programs = {k: v for k, v in seconds.items() if sum(v[s] for s in STAGES) >= 0.05}
+        answer = {
+            "fit_s": fit_s,
+            "programs": {k: {s: v[s] for s in stages} for k, v in programs.items()},
+        }
+        if warm:
+            answer["warm_s"] = []
+            for _ in range(warm):
+                wall, fitted = one_fit()
+                answer["warm_s"].append(wall)
+            answer["predictions"] = [float(v) for v in fitted.predict(dataset).to_numpy()]
+    return answer
 
 
 def _compiled_now(lowered):
@@ -113,7 +142,7 @@ def one_model(name: str) -> dict:
     import qjax
 
     case = CASES[name]
-    fit_s, programs = cold_fit(name)
+    cold = cold_fit(name)
 
     module = qjax.models.get(name)(**case.qjax_kwargs)
     samples = qjax_samples(case, make_data(case, 2 * case.batch_size, seed=0))
@@ -143,7 +172,12 @@ def one_model(name: str) -> dict:
             "hlo_chars": len(compiled.as_text()),
             "max_abs_diff": diff,
         }
-    return {"fit_s": fit_s, "programs": programs, "init_levels": levels}
+    return {**cold, "init_levels": levels}
+
+
+def stem(kind: str, tag: str | None) -> str:
+    """The report's file name without suffix: compile_programs_cpu{kind}[_{tag}]."""
+    return f"compile_programs_cpu{kind}" + (f"_{tag}" if tag else "")
 
 
 def in_fresh_process(*args: str) -> dict:
@@ -157,35 +191,110 @@ def in_fresh_process(*args: str) -> dict:
     return json.loads(lines[-1])
 
 
+def fits_in_turns(models: list[str], variants: dict, turns: int, label: str) -> dict:
+    """Per model, ``turns`` cold fits per variant (its extra ``--one-fit`` arguments), each in
+    a fresh process, the order alternating -> the run's record, its ``models`` {model:
+    {variant: [answers]} or {"error": ...}}."""
+    from _common import command_line, load_average, machine
+
+    before = load_average()
+    results = {}
+    for name in models:
+        runs = {variant: [] for variant in variants}
+        for turn in range(turns):
+            order = list(variants)[turn % 2 :] + list(variants)[: turn % 2]
+            for variant in order:
+                print(f"[{label}] {name} {variant} {turn + 1}/{turns}", file=sys.stderr)
+                runs[variant].append(in_fresh_process("--one-fit", name, *variants[variant]))
+        errors = [r["error"] for rs in runs.values() for r in rs if "error" in r]
+        results[name] = {"error": errors[0]} if errors else runs
+    return {
+        "command": command_line(),
+        "load_before": before,
+        "load_after": load_average(),
+        "machine": machine(),
+        "turns": turns,
+        "models": results,
+    }
+
+
+def levels_report(models: list[str], args) -> int:
+    """Cold and warm fits with the epoch and prediction programs at XLA's default backend
+    optimisation level and at -O1 (the initialisation program is at -O1 in both)."""
+    from statistics import median
+
+    import numpy as np
+    from _common import publish
+
+    args.warm = args.warm or 3
+    warm = ("--warm", str(args.warm))
+    variants = {"default": warm, "O1": (*warm, "--level", "1")}
+    record = fits_in_turns(models, variants, args.levels, "levels")
+    before = record["load_before"]
+    rows = []
+    for name, runs in record["models"].items():
+        if "error" in runs:
+            rows.append(f"| {name} | failed: {runs['error']} | | | | | | | |")
+            continue
+
+        def compile_s(r):
+            return sum(v[s] for v in r["programs"].values() for s in STAGES)
+
+        cold = {k: median(r["fit_s"] for r in rs) for k, rs in runs.items()}
+        comp = {k: median(compile_s(r) for r in rs) for k, rs in runs.items()}
+        warm_s = {k: median(t for r in rs for t in r["warm_s"]) for k, rs in runs.items()}
+        gap = max(
+            float(np.max(np.abs(np.subtract(a["predictions"], b["predictions"]))))
+            for a in runs["O1"]
+            for b in runs["default"]
+        )
+        rows.append(
+            f"| {name} | {comp['default']:.2f} | {comp['O1']:.2f} | "
+            f"{comp['default'] / comp['O1']:.2f}x | {cold['default']:.2f} | {cold['O1']:.2f} | "
+            f"{warm_s['default']:.2f} | {warm_s['O1']:.2f} | "
+            f"{warm_s['default'] / warm_s['O1']:.2f}x | {gap:.1e} |"
+        )
+    m = record["machine"]
+    lines = [
+        "# The epoch and prediction programs at XLA:CPU's -O1",
+        "",
+        f"Command: `{record['command']}`",
+        "",
+        f"{m['cpu']}, {m['logical_cores']} logical cores; load average before {before}, after "
+        f"{record['load_after']}. Per model, a fresh process with the persistent compilation "
+        f"cache off runs a cold estimator fit like Qlib's (3 epochs, train re-evaluated; at least 20 days "
+        "of 300 stocks to train on, 20 to validate), then "
+        f"{args.warm} warm fits with fresh estimators (compiled programs reused); "
+        f"{args.levels} processes per level in turns (the order alternating), medians. The "
+        "epoch and prediction programs compile at XLA's default backend optimisation level or "
+        "at `xla_backend_optimization_level=1` (LLVM -O1); the initialisation program is at -O1 "
+        "in both. compile s: tracing + lowering + XLA compile, summed over programs and the "
+        "two compiling threads. gap: the largest |difference| of the test predictions after a "
+        "warm fit, -O1 against the default.",
+        "",
+        "| model | compile s, default | compile s, -O1 | compile speed-up | cold fit s, default "
+        "| cold fit s, -O1 | warm fit s, default | warm fit s, -O1 | warm speed-up | gap |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        *rows,
+        "",
+        f"Versions: {m['versions']}; environment: {m['env']}.",
+    ]
+    publish(lines, args.out, stem("_levels", args.tag), record)
+    return 0
+
+
 def overlap_report(models: list[str], args) -> int:
     """Cold fits with the initialisation program compiled on a worker thread while the epoch
     program is traced and compiled (the engine's way) against one program after another."""
     from statistics import median
 
-    from _common import command_line, load_average, machine, publish
+    from _common import publish
 
     variants = {"overlapped": (), "in_turn": ("--in-turn",)}
-    before = load_average()
-    results = {}
-    for name in models:
-        runs = {label: [] for label in variants}
-        for turn in range(args.turns):
-            order = list(variants)[turn % 2 :] + list(variants)[: turn % 2]
-            for label in order:
-                print(f"[overlap] {name} {label} {turn + 1}/{args.turns}", file=sys.stderr)
-                runs[label].append(in_fresh_process("--one-fit", name, *variants[label]))
-        errors = [r["error"] for rs in runs.values() for r in rs if "error" in r]
-        results[name] = {"error": errors[0]} if errors else runs
-    record = {
-        "command": command_line(),
-        "load_before": before,
-        "load_after": load_average(),
-        "machine": machine(),
-        "turns": args.turns,
-        "models": results,
-    }
+    record = fits_in_turns(models, variants, args.turns, "overlap")
+    before = record["load_before"]
     rows = []
-    for name, runs in results.items():
+    for name, runs in record["models"].items():
         if "error" in runs:
             rows.append(f"| {name} | failed: {runs['error']} | | | | |")
             continue
@@ -226,12 +335,7 @@ def overlap_report(models: list[str], args) -> int:
         "",
         f"Versions: {m['versions']}; environment: {m['env']}.",
     ]
-    publish(
-        lines,
-        args.out,
-        "compile_programs_cpu_overlap" + (f"_{args.tag}" if args.tag else ""),
-        record,
-    )
+    publish(lines, args.out, stem("_overlap", args.tag), record)
     return 0
 
 
@@ -246,7 +350,15 @@ def main(argv: list[str] | None = None) -> int:
         help="instead: time cold fits with the programs compiled overlapped (the engine's way) "
         "and one after another, in fresh processes, this many times each in turns",
     )
+    p.add_argument(
+        "--levels",
+        type=int,
+        help="instead: cold and warm fits with the epoch and prediction programs at XLA's "
+        "default optimisation and at -O1, in fresh processes, this many times each in turns",
+    )
+    p.add_argument("--warm", type=int, default=0, help="warm fits per process (--levels: 3)")
     p.add_argument("--one", help=argparse.SUPPRESS)  # internal: measure one model, print JSON
+    p.add_argument("--level", type=int, help=argparse.SUPPRESS)
     p.add_argument("--one-fit", help=argparse.SUPPRESS)  # internal: one cold fit, print JSON
     p.add_argument("--in-turn", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -254,14 +366,15 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(one_model(args.one)))
         return 0
     if args.one_fit:
-        fit_s, programs = cold_fit(args.one_fit, in_turn=args.in_turn)
-        print(json.dumps({"fit_s": fit_s, "programs": programs}))
+        print(json.dumps(cold_fit(args.one_fit, args.in_turn, args.level, args.warm)))
         return 0
     from _common import chosen_models, command_line, load_average, machine, publish
 
     models = chosen_models(p, args.models, MODELS)
     if args.turns:
         return overlap_report(models, args)
+    if args.levels:
+        return levels_report(models, args)
     before = load_average()
     results = {}
     for name in models:
@@ -321,7 +434,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"Versions: {m['versions']}; environment: {m['env']}.",
     ]
-    publish(lines, args.out, "compile_programs_cpu" + (f"_{args.tag}" if args.tag else ""), record)
+    publish(lines, args.out, stem("", args.tag), record)
     return 0
 
 
