@@ -618,7 +618,7 @@ def predict(
         raise ValueError("cannot predict on empty samples")
     check_cpu_dots(cpu_dots, "predict(cpu_dots)")
     before_compiling()
-    if devices is None and daily and stream_batches is None and hasattr(jax, "shard_map"):
+    if devices is None and daily and stream_batches is None and _SHARD_MAP:
         devices = jax.local_devices()  # whole days go to the devices, however narrow
     elif devices is None:
         # a daily batch is one padded day, whatever batch_size says
@@ -656,11 +656,15 @@ def predict(
     return np.asarray(preds)
 
 
+# Whole days per device run under jax.shard_map (JAX >= 0.6); older JAX splits a day's rows.
+_SHARD_MAP = hasattr(jax, "shard_map")
+
+
 def _days_spread(daily: bool, parallel: DataParallel) -> bool:
     """Whether daily evaluations and predictions put whole days on the devices, one each,
     rather than split each day's rows over them (:func:`_map_batches`): wherever a day would
-    be split (``jax.shard_map`` needed)."""
-    return daily and parallel.size > 1 and hasattr(jax, "shard_map")
+    be split."""
+    return daily and parallel.size > 1 and _SHARD_MAP
 
 
 def prediction_batch(n: int, batch_size: int, devices: int) -> int:

@@ -105,6 +105,9 @@ CHILD = textwrap.dedent(
     both = jax.tree.map(lambda a: np.stack([a, 2 * a]), variables)
     per_seed = predict(module, both, five, daily=True, per_seed=True, devices=jax.devices()[:2])
     np.testing.assert_allclose(per_seed[0], spread[0], rtol=1e-6, atol=1e-7, err_msg=str(seed))
+    doubled = predict(module, jax.tree.map(lambda a: a[1], both), five, daily=True,
+                      devices=jax.devices()[:1])
+    np.testing.assert_allclose(per_seed[1], doubled, rtol=1e-6, atol=1e-7, err_msg=str(seed))
     evaluated = TrainConfig(n_epochs=2, lr=0.05, batching="daily", optimizer="gd", early_stop=5,
                             eval_train=True, metric="ic")
     histories = [fit(module, train, five, evaluated, devices=jax.devices()[:k], verbose=False).history
