@@ -88,7 +88,7 @@ def test_compiled_programs_are_kept_for_the_next_run(tmp_path):
 
 
 def _train_command(out: Path) -> list[str]:
-    sets = tiny_run.sets("model.kwargs.n_epochs=30", "model.kwargs.early_stop=50")
+    sets = tiny_run.sets("model.kwargs.n_epochs=12", "model.kwargs.early_stop=50")
     return [sys.executable, "-m", "qjax.cli", *tiny_run.train_argv(CONFIG, out, *sets)]
 
 
@@ -106,7 +106,7 @@ def test_a_run_killed_mid_training_resumes_to_the_same_result(tmp_path):
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
         # Steps, not a count of folders: only the newest two are kept, so three folders exist
-        # only for an instant. Killed after step 3 of 30, the run has 27 epochs left to be caught.
+        # only for an instant. Killed after step 3 of 12, the run has 9 epochs left to be caught.
         if checkpoints.is_dir() and any(
             p.name.isdigit() and int(p.name) >= 3 for p in checkpoints.iterdir()
         ):

@@ -151,7 +151,7 @@ def _ray_workers_running(function: str) -> list[int]:
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds Ray's worker through /proc")
 def test_a_killed_ray_worker_is_retried_and_resumes_from_its_checkpoint(tmp_path):
     pytest.importorskip("ray")
-    settings = set_flags(model__kwargs__n_epochs=30, model__kwargs__early_stop=50)
+    settings = set_flags(model__kwargs__n_epochs=12, model__kwargs__early_stop=50)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
 
     def command(out: Path, *extra: str) -> list[str]:
@@ -184,7 +184,7 @@ def test_a_killed_ray_worker_is_retried_and_resumes_from_its_checkpoint(tmp_path
     deadline, killed = time.time() + 300, []
     while time.time() < deadline and proc.poll() is None and not killed:
         checkpoints = [p for p in out.glob("*/checkpoints/*") if p.name.isdigit()]
-        if any(int(p.name) >= 3 for p in checkpoints):  # step 3 of 30: 27 epochs left to resume
+        if any(int(p.name) >= 3 for p in checkpoints):  # step 3 of 12: 9 epochs left to resume
             killed = _ray_workers_running("run_fit")
             for pid in killed:
                 os.kill(pid, signal.SIGKILL)
