@@ -59,8 +59,11 @@ def cold_fit(name: str, in_turn: bool = False, level: int | None = None, warm: i
     os.environ["QJAX_COMPILATION_CACHE"] = "off"
     from qjax import compilation
 
-    if level is not None:  # before the engine's programs are jitted, at its import
-        for options in compilation.CPU_DOTS.values():
+    # Before the engine's programs are jitted, at its import: every level a model's home may
+    # pick (TrainConfig.cpu_opt_level) compiles at ``level`` instead.
+    for options in compilation.CPU_OPT_LEVELS.values():
+        options.clear()
+        if level is not None:
             options["xla_backend_optimization_level"] = level
     import jax
     import jax.monitoring

@@ -113,7 +113,7 @@ def manual_predict(
         size = -(-batch_size // parallel.size) * parallel.size
     segment = batching.make_segment(samples, False, multiple=parallel.size)
     place = parallel.share if host_view else partial(jax.device_put, device=parallel.replicated)
-    preds = engine._PREDICT_PROGRAMS["default"](
+    preds = engine._PREDICT_PROGRAMS["default", "default"](
         place(variables),
         place(segment),
         module=module,
@@ -121,6 +121,7 @@ def manual_predict(
         daily=False,
         per_seed=False,
         parallel=parallel,
+        days_spread=False,
     )
     return np.asarray(preds)
 

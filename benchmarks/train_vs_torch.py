@@ -499,15 +499,16 @@ def train_config(case: Case, n: int) -> TrainConfig:
 
 
 def home_levers(name: str) -> dict:
-    """The speed levers (``micro_batch``, ``cpu_split``, ``cpu_dots``, ``cpu_eval_rows``) that the
-    model's home picks for it, as ``qjax train`` and the estimators apply them (e.g. one CPU
-    device for KRNN and TabNet, Eigen's dots for TabNet); empty where the home leaves the
+    """The speed levers (``micro_batch``, ``cpu_split``, ``cpu_dots``, ``cpu_opt_level``,
+    ``cpu_eval_rows``) that the model's home picks for it, as ``qjax train`` and the estimators
+    apply them (e.g. one CPU device for KRNN and TabNet, Eigen's dots for TabNet, -O1 for SFM);
+    empty where the home leaves the
     engine's defaults (``fit`` then resolves the rest from the model's family)."""
     model = qjax.estimators.wrappers().get(name)
     if model is None:
         return {}
     fields = model.spec.train_config_fields(model.spec.resolve({}, False))  # wrapper defaults
-    levers = ("micro_batch", "cpu_split", "cpu_dots", "cpu_eval_rows")
+    levers = ("micro_batch", "cpu_split", "cpu_dots", "cpu_opt_level", "cpu_eval_rows")
     return {k: fields[k] for k in levers if fields.get(k) is not None}
 
 

@@ -38,7 +38,7 @@ from _common import (  # noqa: E402
 
 import qjax.models  # noqa: E402
 from qjax.train import fit, predict  # noqa: E402
-from qjax.train.levers import predict_dots, resolve  # noqa: E402
+from qjax.train.levers import predict_choice, resolve  # noqa: E402
 
 # The engine's lever values (qjax.compilation.CPU_DOTS) under the names of what runs the dots.
 BACKENDS = {"ynnpack": "default", "eigen": "eigen"}
@@ -97,7 +97,7 @@ def run_model(name: str, n_samples: int, repeats: int) -> dict:
         "infer_rate": {b: data.n / median(infer_s[b]["wall"]) for b in BACKENDS},
         "home_choice": {  # what the model's home picks when a caller leaves it open
             "train": resolve(config, type(module)).cpu_dots,
-            "predict": predict_dots(type(module)),
+            "predict": predict_choice(type(module))[0],
         },
     }
 

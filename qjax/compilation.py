@@ -10,8 +10,8 @@ process configured itself (``jax.config.update("jax_compilation_cache_dir", ...)
 compiled program from the cache), read through ``jax.monitoring``; ``fit`` reports them as
 ``FitResult.compile_seconds``.
 
-:data:`CPU_DOTS` names the XLA:CPU matrix-product backends a model's programs can be compiled
-for (:func:`jit_per_cpu_dots`).
+:data:`CPU_DOTS` names the XLA:CPU matrix-product backends and :data:`CPU_OPT_LEVELS` the
+backend optimisation levels a model's programs can be compiled for (:func:`jit_per_cpu_choice`).
 
 :func:`keep_below_map_limit` keeps a long process (a rolling run, a notebook fitting model
 after model, a test session) from dying inside XLA's compiler: see its docstring.
@@ -122,13 +122,17 @@ class CompileClock:
                 cls._seconds += duration
 
 
-# -- XLA:CPU's matrix products ------------------------------------------------------------------
+# -- XLA:CPU's compile choices per model --------------------------------------------------------
 
 # XLA:CPU hands its dots to YNNPACK fusions; this compiler option, set empty, leaves them to
 # Eigen, which runs some models' programs faster (benchmarks/results/xla_dots_cpu.md). A
 # compiler option holds for a whole program, so each choice is a program of its own.
 CPU_DOTS = {"default": {}, "eigen": {"xla_cpu_experimental_ynn_fusion_type": ""}}
 
+# LLVM's optimisation level for XLA:CPU's code. -O1 gives the same values as the default level
+# (no fast-math either way); it compiles faster and, for SFM's epoch program, ran faster too
+# (benchmarks/results/compile_programs_cpu_levels*.md).
+CPU_OPT_LEVELS = {"default": {}, "O1": {"xla_backend_optimization_level": 1}}
 
 # A program that runs once per fit (initialisation) is compiled at LLVM's -O1: the same values
 # bit for bit in every model, 15-45% less compile time than the default level; -O0 saves more
@@ -158,12 +162,19 @@ def jit_run_once(fn: Callable, **jit_kwargs) -> Callable:
     return jit_with_options(fn, RUN_ONCE, **jit_kwargs)
 
 
-def jit_per_cpu_dots(fn: Callable, **jit_kwargs) -> dict[str, Callable]:
-    """``fn`` jitted once per :data:`CPU_DOTS` choice, by name (``jit_kwargs`` as ``jax.jit``).
+def jit_per_cpu_choice(fn: Callable, **jit_kwargs) -> dict[tuple[str, str], Callable]:
+    """``fn`` jitted once per pair of a :data:`CPU_DOTS` and a :data:`CPU_OPT_LEVELS` choice,
+    keyed by their names (``jit_kwargs`` as ``jax.jit``).
 
-    A JAX whose ``jit`` takes no compiler options gets the default program under every name.
+    A JAX whose ``jit`` takes no compiler options gets the default program under every key.
     """
-    return {name: jit_with_options(fn, options, **jit_kwargs) for name, options in CPU_DOTS.items()}
+    return {
+        (dots, level): jit_with_options(
+            fn, {**CPU_DOTS[dots], **CPU_OPT_LEVELS[level]}, **jit_kwargs
+        )
+        for dots in CPU_DOTS
+        for level in CPU_OPT_LEVELS
+    }
 
 
 def compile_in_background(lowered: Any) -> Future:
@@ -202,11 +213,12 @@ def eigen_dots_available() -> bool:
     return True
 
 
-def check_cpu_dots(value: str | None, where: str) -> None:
-    """A clear error unless ``value`` names a :data:`CPU_DOTS` choice (None: the model's)."""
-    if value is not None and value not in CPU_DOTS:
+def check_cpu_choice(value: str | None, choices: dict, where: str) -> None:
+    """A clear error unless ``value`` names one of ``choices`` (:data:`CPU_DOTS`,
+    :data:`CPU_OPT_LEVELS`; None: the model's)."""
+    if value is not None and value not in choices:
         raise ValueError(
-            f"{where}={value!r} is invalid; expected one of {sorted(CPU_DOTS)} or None (the "
+            f"{where}={value!r} is invalid; expected one of {sorted(choices)} or None (the "
             "model's measured choice)"
         )
 

@@ -178,6 +178,7 @@ class Estimator:
             daily=self.config.batching is Batching.DAILY,  # as the model was trained
             per_seed=True,
             stream_batches=self.config.stream_batches,
+            cpu_opt_level=self.config.cpu_opt_level,  # as the model was trained
         )
         if len(self.result.seeds) == 1:
             return pd.Series(pred[0], index=index, name="score")

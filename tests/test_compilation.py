@@ -18,7 +18,7 @@ import pytest
 
 from qjax.compilation import (
     eigen_dots_available,
-    jit_per_cpu_dots,
+    jit_per_cpu_choice,
     keep_below_map_limit,
     map_count,
     map_limit,
@@ -137,22 +137,24 @@ def test_near_the_map_limit_compiled_programs_are_released(caplog):
 
 
 @pytest.mark.parametrize("seed", [0, 1])
-def test_each_cpu_dots_choice_compiles_its_own_backend_and_the_same_products(seed):
-    """Eigen's program holds no YNNPACK fusion (the option is not silently ignored), and both
-    backends' float32 matrix products stay within the float32 bound of a float64 product."""
+def test_each_cpu_choice_compiles_its_own_program_and_the_same_products(seed):
+    """Eigen's program holds no YNNPACK fusion (the option is not silently ignored), and every
+    backend's and level's float32 matrix products stay within the float32 bound of a float64
+    product."""
     if jax.default_backend() != "cpu" or not eigen_dots_available():
         pytest.skip("an XLA:CPU compiler option this XLA does not have (its dots are Eigen's)")
     rng = np.random.default_rng(seed)
     a = rng.standard_normal((96, 200)).astype(np.float32)
     b = rng.standard_normal((200, 64)).astype(np.float32)
-    programs = jit_per_cpu_dots(lambda a, b: jnp.tanh(a @ b))
-    texts = {name: program.lower(a, b).compile().as_text() for name, program in programs.items()}
-    assert "ynn" not in texts["eigen"]
-    if "ynn" not in texts["default"]:
-        pytest.skip("this jaxlib's XLA:CPU does not run dots in YNNPACK by default")
+    programs = jit_per_cpu_choice(lambda a, b: jnp.tanh(a @ b))
+    assert set(programs) == {(d, o) for d in ("default", "eigen") for o in ("default", "O1")}
+    texts = {key: program.lower(a, b).compile().as_text() for key, program in programs.items()}
+    assert "ynn" not in texts["eigen", "default"] and "ynn" not in texts["eigen", "O1"]
     exact = np.tanh(a.astype(np.float64) @ b.astype(np.float64))
     # |fl(a @ b) - a @ b| <= K u |a| @ |b| (K = 200 terms, u = 2^-24), and tanh is 1-Lipschitz
     bound = 200 * 2.0**-24 * (np.abs(a).astype(np.float64) @ np.abs(b)) + 2.0**-23
-    for name, program in programs.items():
+    for key, program in programs.items():
         error = np.abs(np.asarray(program(a, b), np.float64) - exact)
-        assert (error <= bound).all(), f"{name}: seed {seed}, worst {np.max(error / bound):.2f}"
+        assert (error <= bound).all(), f"{key}: seed {seed}, worst {np.max(error / bound):.2f}"
+    if "ynn" not in texts["default", "default"]:
+        pytest.skip("this jaxlib's XLA:CPU does not run dots in YNNPACK by default")

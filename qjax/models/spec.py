@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import pandas as pd
 
@@ -49,6 +49,7 @@ QJAX_EXTRAS = {
     "stream_batches": None,  # train batches per host-to-device block; None = device-resident
     "replica_chunk": None,  # seeds vmapped side by side per device; None = the engine's choice
     "cpu_dots": None,  # XLA:CPU's matrix-product backend in training; None = the model's choice
+    "cpu_opt_level": None,  # XLA:CPU's LLVM optimisation level; None = the model's choice
     "cpu_eval_rows": None,  # rows per forward chunk when evaluating on CPU; None = the model's
 }
 
@@ -68,9 +69,9 @@ class Adapter:
 
     def levers(self, micro_batch: int | str | None) -> dict:
         """The CPU speed levers (``micro_batch``, ``cpu_split``, ``replica_chunk``, ``cpu_dots``,
-        ``cpu_eval_rows``) this piece chooses, given the user's ``micro_batch`` (None: not
-        given). Read by the estimators through ``train_fields`` and by ``qjax.train.fit`` for a
-        registered module it is given."""
+        ``cpu_opt_level``, ``cpu_eval_rows``) this piece chooses, given the user's
+        ``micro_batch`` (None: not given). Read by the estimators through ``train_fields`` and
+        by ``qjax.train.fit`` for a registered module it is given."""
         return {}
 
     def samples(self, kw: dict, segment: str, samples: Samples, index: pd.MultiIndex) -> Samples:
@@ -170,6 +171,7 @@ class ModelSpec:
             "stream_batches": kw.get("stream_batches"),
             "replica_chunk": kw.get("replica_chunk"),
             "cpu_dots": kw.get("cpu_dots"),
+            "cpu_opt_level": kw.get("cpu_opt_level"),
             "cpu_eval_rows": kw.get("cpu_eval_rows"),
         }
         for adapter in self.adapters:
@@ -250,18 +252,42 @@ class OneCpuDevice(Adapter):
 
 
 @dataclasses.dataclass(frozen=True)
-class EigenDots(Adapter):
-    """Train with XLA:CPU's matrix products in Eigen rather than YNNPACK (XLA's default): TabNet's
-    epoch ran 1.09x faster so, the median of three runs from 0.93x to 1.17x
-    (``benchmarks/results/xla_dots_cpu*.md``)."""
+class CompileChoice(Adapter):
+    """One XLA:CPU compile choice, ``lever`` = ``value``, for a family's programs (a
+    :data:`qjax.compilation.CPU_DOTS` or :data:`~qjax.compilation.CPU_OPT_LEVELS` name); a
+    value the user set for that lever wins."""
+
+    lever: ClassVar[str]
+    value: ClassVar[str]
 
     def train_fields(self, kw: dict, fields: dict) -> dict:
-        if kw.get("cpu_dots") is not None:
+        if kw.get(self.lever) is not None:
             return fields
         return {**fields, **self.levers(kw.get("micro_batch"))}
 
     def levers(self, micro_batch: int | str | None) -> dict:
-        return {"cpu_dots": "eigen"}
+        return {self.lever: self.value}
+
+
+@dataclasses.dataclass(frozen=True)
+class EigenDots(CompileChoice):
+    """Train with XLA:CPU's matrix products in Eigen rather than YNNPACK (XLA's default): TabNet's
+    epoch ran 1.09x faster so, the median of three runs from 0.93x to 1.17x
+    (``benchmarks/results/xla_dots_cpu*.md``)."""
+
+    lever = "cpu_dots"
+    value = "eigen"
+
+
+@dataclasses.dataclass(frozen=True)
+class CompileAtO1(CompileChoice):
+    """Compile the epoch and prediction programs at LLVM's -O1 on XLA:CPU rather than XLA's
+    default level: every SFM fit so compiled ran faster than every default one in two runs
+    (warm fits 1.29x and 1.44x, medians), with the same predictions
+    (``benchmarks/results/compile_programs_cpu_levels*.md``)."""
+
+    lever = "cpu_opt_level"
+    value = "O1"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,7 +15,7 @@ import numbers
 from collections.abc import Mapping
 from typing import Any
 
-from qjax.compilation import check_cpu_dots
+from qjax.compilation import CPU_DOTS, CPU_OPT_LEVELS, check_cpu_choice
 
 OPTIMIZERS = ("adam", "gd")
 METRICS = ("loss", "ic")
@@ -147,6 +147,11 @@ class TrainConfig:
     products up to summation order; ignored on accelerators and by streamed and multi-process
     training, which compile XLA's default.
 
+    ``cpu_opt_level``: LLVM's optimisation level for the epoch program's code on XLA:CPU,
+    ``"default"`` (XLA's) or ``"O1"`` (:data:`qjax.compilation.CPU_OPT_LEVELS`), which compiles
+    faster and runs some models' programs faster. ``None``: the model family's measured choice
+    (SFM: ``"O1"``), else the default. Results are the same; ignored where ``cpu_dots`` is.
+
     ``cpu_eval_rows``: on XLA:CPU, evaluation runs each batch's forward pass in chunks of at most
     this many rows (the fewest even chunks, each a multiple of the devices) inside the compiled
     program. A row batch's eval-mode forward is row by row, so losses, scores and predictions
@@ -183,6 +188,7 @@ class TrainConfig:
     stream_batches: int | None = None
     replica_chunk: int | None = None
     cpu_dots: str | None = None
+    cpu_opt_level: str | None = None
     cpu_eval_rows: int | str | None = None
 
     def __post_init__(self):
@@ -266,7 +272,8 @@ class TrainConfig:
             self.cpu_split,
             "True, False or None (the model's measured choice)",
         )
-        check_cpu_dots(self.cpu_dots, "TrainConfig.cpu_dots")
+        check_cpu_choice(self.cpu_dots, CPU_DOTS, "TrainConfig.cpu_dots")
+        check_cpu_choice(self.cpu_opt_level, CPU_OPT_LEVELS, "TrainConfig.cpu_opt_level")
         object.__setattr__(self, "cpu_eval_rows", _cpu_eval_rows(self.cpu_eval_rows))
 
     @property

@@ -47,11 +47,13 @@ from jax.sharding import PartitionSpec
 
 from qjax import row_split
 from qjax.compilation import (
+    CPU_DOTS,
+    CPU_OPT_LEVELS,
     CompileClock,
     before_compiling,
-    check_cpu_dots,
+    check_cpu_choice,
     compile_in_background,
-    jit_per_cpu_dots,
+    jit_per_cpu_choice,
     jit_run_once,
 )
 from qjax.data.samples import Samples
@@ -510,7 +512,7 @@ def _fit(
         # Streamed or resident, a run trains the same: either may resume the other. The dots
         # backend and evaluation chunks only change summation order; leaving them out keeps
         # older checkpoints resumable.
-        order_only = ("cpu_dots", "cpu_eval_rows")
+        order_only = ("cpu_dots", "cpu_opt_level", "cpu_eval_rows")
         setup = {k: v for k, v in config.to_dict().items() if k not in order_only}
         fingerprint = {
             "config": {**setup, "stream_batches": None},
@@ -596,6 +598,7 @@ def predict(
     devices: Sequence[jax.Device] | None = None,
     stream_batches: int | None = None,
     cpu_dots: str | None = None,
+    cpu_opt_level: str | None = None,
 ) -> np.ndarray:
     """Eval-mode predictions for every sample, in sample order: [n], or [S, n] if ``per_seed``.
 
@@ -612,11 +615,14 @@ def predict(
     ``benchmarks/results/daily_levers_days.md``). ``cpu_dots``: the XLA:CPU matrix-product
     backend of the device-resident program (:data:`qjax.compilation.CPU_DOTS`; streamed
     predictions compile XLA's default); None: the model family's measured choice (its spec's
-    ``cpu_predict_dots``: Eigen for KRNN), else XLA's default.
+    ``cpu_predict_dots``: Eigen for KRNN), else XLA's default. ``cpu_opt_level``: the same
+    program's LLVM optimisation level (:data:`qjax.compilation.CPU_OPT_LEVELS`); None: the level
+    the model family trains at (``TrainConfig.cpu_opt_level``).
     """
     if samples.size == 0:
         raise ValueError("cannot predict on empty samples")
-    check_cpu_dots(cpu_dots, "predict(cpu_dots)")
+    check_cpu_choice(cpu_dots, CPU_DOTS, "predict(cpu_dots)")
+    check_cpu_choice(cpu_opt_level, CPU_OPT_LEVELS, "predict(cpu_opt_level)")
     before_compiling()
     if devices is None and daily and stream_batches is None and _SHARD_MAP:
         devices = jax.local_devices()  # whole days go to the devices, however narrow
@@ -641,7 +647,10 @@ def predict(
             chunk=config.stream_batches,
         )
     data = parallel.share(batching.make_segment(samples, daily, multiple=parallel.size))
-    program = _PREDICT_PROGRAMS[parallel.cpu_dots(cpu_dots or levers.predict_dots(type(module)))]
+    model_dots, model_level = levers.predict_choice(type(module))
+    program = _PREDICT_PROGRAMS[
+        parallel.cpu_choice(cpu_dots or model_dots, cpu_opt_level or model_level)
+    ]
     with parallel.tracing():
         preds = program(
             parallel.share(variables),
@@ -748,7 +757,8 @@ def _compile_epoch(
 
 
 def _epoch_jit(trainer: Trainer) -> Callable:
-    return _EPOCH_PROGRAMS[trainer.parallel.cpu_dots(trainer.config.cpu_dots)]
+    config = trainer.config
+    return _EPOCH_PROGRAMS[trainer.parallel.cpu_choice(config.cpu_dots, config.cpu_opt_level)]
 
 
 def _epoch_program(
@@ -758,8 +768,9 @@ def _epoch_program(
     return _over_replicas(epoch, state, train, valid, group=trainer.replica_group)
 
 
-# One compiled epoch program per XLA:CPU matrix-product backend (TrainConfig.cpu_dots).
-_EPOCH_PROGRAMS = jit_per_cpu_dots(
+# One compiled epoch program per XLA:CPU matrix-product backend and optimisation level
+# (TrainConfig.cpu_dots, cpu_opt_level).
+_EPOCH_PROGRAMS = jit_per_cpu_choice(
     _epoch_program, static_argnames=("trainer", "n_steps"), donate_argnames="state"
 )
 
@@ -837,8 +848,9 @@ def _map_batches(
     return jax.tree.map(lambda a: a.reshape(-1, *a.shape[2:]), out), (ids, mask)
 
 
-# One compiled prediction program per XLA:CPU matrix-product backend (predict's cpu_dots).
-_PREDICT_PROGRAMS = jit_per_cpu_dots(
+# One compiled prediction program per XLA:CPU matrix-product backend and optimisation level
+# (predict's cpu_dots, cpu_opt_level).
+_PREDICT_PROGRAMS = jit_per_cpu_choice(
     _predict,
     static_argnames=("module", "batch_size", "daily", "per_seed", "parallel", "days_spread"),
 )

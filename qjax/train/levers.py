@@ -1,16 +1,18 @@
 """The CPU speed levers a :class:`TrainConfig` leaves to the model: ``micro_batch``,
-``cpu_split``, ``replica_chunk``, ``cpu_dots`` and ``cpu_eval_rows`` set to None.
+``cpu_split``, ``replica_chunk``, ``cpu_dots``, ``cpu_opt_level`` and ``cpu_eval_rows`` set to
+None.
 
 Each lever was measured per model family (``benchmarks/results/levers_cpu.md``,
 ``levers_cpu_more.md``, ``levers_cpu_rnn_rows.md``): KRNN and TabNet train faster on one CPU
 device in micro-batches, the rest with both levers on; TabNet's matrix products run in Eigen
-(``benchmarks/results/xla_dots_cpu.md``); evaluation runs its forward in the rows a family
-predicts in on CPU (``benchmarks/results/eval_rows_cpu.md``). A family's home states its choice
-in its wrapper spec (:meth:`qjax.models.spec.ModelSpec.levers`); the estimators and the CLI copy
-it into the config, and :func:`resolve` gives a direct ``fit`` call the same, found by the
-module's class in the model registry. A value the user set always wins; a module no family
-registered gets the engine's defaults (automatic micro-batches, each batch split over the CPU
-devices, whole evaluation batches).
+(``benchmarks/results/xla_dots_cpu.md``); SFM's programs compile at LLVM's -O1
+(``benchmarks/results/compile_programs_cpu_levels*.md``); evaluation runs its forward in the
+rows a family predicts in on CPU (``benchmarks/results/eval_rows_cpu.md``). A family's home
+states its choice in its wrapper spec (:meth:`qjax.models.spec.ModelSpec.levers`); the
+estimators and the CLI copy it into the config, and :func:`resolve` gives a direct ``fit`` call
+the same, found by the module's class in the model registry. A value the user set always wins; a
+module no family registered gets the engine's defaults (automatic micro-batches, each batch
+split over the CPU devices, whole evaluation batches).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ ENGINE_DEFAULTS = {
     "cpu_split": True,
     "replica_chunk": None,
     "cpu_dots": "default",
+    "cpu_opt_level": "default",
     "cpu_eval_rows": "off",
 }
 
@@ -44,10 +47,14 @@ def resolve(config: TrainConfig, network: type) -> TrainConfig:
     )
 
 
-def predict_dots(network: type) -> str:
-    """The XLA:CPU matrix-product backend ``predict`` uses for the model family whose network
-    class is ``network`` (its spec's ``cpu_predict_dots``), else the engine's default."""
+def predict_choice(network: type) -> tuple[str, str]:
+    """The XLA:CPU matrix-product backend and optimisation level ``predict`` uses for the model
+    family whose network class is ``network``: its spec's ``cpu_predict_dots`` and the level it
+    trains at, else the engine's defaults."""
     from qjax.models.registry import spec_of  # as in resolve
 
     spec = spec_of(network)
-    return ENGINE_DEFAULTS["cpu_dots"] if spec is None else spec.cpu_predict_dots
+    if spec is None:
+        return ENGINE_DEFAULTS["cpu_dots"], ENGINE_DEFAULTS["cpu_opt_level"]
+    level = spec.levers().get("cpu_opt_level", ENGINE_DEFAULTS["cpu_opt_level"])
+    return spec.cpu_predict_dots, level

@@ -100,12 +100,15 @@ class DataParallel:
             ids, NamedSharding(self.mesh, PartitionSpec(DATA_AXIS))
         )
 
-    def cpu_dots(self, choice: str | None) -> str:
-        """The matrix-product backend (:data:`qjax.compilation.CPU_DOTS`) of this layout's
-        programs: ``choice`` on XLA:CPU devices whose XLA offers it, XLA's default elsewhere."""
-        if not self.on_cpu or choice in (None, "default"):
-            return "default"
-        return choice if compilation.eigen_dots_available() else "default"
+    def cpu_choice(self, dots: str | None, opt_level: str | None) -> tuple[str, str]:
+        """The XLA:CPU matrix-product backend and optimisation level of this layout's programs
+        (a key of :func:`qjax.compilation.jit_per_cpu_choice`): the choices on XLA:CPU devices
+        (Eigen where this XLA offers it), XLA's defaults elsewhere."""
+        if not self.on_cpu:
+            return "default", "default"
+        if dots in (None, "default") or not compilation.eigen_dots_available():
+            dots = "default"
+        return dots, opt_level or "default"
 
     def tracing(self):
         """Context for tracing a program: models see the mesh that splits each batch's rows

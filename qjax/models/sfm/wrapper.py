@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from qjax.models.spec import EPOCH_LOOP, ModelSpec, SequenceInput, pick
+from qjax.models.spec import EPOCH_LOOP, CompileAtO1, ModelSpec, SequenceInput, pick
 
 SFM = ModelSpec(
     "qlib.contrib.model.pytorch_sfm.SFM",
@@ -18,5 +18,5 @@ SFM = ModelSpec(
         "optimizer": "gd",
     },
     pick("d_feat", "output_dim", "freq_dim", "hidden_size", "dropout_W", "dropout_U"),
-    adapters=(SequenceInput("d_feat"),),
+    adapters=(SequenceInput("d_feat"), CompileAtO1()),
 )
