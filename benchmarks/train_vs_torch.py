@@ -502,8 +502,8 @@ def home_levers(name: str) -> dict:
     """The speed levers (``micro_batch``, ``cpu_split``, ``cpu_dots``, ``cpu_opt_level``,
     ``cpu_eval_rows``) that the model's home picks for it, as ``qjax train`` and the estimators
     apply them (e.g. one CPU device for KRNN and TabNet, Eigen's dots for TabNet, -O1 for SFM);
-    empty where the home leaves the
-    engine's defaults (``fit`` then resolves the rest from the model's family)."""
+    empty where the home leaves the engine's defaults (``fit`` then resolves the rest from the
+    model's family)."""
     model = qjax.estimators.wrappers().get(name)
     if model is None:
         return {}

@@ -150,7 +150,8 @@ class TrainConfig:
     ``cpu_opt_level``: LLVM's optimisation level for the epoch program's code on XLA:CPU,
     ``"default"`` (XLA's) or ``"O1"`` (:data:`qjax.compilation.CPU_OPT_LEVELS`), which compiles
     faster and runs some models' programs faster. ``None``: the model family's measured choice
-    (SFM: ``"O1"``), else the default. Results are the same; ignored where ``cpu_dots`` is.
+    (SFM: ``"O1"``), else the default. Results are the same up to float rounding (LLVM may fuse
+    multiply-adds differently); ignored where ``cpu_dots`` is.
 
     ``cpu_eval_rows``: on XLA:CPU, evaluation runs each batch's forward pass in chunks of at most
     this many rows (the fewest even chunks, each a multiple of the devices) inside the compiled

@@ -510,8 +510,8 @@ def _fit(
     earlier_seconds = 0.0  # training time of earlier parts of a resumed run
     if checkpoint_dir is not None:
         # Streamed or resident, a run trains the same: either may resume the other. The dots
-        # backend and evaluation chunks only change summation order; leaving them out keeps
-        # older checkpoints resumable.
+        # backend, LLVM level and evaluation chunks only change float rounding; leaving them
+        # out keeps older checkpoints resumable.
         order_only = ("cpu_dots", "cpu_opt_level", "cpu_eval_rows")
         setup = {k: v for k, v in config.to_dict().items() if k not in order_only}
         fingerprint = {

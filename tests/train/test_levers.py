@@ -184,9 +184,9 @@ def test_fit_and_predict_run_the_program_of_the_chosen_option(lever):
         scores[choice] = predict(module, variables, train, batch_size=16, **{lever: choice})
         after = compiled(choice)
         assert after[0] > before[0] and after[1] > before[1], (choice, before, after)
-    # Both programs score the last run's variables: the same float32 network, its sums in
-    # another order (Eigen's dots; LLVM's levels change no float semantics, no fast-math at
-    # either, but may vectorise reductions differently). test_compilation bounds each
+    # Both programs score the last run's variables: the same float32 network, rounded
+    # differently (Eigen's dots sum in another order; LLVM's levels allow no fast-math but may
+    # fuse multiply-adds or vectorise sums differently). test_compilation bounds each
     # program's dot against float64.
     again = predict(module, variables, train, batch_size=16, **{lever: default})
     scale = np.abs(again).max()
