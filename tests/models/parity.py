@@ -111,7 +111,7 @@ def assert_padding_is_masked(module, params, inputs: tuple, padded_inputs: tuple
     y_padded = np.zeros(n_padded, np.float64)
     y_padded[:n_valid] = y
     mask = np.arange(n_padded) < n_valid
-    with _enable_x64(True):
+    with enable_x64(True):
         grad_fn = jax.jit(jax.value_and_grad(loss, has_aux=True))
         params = f64(params)
         (_, out_ref), g_ref = grad_fn(params, f64(inputs), f64(y), np.ones(n_valid, bool))
@@ -131,14 +131,15 @@ def float64(torch):
     previous = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
     try:
-        with _enable_x64(True):
+        with enable_x64(True):
             yield
     finally:
         torch.set_default_dtype(previous)
 
 
-def _enable_x64(on: bool):
-    # jax.enable_x64 is the public name from JAX 0.5; older releases keep it under experimental.
+def enable_x64(on: bool):
+    """A float64 scope: jax.enable_x64 is the public name from JAX 0.5; older releases keep it
+    under experimental (the floor, 0.4.30, among them)."""
     enable = getattr(jax, "enable_x64", None)
     if enable is None:
         from jax.experimental import enable_x64 as enable

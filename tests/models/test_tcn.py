@@ -14,16 +14,11 @@ from qjax.models.layers import causal_conv1d_tail, conv1d
 from qjax.models.tcn import TCNModel
 from tests.models.parity import (
     assert_matches_qlib_on,
+    enable_x64,
     init_shapes,
     param_count,
     torch_param_count,
 )
-
-# float64 scope: jax.enable_x64, or jax.experimental's on the oldest supported JAX (0.4.30)
-if hasattr(jax, "enable_x64"):
-    enable_x64 = jax.enable_x64
-else:  # pragma: no cover
-    from jax.experimental import enable_x64
 
 # Qlib's tcn.py uses the deprecated torch.nn.utils.weight_norm (its state-dict layout is the one
 # the converter reads), which warns on every construction.

@@ -10,9 +10,11 @@ from conftest import require
 
 from qjax.interop.qlib import from_qlib
 from qjax.models import get
-from qjax.models.transformer import positional_encoding
+from qjax.models.transformer import network, positional_encoding
 from tests.models.parity import (
     assert_matches_qlib_on,
+    enable_x64,
+    float32_bound,
     init_shapes,
     param_count,
     rel_err,
@@ -219,3 +221,48 @@ def test_eval_runs_the_last_layer_on_the_last_step_only(seed):
     assert layers["layers_1"]["__call__"][0].shape == (6, 9, 8)  # earlier layers: every step
     assert layers["layers_2"]["__call__"][0].shape == (6, 1, 8)  # the last: the last step
     np.testing.assert_allclose(out, module.apply(variables, x, train=True), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("query_steps", [9, 1])  # every step (training), the last one (eval)
+def test_attention_paths_match_float64_softmax(monkeypatch, seed, query_steps):
+    """softmax(q k^T / sqrt(c)) v: float64 (the einsums; the library takes its softmax in
+    float32) agrees with numpy's to rounding; in float32 the library path strays from that truth
+    no further than ``float32_bound`` of the einsums' own float32 error."""
+    if network.LIBRARY_ATTENTION is None:
+        pytest.skip("this jax has no jax.nn.dot_product_attention: the einsums are the only path")
+    rng = np.random.default_rng(seed)
+    q = rng.standard_normal((5, query_steps, 2, 4))
+    k, v = rng.standard_normal((2, 5, 9, 2, 4))
+    scores = np.einsum("nqhc,nkhc->nhqk", q, k) / 2.0
+    weights = np.exp(scores - scores.max(-1, keepdims=True))
+    want = np.einsum("nhqk,nkhc->nqhc", weights / weights.sum(-1, keepdims=True), v)
+
+    with enable_x64(True):
+        got = network.attention(*(jnp.asarray(a, jnp.float64) for a in (q, k, v)))
+        assert got.dtype == jnp.float64
+        assert rel_err(got, want) <= 1e-12, f"seed {seed}"
+    inputs = [jnp.asarray(a, jnp.float32) for a in (q, k, v)]
+    library = network.attention(*inputs)
+    monkeypatch.setattr(network, "LIBRARY_ATTENTION", None)
+    einsums = network.attention(*inputs)
+    assert library.dtype == einsums.dtype == jnp.float32
+    assert rel_err(library, want) <= float32_bound(rel_err(einsums, want)), f"seed {seed}"
+
+
+def test_attention_dropout_stays_on_the_einsums(monkeypatch, seed):
+    """The library function has no dropout on the weights: with dropout it must not be used
+    (and float32 without dropout must use it)."""
+
+    def refuse(*_):
+        raise AssertionError("dropout-free path taken with dropout on")
+
+    if network.LIBRARY_ATTENTION is None:
+        pytest.skip("this jax has no jax.nn.dot_product_attention: the einsums are the only path")
+    module = get("transformer")(**SMALL_INIT)  # dropout 0.5
+    x = np.random.default_rng(seed).standard_normal((6, 5, 4)).astype(np.float32)
+    variables = module.init(jax.random.PRNGKey(seed), x)
+    monkeypatch.setattr(network, "LIBRARY_ATTENTION", refuse)
+    out = module.apply(variables, x, train=True, rngs={"dropout": jax.random.PRNGKey(seed)})
+    assert np.isfinite(out).all() and out.shape == (6,)
+    with pytest.raises(AssertionError, match="dropout-free path"):
+        module.apply(variables, x)  # eval: no dropout, so the library path

@@ -26,12 +26,7 @@ from qjax.train.microbatch import (
     split_rows,
 )
 from qjax.train.parallel import data_parallel
-
-# float64 scope: jax.enable_x64, or jax.experimental's on the oldest supported JAX (0.4.30)
-if hasattr(jax, "enable_x64"):
-    enable_x64 = jax.enable_x64
-else:
-    from jax.experimental import enable_x64
+from tests.models.parity import enable_x64
 
 
 class TinyAttention(nn.Module):
