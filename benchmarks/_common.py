@@ -157,6 +157,26 @@ def publish(lines: list[str], out: str | None, stem: str, payload: dict) -> None
         (Path(out) / f"{stem}.json").write_text(json.dumps(payload, indent=2, default=str))
 
 
+def measure_each_model(
+    label: str, names: list[str], measure: Callable[[str], dict], report, args, stem: str
+) -> None:
+    """``measure(name)`` per model (progress on stderr), then ``report(results, machine, loads,
+    args)`` published as ``stem`` with the command, the machine and the load average around it."""
+    before = load_average()
+    results = {}
+    for name in names:
+        print(f"[{label}] {name} ...", file=sys.stderr, flush=True)
+        results[name] = measure(name)
+    loads = (before, load_average())
+    info = machine()
+    publish(
+        report(results, info, loads, args),
+        args.out,
+        stem,
+        {"command": command_line(), "machine": info, "load": loads, "results": results},
+    )
+
+
 def args_record(args, leave_out: tuple[str, ...] = ("data", "out")) -> dict:
     """The parsed command-line arguments for a report, paths as text, ``leave_out`` dropped."""
     return {

@@ -25,10 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
     chosen_models,
     command_line,
-    load_average,
-    machine,
+    measure_each_model,
     median,
-    publish,
     table_head,
 )
 
@@ -177,20 +175,15 @@ def main(argv=None) -> None:
     p.add_argument("--tag", default=None, help="suffix of the report's file name")
     args = p.parse_args(argv)
     names = chosen_models(p, args.models, MODELS)
-    before = load_average()
-    results = {}
-    for name in names:
-        print(f"[attention] {name} ...", file=sys.stderr, flush=True)
-        results[name] = measure(name, args.samples, args.repeats)
-    loads = (before, load_average())
     import qjax  # noqa: F401  (the parent's device count, as the workers see it)
 
-    info = machine()
-    publish(
-        report(results, info, loads, args),
-        args.out,
+    measure_each_model(
+        "attention",
+        names,
+        lambda name: measure(name, args.samples, args.repeats),
+        report,
+        args,
         "attention_cpu" + (f"_{args.tag}" if args.tag else ""),
-        {"command": command_line(), "machine": info, "load": loads, "results": results},
     )
 
 

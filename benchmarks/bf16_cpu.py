@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -24,10 +23,8 @@ import numpy as np
 from _common import (
     chosen_models,
     command_line,
-    load_average,
-    machine,
+    measure_each_model,
     median,
-    publish,
     table_head,
     timed,
 )
@@ -168,18 +165,13 @@ def main(argv=None) -> None:
     p.add_argument("--out", default=None, help="folder for bf16_cpu.md / .json")
     args = p.parse_args(argv)
     names = chosen_models(p, args.models, MODELS)
-    before = load_average()
-    results = {}
-    for name in names:
-        print(f"[bf16] {name} ...", file=sys.stderr, flush=True)
-        results[name] = measure(name, args.repeats, args.predict_rows)
-    loads = (before, load_average())
-    info = machine()
-    publish(
-        report(results, info, loads, args),
-        args.out,
+    measure_each_model(
+        "bf16",
+        names,
+        lambda name: measure(name, args.repeats, args.predict_rows),
+        report,
+        args,
         "bf16_cpu",
-        {"command": command_line(), "machine": info, "load": loads, "results": results},
     )
 
 

@@ -25,10 +25,8 @@ import train_vs_torch as tvt  # noqa: E402
 from _common import (  # noqa: E402
     chosen_models,
     command_line,
-    load_average,
-    machine,
+    measure_each_model,
     median,
-    publish,
     rotate,
     table_head,
 )
@@ -118,18 +116,13 @@ def main(argv=None) -> None:
     p.add_argument("--out", default=None, help="folder for donation_cpu.md / .json")
     args = p.parse_args(argv)
     names = chosen_models(p, args.models, MODELS)
-    before = load_average()
-    results = {}
-    for name in names:
-        print(f"[donation] {name} ...", file=sys.stderr, flush=True)
-        results[name] = measure(name, args.samples, args.epochs, args.repeats)
-    loads = (before, load_average())
-    info = machine()
-    publish(
-        report(results, info, loads, args),
-        args.out,
+    measure_each_model(
+        "donation",
+        names,
+        lambda name: measure(name, args.samples, args.epochs, args.repeats),
+        report,
+        args,
         "donation_cpu",
-        {"command": command_line(), "machine": info, "load": loads, "results": results},
     )
 
 

@@ -11,7 +11,6 @@ day of 290 stocks), with each kind of mask, in turns, as medians of --repeats.
 from __future__ import annotations
 
 import argparse
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -19,10 +18,8 @@ import numpy as np
 from _common import (
     chosen_models,
     command_line,
-    load_average,
-    machine,
+    measure_each_model,
     median,
-    publish,
     table_head,
     timed,
 )
@@ -117,20 +114,11 @@ def main(argv=None) -> None:
     names = chosen_models(p, args.models, MODELS)
     from train_vs_torch import CASES
 
-    before = load_average()
-    results = {}
-    for name in names:
-        print(f"[dropout] {name} ...", file=sys.stderr, flush=True)
+    def one(name: str) -> dict:
         rows = MODELS[name] or CASES[name].batch_size
-        results[name] = {"rows": rows, **measure(name, rows, args.repeats)}
-    loads = (before, load_average())
-    info = machine()
-    publish(
-        report(results, info, loads, args),
-        args.out,
-        "dropout_cpu",
-        {"command": command_line(), "machine": info, "load": loads, "results": results},
-    )
+        return {"rows": rows, **measure(name, rows, args.repeats)}
+
+    measure_each_model("dropout", names, one, report, args, "dropout_cpu")
 
 
 if __name__ == "__main__":
