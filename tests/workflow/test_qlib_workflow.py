@@ -225,21 +225,43 @@ def test_sigana_long_short_becomes_the_signal_analysis_section(qlib_dir):
     }
 
 
-# One epoch end to end, through `qjax run`: a representative handful always, every other file
-# of the zoo under the `slow` marker (deselect with -m "not slow").
+# One epoch end to end, through `qjax run`: one file of every model class always (both
+# handlers and both dataset classes among them), each the quicker of its class's files; the
+# other files of the zoo under the `zoo_files` marker, which the default run deselects (the
+# translation test above reads every file). All of them: -m "zoo_files or not zoo_files".
 TRAINED = [
-    "LSTM/workflow_config_lstm_Alpha360",
-    "GRU/workflow_config_gru_Alpha158",
+    "ALSTM/workflow_config_alstm_Alpha360",
     "GATs/workflow_config_gats_Alpha158",
-    "TabNet/workflow_config_TabNet_Alpha158",
+    "GRU/workflow_config_gru_Alpha158",
+    "GeneralPtNN/workflow_config_gru",
+    "HIST/workflow_config_hist_Alpha360",
+    "KRNN/workflow_config_krnn_Alpha360",
+    "LSTM/workflow_config_lstm_Alpha158",
+    "Localformer/workflow_config_localformer_Alpha360",
+    "MLP/workflow_config_mlp_Alpha158",
+    "SFM/workflow_config_sfm_Alpha360",
+    "TCN/workflow_config_tcn_Alpha360",
+    "TabNet/workflow_config_TabNet_Alpha360",
+    "Transformer/workflow_config_transformer_Alpha360",
 ]
 ALL_NAMES = [f"{p.parent.name}/{p.stem}" for p in YAMLS]
+
+
+def test_every_model_class_trains_by_default():
+    classes = {
+        qlib_reading(p)["task"]["model"]["class"]
+        for p in YAMLS
+        if p.parent.name + "/" + p.stem in TRAINED
+    }
+    assert classes == set(EXPECTED), sorted(set(EXPECTED) - classes)
 
 
 @pytest.mark.parametrize(
     "name",
     TRAINED
-    + [pytest.param(name, marks=pytest.mark.slow) for name in ALL_NAMES if name not in TRAINED],
+    + [
+        pytest.param(name, marks=pytest.mark.zoo_files) for name in ALL_NAMES if name not in TRAINED
+    ],
 )
 def test_qjax_run_trains_a_qlib_workflow_for_one_epoch(name, qlib_dir, tmp_path, capsys):
     path = Path(__file__).parent / "qlib_yamls" / f"{name}.yaml"
