@@ -149,7 +149,7 @@ def test_split_days_match_one_device(part, seed):
     env = dict(
         os.environ,
         # Four devices; and XLA's cheap compilation (the test checks equality, not speed: both
-        # sides of every comparison compile alike), which cuts its CPU time by about a fifth.
+        # sides of every comparison compile alike), which cuts its CPU time by about a third.
         XLA_FLAGS="--xla_force_host_platform_device_count=4 --xla_backend_optimization_level=0"
         " --xla_llvm_disable_expensive_passes=true",
         JAX_PLATFORMS="cpu",
