@@ -190,7 +190,7 @@ def test_training_rejects_single_row_ghost_batches():
 
 
 @pytest.mark.parity
-@pytest.mark.parametrize("method", ["bisect", "sort"])
+@pytest.mark.parametrize("method", ["newton", "bisect", "sort"])
 def test_sparsemax_matches_qlib_forward_and_gradient(torch, qtabnet, method, seed):
     rng = np.random.default_rng(seed + 2)
     x = (rng.standard_normal((64, 37)) * rng.choice([0.05, 1.0, 20.0], size=(64, 1))).astype(
@@ -216,11 +216,13 @@ def test_sparsemax_methods_agree_and_reject_unknown():
         jax.random.normal(jax.random.PRNGKey(3), (512, 158))
         * jnp.array([0.01, 0.3, 3.0, 30.0]).repeat(128)[:, None]
     )
-    by_sort, by_bisection = sparsemax(x, "sort"), sparsemax(x, "bisect")
-    np.testing.assert_array_equal(by_sort > 0, by_bisection > 0)
-    assert float(jnp.max(jnp.abs(by_sort - by_bisection))) <= 1e-7
+    by_sort = sparsemax(x, "sort")
+    for method in ("newton", "bisect"):
+        got = sparsemax(x, method)
+        np.testing.assert_array_equal(by_sort > 0, got > 0, err_msg=method)
+        assert float(jnp.max(jnp.abs(by_sort - got))) <= 1e-7, method
     with pytest.raises(ValueError, match="unknown sparsemax method"):
-        sparsemax(x, "newton")
+        sparsemax(x, "simplex")
 
 
 @pytest.mark.parity

@@ -109,24 +109,58 @@ def _threshold_by_bisection(z: jax.Array) -> tuple[jax.Array, jax.Array]:
     return tau, size
 
 
-_THRESHOLDS = {"sort": _threshold_by_sort, "bisect": _threshold_by_bisection}
+def _threshold_by_newton(z: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(tau, support size) by Newton's method on sum(max(z - tau, 0)) = 1 (Michelot's algorithm).
+
+    From tau = -1 (mass >= 1 there, as max(z) = 0) each step takes tau from the current support,
+    tau = (sum of the support - 1) / |support|, and keeps only the entries above it. The function
+    is convex and decreasing, so tau rises to the root without passing it and the support only
+    shrinks; once it stops changing, tau is exact. 2-8 steps on batch-normalised logits, against
+    bisection's 24 passes.
+    """
+
+    def from_support(support):
+        size = jnp.sum(support, axis=-1, keepdims=True).astype(z.dtype)
+        return (jnp.sum(jnp.where(support, z, 0.0), axis=-1, keepdims=True) - 1.0) / size, size
+
+    def step(carry):
+        support, tau, size, _ = carry
+        support = support & (z > tau)  # shrinks at every step that changes it: ends in F steps
+        tau, new_size = from_support(support)
+        return support, tau, new_size, jnp.any(new_size != size)
+
+    support = z > -1.0
+    tau, size = from_support(support)
+    _, tau, size, _ = jax.lax.while_loop(
+        lambda carry: carry[3], step, (support, tau, size, jnp.array(True))
+    )
+    return tau, size
+
+
+_THRESHOLDS = {
+    "sort": _threshold_by_sort,
+    "bisect": _threshold_by_bisection,
+    "newton": _threshold_by_newton,
+}
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
-def sparsemax(x: jax.Array, method: str = "bisect") -> jax.Array:
+def sparsemax(x: jax.Array, method: str = "newton") -> jax.Array:
     """Sparsemax over the last axis: the Euclidean projection of ``x`` onto the simplex.
 
-    ``method`` picks how the threshold is found: ``"bisect"`` (default, sort-free) or ``"sort"``
-    (Qlib's algorithm). Both give the same output; on CPU, forward+backward on [4096, 158] takes
-    about 6 ms by bisection, 90 ms by sorting (Qlib's torch version: 55 ms). The gradient is the
-    exact one Qlib's ``SparsemaxFunction`` defines: g on the support minus its mean there.
+    ``method`` picks how the threshold is found: ``"newton"`` (default), ``"bisect"`` or
+    ``"sort"`` (Qlib's algorithm). All give the same output; on 2 CPU cores, forward+backward on
+    [4096, 158] took 9.2 ms by Newton steps, 10.5 ms by bisection and 106 ms by sorting, and on
+    [4096, 360] Newton and bisection were even (``benchmarks/results/tabnet_levers_cpu.md``).
+    The gradient is the exact one Qlib's ``SparsemaxFunction`` defines: g on the support minus
+    its mean there.
     """
     return _sparsemax_forward(x, method)[0]
 
 
 def _sparsemax_forward(x: jax.Array, method: str):
     if method not in _THRESHOLDS:
-        raise ValueError(f"unknown sparsemax method {method!r}; use 'bisect' or 'sort'")
+        raise ValueError(f"unknown sparsemax method {method!r}; use 'newton', 'bisect' or 'sort'")
     z = x - jnp.max(x, axis=-1, keepdims=True)  # shift-invariant; bounds tau to [-1, 0)
     tau, size = _THRESHOLDS[method](z)
     out = jnp.maximum(z - tau, 0.0)
