@@ -106,9 +106,9 @@ def measure_sparsemax(features: int, repeats: int) -> dict:
 # -- 2. ghost batches per device --------------------------------------------------------------
 
 
-def _tabnet_step(features: int, rows_per_device: int | None):
-    """(loss, new params, stats, optimiser state) of one Adam step; ``rows_per_device`` set:
-    the step of one device under ``shard_map``, gradients summed over the devices."""
+def _tabnet_step(features: int, per_device: bool):
+    """(loss, new params, stats, optimiser state) of one Adam step; ``per_device``: the step of
+    one device under ``shard_map``, gradients summed over the devices."""
     model = TabNetFinetune(inp_dim=features, vbs=DEFAULTS["vbs"])
     optimiser = optax.adam(DEFAULTS["lr"])
 
@@ -120,7 +120,7 @@ def _tabnet_step(features: int, rows_per_device: int | None):
 
     def step(params, stats, opt_state, x, y):
         (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, stats, x, y)
-        if rows_per_device is not None:
+        if per_device:
             grads, loss = jax.lax.psum((grads, loss), "data")
             stats = jax.lax.pmean(stats, "data")
         updates, opt_state = optimiser.update(grads, opt_state, params)
@@ -136,7 +136,7 @@ def measure_ghost_batches(features: int, repeats: int) -> dict:
     rng = np.random.default_rng(2)
     x = jnp.asarray(rng.standard_normal((ROWS, features)), jnp.float32)
     y = jnp.asarray(rng.standard_normal(ROWS), jnp.float32)
-    model, optimiser, step = _tabnet_step(features, None)
+    model, optimiser, step = _tabnet_step(features, per_device=False)
     variables = model.init(jax.random.key(0), x[:8])
     state = (variables["params"], variables["batch_stats"])
     state = (*state, optimiser.init(state[0]))
@@ -149,14 +149,14 @@ def measure_ghost_batches(features: int, repeats: int) -> dict:
         out_shardings=whole,
         compiler_options=eigen,
     )
-    _, _, local = _tabnet_step(features, ROWS // len(devices))
-    per_device = jax.jit(
+    _, _, local = _tabnet_step(features, per_device=True)
+    per_device_step = jax.jit(
         jax.shard_map(
             local,
             mesh=mesh,
             in_specs=(P(), P(), P(), P("data"), P("data")),
             out_specs=P(),
-            check_vma=False,  # the sparsemax bisection's loop carries start replicated
+            check_vma=False,  # sparsemax's threshold loop starts from replicated carries
         ),
         compiler_options=eigen,
     )
@@ -166,8 +166,11 @@ def measure_ghost_batches(features: int, repeats: int) -> dict:
         "split, partitioned": (*placed[0], placed[1], placed[2]),
         "split, per device": (*placed[0], placed[1], placed[2]),
     }
-    functions = {"one device": one, "split, partitioned": partitioned}
-    functions["split, per device"] = per_device
+    functions = {
+        "one device": one,
+        "split, partitioned": partitioned,
+        "split, per device": per_device_step,
+    }
     losses = {
         name: float(jax.block_until_ready(fn(*args[name]))[0]) for name, fn in functions.items()
     }
