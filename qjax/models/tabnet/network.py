@@ -103,10 +103,13 @@ def _threshold_by_bisection(z: jax.Array) -> tuple[jax.Array, jax.Array]:
         return jnp.where(enough_mass, mid, lo), jnp.where(enough_mass, hi, mid)
 
     lo, _ = jax.lax.fori_loop(0, BISECTION_STEPS, halve, (lo, hi))
-    support = z > lo
+    return _threshold_on_support(z, z > lo)
+
+
+def _threshold_on_support(z: jax.Array, support: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(tau, |support|) with tau = (sum of z over the support - 1) / |support|."""
     size = jnp.sum(support, axis=-1, keepdims=True).astype(z.dtype)
-    tau = (jnp.sum(jnp.where(support, z, 0.0), axis=-1, keepdims=True) - 1.0) / size
-    return tau, size
+    return (jnp.sum(jnp.where(support, z, 0.0), axis=-1, keepdims=True) - 1.0) / size, size
 
 
 def _threshold_by_newton(z: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -119,18 +122,14 @@ def _threshold_by_newton(z: jax.Array) -> tuple[jax.Array, jax.Array]:
     (``benchmarks/tabnet_levers_cpu.py``), against bisection's 24 passes.
     """
 
-    def from_support(support):
-        size = jnp.sum(support, axis=-1, keepdims=True).astype(z.dtype)
-        return (jnp.sum(jnp.where(support, z, 0.0), axis=-1, keepdims=True) - 1.0) / size, size
-
     def step(carry):
         support, tau, size, _ = carry
         support = support & (z > tau)  # shrinks at every step that changes it: ends in F steps
-        tau, new_size = from_support(support)
+        tau, new_size = _threshold_on_support(z, support)
         return support, tau, new_size, jnp.any(new_size != size)
 
     support = z > -1.0
-    tau, size = from_support(support)
+    tau, size = _threshold_on_support(z, support)
     _, tau, size, _ = jax.lax.while_loop(
         lambda carry: carry[3], step, (support, tau, size, jnp.array(True))
     )
