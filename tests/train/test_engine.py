@@ -23,6 +23,7 @@ from train_synthetic import (
 )
 
 import qjax
+from qjax.compilation import jit_with_options
 from qjax.models.sfm import SFM_Model
 from qjax.train import Plateau, TrainConfig, fit, predict
 from qjax.train.batching import make_segment
@@ -335,9 +336,12 @@ def test_the_initialisation_program_gives_the_default_compiles_values(name, kwar
     segment = make_segment(panel(n_feat=12, seed=0), False)
     keys = jnp.stack([jax.random.PRNGKey(seed) for seed in (0, 7)])
     fast = _INIT_PROGRAM(keys, segment, trainer=trainer, init_variables=None)
-    default = jax.jit(_init_replicas, static_argnames=("trainer", "init_variables"))(
-        keys, segment, trainer=trainer, init_variables=None
-    )
+    # XLA's own defaults, spelled out: the suite's environment compiles at -O0 (conftest.py).
+    default = jit_with_options(
+        _init_replicas,
+        {"xla_backend_optimization_level": 3, "xla_llvm_disable_expensive_passes": False},
+        static_argnames=("trainer", "init_variables"),
+    )(keys, segment, trainer=trainer, init_variables=None)
     assert max_abs_diff(fast.train.variables, default.train.variables) == 0.0, name
 
 

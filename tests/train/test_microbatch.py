@@ -62,8 +62,12 @@ def _full_and_chunked(dtype, n_chunks, seed):
     def objective(p, chunk, rng):
         return supervised_mse(module.apply, {"params": p}, chunk, rng, True)
 
-    full = jax.value_and_grad(lambda p: batch_loss(objective(p, batch, key)))(params)
-    chunked = accumulated_loss_and_grad(objective, params, batch, key, n_chunks)
+    # Compiled, not run op by op: eagerly, each of the scan's and the gradient's operations
+    # compiles on its own, which took most of a minute.
+    full = jax.jit(jax.value_and_grad(lambda p: batch_loss(objective(p, batch, key))))(params)
+    chunked = jax.jit(lambda p: accumulated_loss_and_grad(objective, p, batch, key, n_chunks))(
+        params
+    )
     return full, chunked
 
 
