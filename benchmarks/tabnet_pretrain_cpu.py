@@ -36,22 +36,22 @@ STOCKS = 256
 CHOSEN = " (the stage's choice)"
 
 
-def samples(n: int, seed: int):
+def samples(n: int, seed: int, features: int = FEATURES):
     rng = np.random.default_rng(seed)
     days = pd.bdate_range("2015-01-05", periods=-(-n // STOCKS))
     index = pd.MultiIndex.from_product(
         [days, [f"S{k:03d}" for k in range(STOCKS)]], names=["datetime", "instrument"]
     )[:n]
-    x = rng.standard_normal((n, FEATURES), dtype=np.float32)
+    x = rng.standard_normal((n, features), dtype=np.float32)
     return tabular_samples(x, np.full(n, np.nan, np.float32), index)
 
 
-def measure(n_samples: int, repeats: int) -> dict:
+def measure(n_samples: int, repeats: int, features: int = FEATURES) -> dict:
     from qjax.train import fit
 
-    kw = {**DEFAULTS, "d_feat": FEATURES, "pretrain_n_epochs": 1}
+    kw = {**DEFAULTS, "d_feat": features, "pretrain_n_epochs": 1}
     stage = PretrainStage(TabNetFinetune(**module_kwargs(kw, False)).pretrainer())
-    train, valid = samples(n_samples, 0), samples(kw["batch_size"], 1)
+    train, valid = samples(n_samples, 0, features), samples(kw["batch_size"], 1, features)
     home = pretrain_config(kw)
     layouts = {
         f"{'split' if split else 'one device'}, {dots}": dataclasses.replace(
@@ -89,10 +89,12 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--samples", type=int, default=16384, help="pretraining rows per epoch")
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--features", type=int, default=FEATURES, help="feature columns")
     p.add_argument("--out", help="write tabnet_pretrain_cpu.{md,json} here")
+    p.add_argument("--tag", default="", help="result name suffix: tabnet_pretrain_cpu_<tag>")
     args = p.parse_args(argv)
     before = load_average()
-    result = measure(args.samples, args.repeats)
+    result = measure(args.samples, args.repeats, args.features)
     record = {
         "command": command_line(),
         "load_before": before,
@@ -109,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"{record['machine']['cpu']}, {record['machine']['logical_cores']} logical cores; load "
         f"average before {before}, after {record['load_after']}. One pretraining epoch of "
-        f"{args.samples} rows x {FEATURES} features with Qlib's settings, medians of "
+        f"{args.samples} rows x {args.features} features with Qlib's settings, medians of "
         f"{args.repeats} in turns. Speed-up against the engine's defaults (split, default), "
         "which the stage had before it got its own levers.",
         "",
@@ -123,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"Versions: {record['machine']['versions']}; environment: {record['machine']['env']}.",
     ]
-    publish(lines, args.out, "tabnet_pretrain_cpu", record)
+    publish(lines, args.out, "tabnet_pretrain_cpu" + (f"_{args.tag}" if args.tag else ""), record)
     return 0
 
 

@@ -295,6 +295,12 @@ def test_pretrain_loss_matches_qlib(torch, qtabnet, seed):
             pretrainer.apply, {"params": params, "batch_stats": batch_stats}, x, s_mask, train
         )
 
+    @functools.partial(jax.jit, static_argnames="train")
+    def reconstruct(variables, x, s_mask, train):  # compiled: eagerly, every op compiles alone
+        if train:
+            return pretrainer.apply(variables, x, s_mask, train=True, mutable=["batch_stats"])[0]
+        return pretrainer.apply(variables, x, s_mask)
+
     def qjax_side(dtype):
         cast = jax.tree_util.tree_map(lambda a: jnp.asarray(a, dtype), variables)
         params, stats = cast["params"], cast["batch_stats"]
@@ -302,8 +308,8 @@ def test_pretrain_loss_matches_qlib(torch, qtabnet, seed):
         (got, new_stats), grads = jax.value_and_grad(loss, has_aux=True)(params, stats, x_j, s_j)
         got_eval, eval_stats = loss(params, new_stats, x_j, s_j, train=False)
         assert eval_stats is None and got.dtype == got_eval.dtype == dtype
-        f, _ = pretrainer.apply(cast, x_j, s_j, train=True, mutable=["batch_stats"])
-        f_eval = pretrainer.apply({"params": params, "batch_stats": new_stats}, x_j, s_j)
+        f = reconstruct(cast, x_j, s_j, train=True)
+        f_eval = reconstruct({"params": params, "batch_stats": new_stats}, x_j, s_j, train=False)
         modes = {True: (float(got), np.asarray(f)), False: (float(got_eval), np.asarray(f_eval))}
         return modes, grads, new_stats
 
