@@ -27,7 +27,15 @@ import jax
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import train_vs_torch as tvt  # noqa: E402
-from _common import command_line, load_average, machine, median, publish, timed  # noqa: E402
+from _common import (  # noqa: E402
+    chosen_models,
+    command_line,
+    load_average,
+    machine,
+    median,
+    publish,
+    timed,
+)
 
 from qjax.train import fit, microbatch  # noqa: E402
 
@@ -156,10 +164,7 @@ def main(argv=None) -> None:
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--tag", default="", help="result name suffix")
     args = p.parse_args(argv)
-    names = [m.strip().lower() for m in args.models.split(",") if m.strip()]
-    unknown = sorted(set(names) - set(tvt.CASES))
-    if unknown:
-        p.error(f"unknown model(s) {unknown}; choose from {', '.join(tvt.CASES)}")
+    names = chosen_models(p, args.models.lower(), tvt.CASES)
     daily = [name for name in names if tvt.CASES[name].batching == "daily"]
     if daily:
         p.error(f"{daily} train one whole day per step, which is never split into micro-batches")
@@ -197,13 +202,14 @@ def main(argv=None) -> None:
 
             traceback.print_exc()
             record["models"][name] = {"error": f"{type(err).__name__}: {err}"}
-        write(args, record, torch)
+        if args.out is not None:  # a cut-off run keeps the models it finished
+            write(args, record, torch)
     record["complete"] = True
     write(args, record, torch)
 
 
 def write(args, record: dict, torch) -> None:
-    """The report so far (a cut-off run keeps the models it finished)."""
+    """The report so far: printed, and written to ``--out``."""
     record["load_average_after"] = load_average()
     record["machine"] = machine(torch)
     if args.out is not None:

@@ -32,8 +32,9 @@ from qjax.train.losses import Batch, LossOutput
 # of the 2-core AMD EPYC we measure on; a step holds several such buffers). There it puts LSTM
 # at 100 rows per chunk, GRU/ALSTM at 160, TCN at 100 and the Transformer at 32, and one epoch
 # trains 1.17x / 0.98x / 1.75x / 1.53x / 2.43x as fast as with whole batches
-# (benchmarks/results/levers_cpu.md, one device). On an Intel Xeon (2 MiB L2, 260 MiB L3) no
-# budget from 2 to 128 MiB beat it by more than noise (microbatch_budget_cpu_intel_xeon.md).
+# (benchmarks/results/levers_cpu.md, one device). On an Intel Xeon (2 MiB L2, 260 MiB L3) it
+# led or tied among budgets from 2 to 128 MiB for every model but GRU, which trained 1.15x as
+# fast as whole batches at 2 MiB against 1.02x here (microbatch_budget_cpu_intel_xeon.md).
 CACHE_BUDGET_BYTES = 8 * 2**20
 MIN_CHUNK_ROWS = 32  # below this, per-chunk loop overhead outweighs the cache gain
 
